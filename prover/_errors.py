@@ -1,0 +1,27 @@
+"""Prover errors: part of the one tree rooted at :class:`verifiable_mu.VmuError`."""
+
+from __future__ import annotations
+
+from verifiable_mu._errors import MalformedInput, UnsupportedVersion, VmuError
+
+__all__ = ["ProverError", "BadInput", "WorkspaceError", "WorkspaceLocked", "UnsupportedWorkspace"]
+
+
+class ProverError(VmuError):
+    """A prover operation failed (exit code 1)."""
+
+
+class BadInput(MalformedInput):
+    """Bad usage or bad input: unknown id, already deleted, unreadable data (exit code 2)."""
+
+
+class WorkspaceError(ProverError):
+    """The workspace is missing, damaged, or not in a state for this operation."""
+
+
+class WorkspaceLocked(WorkspaceError):
+    """Another vmu process holds the workspace lock."""
+
+
+class UnsupportedWorkspace(UnsupportedVersion):
+    """The workspace was written by a newer (or unknown) format version (exit code 2)."""

@@ -1,0 +1,194 @@
+"""SISA schedule, record assignment and the shard-training worker.
+
+The worker is a pure function of its task (plus the checkpoint store, which is content
+addressed): it never touches the log. The driver appends what it returns, in a fixed order, so
+the log is the same whatever backend ran the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from verifiable_mu._tags import TAG_ASSIGNMENT, TAG_STEP_SEED, tagged_hash
+
+__all__ = [
+    "assign",
+    "stage_epochs",
+    "expected_speedup",
+    "perm_seed",
+    "StageTask",
+    "ShardTask",
+    "StepRecord",
+    "StageResult",
+    "train_shard",
+]
+
+
+def assign(keys: Sequence[bytes], *, seed: int, shards: int, slices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic, balanced assignment of records to (shard, slice) from a committed seed.
+
+    Records are ordered by ``SHA-256(TAG_ASSIGNMENT || u64 seed || key)``; the record of rank
+    ``i`` goes to shard ``i mod S`` and slice ``(i div S) * R div ceil(n / S)``, so shard sizes
+    differ by at most one and slices within a shard by at most one.
+    """
+    n = len(keys)
+    sb = struct.pack(">Q", seed)
+    order = sorted(range(n), key=lambda i: tagged_hash(TAG_ASSIGNMENT, sb, keys[i]))
+    shard = np.empty(n, dtype=np.int64)
+    slc = np.empty(n, dtype=np.int64)
+    per_shard = [0] * shards
+    for rank, i in enumerate(order):
+        shard[i] = rank % shards
+        per_shard[rank % shards] += 1
+    pos = [0] * shards
+    for i in order:
+        s = int(shard[i])
+        slc[i] = pos[s] * slices // max(per_shard[s], 1)
+        pos[s] += 1
+    return shard, slc
+
+
+def stage_epochs(epochs: int, slices: int) -> int:
+    """SISA's schedule: stage r trains ``2E/(R+1)`` epochs on slices 1..r (at least 1)."""
+    return max(1, round(2 * epochs / (slices + 1)))
+
+
+def expected_speedup(shards: int, slices: int) -> float:
+    """``S * 3R / (2R + 1)``: full retraining against one deletion at a uniform slice."""
+    return shards * 3 * slices / (2 * slices + 1)
+
+
+def perm_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int) -> int:
+    d = tagged_hash(TAG_STEP_SEED, b"perm", struct.pack(">QIII", run_seed, shard, generation, stage), struct.pack(">I", epoch))
+    return int.from_bytes(d[:8], "big")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageTask:
+    stage: int  # 1-based slice index r: trains on slices 1..r
+    rows: np.ndarray  # indices into the workspace data arrays, in slice-tree order
+    commitments: Sequence[bytes]  # commitment of each row, same order
+    epochs: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardTask:
+    shard: int
+    generation: int
+    start_step: int
+    start_checkpoint: bytes  # digest; the file is in the store
+    stages: Sequence[StageTask]
+    model: dict  # ModelSpec json
+    hyper: dict  # Hyper json
+    run_seed: int
+    device: str
+    threads: int
+    checkpoint_every: int
+    store: str  # checkpoint directory every worker can read and write
+    data_path: str  # the workspace's data.npz
+    record: bool = True  # False: the same schedule without commitments, logging or checkpoints
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    stage: int
+    epoch: int
+    step: int
+    seed: int
+    batch: list[bytes]
+
+
+@dataclass(slots=True)
+class StageResult:
+    stage: int
+    steps: list[StepRecord] = field(default_factory=list)
+    checkpoints: list[tuple[int, bytes]] = field(default_factory=list)  # (steps done, digest)
+    seconds: float = 0.0
+
+
+_DATA_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
+    hit = _DATA_CACHE.get(path)
+    if hit is None:
+        with np.load(path, allow_pickle=False) as z:
+            hit = (np.ascontiguousarray(z["X"], dtype=np.float32), np.ascontiguousarray(z["y"], dtype=np.int64))
+        _DATA_CACHE.clear()
+        _DATA_CACHE[path] = hit
+    return hit
+
+
+def train_shard(task: ShardTask) -> list[StageResult]:
+    """Run the task's stages from its start checkpoint; return what the driver must log."""
+    import torch
+
+    from verifiable_mu.training import (
+        Hyper,
+        ModelSpec,
+        build_model,
+        checkpoint_from_model,
+        configure_determinism,
+        load_checkpoint,
+        load_into_model,
+        resolve_device,
+        save_checkpoint,
+        sgd_step,
+        step_seed,
+    )
+
+    configure_determinism(task.threads)
+    device = resolve_device(task.device)
+    spec = ModelSpec.from_json(task.model)
+    hyper = Hyper.from_json(task.hyper)
+    model = build_model(spec, init_seed=0).to(device)
+    ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
+    momentum = load_into_model(model, ckpt, device)
+    X_all, y_all = _load_data(task.data_path)
+    B = hyper.batch_size
+    step = task.start_step
+    out: list[StageResult] = []
+    for st in task.stages:
+        t0 = time.perf_counter()
+        res = StageResult(stage=st.stage)
+        rows = np.asarray(st.rows, dtype=np.int64)
+        X = torch.from_numpy(X_all[rows]).to(device)
+        y = torch.from_numpy(y_all[rows]).to(device)
+        n = len(rows)
+        commits = list(st.commitments)
+        in_stage = 0
+        total = st.epochs * ((n + B - 1) // B)
+        for epoch in range(st.epochs):
+            perm = np.random.default_rng(
+                perm_seed(task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch)
+            ).permutation(n)
+            for b in range(0, n, B):
+                idx = perm[b : b + B]
+                seed = step_seed(
+                    task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, step=step
+                )
+                ti = torch.from_numpy(idx).to(device)
+                sgd_step(model, momentum, X[ti], y[ti], hyper, seed)
+                step += 1
+                in_stage += 1
+                if task.record:
+                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, [commits[i] for i in idx.tolist()]))
+                    if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
+                        d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
+                        res.checkpoints.append((step, d))
+        if task.record:
+            d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
+            res.checkpoints.append((step, d))
+        else:
+            # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.
+            res.checkpoints.append((step, b""))
+            _ = checkpoint_from_model(model, momentum)
+        res.seconds = time.perf_counter() - t0
+        out.append(res)
+    return out

@@ -1,0 +1,125 @@
+"""Deletion transcripts: the in-toto statement the prover signs for one request.
+
+The format is specified in specs/07-deletion-transcript.md. Every claim in it points into the
+transparency log with an inclusion proof against the signed tree head *after* the request, and
+the heads before and after are linked by a consistency proof.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from verifiable_mu._dsse import make_statement
+from verifiable_mu._sorted_tree import SortedTree
+
+if TYPE_CHECKING:
+    from ._workspace import Workspace
+
+__all__ = ["build_transcript", "TRANSCRIPT_VERSION"]
+
+TRANSCRIPT_VERSION = 1
+
+
+def _disclose(ws: Workspace, index: int, tree_size: int) -> dict[str, Any]:
+    e = ws.log.entry(index)
+    return {"entry": e.to_json(), "inclusion": ws.log.inclusion_proof(index, tree_size).to_json()}
+
+
+def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
+    """The in-toto Statement (not yet signed) for finished request ``n``."""
+    from ._workspace import PREDICATE_DELETION
+
+    db = ws.log.connection
+    row = db.execute(
+        "SELECT ids, deletion_index, size_before, head_before, plan FROM p_requests WHERE n=?", (n,)
+    ).fetchone()
+    ids_json, del_idx, size_before, head_before, evidence_json = row
+    evidence = json.loads(evidence_json)
+    plan = {int(k): int(v) for k, v in evidence["plan"].items()}
+    head_after = ws.log.latest_tree_head()
+    assert head_after is not None
+    size_after = head_after.size
+    slices = ws.config.slices
+
+    deleted = db.execute(
+        "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? ORDER BY key", (n,)
+    ).fetchall()
+    records = []
+    for rid, shard, slc, commitment, key in deleted:
+        # The slice tree this record was in: the live records of that slice before this request.
+        old_rows = db.execute(
+            "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+            "AND (deleted_by IS NULL OR deleted_by>=?)",
+            (shard, slc, n),
+        ).fetchall()
+        old_tree = SortedTree.build((k, c) for k, c in old_rows)
+        hexc = commitment.hex()
+        records.append(
+            {
+                "commitment": hexc,
+                "key": key.hex(),
+                "shard": shard,
+                "slice": slc,
+                "old_slice": _disclose(ws, evidence["old_slice"][hexc], size_after),
+                "membership": old_tree.membership_proof(key).to_json(),
+                "first_use": _disclose(ws, evidence["first_use"][hexc], size_after),
+            }
+        )
+
+    shards = []
+    for shard, from_stage in sorted(plan.items()):
+        gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0]
+        shard_keys = [k for _, s, _, _, k in deleted if s == shard]
+        slice_items = []
+        for r in range(slices):
+            idx = db.execute(
+                "SELECT log_index FROM p_slices WHERE shard=? AND slice=? ORDER BY generation DESC LIMIT 1", (shard, r)
+            ).fetchone()[0]
+            live = db.execute(
+                "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? AND deleted_by IS NULL",
+                (shard, r),
+            ).fetchall()
+            tree = SortedTree.build((k, c) for k, c in live)
+            slice_items.append(
+                {
+                    "slice": _disclose(ws, idx, size_after),
+                    "non_membership": [tree.non_membership_proof(k).to_json() for k in shard_keys],
+                }
+            )
+        first, end_ckpt = db.execute(
+            "SELECT MIN(first_step_index), MAX(ckpt_index) FROM p_stage WHERE shard=? AND generation=?", (shard, gen)
+        ).fetchone()
+        shards.append(
+            {
+                "shard": shard,
+                "from_stage": from_stage,
+                "generation": gen,
+                "rollback": _disclose(ws, evidence["rollback"][str(shard)], size_after),
+                "slices": slice_items,
+                "retraining": {"start": str(first), "end": str(end_ckpt + 1)},
+                "final_checkpoint": _disclose(ws, end_ckpt, size_after),
+            }
+        )
+
+    model_after_idx = int(ws._meta("model_index") or -1)
+    model_after = ws.log.entry(model_after_idx)
+    predicate = {
+        "version": TRANSCRIPT_VERSION,
+        "origin": ws.log.origin,
+        "request": {"n": str(n), "deletion": _disclose(ws, del_idx, size_after), "count": len(deleted)},
+        "records": records,
+        "shards": shards,
+        "model_before": _disclose(ws, evidence["model_before"], size_after),
+        "model_after": _disclose(ws, model_after_idx, size_after),
+        "log": {
+            "head_before": head_before.decode("utf-8"),
+            "head_after": head_after.note.decode("utf-8"),
+            "consistency": ws.log.consistency_proof(size_before, size_after).to_json(),
+        },
+    }
+    return make_statement(
+        subjects=[("model", {"sha256": model_after.body["digest"]})],
+        predicate_type=PREDICATE_DELETION,
+        predicate=predicate,
+    )

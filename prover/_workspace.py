@@ -1,0 +1,987 @@
+"""The prover's workspace: committed SISA training, unlearning, signed deletion transcripts.
+
+A workspace is a directory::
+
+    vmu-workspace.json    configuration (format version, data digest, schedule, model, seed)
+    signing-key.pem       Ed25519 private key, mode 0600
+    signing-key.pub.pem   its public key
+    data.npz              the data set (X, y, ids), copied in at init
+    state.db              SQLite: the transparency log and the prover's own tables,
+                          updated together in one transaction per stage
+    checkpoints/          content-addressed safetensors files <digest>.safetensors
+    transcripts/          DSSE envelopes of deletion transcripts, <n>.dsse.json
+    .lock                 held (flock) by the one vmu process that may write
+
+Every change to state.db is a transaction: a process killed at any moment leaves the previous
+state, and running the same command again finishes the job (the steps it redoes are
+deterministic, so the log gets the same entries it would have got).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from verifiable_mu._canonical import canonical_json
+from verifiable_mu._dsse import sign_statement
+from verifiable_mu._keys import SigningKey, VerifyingKey
+from verifiable_mu._log import TransparencyLog
+from verifiable_mu._note import NoteSigner
+from verifiable_mu._records import commit_records, new_salt_array, record_key
+from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
+from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
+
+from . import _sisa
+from ._data import Dataset, load_npz, load_source
+from ._errors import BadInput, UnsupportedWorkspace, WorkspaceError, WorkspaceLocked
+
+__all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMAT_VERSION", "PREDICATE_DELETION"]
+
+FORMAT_VERSION = 1
+PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
+CONFIG_FILE = "vmu-workspace.json"
+KEY_FILE = "signing-key.pem"
+PUB_FILE = "signing-key.pub.pem"
+DATA_FILE = "data.npz"
+DB_FILE = "state.db"
+CKPT_DIR = "checkpoints"
+TRANSCRIPT_DIR = "transcripts"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkspaceConfig:
+    """Everything that fixes the training run; logged in the first log entry."""
+
+    shards: int = 5
+    slices: int = 4
+    epochs: int = 20
+    model: str = "mlp"
+    hidden: int = 128
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 0
+    threads: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    test_fraction: float = 0.2
+    audit_fraction: float = 0.1
+    workers: int = 0  # 0: min(cores, shards)
+    data_source: str = "digits"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.shards <= 1024, "--shards must be between 1 and 1024"),
+            (1 <= self.slices <= 1024, "--slices must be between 1 and 1024"),
+            (1 <= self.epochs <= 10_000, "--epochs must be between 1 and 10000"),
+            (0 <= self.seed < 2**63, "--seed must be a non-negative 63-bit integer"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: only at slice ends)"),
+            (1 <= self.threads <= 256, "--threads must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.lr > 0, "--lr must be > 0"),
+            (0 <= self.test_fraction < 0.9 and 0 <= self.audit_fraction < 0.9, "split fractions must be in [0, 0.9)"),
+            (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (self.workers >= 0, "--workers must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise BadInput(msg)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("lr", "momentum", "weight_decay", "test_fraction", "audit_fraction"):
+            d[k] = repr(float(d[k]))
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> WorkspaceConfig:
+        try:
+            kw = dict(d)
+            for k in ("lr", "momentum", "weight_decay", "test_fraction", "audit_fraction"):
+                kw[k] = float(kw[k])
+            return cls(**kw)
+        except (TypeError, ValueError, KeyError) as e:
+            raise WorkspaceError(f"workspace configuration is damaged: {e}") from e
+
+    def hyper_json(self) -> dict[str, Any]:
+        return {
+            "lr": repr(float(self.lr)),
+            "momentum": repr(float(self.momentum)),
+            "weight_decay": repr(float(self.weight_decay)),
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TrainReport:
+    shards: int
+    steps: int
+    seconds: float
+    tree_head: str
+    log_size: int
+    test_accuracy: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetReport:
+    request: int
+    deleted: tuple[str, ...]
+    shards_retrained: tuple[int, ...]
+    slices_retrained: int
+    steps: int
+    seconds: float
+    full_training_seconds: float
+    speedup: float
+    transcript_path: str
+    tree_head: str
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS p_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS p_records(
+    row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, role TEXT NOT NULL,
+    shard INTEGER, slice INTEGER, salt BLOB NOT NULL, commitment BLOB NOT NULL, key BLOB NOT NULL,
+    deleted_by INTEGER);
+CREATE TABLE IF NOT EXISTS p_stage(
+    shard INTEGER NOT NULL, stage INTEGER NOT NULL, generation INTEGER NOT NULL, step INTEGER NOT NULL,
+    digest BLOB NOT NULL, ckpt_index INTEGER NOT NULL, first_step_index INTEGER, last_step_index INTEGER,
+    PRIMARY KEY(shard, stage));
+CREATE TABLE IF NOT EXISTS p_slices(
+    shard INTEGER NOT NULL, slice INTEGER NOT NULL, generation INTEGER NOT NULL, root BLOB NOT NULL,
+    size INTEGER NOT NULL, log_index INTEGER NOT NULL, PRIMARY KEY(shard, slice, generation));
+CREATE TABLE IF NOT EXISTS p_shards(
+    shard INTEGER PRIMARY KEY, generation INTEGER NOT NULL, target_from INTEGER);
+CREATE TABLE IF NOT EXISTS p_requests(
+    n INTEGER PRIMARY KEY, ids TEXT NOT NULL, status TEXT NOT NULL, deletion_index INTEGER NOT NULL,
+    size_before INTEGER NOT NULL, head_before BLOB NOT NULL, started REAL NOT NULL, seconds REAL,
+    transcript TEXT, plan TEXT NOT NULL);
+"""
+
+
+def _origin(name: str) -> str:
+    return f"verifiable-mu.local/{name}"
+
+
+class Workspace:
+    """A model owner's workspace. Create with :meth:`create`, reopen with :meth:`open`."""
+
+    def __init__(self, *, path: str, config: WorkspaceConfig, key: SigningKey, log: TransparencyLog, lock_fd: int):
+        self.path = path
+        self.config = config
+        self._key = key
+        self._log = log
+        self._lock_fd = lock_fd
+        self._data: Dataset | None = None
+        self._note_signer = NoteSigner.from_private_key(name=self.log_origin, key=key.private_key)
+        self.progress: bool = sys.stderr.isatty()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        data: Dataset | str = "digits",
+        config: WorkspaceConfig | None = None,
+    ) -> Workspace:
+        """Create a new workspace at ``path`` (must not exist, or be an empty directory)."""
+        path = os.path.abspath(os.fspath(path))
+        config = config or WorkspaceConfig()
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise BadInput(f"{path} already exists and is not an empty directory")
+        ds = load_source(data) if isinstance(data, str) else data
+        if isinstance(data, str):
+            config = WorkspaceConfig.from_json({**config.to_json(), "data_source": data})
+        if config.model not in ("mlp", "logreg", "cnn") and ":" not in config.model:
+            raise BadInput(f"unknown model {config.model!r} (use mlp, logreg, cnn or MODULE:FACTORY)")
+        parent = os.path.dirname(path) or "."
+        os.makedirs(parent, exist_ok=True)
+        # Build in a temporary directory beside the target, then rename: init is all or nothing.
+        tmp = tempfile.mkdtemp(prefix=".vmu-init-", dir=parent)
+        try:
+            ds.save_npz(os.path.join(tmp, DATA_FILE))
+            key = SigningKey.generate()
+            key.save(os.path.join(tmp, KEY_FILE))
+            with open(os.path.join(tmp, PUB_FILE), "wb") as f:
+                f.write(key.public_key.to_pem())
+            os.makedirs(os.path.join(tmp, CKPT_DIR))
+            os.makedirs(os.path.join(tmp, TRANSCRIPT_DIR))
+            cfg = {
+                "format_version": FORMAT_VERSION,
+                "name": os.path.basename(path),
+                "config": config.to_json(),
+                "data_digest": ds.digest(),
+                "created": int(time.time()),
+            }
+            with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+                json.dump(cfg, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            log = TransparencyLog.open(os.path.join(tmp, DB_FILE), origin=_origin(cfg["name"]), create=True)
+            log.connection.executescript(_SCHEMA)
+            log.close()
+            if os.path.isdir(path):
+                os.rmdir(path)
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Workspace:
+        """Open an existing workspace and take its lock."""
+        path = os.path.abspath(os.fspath(path))
+        cfg_path = os.path.join(path, CONFIG_FILE)
+        if not os.path.isfile(cfg_path):
+            raise BadInput(f"{path} is not a verifiable-mu workspace (no {CONFIG_FILE}); create one with 'vmu init'")
+        try:
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise WorkspaceError(f"cannot read {cfg_path}: {e}") from e
+        version = cfg.get("format_version") if isinstance(cfg, dict) else None
+        if version != FORMAT_VERSION:
+            raise UnsupportedWorkspace(
+                f"workspace format version {version!r} is not supported by this vmu (it reads version {FORMAT_VERSION})"
+            )
+        config = WorkspaceConfig.from_json(cfg["config"])
+        lock_fd = _take_lock(path)
+        try:
+            try:
+                key = SigningKey.load(os.path.join(path, KEY_FILE))
+            except FileNotFoundError as e:
+                raise BadInput(f"the workspace's signing key {KEY_FILE} is missing") from e
+            pub = _load_pub(os.path.join(path, PUB_FILE))
+            if pub is not None and pub != key.public_key:
+                raise BadInput(f"{KEY_FILE} does not match {PUB_FILE}: the signing key was replaced")
+            log = TransparencyLog.open(os.path.join(path, DB_FILE), origin=_origin(cfg["name"]))
+            log.connection.executescript(_SCHEMA)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        ws = cls(path=path, config=config, key=key, log=log, lock_fd=lock_fd)
+        ws._name = cfg["name"]
+        ws._data_digest = cfg["data_digest"]
+        return ws
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            self._log.close()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- accessors -----------------------------------------------------------------------
+
+    @property
+    def log(self) -> TransparencyLog:
+        return self._log
+
+    @property
+    def log_origin(self) -> str:
+        return _origin(os.path.basename(self.path)) if not hasattr(self, "_name") else _origin(self._name)
+
+    @property
+    def public_key(self) -> VerifyingKey:
+        return self._key.public_key
+
+    @property
+    def note_vkey(self) -> str:
+        return self._note_signer.vkey
+
+    @property
+    def store(self) -> str:
+        return os.path.join(self.path, CKPT_DIR)
+
+    @property
+    def data_path(self) -> str:
+        return os.path.join(self.path, DATA_FILE)
+
+    @property
+    def data(self) -> Dataset:
+        if self._data is None:
+            ds = load_npz(self.data_path)
+            if ds.digest() != self._data_digest:
+                raise BadInput(f"{DATA_FILE} does not match the digest recorded at init: the data file was changed")
+            self._data = ds
+        return self._data
+
+    def _db(self) -> sqlite3.Connection:
+        return self._log.connection
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM p_meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db().execute("INSERT OR REPLACE INTO p_meta(key, value) VALUES(?, ?)", (key, value))
+
+    @property
+    def committed(self) -> bool:
+        return self._meta("committed") == "1"
+
+    @property
+    def trained(self) -> bool:
+        return self._meta("trained") == "1"
+
+    def _device(self) -> str:
+        from verifiable_mu.training import resolve_device
+
+        return resolve_device(self.config.device).type
+
+    # --- commit phase ----------------------------------------------------------------------
+
+    def _split(self, n: int) -> np.ndarray:
+        """role per row: 0 train, 1 audit, 2 test (from the committed seed)."""
+        rng = np.random.default_rng([self.config.seed, 0x5EED])
+        perm = rng.permutation(n)
+        n_test = int(round(n * self.config.test_fraction))
+        n_audit = int(round(n * self.config.audit_fraction))
+        role = np.zeros(n, dtype=np.int64)
+        role[perm[:n_test]] = 2
+        role[perm[n_test : n_test + n_audit]] = 1
+        return role
+
+    def _commit(self) -> None:
+        """Commit every record, the assignment, the slice trees, the audit set and the initial
+        models, all in one transaction, before any step runs."""
+        from verifiable_mu.training import (
+            ModelSpec,
+            build_model,
+            checkpoint_from_model,
+            platform_info,
+            resolve_device,
+            save_checkpoint,
+            zero_momentum,
+        )
+
+        cfg = self.config
+        ds = self.data
+        n = len(ds.ids)
+        role = self._split(n)
+        train_rows = np.flatnonzero(role == 0)
+        if len(train_rows) < cfg.shards * cfg.slices:
+            raise BadInput(
+                f"{len(train_rows)} training records cannot fill {cfg.shards} shards x {cfg.slices} slices"
+            )
+        salts = new_salt_array(n)
+        commits = commit_records(ds.ids, ds.X, ds.y, salts)
+        keys = [record_key(i) for i in ds.ids]
+        shard, slc = _sisa.assign([keys[i] for i in train_rows], seed=cfg.seed, shards=cfg.shards, slices=cfg.slices)
+        rec_shard = np.full(n, -1, dtype=np.int64)
+        rec_slice = np.full(n, -1, dtype=np.int64)
+        rec_shard[train_rows] = shard
+        rec_slice[train_rows] = slc
+        spec = ModelSpec(
+            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
+        )
+        device = resolve_device(cfg.device)
+        init_digests = []
+        for s in range(cfg.shards):
+            model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
+            init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store))
+        descriptors = []
+        slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
+        for s in range(cfg.shards):
+            for r in range(cfg.slices):
+                rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
+                tree = SortedTree.build((keys[i], commits[i]) for i in rows)
+                slice_roots[(s, r)] = (tree.root, len(tree))
+                descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
+        audit_rows = np.flatnonzero(role == 1)
+        audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+        ds_root = dataset_root(descriptors)
+        roles = {0: "train", 1: "audit", 2: "test"}
+        db = self._db()
+        with self._log.transaction():
+            db.executemany(
+                "INSERT INTO p_records(row, id, role, shard, slice, salt, commitment, key) VALUES(?,?,?,?,?,?,?,?)",
+                (
+                    (
+                        i,
+                        ds.ids[i],
+                        roles[int(role[i])],
+                        int(rec_shard[i]) if role[i] == 0 else None,
+                        int(rec_slice[i]) if role[i] == 0 else None,
+                        salts[i].tobytes(),
+                        commits[i],
+                        keys[i],
+                    )
+                    for i in range(n)
+                ),
+            )
+            self._log.append(
+                "config",
+                {
+                    "format": FORMAT_VERSION,
+                    "shards": cfg.shards,
+                    "slices": cfg.slices,
+                    "epochs": cfg.epochs,
+                    "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
+                    "checkpoint_every": cfg.checkpoint_every,
+                    "seed": str(cfg.seed),
+                    "assignment": "sha256-rank-v1",
+                    "model": spec.to_json(),
+                    "hyper": cfg.hyper_json(),
+                    "platform": platform_info(device, cfg.threads),
+                    "n_train": len(train_rows),
+                    "data_digest": self._data_digest,
+                },
+            )
+            for s in range(cfg.shards):
+                for r in range(cfg.slices):
+                    root, size = slice_roots[(s, r)]
+                    idx = self._log.append(
+                        "slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)}
+                    )
+                    db.execute(
+                        "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
+                        (s, r, 0, root, size, idx),
+                    )
+            self._log.append("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)})
+            self._log.append("audit", {"root": audit_tree.root.hex(), "size": str(len(audit_tree))})
+            for s in range(cfg.shards):
+                idx = self._log.append(
+                    "checkpoint",
+                    {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                )
+                db.execute(
+                    "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
+                    (s, 0, 0, 0, init_digests[s], idx),
+                )
+                db.execute("INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)", (s, 0, 1))
+            self._set_meta("committed", "1")
+        self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+
+    # --- training ----------------------------------------------------------------------------
+
+    def _rows_of(self, shard: int, slices: Iterable[int]) -> tuple[np.ndarray, list[bytes]]:
+        """Live training rows of the given slices of a shard, slice by slice in key order."""
+        rows: list[int] = []
+        commits: list[bytes] = []
+        for r in slices:
+            for row, c in self._db().execute(
+                "SELECT row, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? AND deleted_by IS NULL "
+                "ORDER BY key",
+                (shard, r),
+            ):
+                rows.append(row)
+                commits.append(c)
+        return np.asarray(rows, dtype=np.int64), commits
+
+    def _shard_task(self, shard: int, *, record: bool = True) -> _sisa.ShardTask | None:
+        db = self._db()
+        gen, target_from = db.execute("SELECT generation, target_from FROM p_shards WHERE shard=?", (shard,)).fetchone()
+        if target_from is None:
+            return None
+        done = db.execute(
+            "SELECT stage, step, digest FROM p_stage WHERE shard=? AND stage>=? - 1 AND generation=? "
+            "ORDER BY stage DESC LIMIT 1",
+            (shard, target_from, gen),
+        ).fetchone()
+        if done is None:  # resume point is the rollback checkpoint of an older generation
+            done = db.execute(
+                "SELECT stage, step, digest FROM p_stage WHERE shard=? AND stage=?", (shard, target_from - 1)
+            ).fetchone()
+        last_stage, step, digest = done
+        cfg = self.config
+        ep = _sisa.stage_epochs(cfg.epochs, cfg.slices)
+        stages = []
+        for r in range(last_stage + 1, cfg.slices + 1):
+            rows, commits = self._rows_of(shard, range(r))
+            stages.append(_sisa.StageTask(stage=r, rows=rows, commitments=commits, epochs=ep))
+        ds = self.data
+        from verifiable_mu.training import ModelSpec
+
+        spec = ModelSpec(
+            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
+        )
+        return _sisa.ShardTask(
+            shard=shard,
+            generation=gen,
+            start_step=step,
+            start_checkpoint=digest,
+            stages=stages,
+            model=spec.to_json(),
+            hyper=cfg.hyper_json(),
+            run_seed=cfg.seed,
+            device=self._device(),
+            threads=cfg.threads,
+            checkpoint_every=cfg.checkpoint_every,
+            store=self.store,
+            data_path=self.data_path,
+            record=record,
+        )
+
+    def _commit_stage(self, task: _sisa.ShardTask, res: _sisa.StageResult) -> int:
+        """Append one stage's steps and checkpoints and move the shard's state, atomically."""
+        db = self._db()
+        log = self._log
+        lr = task.hyper["lr"]
+        ck = dict(res.checkpoints)
+        with log.transaction():
+            first = last = None
+            items: list[tuple[str, dict[str, Any]]] = []
+            for s in res.steps:
+                items.append(
+                    (
+                        "step",
+                        {
+                            "shard": task.shard,
+                            "generation": task.generation,
+                            "stage": s.stage,
+                            "epoch": s.epoch,
+                            "step": str(s.step),
+                            "seed": str(s.seed),
+                            "lr": lr,
+                            "batch": [c.hex() for c in s.batch],
+                        },
+                    )
+                )
+                done = s.step + 1
+                if done in ck:
+                    items.append(
+                        (
+                            "checkpoint",
+                            {
+                                "shard": task.shard,
+                                "generation": task.generation,
+                                "stage": res.stage,
+                                "step": str(done),
+                                "digest": ck[done].hex(),
+                            },
+                        )
+                    )
+            rng = log.append_many(items)
+            kinds = [k for k, _ in items]
+            step_idx = [rng.start + i for i, k in enumerate(kinds) if k == "step"]
+            first, last = (step_idx[0], step_idx[-1]) if step_idx else (None, None)
+            end_step, end_digest = res.checkpoints[-1]
+            ckpt_index = rng.start + len(items) - 1
+            db.execute(
+                "INSERT OR REPLACE INTO p_stage(shard, stage, generation, step, digest, ckpt_index, first_step_index, "
+                "last_step_index) VALUES(?,?,?,?,?,?,?,?)",
+                (task.shard, res.stage, task.generation, end_step, end_digest, ckpt_index, first, last),
+            )
+            if res.stage == self.config.slices:
+                db.execute("UPDATE p_shards SET target_from=NULL WHERE shard=?", (task.shard,))
+        return len(res.steps)
+
+    def _run_shards(self, tasks: list[_sisa.ShardTask], *, backend: str = "local", workers: int | None = None) -> int:
+        """Run shard tasks (in parallel when allowed) and commit their stages in shard order."""
+        from ._backend import run_tasks
+
+        total_stages = sum(len(t.stages) for t in tasks)
+        bar = _progress(total_stages, "training stages", self.progress)
+        steps = 0
+        try:
+            for task, results in run_tasks(
+                tasks, backend=backend, workers=workers if workers is not None else self.config.workers
+            ):
+                for res in results:
+                    steps += self._commit_stage(task, res)
+                    bar(1)
+        finally:
+            bar(None)
+        return steps
+
+    def train(self, *, backend: str = "local", workers: int | None = None) -> TrainReport:
+        """Commit (once) and train every shard that still has stages to run; resumable."""
+        import verifiable_mu.training  # noqa: F401  (import torch before the clock starts)
+
+        self._resume_pending_request(backend=backend, workers=workers)
+        t0 = time.perf_counter()
+        if not self.committed:
+            self._commit()
+        tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
+        steps = self._run_shards(tasks, backend=backend, workers=workers)
+        if not self.trained:
+            with self._log.transaction():
+                self._log_model("train", None)
+                prev = float(self._meta("train_seconds") or 0.0)
+                self._set_meta("train_seconds", repr(prev + time.perf_counter() - t0))
+                self._set_meta("trained", "1")
+            self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+        elif tasks:
+            self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+        head = self._log.latest_tree_head()
+        return TrainReport(
+            shards=self.config.shards,
+            steps=steps,
+            seconds=float(self._meta("train_seconds") or 0.0),
+            tree_head=head.note.decode() if head else "",
+            log_size=self._log.size,
+            test_accuracy=self.evaluate(),
+        )
+
+    def _shard_digests(self) -> list[bytes]:
+        rows = self._db().execute(
+            "SELECT digest FROM p_stage WHERE stage=? ORDER BY shard", (self.config.slices,)
+        ).fetchall()
+        if len(rows) != self.config.shards:
+            raise WorkspaceError("not every shard is trained: run 'vmu train' first")
+        return [r[0] for r in rows]
+
+    def model_digest(self) -> bytes:
+        return tagged_hash(TAG_MODEL, b"".join(self._shard_digests()))
+
+    def _log_model(self, reason: str, request: int | None) -> int:
+        digests = self._shard_digests()
+        body: dict[str, Any] = {
+            "reason": reason,
+            "shards": [d.hex() for d in digests],
+            "digest": tagged_hash(TAG_MODEL, b"".join(digests)).hex(),
+        }
+        if request is not None:
+            body["request"] = str(request)
+        idx = self._log.append("model", body)
+        self._set_meta("model_index", str(idx))
+        return idx
+
+    # --- prediction --------------------------------------------------------------------------
+
+    def constituents(self) -> list[Any]:
+        """The S constituent models (torch modules, eval mode, CPU)."""
+        import torch
+
+        from verifiable_mu.training import ModelSpec, build_model, load_checkpoint, load_into_model
+
+        ds = self.data
+        cfg = self.config
+        spec = ModelSpec(
+            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
+        )
+        models = []
+        for d in self._shard_digests():
+            m = build_model(spec, init_seed=0)
+            load_into_model(m, load_checkpoint(os.path.join(self.store, d.hex() + ".safetensors"), expected_digest=d), torch.device("cpu"))
+            m.eval()
+            models.append(m)
+        return models
+
+    def predict_proba(self, X: np.ndarray, *, aggregation: str = "mean") -> np.ndarray:
+        """Aggregated class probabilities: mean of softmax (default) or majority vote."""
+        import torch
+
+        models = self.constituents()
+        xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        with torch.no_grad():
+            probs = np.stack([torch.softmax(m(xt), dim=1).numpy() for m in models])
+        if aggregation == "mean":
+            return probs.mean(axis=0)  # type: ignore[no-any-return]
+        if aggregation == "vote":
+            votes = probs.argmax(axis=2)
+            k = probs.shape[2]
+            counts = np.stack([(votes == c).sum(axis=0) for c in range(k)], axis=1).astype(np.float64)
+            return counts / len(models)  # type: ignore[no-any-return]
+        raise BadInput(f"unknown aggregation {aggregation!r} (use mean or vote)")
+
+    def split_rows(self, role: str) -> np.ndarray:
+        return np.asarray(
+            [r for (r,) in self._db().execute("SELECT row FROM p_records WHERE role=? ORDER BY row", (role,))],
+            dtype=np.int64,
+        )
+
+    def evaluate(self, *, aggregation: str = "mean") -> float | None:
+        """Accuracy of the aggregated model on the held-out test split."""
+        if not self.trained:
+            return None
+        rows = self.split_rows("test")
+        if len(rows) == 0:
+            return None
+        ds = self.data
+        p = self.predict_proba(ds.X[rows], aggregation=aggregation)
+        return float((p.argmax(axis=1) == ds.y[rows]).mean())
+
+    # --- unlearning ----------------------------------------------------------------------------
+
+    def _validate_ids(self, ids: Sequence[str]) -> list[tuple[int, str, int, int, bytes, bytes]]:
+        if not ids:
+            raise BadInput("no record ids were given")
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen:
+                raise BadInput(f"record id {i!r} is given twice")
+            seen.add(i)
+        out = []
+        db = self._db()
+        for i in ids:
+            row = db.execute(
+                "SELECT row, role, shard, slice, commitment, key, deleted_by FROM p_records WHERE id=?", (i,)
+            ).fetchone()
+            if row is None:
+                raise BadInput(f"unknown record id {i!r}")
+            rownum, role, shard, slc, commitment, key, deleted_by = row
+            if deleted_by is not None:
+                raise BadInput(f"record {i!r} was already deleted (request {deleted_by})")
+            if role != "train":
+                raise BadInput(f"record {i!r} is in the {role} split and was never trained on")
+            out.append((rownum, i, shard, slc, commitment, key))
+        return out
+
+    def forget(self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None) -> ForgetReport:
+        """Unlearn the records ``ids`` in one request and write its signed transcript."""
+        ids = [str(i) for i in ids]
+        pending = self._pending_request()
+        if pending is not None:
+            n, pids = pending
+            if sorted(pids) == sorted(ids):
+                return self._finish_request(n, backend=backend, workers=workers)
+            self._resume_pending_request(backend=backend, workers=workers)
+        if not self.trained:
+            raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
+        recs = self._validate_ids(ids)
+        t0 = time.time()
+        head_before = self._ensure_signed_head()
+        size_before = self._log.size
+        plan: dict[int, int] = {}
+        for _, _, shard, slc, _, _ in recs:
+            plan[shard] = min(plan.get(shard, slc + 1), slc + 1)  # stages are 1-based
+        db = self._db()
+        evidence = self._evidence_before(recs, plan)
+        with self._log.transaction():
+            n = (db.execute("SELECT COALESCE(MAX(n), 0) FROM p_requests").fetchone()[0]) + 1
+            request_digest = tagged_hash(TAG_REQUEST, canonical_json({"n": str(n), "ids": sorted(ids)}))
+            del_idx = self._log.append(
+                "deletion",
+                {
+                    "request": str(n),
+                    "request_digest": request_digest.hex(),
+                    "commitments": sorted(c.hex() for *_, c, _ in recs),
+                    "shards": sorted(plan),
+                },
+            )
+            db.executemany("UPDATE p_records SET deleted_by=? WHERE row=?", ((n, r[0]) for r in recs))
+            db.execute(
+                "INSERT INTO p_requests(n, ids, status, deletion_index, size_before, head_before, started, plan) "
+                "VALUES(?,?,?,?,?,?,?,?)",
+                (n, json.dumps(ids), "pending", del_idx, size_before, head_before, t0, json.dumps(evidence)),
+            )
+            # Roll back: new generation, new slice trees for the affected slices.
+            for shard, from_stage in sorted(plan.items()):
+                gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0] + 1
+                db.execute("UPDATE p_shards SET generation=?, target_from=? WHERE shard=?", (gen, from_stage, shard))
+                for r in range(from_stage - 1, self.config.slices):
+                    rows = db.execute(
+                        "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+                        "AND deleted_by IS NULL",
+                        (shard, r),
+                    ).fetchall()
+                    tree = SortedTree.build((k, c) for k, c in rows)
+                    idx = self._log.append(
+                        "slice",
+                        {"shard": shard, "slice": r, "generation": gen, "root": tree.root.hex(), "size": str(len(tree))},
+                    )
+                    db.execute(
+                        "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
+                        (shard, r, gen, tree.root, len(tree), idx),
+                    )
+            self._log.append("dataset", {"version": n, "root": self._dataset_root().hex(), "slices": self.config.shards * self.config.slices})
+        return self._finish_request(n, backend=backend, workers=workers)
+
+    def _evidence_before(self, recs: Sequence[tuple[int, str, int, int, bytes, bytes]], plan: dict[int, int]) -> dict[str, Any]:
+        """What the transcript must point to in the log as it was before this request: each
+        record's slice entry and first use, each shard's rollback checkpoint, the model."""
+        db = self._db()
+        first_use: dict[str, int] = {}
+        old_slice: dict[str, int] = {}
+        for _, rid, shard, slc, commitment, _ in recs:
+            first, last = db.execute(
+                "SELECT first_step_index, last_step_index FROM p_stage WHERE shard=? AND stage=?", (shard, slc + 1)
+            ).fetchone()
+            hexc = commitment.hex()
+            found = None
+            for e in self._log.entries(first, last + 1):
+                if e.kind == "step" and hexc in e.body["batch"]:
+                    found = e.index
+                    break
+            if found is None:
+                raise WorkspaceError(f"record {rid!r} is not used by any logged step of its slice: the log is damaged")
+            first_use[hexc] = found
+            old_slice[hexc] = db.execute(
+                "SELECT log_index FROM p_slices WHERE shard=? AND slice=? ORDER BY generation DESC LIMIT 1", (shard, slc)
+            ).fetchone()[0]
+        rollback = {
+            str(s): db.execute("SELECT ckpt_index FROM p_stage WHERE shard=? AND stage=?", (s, r - 1)).fetchone()[0]
+            for s, r in plan.items()
+        }
+        return {
+            "plan": {str(k): v for k, v in plan.items()},
+            "first_use": first_use,
+            "old_slice": old_slice,
+            "rollback": rollback,
+            "model_before": int(self._meta("model_index") or -1),
+        }
+
+    def _dataset_root(self) -> bytes:
+        rows = self._db().execute(
+            "SELECT shard, slice, size, root FROM p_slices p WHERE generation = "
+            "(SELECT MAX(generation) FROM p_slices q WHERE q.shard=p.shard AND q.slice=p.slice) ORDER BY shard, slice"
+        ).fetchall()
+        return dataset_root([SliceDescriptor(shard=s, slice=r, size=z, root=root) for s, r, z, root in rows])
+
+    def _pending_request(self) -> tuple[int, list[str]] | None:
+        row = self._db().execute("SELECT n, ids FROM p_requests WHERE status='pending' ORDER BY n LIMIT 1").fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def _resume_pending_request(self, *, backend: str, workers: int | None) -> None:
+        p = self._pending_request()
+        if p is not None:
+            self._finish_request(p[0], backend=backend, workers=workers)
+
+    def _finish_request(self, n: int, *, backend: str, workers: int | None) -> ForgetReport:
+        from ._transcript import build_transcript
+
+        db = self._db()
+        evidence = json.loads(db.execute("SELECT plan FROM p_requests WHERE n=?", (n,)).fetchone()[0])
+        plan = {int(k): v for k, v in evidence["plan"].items()}
+        tasks = [t for t in (self._shard_task(s) for s in sorted(plan)) if t is not None]
+        steps = self._run_shards(tasks, backend=backend, workers=workers)
+        with self._log.transaction():
+            if self._meta("model_request") != str(n):
+                self._log_model("forget", n)
+                self._set_meta("model_request", str(n))
+        self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+        statement = build_transcript(self, n)
+        env = sign_statement(statement, [self._key])
+        tpath = os.path.join(self.path, TRANSCRIPT_DIR, f"{n:06d}.dsse.json")
+        _atomic_write(tpath, env.to_bytes())
+        started = db.execute("SELECT started FROM p_requests WHERE n=?", (n,)).fetchone()[0]
+        seconds = time.time() - started
+        with self._log.transaction():
+            db.execute(
+                "UPDATE p_requests SET status='done', seconds=?, transcript=? WHERE n=?",
+                (seconds, os.path.relpath(tpath, self.path), n),
+            )
+        ids = tuple(json.loads(db.execute("SELECT ids FROM p_requests WHERE n=?", (n,)).fetchone()[0]))
+        full = float(self._meta("train_seconds") or 0.0)
+        head = self._log.latest_tree_head()
+        return ForgetReport(
+            request=n,
+            deleted=ids,
+            shards_retrained=tuple(sorted(plan)),
+            slices_retrained=sum(self.config.slices - (r - 1) for r in plan.values()),
+            steps=steps,
+            seconds=seconds,
+            full_training_seconds=full,
+            speedup=full / seconds if seconds > 0 else float("inf"),
+            transcript_path=tpath,
+            tree_head=head.note.decode() if head else "",
+        )
+
+    def _ensure_signed_head(self) -> bytes:
+        head = self._log.latest_tree_head()
+        if head is None or head.size != self._log.size:
+            return self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+        return head.note
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        db = self._db()
+        cfg = self.config
+        shards = []
+        for s, gen, target in db.execute("SELECT shard, generation, target_from FROM p_shards ORDER BY shard"):
+            stages = db.execute("SELECT MAX(stage) FROM p_stage WHERE shard=? AND generation=?", (s, gen)).fetchone()[0]
+            size = db.execute(
+                "SELECT COUNT(*) FROM p_records WHERE role='train' AND shard=? AND deleted_by IS NULL", (s,)
+            ).fetchone()[0]
+            shards.append({"shard": s, "generation": gen, "records": size, "complete": target is None, "last_stage": stages})
+        reqs = db.execute("SELECT n, ids, status, seconds, transcript FROM p_requests ORDER BY n").fetchall()
+        head = self._log.latest_tree_head()
+        return {
+            "path": self.path,
+            "shards": cfg.shards,
+            "slices": cfg.slices,
+            "epochs": cfg.epochs,
+            "model": cfg.model,
+            "committed": self.committed,
+            "trained": self.trained,
+            "log_size": self._log.size,
+            "signed_size": head.size if head else 0,
+            "deleted_records": db.execute("SELECT COUNT(*) FROM p_records WHERE deleted_by IS NOT NULL").fetchone()[0],
+            "requests": [
+                {"n": n, "ids": json.loads(i), "status": st, "seconds": sec, "transcript": tr} for n, i, st, sec, tr in reqs
+            ],
+            "shard_state": shards,
+            "train_seconds": float(self._meta("train_seconds") or 0.0),
+            "public_key_id": self.public_key.key_id,
+        }
+
+    def transcript_paths(self) -> list[str]:
+        d = os.path.join(self.path, TRANSCRIPT_DIR)
+        return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".dsse.json"))
+
+
+def _init_seed(seed: int, shard: int) -> int:
+    return int.from_bytes(tagged_hash(TAG_MODEL, b"init", struct.pack(">QI", seed, shard))[:8], "big") >> 1
+
+
+def _take_lock(path: str) -> int:
+    lock_path = os.path.join(path, ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise WorkspaceLocked(
+            f"another vmu process (pid {holder}) is working on {path}; wait for it to finish and try again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _load_pub(path: str) -> VerifyingKey | None:
+    if not os.path.exists(path):
+        return None
+    return VerifyingKey.load(path)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Callable[[int | None], None]:
+    if not enabled or total == 0:
+        return lambda _n: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="stage", leave=False)
+
+    def update(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return update
+

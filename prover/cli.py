@@ -1,0 +1,189 @@
+"""``vmu``: the model owner's command line.
+
+Exit codes: 0 success; 2 bad usage or bad input (unknown id, already deleted, unreadable data,
+unsupported workspace version); 1 any other failure. Errors print one line; ``--verbose`` adds
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+
+from verifiable_mu._errors import MalformedInput, VmuError
+
+from ._errors import BadInput
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"vmu: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vmu", description="Verifiable machine unlearning: train with SISA under commitments, forget on request.")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    i = sub.add_parser("init", help="create a workspace: config, data copy, signing key")
+    i.add_argument("dir", metavar="DIR")
+    i.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or PATH.npz with X, y[, ids]")
+    i.add_argument("--shards", type=int, default=5, help="S, number of shards (default 5)")
+    i.add_argument("--slices", type=int, default=4, help="R, slices per shard (default 4)")
+    i.add_argument("--epochs", type=int, default=20, help="E, total epochs per shard; stage r trains 2E/(R+1) (default 20)")
+    i.add_argument("--model", default="mlp", help="mlp, logreg, cnn or MODULE:FACTORY (default mlp)")
+    i.add_argument("--seed", type=int, default=0, help="committed seed for split, assignment and shuffles (default 0)")
+    i.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: CUDA when present")
+    i.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also checkpoint every K steps inside a slice (0: only at slice ends; more checkpoints = shorter replay "
+        "segments, more overhead)",
+    )
+    i.add_argument("--threads", type=int, default=1, help="torch intra-op threads (logged; replay must match) (default 1)")
+    i.add_argument("--lr", type=float, default=0.05)
+    i.add_argument("--batch-size", type=int, default=32)
+    i.add_argument("--workers", type=int, default=0, help="shard processes (0: min(cores, shards))")
+
+    t = sub.add_parser("train", help="train every shard and print the signed tree head")
+    t.add_argument("dir", metavar="DIR")
+    t.add_argument("--backend", default="local", choices=("local", "ray"))
+    t.add_argument("--workers", type=int, default=None, help="override the workspace's shard processes")
+
+    f = sub.add_parser("forget", help="unlearn records and write one signed deletion transcript")
+    f.add_argument("dir", metavar="DIR")
+    g = f.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ids", help="comma-separated record ids, e.g. 17,42")
+    g.add_argument("--ids-file", help="file with one record id per line")
+    f.add_argument("--backend", default="local", choices=("local", "ray"))
+    f.add_argument("--workers", type=int, default=None)
+
+    s = sub.add_parser("status", help="show shards, slices, log size and deletions")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return p
+
+
+def _read_ids(args: argparse.Namespace) -> list[str]:
+    if args.ids is not None:
+        ids = [x.strip() for x in args.ids.split(",")]
+    else:
+        try:
+            with open(args.ids_file, encoding="utf-8") as fh:
+                ids = [line.strip() for line in fh]
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInput(f"cannot read --ids-file {args.ids_file}: {e}") from e
+        ids = [x for x in ids if x]
+    if not ids or any(not x for x in ids):
+        raise BadInput("--ids must list at least one non-empty record id")
+    return ids
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._workspace import Workspace, WorkspaceConfig
+
+    if args.command == "init":
+        cfg = WorkspaceConfig(
+            shards=args.shards,
+            slices=args.slices,
+            epochs=args.epochs,
+            model=args.model,
+            seed=args.seed,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            threads=args.threads,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        with Workspace.create(args.dir, data=args.data, config=cfg) as ws:
+            print(f"created workspace {ws.path}")
+            print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices")
+            print(f"  signing key id: {ws.public_key.key_id}")
+            print(f"  note verifier key: {ws.note_vkey}")
+        return EXIT_OK
+    if args.command == "train":
+        with Workspace.open(args.dir) as ws:
+            rep = ws.train(backend=args.backend, workers=args.workers)
+            acc = "n/a" if rep.test_accuracy is None else f"{100 * rep.test_accuracy:.1f}%"
+            print(f"trained {rep.shards} shards: {rep.steps} steps this run, {rep.seconds:.2f} s in all, test accuracy {acc}")
+            print(f"log size {rep.log_size}; signed tree head:")
+            print(rep.tree_head, end="")
+        return EXIT_OK
+    if args.command == "forget":
+        ids = _read_ids(args)
+        with Workspace.open(args.dir) as ws:
+            rep = ws.forget(ids, backend=args.backend, workers=args.workers)
+            print(
+                f"forgot {len(rep.deleted)} record(s) in request {rep.request}: retrained {len(rep.shards_retrained)} "
+                f"shard(s), {rep.slices_retrained} slice(s), {rep.steps} steps in {rep.seconds:.2f} s"
+            )
+            print(
+                f"speed-up against full training ({rep.full_training_seconds:.2f} s): {rep.speedup:.1f}x"
+            )
+            print(f"transcript: {rep.transcript_path}")
+        return EXIT_OK
+    if args.command == "status":
+        with Workspace.open(args.dir) as ws:
+            st = ws.status()
+        if args.json:
+            print(json.dumps(st, indent=2, sort_keys=True))
+            return EXIT_OK
+        print(f"workspace {st['path']}: {st['shards']} shards x {st['slices']} slices, model {st['model']}")
+        print(f"  trained: {'yes' if st['trained'] else 'no'}; log size {st['log_size']} (signed {st['signed_size']})")
+        print(f"  deleted records: {st['deleted_records']} in {len(st['requests'])} request(s)")
+        for sh in st["shard_state"]:
+            print(
+                f"  shard {sh['shard']}: {sh['records']} records, generation {sh['generation']}, "
+                f"{'complete' if sh['complete'] else 'incomplete'}"
+            )
+        for r in st["requests"]:
+            print(f"  request {r['n']}: {len(r['ids'])} id(s), {r['status']}, transcript {r['transcript']}")
+        return EXIT_OK
+    raise BadInput(f"unknown command {args.command}")  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except MalformedInput as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except VmuError as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu: error: {e.strerror or e} ({getattr(e, 'filename', '') or ''})", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as e:  # a bug: still one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install verifiable-mu with its test extras into a fresh virtual environment (.venv) and run
+# every check: the import-layering contract, then the whole test suite.
+# torch comes from the pinned CPU build (torch==2.13.0); the library itself asks for a range.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+rm -rf .venv
+"$PY" -m venv .venv
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[test,report]'
+echo "== layering (import-linter)"
+.venv/bin/lint-imports
+echo "== tests"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

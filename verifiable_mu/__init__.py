@@ -1,0 +1,1 @@
+"""verifiable-mu: the shared core both prover and verifier trust (placeholder)."""

@@ -1,0 +1,147 @@
+"""Canonical JSON (RFC 8785, JCS) and strict base64 helpers.
+
+Every digest or signature taken over JSON in verifiable-mu is taken over the RFC 8785
+canonical form. ``rfc8785`` rejects NaN/Infinity and integers outside +-2^53, so large
+counters travel as decimal strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import rfc8785
+
+from ._errors import MalformedInput
+
+__all__ = ["canonical_json", "b64encode", "b64decode", "hex32", "parse_json_strict"]
+
+
+_fast_dumps = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False, check_circular=False
+).encode
+
+
+def _is_simple(obj: Any, depth: int = 0) -> bool:
+    """True when ``json.dumps(sort_keys=True)`` is exactly RFC 8785 for ``obj``.
+
+    That holds for dicts with ASCII keys (code-point order equals UTF-16 order), lists, strings,
+    booleans, None and integers within +-(2^53 - 1); floats need ECMAScript number formatting and
+    take the slow path.
+    """
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return True
+    if t is int:
+        return -(2**53) < obj < 2**53
+    if depth > 32:
+        return False
+    if t is list or t is tuple:
+        return all(_is_simple(v, depth + 1) for v in obj)
+    if t is dict:
+        return all(type(k) is str and k.isascii() and _is_simple(v, depth + 1) for k, v in obj.items())
+    return False
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Return the RFC 8785 canonical UTF-8 bytes of ``obj``.
+
+    A fast path (the stdlib encoder) serves documents that contain no floats and only ASCII
+    keys, where its output is byte-identical to RFC 8785 (a hypothesis test checks this against
+    the ``rfc8785`` package); everything else goes through ``rfc8785``.
+    """
+    if _is_simple(obj):
+        try:
+            return _fast_dumps(obj).encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates
+            raise MalformedInput(f"value cannot be canonicalised as RFC 8785 JSON: {e}") from e
+    try:
+        return rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as e:
+        raise MalformedInput(f"value cannot be canonicalised as RFC 8785 JSON: {e}") from e
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 with padding (RFC 4648 section 4)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str, *, what: str = "value", exc: type[Exception] = MalformedInput) -> bytes:
+    """Strict standard base64 decoding; anything else raises ``exc`` naming ``what``."""
+    if not isinstance(text, str):
+        raise exc(f"{what} must be a base64 string, not {type(text).__name__}")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as e:
+        raise exc(f"{what} is not valid base64: {e}") from e
+
+
+def hex32(text: object, *, what: str = "digest", exc: type[Exception] = MalformedInput) -> bytes:
+    """Parse a lower-case 64-character hex string into 32 bytes; anything else raises ``exc``."""
+    if not isinstance(text, str) or len(text) != 64:
+        raise exc(f"{what} must be 64 lower-case hex characters")
+    if text != text.lower():
+        raise exc(f"{what} must be lower-case hex")
+    try:
+        return bytes.fromhex(text)
+    except ValueError as e:
+        raise exc(f"{what} is not valid hex: {e}") from e
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def parse_json_strict(
+    data: bytes | str,
+    *,
+    what: str = "JSON document",
+    exc: type[Exception] = MalformedInput,
+    max_bytes: int = 64 * 1024 * 1024,
+    max_depth: int = 64,
+) -> Any:
+    """Parse untrusted JSON: size and depth bounded, no duplicate keys, no NaN/Infinity."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if len(data) > max_bytes:
+        raise exc(f"{what} is too large ({len(data)} bytes > {max_bytes})")
+    # Depth is bounded before parsing so a deeply nested document cannot exhaust the stack.
+    depth = 0
+    in_str = False
+    esc = False
+    for byte in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif byte == 0x5C:
+                esc = True
+            elif byte == 0x22:
+                in_str = False
+            continue
+        if byte == 0x22:
+            in_str = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > max_depth:
+                raise exc(f"{what} is nested deeper than {max_depth} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicates,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise exc(f"{what} is not valid JSON: {e}") from e

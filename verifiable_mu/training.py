@@ -1,0 +1,409 @@
+"""The deterministic training step that prover and verifier both execute (specs/06-training.md).
+
+This module needs torch; the rest of :mod:`verifiable_mu` does not import it, so a verifier that
+only checks proofs never loads torch.
+
+One *step* is: seed torch's global RNG with the logged step seed, compute the mean
+cross-entropy of the model on the disclosed batch, back-propagate, and apply SGD with momentum
+(``buf = momentum * buf + grad + weight_decay * param``; ``param -= lr * buf``), all in float32
+with ``torch.use_deterministic_algorithms(True)`` and a fixed intra-op thread count. A
+*checkpoint* is the model's parameters and the momentum buffers; its digest is taken over
+canonical content (names, dtypes, shapes and little-endian bytes), never over file bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._canonical import canonical_json
+from ._errors import CommitmentMismatch, MalformedInput
+from ._tags import TAG_CHECKPOINT, TAG_STEP_SEED, tagged_hash
+
+__all__ = [
+    "ModelSpec",
+    "Hyper",
+    "Checkpoint",
+    "build_model",
+    "configure_determinism",
+    "platform_info",
+    "step_seed",
+    "sgd_step",
+    "run_steps",
+    "checkpoint_digest",
+    "checkpoint_from_model",
+    "load_into_model",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_distance",
+    "resolve_device",
+    "zero_momentum",
+    "StepInput",
+]
+
+_BUILTIN_MODELS = ("mlp", "logreg", "cnn")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """Which model to build: a built-in name or ``module:factory``.
+
+    A factory is called as ``factory(n_features=..., n_classes=..., input_shape=...)`` and must
+    return a ``torch.nn.Module`` mapping a float32 batch of ``input_shape`` to logits.
+    """
+
+    name: str
+    n_features: int
+    n_classes: int
+    input_shape: tuple[int, ...]
+    hidden: int = 128
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n_features": self.n_features,
+            "n_classes": self.n_classes,
+            "input_shape": list(self.input_shape),
+            "hidden": self.hidden,
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> ModelSpec:
+        try:
+            return cls(
+                name=str(d["name"]),
+                n_features=int(d["n_features"]),
+                n_classes=int(d["n_classes"]),
+                input_shape=tuple(int(x) for x in d["input_shape"]),
+                hidden=int(d["hidden"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedInput(f"model spec is not valid: {e}") from e
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hyper:
+    """Hyper-parameters of every step; all logged (floats travel as decimal strings)."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lr": repr(self.lr),
+            "momentum": repr(self.momentum),
+            "weight_decay": repr(self.weight_decay),
+            "batch_size": self.batch_size,
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> Hyper:
+        try:
+            return cls(
+                lr=float(d["lr"]),
+                momentum=float(d["momentum"]),
+                weight_decay=float(d["weight_decay"]),
+                batch_size=int(d["batch_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedInput(f"hyper-parameters are not valid: {e}") from e
+
+
+class _CNN(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int) -> None:
+        super().__init__()
+        side = int(round(float(np.prod(input_shape)) ** 0.5))
+        if side * side != int(np.prod(input_shape)):
+            raise MalformedInput("the cnn model needs square single-channel inputs")
+        self.side = side
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * (side // 2) * (side // 2), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, self.side, self.side)
+        x = torch.relu(self.conv1(x))
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def build_model(spec: ModelSpec, *, init_seed: int) -> nn.Module:
+    """Build the model with a deterministic initialisation from ``init_seed``."""
+    torch.manual_seed(init_seed)
+    if spec.name == "mlp":
+        model: nn.Module = nn.Sequential(
+            nn.Flatten(), nn.Linear(spec.n_features, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, spec.n_classes)
+        )
+    elif spec.name == "logreg":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(spec.n_features, spec.n_classes))
+    elif spec.name == "cnn":
+        model = _CNN(spec.input_shape, spec.n_classes)
+    elif ":" in spec.name:
+        mod_name, _, fn_name = spec.name.partition(":")
+        try:
+            factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as e:
+            raise MalformedInput(f"cannot import model factory {spec.name!r}: {e}") from e
+        model = factory(n_features=spec.n_features, n_classes=spec.n_classes, input_shape=spec.input_shape)
+        if not isinstance(model, nn.Module):
+            raise MalformedInput(f"model factory {spec.name!r} did not return a torch.nn.Module")
+    else:
+        raise MalformedInput(f"unknown model {spec.name!r} (use {', '.join(_BUILTIN_MODELS)} or module:factory)")
+    return model.float()
+
+
+def configure_determinism(threads: int) -> None:
+    """Pin the intra-op thread count and turn on deterministic algorithms.
+
+    The thread count changes the bits of a result, so it is logged and replay uses the same.
+    """
+    if threads < 1:
+        raise MalformedInput("thread count must be at least 1")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is not None:
+        # The public wrapper also imports torch._inductor (seconds) to flip a compiler flag we
+        # do not use; the C setter is what makes eager kernels deterministic.
+        if not torch.are_deterministic_algorithms_enabled():
+            setter(True, warn_only=False)
+    else:  # pragma: no cover - older/newer torch without the private setter
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MalformedInput("--device cuda was asked for, but no CUDA device is available")
+        return torch.device("cuda")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise MalformedInput(f"unknown device {name!r} (use auto, cpu or cuda)")
+
+
+def platform_info(device: torch.device, threads: int) -> dict[str, Any]:
+    """What a bit-exact replay must match."""
+    return {
+        "torch": torch.__version__,
+        "device": device.type,
+        "threads": threads,
+        "deterministic": True,
+        "dtype": "float32",
+    }
+
+
+def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
+    """The 63-bit seed for one step's RNG (dropout and the like), derived, never chosen."""
+    d = tagged_hash(TAG_STEP_SEED, struct.pack(">QIIIIQ", run_seed, shard, generation, stage, epoch, step))
+    return int.from_bytes(d[:8], "big") >> 1
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+Checkpoint = dict[str, torch.Tensor]
+"""Ordered mapping ``param/<name>`` and ``momentum/<name>`` -> float32 CPU tensors."""
+
+
+def checkpoint_from_model(model: nn.Module, momentum: Mapping[str, torch.Tensor]) -> Checkpoint:
+    out: Checkpoint = {}
+    for name, p in model.named_parameters():
+        out[f"param/{name}"] = p.detach().to("cpu", copy=True).contiguous()
+        out[f"momentum/{name}"] = momentum[name].detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def load_into_model(model: nn.Module, ckpt: Checkpoint, device: torch.device) -> dict[str, torch.Tensor]:
+    """Copy a checkpoint into ``model``; return the momentum buffers on ``device``."""
+    names = [n for n, _ in model.named_parameters()]
+    expected = {f"param/{n}" for n in names} | {f"momentum/{n}" for n in names}
+    if set(ckpt) != expected:
+        raise MalformedInput("checkpoint tensors do not match the model's parameters")
+    momentum: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            src = ckpt[f"param/{n}"]
+            if src.shape != p.shape or src.dtype != p.dtype:
+                raise MalformedInput(f"checkpoint tensor {n} has the wrong shape or dtype")
+            p.copy_(src.to(device))
+            momentum[n] = ckpt[f"momentum/{n}"].to(device).clone()
+    return momentum
+
+
+def checkpoint_digest(ckpt: Checkpoint) -> bytes:
+    """``SHA-256(TAG_CHECKPOINT || canonical_json(header) || tensor bytes in name order)``."""
+    names = sorted(ckpt)
+    header = [{"name": n, "dtype": str(ckpt[n].dtype).removeprefix("torch."), "shape": list(ckpt[n].shape)} for n in names]
+    h = hashlib.sha256(TAG_CHECKPOINT)
+    hb = canonical_json({"version": 1, "tensors": header})
+    h.update(struct.pack(">Q", len(hb)))
+    h.update(hb)
+    for n in names:
+        t = ckpt[n]
+        if t.dtype != torch.float32:
+            raise MalformedInput(f"checkpoint tensor {n} is {t.dtype}, only float32 is supported")
+        h.update(t.detach().to("cpu").contiguous().numpy().astype("<f4", copy=False).tobytes())
+    return h.digest()
+
+
+_META_KEY = "vmu"
+
+
+def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str]) -> bytes:
+    """Write ``<digest hex>.safetensors`` atomically (content-addressed); return the digest.
+
+    One metadata key only (safetensors files with several keys are not byte-identical across
+    saves). Existing files are left alone: same name, same content.
+    """
+    from safetensors.torch import save
+
+    digest = checkpoint_digest(ckpt)
+    path = os.path.join(os.fspath(directory), digest.hex() + ".safetensors")
+    if os.path.exists(path):
+        return digest
+    meta = {_META_KEY: json.dumps({"version": 1, "digest": digest.hex()}, sort_keys=True, separators=(",", ":"))}
+    data = save({k: v.contiguous() for k, v in ckpt.items()}, metadata=meta)
+    _atomic_write(path, data)
+    return digest
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, expected_digest: bytes | None = None) -> Checkpoint:
+    """Load a checkpoint file and, when asked, check its content digest."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        tensors = load(raw)
+    except (OSError, SafetensorError, ValueError, RuntimeError) as e:
+        raise MalformedInput(f"checkpoint {os.fspath(path)} cannot be read: {e}") from e
+    ckpt: Checkpoint = {k: tensors[k] for k in sorted(tensors)}
+    if expected_digest is not None:
+        got = checkpoint_digest(ckpt)
+        if got != expected_digest:
+            raise CommitmentMismatch(
+                f"checkpoint {os.path.basename(os.fspath(path))} has content digest {got.hex()[:16]}..., "
+                f"expected {expected_digest.hex()[:16]}..."
+            )
+    return ckpt
+
+
+def checkpoint_distance(a: Checkpoint, b: Checkpoint) -> float:
+    """Relative L2 distance of the parameters: ||a - b|| / max(||b||, tiny)."""
+    if set(a) != set(b):
+        return float("inf")
+    num = 0.0
+    den = 0.0
+    for k in a:
+        if not k.startswith("param/"):
+            continue
+        da = a[k].double()
+        db = b[k].double()
+        if da.shape != db.shape:
+            return float("inf")
+        num += float(((da - db) ** 2).sum())
+        den += float((db**2).sum())
+    return (num**0.5) / max(den**0.5, 1e-30)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --- the step ----------------------------------------------------------------------------
+
+
+def sgd_step(
+    model: nn.Module,
+    momentum: dict[str, torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    hyper: Hyper,
+    seed: int,
+) -> float:
+    """One deterministic SGD-with-momentum step; returns the batch loss."""
+    # torch.manual_seed goes through Python wrappers costing ~170 us; seed the generators directly.
+    torch.default_generator.manual_seed(seed)
+    if xb.is_cuda:
+        torch.cuda.manual_seed(seed)
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    loss = nn.functional.cross_entropy(model(xb), yb)
+    loss.backward()
+    lr, mom, wd = hyper.lr, hyper.momentum, hyper.weight_decay
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            g = p.grad
+            if g is None:
+                continue
+            if wd:
+                g = g.add(p, alpha=wd)
+            buf = momentum[name]
+            buf.mul_(mom).add_(g)
+            p.add_(buf, alpha=-lr)
+    return float(loss.detach())
+
+
+def zero_momentum(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """One step to execute: the batch rows and the logged seed."""
+
+    x: np.ndarray
+    y: np.ndarray
+    seed: int
+
+
+def run_steps(
+    model: nn.Module,
+    momentum: dict[str, torch.Tensor],
+    steps: Iterable[StepInput],
+    hyper: Hyper,
+    device: torch.device,
+) -> int:
+    """Execute steps in order; return how many ran."""
+    n = 0
+    for s in steps:
+        xb = torch.from_numpy(np.ascontiguousarray(s.x, dtype=np.float32)).to(device)
+        yb = torch.from_numpy(np.ascontiguousarray(s.y, dtype=np.int64)).to(device)
+        sgd_step(model, momentum, xb, yb, hyper, s.seed)
+        n += 1
+    return n
+
