@@ -18,6 +18,7 @@ import numpy as np
 from verifiable_mu._tags import TAG_ASSIGNMENT, TAG_STEP_SEED, tagged_hash
 
 __all__ = [
+    "batch_commitments",
     "assign",
     "stage_epochs",
     "expected_speedup",
@@ -28,6 +29,11 @@ __all__ = [
     "StageResult",
     "train_shard",
 ]
+
+
+def batch_commitments(batch: str) -> list[str]:
+    """Split a step entry's ``batch`` field into its 64-hex-character commitments."""
+    return [batch[i : i + 64] for i in range(0, len(batch), 64)]
 
 
 def assign(keys: Sequence[bytes], *, seed: int, shards: int, slices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +107,7 @@ class StepRecord:
     epoch: int
     step: int
     seed: int
-    batch: list[bytes]
+    batch: str  # the batch's commitments as 64-char hex each, concatenated in batch order
 
 
 @dataclass(slots=True)
@@ -161,7 +167,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         X = torch.from_numpy(X_all[rows]).to(device)
         y = torch.from_numpy(y_all[rows]).to(device)
         n = len(rows)
-        commits = list(st.commitments)
+        commits = [c.hex() for c in st.commitments]
         in_stage = 0
         total = st.epochs * ((n + B - 1) // B)
         for epoch in range(st.epochs):
@@ -178,7 +184,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                 step += 1
                 in_stage += 1
                 if task.record:
-                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, [commits[i] for i in idx.tolist()]))
+                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, "".join([commits[i] for i in idx.tolist()])))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
                         d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
                         res.checkpoints.append((step, d))

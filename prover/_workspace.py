@@ -51,6 +51,8 @@ __all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMA
 
 FORMAT_VERSION = 1
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
+#: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
+AUTO_PARALLEL_STEPS = 20_000
 CONFIG_FILE = "vmu-workspace.json"
 KEY_FILE = "signing-key.pem"
 PUB_FILE = "signing-key.pub.pem"
@@ -132,7 +134,6 @@ class TrainReport:
     seconds: float
     tree_head: str
     log_size: int
-    test_accuracy: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,46 +431,62 @@ class Workspace:
                     for i in range(n)
                 ),
             )
-            self._log.append(
-                "config",
-                {
-                    "format": FORMAT_VERSION,
-                    "shards": cfg.shards,
-                    "slices": cfg.slices,
-                    "epochs": cfg.epochs,
-                    "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
-                    "checkpoint_every": cfg.checkpoint_every,
-                    "seed": str(cfg.seed),
-                    "assignment": "sha256-rank-v1",
-                    "model": spec.to_json(),
-                    "hyper": cfg.hyper_json(),
-                    "platform": platform_info(device, cfg.threads),
-                    "n_train": len(train_rows),
-                    "data_digest": self._data_digest,
-                },
-            )
+            items: list[tuple[str, dict[str, Any]]] = [
+                (
+                    "config",
+                    {
+                        "format": FORMAT_VERSION,
+                        "shards": cfg.shards,
+                        "slices": cfg.slices,
+                        "epochs": cfg.epochs,
+                        "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
+                        "checkpoint_every": cfg.checkpoint_every,
+                        "seed": str(cfg.seed),
+                        "assignment": "sha256-rank-v1",
+                        "model": spec.to_json(),
+                        "hyper": cfg.hyper_json(),
+                        "platform": platform_info(device, cfg.threads),
+                        "n_train": len(train_rows),
+                        "data_digest": self._data_digest,
+                    },
+                )
+            ]
+            slice_at: dict[tuple[int, int], int] = {}
             for s in range(cfg.shards):
                 for r in range(cfg.slices):
                     root, size = slice_roots[(s, r)]
-                    idx = self._log.append(
-                        "slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)}
+                    slice_at[(s, r)] = len(items)
+                    items.append(
+                        ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
                     )
-                    db.execute(
-                        "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
-                        (s, r, 0, root, size, idx),
-                    )
-            self._log.append("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)})
-            self._log.append("audit", {"root": audit_tree.root.hex(), "size": str(len(audit_tree))})
+            items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
+            items.append(("audit", {"root": audit_tree.root.hex(), "size": str(len(audit_tree))}))
+            ckpt_at = []
             for s in range(cfg.shards):
-                idx = self._log.append(
-                    "checkpoint",
-                    {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                ckpt_at.append(len(items))
+                items.append(
+                    (
+                        "checkpoint",
+                        {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                    )
                 )
-                db.execute(
-                    "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
-                    (s, 0, 0, 0, init_digests[s], idx),
-                )
-                db.execute("INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)", (s, 0, 1))
+            base = self._log.append_many(items).start
+            db.executemany(
+                "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
+                (
+                    (s, r, 0, slice_roots[(s, r)][0], slice_roots[(s, r)][1], base + slice_at[(s, r)])
+                    for s in range(cfg.shards)
+                    for r in range(cfg.slices)
+                ),
+            )
+            db.executemany(
+                "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
+                ((s, 0, 0, 0, init_digests[s], base + ckpt_at[s]) for s in range(cfg.shards)),
+            )
+            db.executemany(
+                "INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)",
+                ((s, 0, 1) for s in range(cfg.shards)),
+            )
             self._set_meta("committed", "1")
         self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
 
@@ -489,17 +506,28 @@ class Workspace:
                 commits.append(c)
         return np.asarray(rows, dtype=np.int64), commits
 
-    def _shard_task(self, shard: int, *, record: bool = True) -> _sisa.ShardTask | None:
+    def _shard_task(self, shard: int, *, record: bool = True, from_scratch: bool = False) -> _sisa.ShardTask | None:
+        """The work left for ``shard`` (None when complete); ``from_scratch``: all stages from the
+        initial weights (benchmarks compare that with and without verifiability)."""
         db = self._db()
         gen, target_from = db.execute("SELECT generation, target_from FROM p_shards WHERE shard=?", (shard,)).fetchone()
-        if target_from is None:
+        if from_scratch:
+            target_from = 1
+            gen = 0
+        elif target_from is None:
             return None
-        done = db.execute(
+        done = None if from_scratch else db.execute(
             "SELECT stage, step, digest FROM p_stage WHERE shard=? AND stage>=? - 1 AND generation=? "
             "ORDER BY stage DESC LIMIT 1",
             (shard, target_from, gen),
         ).fetchone()
-        if done is None:  # resume point is the rollback checkpoint of an older generation
+        if from_scratch:
+            digest = bytes.fromhex(
+                next(e for e in self._log.entries(0, self._log.size) if e.kind == "checkpoint" and e.body["shard"] == shard)
+                .body["digest"]
+            )
+            done = (0, 0, digest)
+        elif done is None:  # resume point is the rollback checkpoint of an older generation
             done = db.execute(
                 "SELECT stage, step, digest FROM p_stage WHERE shard=? AND stage=?", (shard, target_from - 1)
             ).fetchone()
@@ -554,7 +582,7 @@ class Workspace:
                             "step": str(s.step),
                             "seed": str(s.seed),
                             "lr": lr,
-                            "batch": [c.hex() for c in s.batch],
+                            "batch": s.batch,
                         },
                     )
                 )
@@ -592,12 +620,19 @@ class Workspace:
         from ._backend import run_tasks
 
         total_stages = sum(len(t.stages) for t in tasks)
+        if workers is None:
+            workers = self.config.workers
+        if workers == 0:
+            # auto: a process pool costs seconds to start (each worker imports torch), so small
+            # jobs run inline; large ones use min(cores, shards) processes.
+            steps_est = sum(
+                st.epochs * -(-len(st.rows) // self.config.batch_size) for t in tasks for st in t.stages
+            )
+            workers = 1 if steps_est < AUTO_PARALLEL_STEPS else 0
         bar = _progress(total_stages, "training stages", self.progress)
         steps = 0
         try:
-            for task, results in run_tasks(
-                tasks, backend=backend, workers=workers if workers is not None else self.config.workers
-            ):
+            for task, results in run_tasks(tasks, backend=backend, workers=workers):
                 for res in results:
                     steps += self._commit_stage(task, res)
                     bar(1)
@@ -631,7 +666,6 @@ class Workspace:
             seconds=float(self._meta("train_seconds") or 0.0),
             tree_head=head.note.decode() if head else "",
             log_size=self._log.size,
-            test_accuracy=self.evaluate(),
         )
 
     def _shard_digests(self) -> list[bytes]:
@@ -741,6 +775,8 @@ class Workspace:
 
     def forget(self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None) -> ForgetReport:
         """Unlearn the records ``ids`` in one request and write its signed transcript."""
+        import verifiable_mu.training  # noqa: F401  (import torch before the clock starts)
+
         ids = [str(i) for i in ids]
         pending = self._pending_request()
         if pending is not None:
@@ -812,7 +848,7 @@ class Workspace:
             hexc = commitment.hex()
             found = None
             for e in self._log.entries(first, last + 1):
-                if e.kind == "step" and hexc in e.body["batch"]:
+                if e.kind == "step" and hexc in _sisa.batch_commitments(e.body["batch"]):
                     found = e.index
                     break
             if found is None:

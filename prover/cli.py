@@ -118,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         with Workspace.open(args.dir) as ws:
             rep = ws.train(backend=args.backend, workers=args.workers)
-            acc = "n/a" if rep.test_accuracy is None else f"{100 * rep.test_accuracy:.1f}%"
+            accuracy = ws.evaluate()
+            acc = "n/a" if accuracy is None else f"{100 * accuracy:.1f}%"
             print(f"trained {rep.shards} shards: {rep.steps} steps this run, {rep.seconds:.2f} s in all, test accuracy {acc}")
             print(f"log size {rep.log_size}; signed tree head:")
             print(rep.tree_head, end="")

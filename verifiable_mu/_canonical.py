@@ -39,10 +39,18 @@ def _is_simple(obj: Any, depth: int = 0) -> bool:
     if depth > 32:
         return False
     if t is list or t is tuple:
+        if set(map(type, obj)) <= _STR_ONLY:  # the common case: lists of hex digests
+            return True
         return all(_is_simple(v, depth + 1) for v in obj)
     if t is dict:
-        return all(type(k) is str and k.isascii() and _is_simple(v, depth + 1) for k, v in obj.items())
+        keys = obj.keys()
+        if not (set(map(type, keys)) <= _STR_ONLY and all(map(str.isascii, keys))):
+            return False
+        return all(_is_simple(v, depth + 1) for v in obj.values())
     return False
+
+
+_STR_ONLY = {str}
 
 
 def canonical_json(obj: Any) -> bytes:

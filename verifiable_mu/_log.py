@@ -190,7 +190,9 @@ class TransparencyLog:
     # -- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, origin: str, create: bool = False, timeout: float = 30.0) -> TransparencyLog:
+    def open(
+        cls, path: str | os.PathLike[str], *, origin: str, create: bool = False, timeout: float = 30.0
+    ) -> TransparencyLog:
         """Open the log in ``path`` (creating the file and tables when ``create``).
 
         Raises :class:`LogError` if there is no log (and ``create`` is false) or the stored origin
@@ -377,7 +379,9 @@ class TransparencyLog:
         hashes = [r[0] for r in rows]
         for h in hashes:
             if not isinstance(h, bytes) or len(h) != HASH_SIZE:
-                raise LogCorrupted(f"a stored tree node under (level {level}, index {idx}) is not a {HASH_SIZE}-byte hash")
+                raise LogCorrupted(
+                    f"a stored tree node under (level {level}, index {idx}) is not a {HASH_SIZE}-byte hash"
+                )
         while len(hashes) > 1:
             hashes = [node_hash(hashes[j], hashes[j + 1]) for j in range(0, len(hashes), 2)]
         return hashes[0]
@@ -600,13 +604,17 @@ class TransparencyLog:
                 prev = self.latest_tree_head()
                 if prev is not None:
                     if prev.size > size:
-                        raise LogCorrupted(f"the latest signed tree head (size {prev.size}) is larger than the log ({size})")
+                        raise LogCorrupted(
+                            f"the latest signed tree head (size {prev.size}) is larger than the log ({size})"
+                        )
                     try:
                         self.consistency_proof(prev.size, size).verify(old_root=prev.root_hash, new_root=root)
                     except ConsistencyProofFailed as e:
                         raise LogCorrupted(f"the log is not consistent with its latest signed tree head: {e}") from e
                     if timestamp is not None and prev.timestamp is not None and timestamp < prev.timestamp:
-                        raise LogError(f"timestamp {timestamp} is earlier than the latest tree head's ({prev.timestamp})")
+                        raise LogError(
+                            f"timestamp {timestamp} is earlier than the latest tree head's ({prev.timestamp})"
+                        )
                 cp = Checkpoint(origin=self._origin, size=size, root_hash=root, timestamp=timestamp)
                 note = sign_checkpoint(cp, signer)
                 if open_checkpoint(note, [signer.verifier], origin=self._origin) != cp:  # pragma: no cover

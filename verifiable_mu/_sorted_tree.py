@@ -411,6 +411,10 @@ class NonMembershipProof:
             raise MalformedProof(f"non-membership proof key must be {HASH_SIZE} bytes")
         if type(self.tree_size) is not int or not 0 <= self.tree_size <= _MAX_COUNT:
             raise MalformedProof("non-membership proof tree_size must be an integer in [0, 2^63)")
+        if self.tree_size == 0 and (self.left is not None or self.right is not None):
+            raise MalformedProof("non-membership proof for an empty tree must have no neighbours")
+        if self.tree_size > 0 and self.left is None and self.right is None:
+            raise MalformedProof("non-membership proof for a non-empty tree needs at least one neighbour")
         for side in ("left", "right"):
             p = getattr(self, side)
             if p is None:
@@ -422,10 +426,6 @@ class NonMembershipProof:
                     f"non-membership proof {side} neighbour is proven in a tree of size {p.tree_size}, "
                     f"not {self.tree_size}"
                 )
-        if self.tree_size == 0 and (self.left is not None or self.right is not None):
-            raise MalformedProof("non-membership proof for an empty tree must have no neighbours")
-        if self.tree_size > 0 and self.left is None and self.right is None:
-            raise MalformedProof("non-membership proof for a non-empty tree needs at least one neighbour")
 
     def verify(self, *, root: bytes, key: bytes) -> None:
         """Raise :class:`NonMembershipProofFailed` unless ``key`` is absent from tree ``root``.

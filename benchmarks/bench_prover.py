@@ -1,0 +1,143 @@
+"""Prover benchmarks: forget vs full retraining, and the overhead of verifiability.
+
+Run as a script for the figures the README quotes::
+
+    python benchmarks/bench_prover.py            # digits, 5 shards x 4 slices, 1 torch thread
+
+It prints, measured side by side in one process:
+  * the aggregated SISA model's test accuracy next to one model trained on all training data
+    with the same budget (same epochs over the data, same optimiser);
+  * the mean speed-up of single-record deletions over full retraining (>= 10 random records),
+    next to the slice schedule's expected speed-up S*3R/(2R+1) and the 80 % bar;
+  * the wall-time ratio of training with commitments, logging and checkpoints against the
+    same SISA schedule without them (bar: <= 1.15), for checkpoint_every = 0 and K.
+
+pytest-benchmark entry points (``pytest benchmarks/bench_prover.py``) time the same operations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+
+import verifiable_mu.training as T  # noqa: E402
+from prover import Workspace, WorkspaceConfig, expected_speedup  # noqa: E402
+from prover import _sisa  # noqa: E402
+
+
+def _fresh(root: str, name: str, **kw: object) -> Workspace:
+    path = os.path.join(root, name)
+    shutil.rmtree(path, ignore_errors=True)
+    ws = Workspace.create(path, data="digits", config=WorkspaceConfig(workers=1, **kw))  # type: ignore[arg-type]
+    ws.progress = False
+    return ws
+
+
+def plain_sisa_seconds(ws: Workspace) -> float:
+    """The same SISA schedule (same data, order, steps) without commitments, logging or
+    checkpoint files: every shard from its initial weights, all stages."""
+    total = 0.0
+    for s in range(ws.config.shards):
+        task = ws._shard_task(s, record=False, from_scratch=True)
+        assert task is not None
+        t0 = time.perf_counter()
+        _sisa.train_shard(task)
+        total += time.perf_counter() - t0
+    return total
+
+
+def single_model_accuracy(ws: Workspace) -> float:
+    """One model on all training rows, same epochs, same optimiser, same batch size."""
+    import torch
+
+    cfg = ws.config
+    ds = ws.data
+    rows = ws.split_rows("train")
+    spec = T.ModelSpec(name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden)
+    model = T.build_model(spec, init_seed=12345)
+    mom = T.zero_momentum(model)
+    hyper = T.Hyper(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size)
+    X = torch.from_numpy(ds.X[rows])
+    y = torch.from_numpy(ds.y[rows])
+    rng = np.random.default_rng(7)
+    step = 0
+    for _ in range(cfg.epochs):
+        perm = rng.permutation(len(rows))
+        for b in range(0, len(rows), cfg.batch_size):
+            idx = torch.from_numpy(perm[b : b + cfg.batch_size])
+            T.sgd_step(model, mom, X[idx], y[idx], hyper, step)
+            step += 1
+    test = ws.split_rows("test")
+    with torch.no_grad():
+        pred = model(torch.from_numpy(ds.X[test])).argmax(1).numpy()
+    return float((pred == ds.y[test]).mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--deletions", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    T.configure_determinism(args.threads)
+    root = tempfile.mkdtemp(prefix="vmu-bench-")
+    try:
+        print(f"torch {T.torch.__version__}, intra-op threads pinned to {args.threads}, cores {os.cpu_count()}")
+        # --- accuracy ---------------------------------------------------------------------------
+        ws = _fresh(root, "acc", threads=args.threads)
+        t0 = time.perf_counter()
+        ws.train()
+        full = time.perf_counter() - t0
+        sisa = ws.evaluate()
+        single = single_model_accuracy(ws)
+        print(f"accuracy: SISA 5x4 aggregated {100 * sisa:.1f}%  single model {100 * single:.1f}%  "
+              f"gap {100 * (single - sisa):+.1f} points (bar: within 3)")
+        # --- speed-up ------------------------------------------------------------------------------
+        rng = random.Random(2026)
+        train_ids = [ws.data.ids[i] for i in ws.split_rows("train")]
+        ratios = []
+        times = []
+        for _ in range(args.deletions):
+            rid = rng.choice(train_ids)
+            train_ids.remove(rid)
+            t0 = time.perf_counter()
+            ws.forget([rid])
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            ratios.append(full / dt)
+        exp = expected_speedup(ws.config.shards, ws.config.slices)
+        mean = statistics.mean(ratios)
+        print(f"speed-up: full training {full:.3f} s; mean single-record forget {statistics.mean(times):.3f} s over "
+              f"{args.deletions} random records; mean speed-up {mean:.2f}x vs expected {exp:.2f}x "
+              f"= {100 * mean / exp:.0f}% (bar: >= 80%)")
+        ws.close()
+        # --- overhead of verifiability --------------------------------------------------------------
+        for k in (0, 16):
+            vs, ps = [], []
+            for r in range(args.rounds):
+                w = _fresh(root, f"ovh{k}_{r}", threads=args.threads, checkpoint_every=k)
+                t0 = time.perf_counter()
+                w.train()
+                vs.append(time.perf_counter() - t0)
+                ps.append(plain_sisa_seconds(w))
+                w.close()
+            v, p = statistics.median(vs), statistics.median(ps)
+            print(f"overhead (checkpoint_every={k}): verifiable {v:.3f} s, plain SISA {p:.3f} s, "
+                  f"ratio {v / p:.3f} (bar: <= 1.15), median of {args.rounds}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
