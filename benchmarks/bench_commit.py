@@ -19,7 +19,7 @@ describe the machine.
 
 Run as a script (prints the ratios and an informational PASS/FAIL line against 0.5)::
 
-    python benchmarks/bench_commit.py [--n 100000] [--rounds 7]
+    python benchmarks/bench_commit.py [--n 100000] [--rounds 11]
 
 or under pytest-benchmark (the ratio lands in ``extra_info``)::
 
@@ -48,7 +48,7 @@ except ImportError:  # script mode from a checkout: python benchmarks/bench_comm
     from verifiable_mu._tags import TAG_RECORD_COMMITMENT
 
 N_RECORDS = 100_000
-ROUNDS = 7
+ROUNDS = 11
 TARGET_RATIO = 0.5
 
 
@@ -174,7 +174,7 @@ if pytest is not None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=N_RECORDS, help="number of records (default 100000)")
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds (default 7)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds (default 11)")
     args = ap.parse_args(argv)
     r = side_by_side(build_inputs(args.n), args.rounds)
     print(_describe(r))

@@ -87,9 +87,12 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
                     "non_membership": [tree.non_membership_proof(k).to_json() for k in shard_keys],
                 }
             )
-        first, end_ckpt = db.execute(
-            "SELECT MIN(first_step_index), MAX(ckpt_index) FROM p_stage WHERE shard=? AND generation=?", (shard, gen)
+        first, first_ckpt, end_ckpt = db.execute(
+            "SELECT MIN(first_step_index), MIN(ckpt_index), MAX(ckpt_index) FROM p_stage WHERE shard=? AND generation=?",
+            (shard, gen),
         ).fetchone()
+        if first is None or first_ckpt < first:  # e.g. a whole shard deleted: stages without steps
+            first = first_ckpt
         shards.append(
             {
                 "shard": shard,

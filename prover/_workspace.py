@@ -179,8 +179,20 @@ def _origin(name: str) -> str:
 class Workspace:
     """A model owner's workspace. Create with :meth:`create`, reopen with :meth:`open`."""
 
-    def __init__(self, *, path: str, config: WorkspaceConfig, key: SigningKey, log: TransparencyLog, lock_fd: int):
+    def __init__(
+        self,
+        *,
+        path: str,
+        name: str,
+        data_digest: str,
+        config: WorkspaceConfig,
+        key: SigningKey,
+        log: TransparencyLog,
+        lock_fd: int,
+    ):
         self.path = path
+        self._name = name
+        self._data_digest = data_digest
         self.config = config
         self._key = key
         self._log = log
@@ -275,10 +287,9 @@ class Workspace:
         except BaseException:
             os.close(lock_fd)
             raise
-        ws = cls(path=path, config=config, key=key, log=log, lock_fd=lock_fd)
-        ws._name = cfg["name"]
-        ws._data_digest = cfg["data_digest"]
-        return ws
+        return cls(
+            path=path, name=cfg["name"], data_digest=cfg["data_digest"], config=config, key=key, log=log, lock_fd=lock_fd
+        )
 
     def close(self) -> None:
         if self._lock_fd >= 0:
@@ -300,7 +311,7 @@ class Workspace:
 
     @property
     def log_origin(self) -> str:
-        return _origin(os.path.basename(self.path)) if not hasattr(self, "_name") else _origin(self._name)
+        return _origin(self._name)
 
     @property
     def public_key(self) -> VerifyingKey:
@@ -600,6 +611,20 @@ class Workspace:
                             },
                         )
                     )
+            if not res.steps:  # an emptied stage: no steps, the stage-end checkpoint all the same
+                end_step, end_digest = res.checkpoints[-1]
+                items.append(
+                    (
+                        "checkpoint",
+                        {
+                            "shard": task.shard,
+                            "generation": task.generation,
+                            "stage": res.stage,
+                            "step": str(end_step),
+                            "digest": end_digest.hex(),
+                        },
+                    )
+                )
             rng = log.append_many(items)
             kinds = [k for k, _ in items]
             step_idx = [rng.start + i for i, k in enumerate(kinds) if k == "step"]
@@ -613,6 +638,8 @@ class Workspace:
             )
             if res.stage == self.config.slices:
                 db.execute("UPDATE p_shards SET target_from=NULL WHERE shard=?", (task.shard,))
+            _fault_point("inside")
+        _fault_point("after")
         return len(res.steps)
 
     def _run_shards(self, tasks: list[_sisa.ShardTask], *, backend: str = "local", workers: int | None = None) -> int:
@@ -967,6 +994,26 @@ class Workspace:
     def transcript_paths(self) -> list[str]:
         d = os.path.join(self.path, TRANSCRIPT_DIR)
         return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".dsse.json"))
+
+
+_FAULT_COUNT = [0]
+
+
+def _fault_point(where: str) -> None:
+    """Crash-test hook: ``VMU_UNSAFE_FAULT_INJECTION=N:inside|after`` kills the process with
+    ``os._exit(137)`` at the N-th stage commit (inside the open transaction, or just after it).
+    For tests only; it warns on stderr whenever it is armed."""
+    spec = os.environ.get("VMU_UNSAFE_FAULT_INJECTION")
+    if not spec:
+        return
+    n, _, point = spec.partition(":")
+    if point != where:
+        return
+    _FAULT_COUNT[0] += 1
+    if _FAULT_COUNT[0] == int(n):
+        print(f"vmu: UNSAFE fault injection: killing the process at stage commit {n} ({where})", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(137)
 
 
 def _init_seed(seed: int, shard: int) -> int:

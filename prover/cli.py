@@ -71,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", default="local", choices=("local", "ray"))
     f.add_argument("--workers", type=int, default=None)
 
+    b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
+    b.add_argument("dir", metavar="DIR")
+    b.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write (a zip)")
+    bg = b.add_mutually_exclusive_group()
+    bg.add_argument("--transcript", type=int, metavar="N", help="cover deletion requests 1..N (default: all)")
+    bg.add_argument("--all", action="store_true", help="cover every finished deletion request (the default)")
+    b.add_argument(
+        "--challenge",
+        metavar="HEX",
+        help="the verifier's challenge (32 to 128 hex digits); without it the sample is drawn by Fiat-Shamir",
+    )
+    b.add_argument("--replay", type=int, default=8, metavar="K", help="segments to disclose for replay (default 8)")
+
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -136,6 +149,25 @@ def _run(args: argparse.Namespace) -> int:
                 f"speed-up against full training ({rep.full_training_seconds:.2f} s): {rep.speedup:.1f}x"
             )
             print(f"transcript: {rep.transcript_path}")
+        return EXIT_OK
+    if args.command == "bundle":
+        from ._bundle import write_bundle
+
+        challenge = None
+        if args.challenge is not None:
+            try:
+                challenge = bytes.fromhex(args.challenge)
+            except ValueError as e:
+                raise BadInput(f"--challenge must be hex: {e}") from e
+        with Workspace.open(args.dir) as ws:
+            info = write_bundle(
+                ws, args.out, transcript=None if args.all else args.transcript, challenge=challenge, replay=args.replay
+            )
+        print(
+            f"wrote {info.path}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "
+            f"segments disclosed for replay, {info.openings} record openings, {info.bytes_total} bytes "
+            f"({info.bytes_without_checkpoints} without checkpoints)"
+        )
         return EXIT_OK
     if args.command == "status":
         with Workspace.open(args.dir) as ws:

@@ -434,13 +434,11 @@ def test_transaction_rollback_leaves_nothing(log: TransparencyLog) -> None:
         with log.transaction():
             log.append_many(items(5, 50))
             log.connection.execute("INSERT INTO prover_state VALUES ('a', 'b')")
-            log.sign_tree_head(SIGNER)
             assert log.size == 50
             raise RuntimeError("boom")
     assert log.size == 5
     assert log.connection.execute("SELECT COUNT(*) FROM log_nodes").fetchone() == before
     assert log.connection.execute("SELECT COUNT(*) FROM prover_state").fetchone() == (0,)
-    assert log.tree_heads() == []
     # The in-memory right edge was dropped: later appends are still correct.
     log.append_many(items(5, 50))
     assert log.root() == MerkleTree(leaves(0, 50)).root()
@@ -488,6 +486,21 @@ def test_malformed_item_mid_batch_keeps_nothing_of_the_batch(log: TransparencyLo
         assert log.size == 4
     assert log.size == 4
     assert log.check_integrity() == 4
+
+
+def test_no_signing_inside_a_transaction(log: TransparencyLog) -> None:
+    # A head handed out before its entries commit could be orphaned by a rollback.
+    with log.transaction():
+        log.append_many(items(0, 3))
+        with pytest.raises(LogError, match="must not run inside a transaction"):
+            log.sign_tree_head(SIGNER)
+    log.connection.execute("BEGIN")
+    with pytest.raises(LogError, match="must not run inside a transaction"):
+        log.sign_tree_head(SIGNER)
+    log.connection.execute("ROLLBACK")
+    assert log.tree_heads() == []
+    log.sign_tree_head(SIGNER)
+    assert [h.size for h in log.tree_heads()] == [3]
 
 
 def test_transaction_misuse(log: TransparencyLog) -> None:

@@ -73,7 +73,7 @@ def test_consistency_round_trip_through_canonical_json(n: int, data: st.DataObje
 
 def test_proof_objects_are_immutable_and_hashable() -> None:
     p = _inclusion()
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="cannot assign to field 'index'"):
         p.index = 3  # type: ignore[misc]
     assert hash(p) == hash(InclusionProof.from_json(p.to_json()))
 

@@ -277,7 +277,7 @@ def test_forged_proofs_for_a_present_key_fail(n: int) -> None:
                                  inclusion=InclusionProof(index=i - 1, tree_size=fake_n, path=left.inclusion.path))
             fr = MembershipProof(key=right.key, commitment=right.commitment,
                                  inclusion=InclusionProof(index=i, tree_size=fake_n, path=right.inclusion.path))
-            with pytest.raises(NonMembershipProofFailed):
+            with pytest.raises(NonMembershipProofFailed, match="neighbour's inclusion proof fails|not the (first|last)"):
                 NonMembershipProof(key=k, tree_size=fake_n, left=fl, right=fr).verify(root=root, key=k)
 
 
@@ -388,7 +388,7 @@ def test_any_single_byte_mutation_of_a_non_membership_proof_fails(
         raw[pos] ^= x
         node[where[-1]] = raw.hex()
     p = NonMembershipProof.from_json(d)
-    with pytest.raises(NonMembershipProofFailed):
+    with pytest.raises(NonMembershipProofFailed, match="is for key|is not (less|greater)|inclusion proof fails"):
         p.verify(root=root, key=k)
 
 
@@ -699,7 +699,7 @@ def test_spec_vectors_verify_as_documented() -> None:
     MembershipProof.from_json(v["membership-30"]).verify(root=root, key=b"\x30" * 32)
     for name, key in (("25", b"\x25" * 32), ("05", b"\x05" * 32), ("60", b"\x60" * 32)):
         verify_non_membership(v[f"non-membership-{name}"], root=root, key=key)
-        with pytest.raises(NonMembershipProofFailed):
+        with pytest.raises(NonMembershipProofFailed, match="neighbour's inclusion proof fails"):
             verify_non_membership(v[f"non-membership-{name}"], root=EMPTY_ROOT, key=key)
     verify_non_membership(v["non-membership-empty"], root=EMPTY_ROOT, key=b"\x25" * 32)
     assert hashlib.sha256(b"\x00" + bytes.fromhex(v["record-leaf-data"])).hexdigest() == v["record-leaf-hash"]
@@ -707,3 +707,13 @@ def test_spec_vectors_verify_as_documented() -> None:
     assert (d.shard, d.slice, d.size) == (1, 0, 2)
     leaves = [leaf_hash(bytes.fromhex(line)) for line in v["slice-leaf-data"].splitlines()]
     assert root_of(leaves).hex() == v["dataset-root"]
+
+
+def test_spec_prose_constants() -> None:
+    text = SPEC.read_text(encoding="utf-8")
+    assert f"({len(TAG_RECORD_LEAF)} bytes: {TAG_RECORD_LEAF.hex()})" in text
+    assert f"({len(TAG_SLICE_LEAF)} bytes: {TAG_SLICE_LEAF.hex()})" in text
+    d = _example_dataset()[0]
+    assert f"the {len(slice_leaf_data(d))}-byte string" in text
+    k, c = EXAMPLE_RECORDS[0]
+    assert f"the {len(record_leaf_data(k, c))}-byte string" in text

@@ -593,10 +593,17 @@ class TransparencyLog:
 
         Before signing, the new head is checked to be consistent with the latest stored head (a log
         must never sign two inconsistent checkpoints), and ``timestamp`` must not go backwards.
+
+        Refused inside :meth:`transaction`: a head must only cover committed (durable) entries,
+        or a rollback after the note was handed out would let the log later sign a different tree
+        of the same size -- two inconsistent heads. The head is stored and committed before the
+        note is returned.
         """
         self._check_open()
         if not isinstance(signer, NoteSigner):
             raise LogError(f"expected a NoteSigner, got {type(signer).__name__}")
+        if self._depth or self._conn.in_transaction:
+            raise LogError("sign_tree_head must not run inside a transaction: it may only sign committed entries")
         with self.transaction():
             try:
                 size = self.size

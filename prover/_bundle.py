@@ -1,0 +1,288 @@
+"""Proof bundles: one self-describing zip a third party checks with ``vmu-verify`` (specs/08-bundle.md).
+
+The writer reads the workspace (log, transcripts, checkpoint store, records) and never changes
+it. What goes in:
+
+* the public key, the latest signed tree head ("final head"), and the DSSE-signed deletion
+  transcripts of requests 1..N (all of them by default);
+* log entries with range proofs against the final head: the commit block at the start of the log
+  (config, slice trees, data-set root, audit set, initial checkpoints), every checkpoint entry of
+  the original training, every entry of every retraining, and the steps of each sampled segment;
+  plus a consistency proof from each transcript's head to the final head;
+* the final constituent models and the start and end checkpoints of each sampled segment;
+* record openings (id, features, label, salt) of the deleted records, the audit set, and the
+  records used by the sampled segments -- and of no other record.
+
+Which segments are sampled is decided by the verifier's challenge (``challenge=``) or, offline,
+by Fiat-Shamir from the transcripts and the final head (:mod:`verifiable_mu._sampling`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from verifiable_mu._canonical import canonical_json
+from verifiable_mu._range import RangeProof, range_path
+from verifiable_mu._records import RecordOpening
+from verifiable_mu._sampling import (
+    SegmentRef,
+    challenge_seed,
+    fiat_shamir_seed,
+    sample_segments,
+    transcript_digest,
+)
+
+from ._errors import BadInput, WorkspaceError
+
+if TYPE_CHECKING:
+    from ._workspace import Workspace
+
+__all__ = ["BUNDLE_VERSION", "BundleInfo", "write_bundle", "DEFAULT_REPLAY"]
+
+BUNDLE_VERSION = 1
+BUNDLE_TYPE = "vmu.bundle"
+DEFAULT_REPLAY = 8
+MANIFEST = "manifest.json"
+PUBKEY = "keys/signing-key.pub.pem"
+FINAL_HEAD = "heads/final.note"
+LOG = "log/entries.json"
+OPENINGS = "records/openings.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleInfo:
+    path: str
+    transcripts: tuple[int, ...]
+    segments: int
+    population: int
+    sampled: tuple[int, ...]  # end-checkpoint log indices, draw order
+    bytes_total: int
+    bytes_without_checkpoints: int
+    openings: int
+
+
+def _payload(env_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
+    import base64
+
+    env = json.loads(env_bytes)
+    payload = base64.b64decode(env["payload"])
+    return payload, json.loads(payload)
+
+
+def _merge(intervals: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def lineage_segments(
+    ckpts: Sequence[tuple[int, dict[str, Any]]], *, shard: int, generation: int, stratum: int | None
+) -> list[SegmentRef]:
+    """Consecutive checkpoint pairs of one lineage, as segments."""
+    out = []
+    for (si, sb), (ei, eb) in zip(ckpts, ckpts[1:]):
+        out.append(
+            SegmentRef(
+                shard=shard,
+                generation=generation,
+                stage=int(eb["stage"]),
+                start_index=si,
+                end_index=ei,
+                start_step=int(sb["step"]),
+                end_step=int(eb["step"]),
+                stratum=stratum,
+            )
+        )
+    return out
+
+
+def write_bundle(
+    ws: Workspace,
+    out: str | os.PathLike[str],
+    *,
+    transcript: int | None = None,
+    challenge: bytes | None = None,
+    replay: int = DEFAULT_REPLAY,
+) -> BundleInfo:
+    """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``."""
+    if replay < 0:
+        raise BadInput("--replay must be >= 0")
+    if not ws.trained:
+        raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
+    log = ws.log
+    db = ws._db()
+    done = [n for (n,) in db.execute("SELECT n FROM p_requests WHERE status='done' ORDER BY n")]
+    if not done:
+        raise BadInput("the workspace has no finished deletion request: run 'vmu forget' first")
+    last = done[-1] if transcript is None else transcript
+    if last not in done:
+        raise BadInput(f"deletion request {last} does not exist or is not finished (finished: {done})")
+    requests = [n for n in done if n <= last]
+    if requests != list(range(1, last + 1)):
+        raise WorkspaceError(f"deletion requests 1..{last} are not all finished")
+
+    head = log.latest_tree_head()
+    if head is None:
+        raise WorkspaceError("the log has no signed tree head")
+    size = head.size
+
+    # Transcripts, in request order.
+    envs: list[tuple[str, bytes]] = []
+    preds: list[dict[str, Any]] = []
+    payloads: list[bytes] = []
+    for n in requests:
+        rel = db.execute("SELECT transcript FROM p_requests WHERE n=?", (n,)).fetchone()[0]
+        with open(os.path.join(ws.path, rel), "rb") as f:
+            data = f.read()
+        payload, stmt = _payload(data)
+        envs.append((f"transcripts/{n:06d}.dsse.json", data))
+        payloads.append(payload)
+        preds.append(stmt["predicate"])
+
+    # Checkpoint entries of the whole signed log, grouped by lineage.
+    cfg = log.entry(0).body
+    shards, slices = int(cfg["shards"]), int(cfg["slices"])
+    commit_end = 1 + shards * slices + 2 + shards
+    by_lineage: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for e in log.entries(0, size):
+        if e.kind == "checkpoint":
+            by_lineage[(int(e.body["shard"]), int(e.body["generation"]))].append((e.index, e.body))
+
+    segments: list[SegmentRef] = []
+    original = []
+    for s in range(shards):
+        ck = by_lineage[(s, 0)]
+        original.append({"shard": s, "checkpoints": [str(i) for i, _ in ck]})
+        segments += lineage_segments(ck, shard=s, generation=0, stratum=None)
+    retrain_ranges: list[tuple[int, int]] = []
+    for t, pred in enumerate(preds):
+        for sh in pred["shards"]:
+            s, g = int(sh["shard"]), int(sh["generation"])
+            a, b = int(sh["retraining"]["start"]), int(sh["retraining"]["end"])
+            rb = sh["rollback"]["entry"]
+            ck = [(int(rb["index"]), rb["body"])] + [(i, body) for i, body in by_lineage[(s, g)] if a <= i < b]
+            segments += lineage_segments(ck, shard=s, generation=g, stratum=t)
+            retrain_ranges.append((a, b))
+    segments.sort(key=lambda r: r.end_index)
+    strata: list[list[int]] = [[] for _ in preds]
+    for i, r in enumerate(segments):
+        if r.stratum is not None:
+            strata[r.stratum].append(i)
+
+    if challenge is not None:
+        seed = challenge_seed(challenge)
+        ch = {"mode": "interactive", "challenge": challenge.hex()}
+    else:
+        seed = fiat_shamir_seed([transcript_digest(p) for p in payloads], head.note)
+        ch = {"mode": "fiat-shamir"}
+    picked = [segments[i] for i in sample_segments(len(segments), strata, replay, seed)]
+
+    # Log entries to disclose.
+    intervals = [(0, commit_end)] + retrain_ranges
+    for lin in original:
+        intervals += [(int(i), int(i) + 1) for i in lin["checkpoints"]]
+    for r in picked:
+        intervals.append((r.end_index - r.steps, r.end_index + 1))
+        intervals.append((r.start_index, r.start_index + 1))
+    runs = []
+    for a, b in _merge(intervals):
+        entries = [e.to_json() for e in log.entries(a, b)]
+        proof = RangeProof(start=a, end=b, tree_size=size, path=tuple(range_path(log.mth, a, b, size)))
+        runs.append({"entries": entries, "proof": proof.to_json()})
+    consistency = []
+    for pred in preds:
+        after = pred["log"]["head_after"].encode("utf-8")
+        old_size = int(after.decode().split("\n")[1])
+        consistency.append(log.consistency_proof(old_size, size).to_json())
+    log_doc = {"type": "vmu.bundle-log", "version": 1, "runs": runs, "consistency": consistency}
+
+    # Checkpoint files: final model + both ends of every sampled segment.
+    model_body = preds[-1]["model_after"]["entry"]["body"]
+    digests: set[str] = set(model_body["shards"])
+    for r in picked:
+        for idx in (r.start_index, r.end_index):
+            digests.add(log.entry(idx).body["digest"])
+
+    # Record openings.
+    deleted_c: set[bytes] = set()
+    for pred in preds:
+        deleted_c |= {bytes.fromhex(r["commitment"]) for r in pred["records"]}
+    used_c: set[bytes] = set()
+    for r in picked:
+        for e in log.entries(r.end_index - r.steps, r.end_index):
+            used_c |= {bytes.fromhex(c) for c in e.body["batch"]}
+    ds = ws.data
+    rows = {c: (row, role, salt) for row, role, salt, c in db.execute("SELECT row, role, salt, commitment FROM p_records")}
+
+    def opening(row: int, salt: bytes) -> dict[str, Any]:
+        return RecordOpening(id=ds.ids[row], features=ds.X[row], label=int(ds.y[row]), salt=salt).to_json()
+
+    audit = [opening(row, salt) for c, (row, role, salt) in sorted(rows.items()) if role == "audit"]
+    deleted = [opening(rows[c][0], rows[c][2]) for c in sorted(deleted_c)]
+    training = [opening(rows[c][0], rows[c][2]) for c in sorted(used_c - deleted_c)]
+    openings_doc = {"type": "vmu.bundle-openings", "version": 1, "deleted": deleted, "audit": audit, "training": training}
+
+    members: list[tuple[str, bytes]] = [
+        (PUBKEY, ws.public_key.to_pem()),
+        (FINAL_HEAD, head.note),
+        *envs,
+        (LOG, canonical_json(log_doc)),
+        (OPENINGS, canonical_json(openings_doc)),
+    ]
+    ckpt_members = []
+    for d in sorted(digests):
+        with open(os.path.join(ws.store, d + ".safetensors"), "rb") as f:
+            ckpt_members.append((f"checkpoints/{d}.safetensors", f.read()))
+    members += ckpt_members
+    manifest = {
+        "type": BUNDLE_TYPE,
+        "version": BUNDLE_VERSION,
+        "origin": log.origin,
+        "generator": "verifiable-mu prover",
+        "created": int(time.time()),
+        "transcripts": [name for name, _ in envs],
+        "challenge": ch,
+        "replay": replay,
+        "sample": [str(r.end_index) for r in picked],
+        "original": original,
+        "members": {name: hashlib.sha256(data).hexdigest() for name, data in members},
+    }
+    out = os.fspath(out)
+    tmp = f"{out}.tmp.{os.getpid()}"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+            for name, data in [(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode()), *members]:
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                z.writestr(info, data)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    with zipfile.ZipFile(out) as z:
+        ck_bytes = sum(i.compress_size for i in z.infolist() if i.filename.startswith("checkpoints/"))
+    total = os.path.getsize(out)
+    return BundleInfo(
+        path=out,
+        transcripts=tuple(requests),
+        segments=len(picked),
+        population=len(segments),
+        sampled=tuple(r.end_index for r in picked),
+        bytes_total=total,
+        bytes_without_checkpoints=total - ck_bytes,
+        openings=len(audit) + len(deleted) + len(training),
+    )

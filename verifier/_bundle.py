@@ -1,0 +1,507 @@
+"""Reading a proof bundle safely (specs/08-bundle.md; specs/09-verification.md steps 1-3).
+
+Everything a bundle holds is hostile until checked. This module reads the zip with bounded
+memory and time and turns every member into validated, frozen objects; any failure raises
+:class:`~verifiable_mu._errors.InvalidBundle` (or :class:`UnsupportedVersion`) with a one-line
+message naming the member. It checks *form* only: no signature or proof is checked here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import stat
+import struct
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from verifiable_mu._canonical import hex32, parse_json_strict
+from verifiable_mu._dsse import Envelope
+from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
+from verifiable_mu._keys import VerifyingKey
+from verifiable_mu._log import LogEntry
+from verifiable_mu._proofs import ConsistencyProof
+from verifiable_mu._range import RangeProof
+from verifiable_mu._records import RecordOpening
+from verifiable_mu._tags import TAG_CHECKPOINT
+
+__all__ = [
+    "BUNDLE_VERSION",
+    "Limits",
+    "Manifest",
+    "LogRun",
+    "Openings",
+    "Bundle",
+    "read_bundle",
+    "read_members",
+    "open_manifest",
+    "parse_bundle",
+    "load_file",
+    "checkpoint_content_digest",
+]
+
+BUNDLE_VERSION = 1
+BUNDLE_TYPE = "vmu.bundle"
+MANIFEST = "manifest.json"
+PUBKEY = "keys/signing-key.pub.pem"
+FINAL_HEAD = "heads/final.note"
+LOG = "log/entries.json"
+OPENINGS = "records/openings.json"
+
+_NAME_RE = re.compile(
+    r"(manifest\.json|keys/signing-key\.pub\.pem|heads/final\.note|transcripts/[0-9]{6}\.dsse\.json"
+    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors)"
+)
+_DEC = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Resource bounds for reading an untrusted bundle (documented in specs/08-bundle.md)."""
+
+    max_archive_bytes: int = 4 * 1024**3
+    max_members: int = 4096
+    max_member_bytes: int = 256 * 1024**2
+    max_total_bytes: int = 1024**3
+    max_ratio: int = 200  # uncompressed / compressed, for members over ratio_floor bytes
+    ratio_floor: int = 1024**2
+    max_json_bytes: int = 256 * 1024**2
+    max_json_depth: int = 32
+
+
+# --- the zip layer ------------------------------------------------------------------------
+
+
+def _check_name(info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    if "\x00" in name:
+        raise InvalidBundle(f"archive member name {name!r} contains a NUL byte")
+    if "\\" in name:
+        raise InvalidBundle(f"archive member {name!r} uses a backslash (refused: path traversal on Windows)")
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        raise InvalidBundle(f"archive member {name!r} is an absolute path")
+    if any(part == ".." for part in name.split("/")):
+        raise InvalidBundle(f"archive member {name!r} contains '..' (path traversal)")
+    if name.endswith("/"):
+        raise InvalidBundle(f"archive member {name!r} is a directory entry (a bundle holds files only)")
+    mode = info.external_attr >> 16
+    if info.create_system == 3 and mode and stat.S_ISLNK(mode):
+        raise InvalidBundle(f"archive member {name!r} is a symbolic link")
+    if info.flag_bits & 0x1:
+        raise InvalidBundle(f"archive member {name!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise InvalidBundle(f"archive member {name!r} uses compression method {info.compress_type} (only stored or deflate)")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidBundle(f"archive member {name!r} is not a member a bundle of version {BUNDLE_VERSION} can hold")
+
+
+def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
+    """Read every member of the zip in ``data``, refusing anything unsafe (step 1)."""
+    if len(data) > limits.max_archive_bytes:
+        raise InvalidBundle(f"the bundle is {len(data)} bytes (at most {limits.max_archive_bytes})")
+    if not data.startswith(b"PK"):
+        raise InvalidBundle("not a proof bundle: the file is not a zip archive")
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
+        raise InvalidBundle(f"not a readable zip archive (truncated or damaged): {e}") from e
+    with z:
+        infos = z.infolist()
+        if len(infos) > limits.max_members:
+            raise InvalidBundle(f"the archive has {len(infos)} members (at most {limits.max_members})")
+        seen: set[str] = set()
+        total = 0
+        for info in infos:
+            _check_name(info)
+            if info.filename in seen:
+                raise InvalidBundle(f"archive member {info.filename!r} appears twice (duplicate entry)")
+            seen.add(info.filename)
+            if info.file_size > limits.max_member_bytes:
+                raise InvalidBundle(
+                    f"archive member {info.filename!r} is {info.file_size} bytes (at most {limits.max_member_bytes})"
+                )
+            total += info.file_size
+            if total > limits.max_total_bytes:
+                raise InvalidBundle(f"the archive expands to more than {limits.max_total_bytes} bytes")
+            if info.file_size > limits.ratio_floor and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+                raise InvalidBundle(
+                    f"archive member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}-fold "
+                    f"(at most {limits.max_ratio}; zip bomb?)"
+                )
+        out: dict[str, bytes] = {}
+        for info in infos:
+            try:
+                with z.open(info) as f:
+                    blob = f.read(info.file_size + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, NotImplementedError, struct.error) as e:
+                raise InvalidBundle(f"archive member {info.filename!r} cannot be read (truncated or damaged): {e}") from e
+            if len(blob) != info.file_size:
+                raise InvalidBundle(f"archive member {info.filename!r} does not have the size its header states")
+            out[info.filename] = blob
+    return out
+
+
+# --- parsed members -----------------------------------------------------------------------
+
+
+def _obj(d: Any, what: str, fields: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    if not isinstance(d, dict):
+        raise InvalidBundle(f"{what} must be a JSON object")
+    missing = fields - set(d)
+    if missing:
+        raise InvalidBundle(f"{what} lacks field(s): {', '.join(sorted(missing))}")
+    extra = set(d) - fields - optional
+    if extra:
+        raise InvalidBundle(f"{what} has unknown field(s): {', '.join(sorted(extra))}")
+    return d
+
+
+def _dec(v: Any, what: str) -> int:
+    if not isinstance(v, str) or not _DEC.fullmatch(v):
+        raise InvalidBundle(f"{what} must be a decimal string without leading zeros")
+    return int(v)
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = 2**53) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise InvalidBundle(f"{what} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _version(d: dict[str, Any], what: str, typ: str) -> None:
+    if d.get("type") != typ:
+        raise InvalidBundle(f"{what} must have type {typ!r}, got {str(d.get('type'))[:60]!r}")
+    v = d.get("version")
+    if type(v) is not int or v != 1:
+        raise UnsupportedVersion(f"{what} version {str(v)[:40]!r} is not supported (this verifier reads version 1)")
+
+
+def _wrap(what: str, fn: Any, *args: Any) -> Any:
+    """Call a core parser and turn its MalformedInput into InvalidBundle naming ``what``."""
+    try:
+        return fn(*args)
+    except UnsupportedVersion as e:
+        raise UnsupportedVersion(f"{what}: {e}") from e
+    except MalformedInput as e:
+        raise InvalidBundle(f"{what}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    origin: str
+    transcripts: tuple[str, ...]
+    challenge_mode: str  # "fiat-shamir" or "interactive"
+    challenge: bytes | None
+    replay: int
+    sample: tuple[int, ...]  # end checkpoint log indices, in draw order
+    original: Mapping[int, tuple[int, ...]]  # shard -> checkpoint log indices of generation 0
+    members: Mapping[str, bytes]  # name -> SHA-256
+    generator: str
+
+    @classmethod
+    def from_json(cls, d: Any) -> Manifest:
+        if not isinstance(d, dict):
+            raise InvalidBundle("manifest.json must be a JSON object")
+        _version(d, "manifest.json", BUNDLE_TYPE)
+        _obj(
+            d,
+            "manifest.json",
+            {"type", "version", "origin", "transcripts", "challenge", "replay", "sample", "original", "members"},
+            {"generator", "created"},
+        )
+        origin = d["origin"]
+        if not isinstance(origin, str) or not 0 < len(origin) <= 256:
+            raise InvalidBundle("manifest origin must be a non-empty string of at most 256 characters")
+        ts = d["transcripts"]
+        if not isinstance(ts, list) or not ts or len(ts) > 100_000:
+            raise InvalidBundle("manifest transcripts must be a non-empty list of member names")
+        for t in ts:
+            if not isinstance(t, str) or not re.fullmatch(r"transcripts/[0-9]{6}\.dsse\.json", t):
+                raise InvalidBundle(f"manifest transcript name {str(t)[:80]!r} is not valid")
+        if len(set(ts)) != len(ts):
+            raise InvalidBundle("manifest lists a transcript twice")
+        ch = _obj(d["challenge"], "manifest challenge", {"mode"}, {"challenge"})
+        mode = ch["mode"]
+        challenge = None
+        if mode == "fiat-shamir":
+            if "challenge" in ch:
+                raise InvalidBundle("a fiat-shamir manifest must not carry a challenge")
+        elif mode == "interactive":
+            c = ch.get("challenge")
+            if not isinstance(c, str) or not re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", c):
+                raise InvalidBundle("manifest challenge must be 32 to 128 lower-case hex digits")
+            challenge = bytes.fromhex(c)
+        else:
+            raise UnsupportedVersion(f"challenge mode {str(mode)[:40]!r} is not supported (fiat-shamir or interactive)")
+        replay = _int(d["replay"], "manifest replay", 0, 1_000_000)
+        sample = d["sample"]
+        if not isinstance(sample, list) or len(sample) > 1_000_000:
+            raise InvalidBundle("manifest sample must be a list of log indices")
+        samp = tuple(_dec(x, "manifest sample index") for x in sample)
+        orig = d["original"]
+        if not isinstance(orig, list) or not orig or len(orig) > 4096:
+            raise InvalidBundle("manifest original must be a non-empty list of lineages")
+        original: dict[int, tuple[int, ...]] = {}
+        for i, lin in enumerate(orig):
+            lin = _obj(lin, f"manifest original[{i}]", {"shard", "checkpoints"})
+            s = _int(lin["shard"], f"manifest original[{i}] shard", 0, 2**32 - 1)
+            cks = lin["checkpoints"]
+            if not isinstance(cks, list) or not cks or len(cks) > 10_000_000:
+                raise InvalidBundle(f"manifest original[{i}] checkpoints must be a non-empty list")
+            if s in original:
+                raise InvalidBundle(f"manifest lists the original lineage of shard {s} twice")
+            original[s] = tuple(_dec(x, f"manifest original[{i}] checkpoint index") for x in cks)
+        mem = d["members"]
+        if not isinstance(mem, dict):
+            raise InvalidBundle("manifest members must be an object of name -> sha256")
+        members = {}
+        for k, v in mem.items():
+            if not isinstance(k, str) or not _NAME_RE.fullmatch(k) or k == MANIFEST:
+                raise InvalidBundle(f"manifest lists an invalid member name {str(k)[:80]!r}")
+            members[k] = hex32(v, what=f"manifest digest of {k}", exc=InvalidBundle)
+        gen = d.get("generator", "")
+        if not isinstance(gen, str):
+            raise InvalidBundle("manifest generator must be a string")
+        return cls(
+            origin=origin,
+            transcripts=tuple(ts),
+            challenge_mode=mode,
+            challenge=challenge,
+            replay=replay,
+            sample=samp,
+            original=MappingProxyType(original),
+            members=MappingProxyType(members),
+            generator=gen[:200],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogRun:
+    """A contiguous run of disclosed log entries and its range proof against the final head."""
+
+    start: int
+    entries: tuple[LogEntry, ...]
+    proof: RangeProof
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.entries)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Openings:
+    deleted: tuple[RecordOpening, ...]
+    audit: tuple[RecordOpening, ...]
+    training: tuple[RecordOpening, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bundle:
+    """A bundle whose members are all present, listed, and well formed (nothing verified yet)."""
+
+    manifest: Manifest
+    public_key: VerifyingKey
+    final_head: bytes
+    transcripts: tuple[Envelope, ...]
+    runs: tuple[LogRun, ...]
+    consistency: tuple[ConsistencyProof, ...]
+    openings: Openings
+    checkpoints: Mapping[bytes, bytes] = field(repr=False)  # content digest (from the name) -> file bytes
+    member_bytes: Mapping[str, int] = field(repr=False)
+
+
+def _json(members: Mapping[str, bytes], name: str, limits: Limits) -> Any:
+    return parse_json_strict(
+        members[name], what=name, exc=InvalidBundle, max_bytes=limits.max_json_bytes, max_depth=limits.max_json_depth
+    )
+
+
+def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...]]:
+    if not isinstance(d, dict):
+        raise InvalidBundle(f"{LOG} must be a JSON object")
+    _version(d, LOG, "vmu.bundle-log")
+    _obj(d, LOG, {"type", "version", "runs", "consistency"})
+    runs_j = d["runs"]
+    if not isinstance(runs_j, list) or not runs_j:
+        raise InvalidBundle(f"{LOG} runs must be a non-empty list")
+    runs: list[LogRun] = []
+    for i, r in enumerate(runs_j):
+        r = _obj(r, f"{LOG} run {i}", {"entries", "proof"})
+        proof = _wrap(f"{LOG} run {i} proof", RangeProof.from_json, r["proof"])
+        ents = r["entries"]
+        if not isinstance(ents, list) or len(ents) != proof.end - proof.start:
+            raise InvalidBundle(f"{LOG} run {i} must hold {proof.end - proof.start} entries, as its proof states")
+        entries = tuple(_wrap(f"{LOG} run {i} entry {j}", LogEntry.from_json, e) for j, e in enumerate(ents))
+        for j, e in enumerate(entries):
+            if e.index != proof.start + j:
+                raise InvalidBundle(f"{LOG} run {i} entry {j} has index {e.index}, expected {proof.start + j}")
+        if runs and proof.start < runs[-1].end:
+            raise InvalidBundle(f"{LOG} runs must be sorted and must not overlap (run {i} starts at {proof.start})")
+        if runs and proof.tree_size != runs[0].proof.tree_size:
+            raise InvalidBundle(f"{LOG} run {i} is proven against another tree size than run 0")
+        runs.append(LogRun(start=proof.start, entries=entries, proof=proof))
+    cons_j = d["consistency"]
+    if not isinstance(cons_j, list):
+        raise InvalidBundle(f"{LOG} consistency must be a list")
+    cons = tuple(_wrap(f"{LOG} consistency proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(cons_j))
+    return tuple(runs), cons
+
+
+def _parse_openings(d: Any) -> Openings:
+    if not isinstance(d, dict):
+        raise InvalidBundle(f"{OPENINGS} must be a JSON object")
+    _version(d, OPENINGS, "vmu.bundle-openings")
+    _obj(d, OPENINGS, {"type", "version", "deleted", "audit", "training"})
+    out = {}
+    for part in ("deleted", "audit", "training"):
+        lst = d[part]
+        if not isinstance(lst, list):
+            raise InvalidBundle(f"{OPENINGS} {part} must be a list")
+        out[part] = tuple(_wrap(f"{OPENINGS} {part}[{i}]", RecordOpening.from_json, o) for i, o in enumerate(lst))
+    return Openings(**out)
+
+
+# --- checkpoints without torch ---------------------------------------------------------------
+
+_ST_DTYPES = {"F32": ("float32", 4)}
+
+
+def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint") -> bytes:
+    """The content digest of a safetensors checkpoint file, computed without torch.
+
+    Same value as :func:`verifiable_mu.training.checkpoint_digest` of the loaded tensors:
+    ``SHA-256(TAG_CHECKPOINT || u64be(len h) || h || tensor bytes in name order)`` where ``h`` is
+    the canonical JSON ``{"tensors": [{"dtype", "name", "shape"}...], "version": 1}``. Only
+    float32 tensors, stored contiguously without gaps or overlaps, are accepted.
+    """
+    if len(data) < 8:
+        raise InvalidBundle(f"{what} is not a safetensors file (too short)")
+    (hlen,) = struct.unpack("<Q", data[:8])
+    if hlen > min(len(data) - 8, 16 * 1024**2):
+        raise InvalidBundle(f"{what} has a safetensors header longer than the file")
+    header = parse_json_strict(data[8 : 8 + hlen], what=f"{what} header", exc=InvalidBundle, max_depth=8)
+    if not isinstance(header, dict):
+        raise InvalidBundle(f"{what} header must be a JSON object")
+    body = memoryview(data)[8 + hlen :]
+    tensors = []
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        spec = _obj(spec, f"{what} tensor {name[:60]!r}", {"dtype", "shape", "data_offsets"})
+        if spec["dtype"] not in _ST_DTYPES:
+            raise InvalidBundle(f"{what} tensor {name[:60]!r} has dtype {str(spec['dtype'])[:10]!r} (only F32)")
+        shape = spec["shape"]
+        if not isinstance(shape, list) or len(shape) > 8 or not all(type(x) is int and 0 <= x < 2**40 for x in shape):
+            raise InvalidBundle(f"{what} tensor {name[:60]!r} has an invalid shape")
+        offs = spec["data_offsets"]
+        if not isinstance(offs, list) or len(offs) != 2 or not all(type(x) is int and x >= 0 for x in offs):
+            raise InvalidBundle(f"{what} tensor {name[:60]!r} has invalid data offsets")
+        n = 1
+        for x in shape:
+            n *= x
+        if offs[1] - offs[0] != 4 * n or offs[1] > len(body):
+            raise InvalidBundle(f"{what} tensor {name[:60]!r} does not fit its shape or the file")
+        tensors.append((name, shape, offs))
+    spans = sorted(o for _, _, o in tensors)
+    pos = 0
+    for a, b in spans:
+        if a != pos:
+            raise InvalidBundle(f"{what} tensor data has gaps or overlaps")
+        pos = b
+    if pos != len(body):
+        raise InvalidBundle(f"{what} has trailing bytes after its tensors")
+    tensors.sort(key=lambda t: t[0])
+    hdr = {"version": 1, "tensors": [{"name": n, "dtype": "float32", "shape": s} for n, s, _ in tensors]}
+    from verifiable_mu._canonical import canonical_json
+
+    hb = canonical_json(hdr)
+    h = hashlib.sha256(TAG_CHECKPOINT)
+    h.update(struct.pack(">Q", len(hb)))
+    h.update(hb)
+    for _, _, (a, b) in tensors:
+        h.update(body[a:b])
+    return h.digest()
+
+
+# --- the bundle ------------------------------------------------------------------------------
+
+
+def open_manifest(members: Mapping[str, bytes], limits: Limits = Limits()) -> Manifest:
+    """Step 2: parse the manifest and check the member list and every member's SHA-256."""
+    if MANIFEST not in members:
+        raise InvalidBundle("not a proof bundle: the archive has no manifest.json")
+    try:
+        manifest = Manifest.from_json(_json(members, MANIFEST, limits))
+    except UnsupportedVersion as e:
+        raise UnsupportedVersion(f"manifest.json: {e}") from e
+    except InvalidBundle as e:
+        raise InvalidBundle(f"manifest.json: {e}") from e
+    names = set(members) - {MANIFEST}
+    listed = set(manifest.members)
+    if names - listed:
+        raise InvalidBundle(f"archive member {sorted(names - listed)[0]!r} is not listed in the manifest")
+    if listed - names:
+        raise InvalidBundle(f"member {sorted(listed - names)[0]!r} listed in the manifest is missing from the archive")
+    for name in sorted(names):
+        if hashlib.sha256(members[name]).digest() != manifest.members[name]:
+            raise InvalidBundle(f"member {name!r} does not match its SHA-256 in the manifest")
+    for required in (PUBKEY, FINAL_HEAD, LOG, OPENINGS, *manifest.transcripts):
+        if required not in members:
+            raise InvalidBundle(f"the bundle lacks the member {required!r}")
+    extra_t = {n for n in names if n.startswith("transcripts/")} - set(manifest.transcripts)
+    if extra_t:
+        raise InvalidBundle(f"transcript {sorted(extra_t)[0]!r} is not listed in the manifest's transcripts")
+    return manifest
+
+
+def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limits = Limits()) -> Bundle:
+    """Step 3: parse every member into validated objects (nothing is verified yet)."""
+    key = _wrap(PUBKEY, VerifyingKey.from_pem, members[PUBKEY])
+    envs = tuple(_wrap(name, Envelope.from_bytes, members[name]) for name in manifest.transcripts)
+    runs, cons = _parse_log(_json(members, LOG, limits))
+    if len(cons) != len(envs):
+        raise InvalidBundle(f"{LOG} must hold one consistency proof per transcript ({len(envs)}), it has {len(cons)}")
+    openings = _parse_openings(_json(members, OPENINGS, limits))
+    ckpts = {}
+    for name in sorted(members):
+        if name.startswith("checkpoints/"):
+            digest = bytes.fromhex(name[len("checkpoints/") : -len(".safetensors")])
+            got = checkpoint_content_digest(members[name], what=name)
+            if got != digest:
+                raise InvalidBundle(f"{name} holds a checkpoint whose content digest is {got.hex()[:16]}...")
+            ckpts[digest] = members[name]
+    return Bundle(
+        manifest=manifest,
+        public_key=key,
+        final_head=members[FINAL_HEAD],
+        transcripts=envs,
+        runs=runs,
+        consistency=cons,
+        openings=openings,
+        checkpoints=MappingProxyType(ckpts),
+        member_bytes=MappingProxyType({n: len(b) for n, b in members.items()}),
+    )
+
+
+def load_file(path: str, limits: Limits = Limits()) -> bytes:
+    """Read a bundle file with a bounded read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limits.max_archive_bytes + 1)
+    except OSError as e:
+        raise InvalidBundle(f"cannot read {path}: {e.strerror or e}") from e
+    if len(data) > limits.max_archive_bytes:
+        raise InvalidBundle(f"the bundle is larger than {limits.max_archive_bytes} bytes")
+    return data
+
+
+def read_bundle(source: str | bytes, limits: Limits = Limits()) -> Bundle:
+    """Read and parse a bundle file (path) or its bytes (steps 1 to 3)."""
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else load_file(source, limits)
+    members = read_members(data, limits)
+    return parse_bundle(members, open_manifest(members, limits), limits)

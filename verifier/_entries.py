@@ -1,0 +1,429 @@
+"""Typed views of log entry bodies and of the deletion transcript predicate (version 1).
+
+The log stores bodies as free JSON objects; the verifier reads them only through these parsers,
+which check every field's type and refuse unknown or missing fields (InvalidBundle, exit 2).
+Field meanings: specs/06-training.md (config, slice, dataset, audit, checkpoint, step, model),
+specs/07-deletion-transcript.md (deletion, transcript), and specs/08-bundle.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from verifiable_mu._canonical import hex32
+from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
+from verifiable_mu._log import LogEntry
+from verifiable_mu._proofs import ConsistencyProof, InclusionProof
+from verifiable_mu._sorted_tree import MembershipProof, NonMembershipProof
+
+__all__ = [
+    "ConfigBody",
+    "SliceBody",
+    "DatasetBody",
+    "AuditBody",
+    "CheckpointBody",
+    "StepBody",
+    "DeletionBody",
+    "ModelBody",
+    "Disclosure",
+    "RecordClaim",
+    "SliceClaim",
+    "ShardClaim",
+    "Transcript",
+    "PREDICATE_DELETION",
+]
+
+PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
+_DEC = re.compile(r"0|[1-9][0-9]{0,18}")
+_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?")
+_U32 = 2**32 - 1
+
+
+class _Body:
+    def __init__(self, what: str, d: Any, fields: set[str], optional: set[str] = set()) -> None:  # noqa: B006
+        if not isinstance(d, dict):
+            raise InvalidBundle(f"{what} must be a JSON object")
+        missing = fields - set(d)
+        if missing:
+            raise InvalidBundle(f"{what} lacks field(s): {', '.join(sorted(missing))}")
+        extra = set(d) - fields - optional
+        if extra:
+            raise InvalidBundle(f"{what} has unknown field(s): {', '.join(sorted(map(str, extra)))[:200]}")
+        self.what, self.d = what, d
+
+    def int(self, k: str, lo: int = 0, hi: int = _U32) -> int:
+        v = self.d[k]
+        if type(v) is not int or not lo <= v <= hi:
+            raise InvalidBundle(f"{self.what}: {k} must be an integer in [{lo}, {hi}]")
+        return v
+
+    def dec(self, k: str) -> int:
+        v = self.d[k]
+        if not isinstance(v, str) or not _DEC.fullmatch(v) or int(v) >= 2**63:
+            raise InvalidBundle(f"{self.what}: {k} must be a decimal string")
+        return int(v)
+
+    def hex(self, k: str) -> bytes:
+        return hex32(self.d[k], what=f"{self.what}: {k}", exc=InvalidBundle)
+
+    def hexlist(self, k: str, max_len: int = 10_000_000) -> tuple[bytes, ...]:
+        v = self.d[k]
+        if not isinstance(v, list) or len(v) > max_len:
+            raise InvalidBundle(f"{self.what}: {k} must be a list of hex digests")
+        return tuple(hex32(x, what=f"{self.what}: {k}[{i}]", exc=InvalidBundle) for i, x in enumerate(v))
+
+    def str(self, k: str, max_len: int = 1024) -> str:
+        v = self.d[k]
+        if not isinstance(v, str) or len(v) > max_len:
+            raise InvalidBundle(f"{self.what}: {k} must be a string of at most {max_len} characters")
+        return v
+
+    def obj(self, k: str) -> dict[str, Any]:
+        v = self.d[k]
+        if not isinstance(v, dict):
+            raise InvalidBundle(f"{self.what}: {k} must be a JSON object")
+        return v
+
+
+def _expect(e: LogEntry, kind: str) -> str:
+    if e.kind != kind:
+        raise InvalidBundle(f"log entry {e.index} is of kind {e.kind!r}, expected {kind!r}")
+    return f"log entry {e.index} ({kind})"
+
+
+def _float_str(b: _Body, k: str) -> float:
+    v = b.str(k, 64)
+    if not _FLOAT.fullmatch(v):
+        raise InvalidBundle(f"{b.what}: {k} must be a decimal number string")
+    return float(v)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigBody:
+    index: int
+    shards: int
+    slices: int
+    epochs: int
+    stage_epochs: int
+    checkpoint_every: int
+    seed: int
+    batch_size: int
+    lr: str
+    model: dict[str, Any]
+    hyper: dict[str, Any]
+    platform: dict[str, Any]
+    n_train: int
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> ConfigBody:
+        what = _expect(e, "config")
+        b = _Body(
+            what,
+            e.body,
+            {"format", "shards", "slices", "epochs", "stage_epochs", "checkpoint_every", "seed", "assignment",
+             "model", "hyper", "platform", "n_train", "data_digest"},
+        )
+        if b.d["format"] != 1 or type(b.d["format"]) is not int:
+            raise UnsupportedVersion(f"{what}: workspace format {str(b.d['format'])[:20]!r} is not supported (only 1)")
+        if b.d["assignment"] != "sha256-rank-v1":
+            raise UnsupportedVersion(f"{what}: assignment {str(b.d['assignment'])[:40]!r} is not supported")
+        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"})
+        for k in ("lr", "momentum", "weight_decay"):
+            _float_str(hyper, k)
+        model = _Body(f"{what} model", b.obj("model"), {"name", "n_features", "n_classes", "input_shape", "hidden"})
+        model.str("name", 256)
+        model.int("n_features", 1, 2**24)
+        model.int("n_classes", 1, 2**20)
+        model.int("hidden", 0, 2**20)
+        shape = model.d["input_shape"]
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(type(x) is int and 0 < x < 2**24 for x in shape):
+            raise InvalidBundle(f"{what} model: input_shape must be a list of positive integers")
+        platform = _Body(f"{what} platform", b.obj("platform"), {"torch", "device", "threads", "deterministic", "dtype"})
+        platform.str("torch", 64)
+        platform.str("device", 16)
+        platform.int("threads", 1, 256)
+        if platform.d["dtype"] != "float32" or platform.d["deterministic"] is not True:
+            raise UnsupportedVersion(f"{what}: only deterministic float32 training is supported")
+        b.str("data_digest", 128)
+        return cls(
+            index=e.index,
+            shards=b.int("shards", 1, 1 << 16),
+            slices=b.int("slices", 1, 1 << 16),
+            epochs=b.int("epochs", 1, 1 << 20),
+            stage_epochs=b.int("stage_epochs", 1, 1 << 20),
+            checkpoint_every=b.int("checkpoint_every", 0, 2**40),
+            seed=b.dec("seed"),
+            batch_size=hyper.int("batch_size", 1, 1 << 24),
+            lr=hyper.d["lr"],
+            model=model.d,
+            hyper=hyper.d,
+            platform=platform.d,
+            n_train=b.int("n_train", 0, 2**40),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SliceBody:
+    index: int
+    shard: int
+    slice: int
+    generation: int
+    root: bytes
+    size: int
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> SliceBody:
+        b = _Body(_expect(e, "slice"), e.body, {"shard", "slice", "generation", "root", "size"})
+        return cls(index=e.index, shard=b.int("shard"), slice=b.int("slice"), generation=b.int("generation"),
+                   root=b.hex("root"), size=b.dec("size"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetBody:
+    index: int
+    version: int
+    root: bytes
+    slices: int
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> DatasetBody:
+        b = _Body(_expect(e, "dataset"), e.body, {"version", "root", "slices"})
+        return cls(index=e.index, version=b.int("version"), root=b.hex("root"), slices=b.int("slices"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditBody:
+    index: int
+    root: bytes
+    size: int
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> AuditBody:
+        b = _Body(_expect(e, "audit"), e.body, {"root", "size"})
+        return cls(index=e.index, root=b.hex("root"), size=b.dec("size"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointBody:
+    index: int
+    shard: int
+    generation: int
+    stage: int
+    step: int
+    digest: bytes
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> CheckpointBody:
+        b = _Body(_expect(e, "checkpoint"), e.body, {"shard", "generation", "stage", "step", "digest"})
+        return cls(index=e.index, shard=b.int("shard"), generation=b.int("generation"), stage=b.int("stage"),
+                   step=b.dec("step"), digest=b.hex("digest"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepBody:
+    index: int
+    shard: int
+    generation: int
+    stage: int
+    epoch: int
+    step: int
+    seed: int
+    lr: str
+    batch: tuple[bytes, ...]
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> StepBody:
+        b = _Body(_expect(e, "step"), e.body, {"shard", "generation", "stage", "epoch", "step", "seed", "lr", "batch"})
+        return cls(index=e.index, shard=b.int("shard"), generation=b.int("generation"), stage=b.int("stage"),
+                   epoch=b.int("epoch"), step=b.dec("step"), seed=b.dec("seed"), lr=b.str("lr", 64),
+                   batch=b.hexlist("batch", 1 << 24))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeletionBody:
+    index: int
+    request: int
+    request_digest: bytes
+    commitments: tuple[bytes, ...]
+    shards: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> DeletionBody:
+        b = _Body(_expect(e, "deletion"), e.body, {"request", "request_digest", "commitments", "shards"})
+        sh = b.d["shards"]
+        if not isinstance(sh, list) or not all(type(x) is int and 0 <= x <= _U32 for x in sh):
+            raise InvalidBundle(f"{b.what}: shards must be a list of shard numbers")
+        return cls(index=e.index, request=b.dec("request"), request_digest=b.hex("request_digest"),
+                   commitments=b.hexlist("commitments"), shards=tuple(sh))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelBody:
+    index: int
+    reason: str
+    shards: tuple[bytes, ...]
+    digest: bytes
+    request: int | None
+
+    @classmethod
+    def parse(cls, e: LogEntry) -> ModelBody:
+        b = _Body(_expect(e, "model"), e.body, {"reason", "shards", "digest"}, {"request"})
+        return cls(index=e.index, reason=b.str("reason", 32), shards=b.hexlist("shards", 1 << 16),
+                   digest=b.hex("digest"), request=b.dec("request") if "request" in b.d else None)
+
+
+# --- the transcript predicate ---------------------------------------------------------------
+
+
+def _wrap(what: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except UnsupportedVersion as e:
+        raise UnsupportedVersion(f"{what}: {e}") from e
+    except MalformedInput as e:
+        raise InvalidBundle(f"{what}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disclosure:
+    """A log entry with its inclusion proof against the transcript's head_after."""
+
+    entry: LogEntry
+    inclusion: InclusionProof
+
+    @classmethod
+    def parse(cls, d: Any, what: str) -> Disclosure:
+        b = _Body(what, d, {"entry", "inclusion"})
+        entry = _wrap(f"{what} entry", LogEntry.from_json, b.d["entry"])
+        inc = _wrap(f"{what} inclusion", InclusionProof.from_json, b.d["inclusion"])
+        if inc.index != entry.index:
+            raise InvalidBundle(f"{what}: inclusion proof is for index {inc.index}, the entry has index {entry.index}")
+        return cls(entry=entry, inclusion=inc)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordClaim:
+    commitment: bytes
+    key: bytes
+    shard: int
+    slice: int
+    old_slice: Disclosure
+    membership: MembershipProof
+    first_use: Disclosure
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SliceClaim:
+    slice: Disclosure
+    non_membership: tuple[NonMembershipProof, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardClaim:
+    shard: int
+    from_stage: int
+    generation: int
+    rollback: Disclosure
+    slices: tuple[SliceClaim, ...]
+    retraining_start: int
+    retraining_end: int
+    final_checkpoint: Disclosure
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transcript:
+    """A signature-checked deletion transcript (predicate version 1), parsed."""
+
+    payload: bytes
+    subject_digest: bytes
+    origin: str
+    request: int
+    deletion: Disclosure
+    count: int
+    records: tuple[RecordClaim, ...]
+    shards: tuple[ShardClaim, ...]
+    model_before: Disclosure
+    model_after: Disclosure
+    head_before: bytes
+    head_after: bytes
+    consistency: ConsistencyProof
+
+    def disclosures(self) -> list[tuple[str, Disclosure]]:
+        out = [("request deletion", self.deletion), ("model_before", self.model_before), ("model_after", self.model_after)]
+        for i, r in enumerate(self.records):
+            out += [(f"records[{i}] old_slice", r.old_slice), (f"records[{i}] first_use", r.first_use)]
+        for sc in self.shards:
+            out += [(f"shard {sc.shard} rollback", sc.rollback), (f"shard {sc.shard} final_checkpoint", sc.final_checkpoint)]
+            out += [(f"shard {sc.shard} slices[{j}]", x.slice) for j, x in enumerate(sc.slices)]
+        return out
+
+    @classmethod
+    def parse(cls, statement: dict[str, Any], payload: bytes, what: str) -> Transcript:
+        subj = statement["subject"]
+        if len(subj) != 1 or subj[0].get("name") != "model":
+            raise InvalidBundle(f"{what}: the statement must have exactly one subject, 'model'")
+        subject_digest = hex32(subj[0]["digest"]["sha256"], what=f"{what} subject digest", exc=InvalidBundle)
+        p = _Body(f"{what} predicate", statement["predicate"],
+                  {"version", "origin", "request", "records", "shards", "model_before", "model_after", "log"})
+        if type(p.d["version"]) is not int or p.d["version"] != 1:
+            raise UnsupportedVersion(f"{what}: transcript version {str(p.d['version'])[:20]!r} is not supported (only 1)")
+        req = _Body(f"{what} request", p.obj("request"), {"n", "deletion", "count"})
+        records_j = p.d["records"]
+        if not isinstance(records_j, list) or not records_j or len(records_j) > 10_000_000:
+            raise InvalidBundle(f"{what}: records must be a non-empty list")
+        records = []
+        for i, r in enumerate(records_j):
+            rb = _Body(f"{what} records[{i}]", r,
+                       {"commitment", "key", "shard", "slice", "old_slice", "membership", "first_use"})
+            records.append(RecordClaim(
+                commitment=rb.hex("commitment"), key=rb.hex("key"), shard=rb.int("shard"), slice=rb.int("slice"),
+                old_slice=Disclosure.parse(rb.d["old_slice"], f"{what} records[{i}] old_slice"),
+                membership=_wrap(f"{what} records[{i}] membership", MembershipProof.from_json, rb.d["membership"]),
+                first_use=Disclosure.parse(rb.d["first_use"], f"{what} records[{i}] first_use"),
+            ))
+        shards_j = p.d["shards"]
+        if not isinstance(shards_j, list) or not shards_j or len(shards_j) > 1 << 16:
+            raise InvalidBundle(f"{what}: shards must be a non-empty list")
+        shards = []
+        for i, s in enumerate(shards_j):
+            w = f"{what} shards[{i}]"
+            sb = _Body(w, s, {"shard", "from_stage", "generation", "rollback", "slices", "retraining", "final_checkpoint"})
+            sl = sb.d["slices"]
+            if not isinstance(sl, list) or len(sl) > 1 << 16:
+                raise InvalidBundle(f"{w}: slices must be a list")
+            slices = []
+            for j, x in enumerate(sl):
+                xb = _Body(f"{w} slices[{j}]", x, {"slice", "non_membership"})
+                nm = xb.d["non_membership"]
+                if not isinstance(nm, list) or len(nm) > 10_000_000:
+                    raise InvalidBundle(f"{w} slices[{j}]: non_membership must be a list")
+                slices.append(SliceClaim(
+                    slice=Disclosure.parse(xb.d["slice"], f"{w} slices[{j}] slice"),
+                    non_membership=tuple(_wrap(f"{w} slices[{j}] non_membership[{k}]", NonMembershipProof.from_json, q)
+                                         for k, q in enumerate(nm)),
+                ))
+            rt = _Body(f"{w} retraining", sb.obj("retraining"), {"start", "end"})
+            shards.append(ShardClaim(
+                shard=sb.int("shard"), from_stage=sb.int("from_stage", 1), generation=sb.int("generation", 1),
+                rollback=Disclosure.parse(sb.d["rollback"], f"{w} rollback"), slices=tuple(slices),
+                retraining_start=rt.dec("start"), retraining_end=rt.dec("end"),
+                final_checkpoint=Disclosure.parse(sb.d["final_checkpoint"], f"{w} final_checkpoint"),
+            ))
+        lg = _Body(f"{what} log", p.obj("log"), {"head_before", "head_after", "consistency"})
+        return cls(
+            payload=payload,
+            subject_digest=subject_digest,
+            origin=p.str("origin", 256),
+            request=req.dec("n"),
+            deletion=Disclosure.parse(req.d["deletion"], f"{what} request deletion"),
+            count=req.int("count", 0, 2**53),
+            records=tuple(records),
+            shards=tuple(shards),
+            model_before=Disclosure.parse(p.d["model_before"], f"{what} model_before"),
+            model_after=Disclosure.parse(p.d["model_after"], f"{what} model_after"),
+            head_before=lg.str("head_before", 1 << 20).encode("utf-8"),
+            head_after=lg.str("head_after", 1 << 20).encode("utf-8"),
+            consistency=_wrap(f"{what} log consistency", ConsistencyProof.from_json, lg.d["consistency"]),
+        )
