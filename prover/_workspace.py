@@ -198,7 +198,7 @@ class Workspace:
         self._log = log
         self._lock_fd = lock_fd
         self._data: Dataset | None = None
-        self._note_signer = NoteSigner.from_private_key(name=self.log_origin, key=key.private_key)
+        self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -311,7 +311,7 @@ class Workspace:
 
     @property
     def log_origin(self) -> str:
-        return _origin(self._name)
+        return self._log.origin
 
     @property
     def public_key(self) -> VerifyingKey:
@@ -499,7 +499,7 @@ class Workspace:
                 ((s, 0, 1) for s in range(cfg.shards)),
             )
             self._set_meta("committed", "1")
-        self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+        self._sign_head()
 
     # --- training ----------------------------------------------------------------------------
 
@@ -683,9 +683,9 @@ class Workspace:
                 prev = float(self._meta("train_seconds") or 0.0)
                 self._set_meta("train_seconds", repr(prev + time.perf_counter() - t0))
                 self._set_meta("trained", "1")
-            self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+            self._sign_head()
         elif tasks:
-            self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+            self._sign_head()
         head = self._log.latest_tree_head()
         return TrainReport(
             shards=self.config.shards,
@@ -924,7 +924,7 @@ class Workspace:
             if self._meta("model_request") != str(n):
                 self._log_model("forget", n)
                 self._set_meta("model_request", str(n))
-        self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+        self._sign_head()
         statement = build_transcript(self, n)
         env = sign_statement(statement, [self._key])
         tpath = os.path.join(self.path, TRANSCRIPT_DIR, f"{n:06d}.dsse.json")
@@ -952,10 +952,17 @@ class Workspace:
             tree_head=head.note.decode() if head else "",
         )
 
+    def _sign_head(self) -> bytes:
+        """Sign a tree head over the whole log; timestamps never go backwards, even if the
+        clock does."""
+        last = self._log.latest_tree_head()
+        ts = max(int(time.time()), (last.timestamp or 0) if last else 0)
+        return self._log.sign_tree_head(self._note_signer, timestamp=ts)
+
     def _ensure_signed_head(self) -> bytes:
         head = self._log.latest_tree_head()
         if head is None or head.size != self._log.size:
-            return self._log.sign_tree_head(self._note_signer, timestamp=int(time.time()))
+            return self._sign_head()
         return head.note
 
     # --- status -------------------------------------------------------------------------------

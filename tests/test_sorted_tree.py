@@ -134,7 +134,9 @@ def test_empty_and_small_roots(n: int) -> None:
 def test_duplicate_keys_are_rejected() -> None:
     k = b"\x42" * 32
     with pytest.raises(MalformedRecord, match="duplicate record key " + k.hex()):
-        SortedTree.build([(b"\x01" * 32, b"\x00" * 32), (k, b"\x01" * 32), (b"\x99" * 32, b"\x00" * 32), (k, b"\x02" * 32)])
+        SortedTree.build(
+            [(b"\x01" * 32, b"\x00" * 32), (k, b"\x01" * 32), (b"\x99" * 32, b"\x00" * 32), (k, b"\x02" * 32)]
+        )
     with pytest.raises(MalformedRecord, match="duplicate record key"):
         SortedTree.from_buffers(k + k, b"\x00" * 64)
 
@@ -277,7 +279,8 @@ def test_forged_proofs_for_a_present_key_fail(n: int) -> None:
                                  inclusion=InclusionProof(index=i - 1, tree_size=fake_n, path=left.inclusion.path))
             fr = MembershipProof(key=right.key, commitment=right.commitment,
                                  inclusion=InclusionProof(index=i, tree_size=fake_n, path=right.inclusion.path))
-            with pytest.raises(NonMembershipProofFailed, match="neighbour's inclusion proof fails|not the (first|last)"):
+            fragment = "neighbour's inclusion proof fails|not the (first|last)"
+            with pytest.raises(NonMembershipProofFailed, match=fragment):
                 NonMembershipProof(key=k, tree_size=fake_n, left=fl, right=fr).verify(root=root, key=k)
 
 
@@ -570,7 +573,8 @@ def test_dataset_proof_of_a_changed_descriptor_fails() -> None:
 
 def test_dataset_rejects_unsorted_or_duplicate_descriptors() -> None:
     ds = _descriptors()
-    with pytest.raises(MalformedProof, match="sorted by \\(shard, slice\\) without duplicates: \\(0, 1\\) then \\(0, 0\\)"):
+    fragment = "sorted by \\(shard, slice\\) without duplicates: \\(0, 1\\) then \\(0, 0\\)"
+    with pytest.raises(MalformedProof, match=fragment):
         dataset_root([ds[1], ds[0], *ds[2:]])
     with pytest.raises(MalformedProof, match="\\(0, 2\\) then \\(0, 2\\)"):
         dataset_root([ds[0], ds[1], ds[2], ds[2]])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import rfc8785
@@ -90,12 +91,12 @@ def hex32(text: object, *, what: str = "digest", exc: type[Exception] = Malforme
     """Parse a lower-case 64-character hex string into 32 bytes; anything else raises ``exc``."""
     if not isinstance(text, str) or len(text) != 64:
         raise exc(f"{what} must be 64 lower-case hex characters")
-    if text != text.lower():
-        raise exc(f"{what} must be lower-case hex")
-    try:
-        return bytes.fromhex(text)
-    except ValueError as e:
-        raise exc(f"{what} is not valid hex: {e}") from e
+    if not _HEX64.fullmatch(text):
+        raise exc(f"{what} must be lower-case hex (0-9, a-f)")
+    return bytes.fromhex(text)
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _reject_constant(name: str) -> Any:

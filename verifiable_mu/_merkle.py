@@ -268,7 +268,7 @@ class MerkleTree:
             return EMPTY_ROOT
         if start % (1 << (end - start - 1).bit_length()):
             # Only ranges that are subtrees of the RFC's left-balanced tree are supported.
-            raise ValueError(f"range [{start}, {end}) is not an RFC 9162 subtree")
+            raise MalformedProof(f"range [{start}, {end}) is not an RFC 9162 subtree")
         # Decompose [start, end) into aligned perfect subtrees, left to right, then fold from
         # the right: this is how RFC 9162's recursion combines them when start is aligned as
         # it always is for the ranges the proof algorithms ask for.

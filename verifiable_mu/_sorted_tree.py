@@ -262,7 +262,9 @@ class SortedTree:
         key = _b32(key, "record key", MalformedRecord)
         i = self._lower_bound(key)
         if i < self._n and self.key_at(i) == key:
-            raise NonMembershipProofFailed(f"key {key.hex()} is in the tree at index {i}, so its absence cannot be proven")
+            raise NonMembershipProofFailed(
+                f"key {key.hex()} is in the tree at index {i}, so its absence cannot be proven"
+            )
         return NonMembershipProof(
             key=key,
             tree_size=self._n,

@@ -1,0 +1,54 @@
+"""verifiable-mu's independent verifier: checks proof bundles, replays sampled training segments.
+
+It imports the shared core (:mod:`verifiable_mu`) and never the prover. Importing this package or
+:mod:`verifier._checks` does not import torch; only the replay step does.
+
+    from verifier import verify, VerifyOptions
+    v = verify("bundle.zip", VerifyOptions(replay=8))
+    v.exit_code   # 0 accepted, 1 rejected, 2 unusable input
+"""
+
+from ._bundle import Bundle, Limits, Manifest, read_bundle
+from ._checks import STEPS, CheckResult, Verification, VerifyOptions, verify
+from ._errors import (
+    ChallengeMismatch,
+    CommitBlockInvalid,
+    DeletionClaimFailed,
+    HeadMismatch,
+    ManifestContainsDeleted,
+    ModelMismatch,
+    OpeningMismatch,
+    OrderingViolation,
+    ReplayMismatch,
+    ScheduleViolation,
+    SegmentMissing,
+    UntrustedKey,
+)
+from ._report import REPORT_VERSION, render_text, to_json
+
+__all__ = [
+    "verify",
+    "VerifyOptions",
+    "Verification",
+    "CheckResult",
+    "STEPS",
+    "read_bundle",
+    "Bundle",
+    "Manifest",
+    "Limits",
+    "render_text",
+    "to_json",
+    "REPORT_VERSION",
+    "UntrustedKey",
+    "HeadMismatch",
+    "CommitBlockInvalid",
+    "DeletionClaimFailed",
+    "OrderingViolation",
+    "ScheduleViolation",
+    "ModelMismatch",
+    "ManifestContainsDeleted",
+    "OpeningMismatch",
+    "ChallengeMismatch",
+    "SegmentMissing",
+    "ReplayMismatch",
+]

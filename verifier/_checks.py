@@ -1,0 +1,842 @@
+"""The verification algorithm: the numbered checklist of specs/09-verification.md.
+
+Steps (the same numbers appear in the spec, in the code below and in the test names):
+
+ 1. archive            the file is a safe, readable zip archive
+ 2. manifest           manifest type and version, member list, member SHA-256 digests
+ 3. members            every member parses (key, head, envelopes, log runs, openings, checkpoints)
+ 4. trust              the signing key is the pinned key (or the bundle's own key, with a warning)
+ 5. final-head         the final signed tree head verifies under the key and the origin
+ 6. transcripts        every deletion transcript's DSSE signature verifies; its statement parses
+ 7. tree-heads         heads before/after each request verify; consistency before -> after -> final;
+                       requests are 1..N in order
+ 8. transcript-proofs  every entry a transcript discloses is included under its head_after
+ 9. log-runs           every disclosed run of entries is included under the final head
+10. commitments        commit block: config, slice trees, data-set root, audit set, initial checkpoints
+11. deletion-claims    deleted records were in their old slices; absent from every retrained slice
+12. ordering           rollback checkpoint of the current lineage, before the first use of each record
+13. schedule           every lineage's checkpoints and steps follow the committed SISA schedule
+14. clean-manifests    no retraining step uses a record deleted by this or an earlier request
+15. models             model entries chain; final constituent weights match the final model
+16. openings           openings match their commitments, the request digests and the audit root
+17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
+18. replay             replaying each sampled segment reproduces its logged end checkpoint
+
+This module checks proofs only and never imports torch; step 18 imports :mod:`verifier._replay`
+(and so torch) lazily, and only when replay is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from verifiable_mu._canonical import canonical_json
+from verifiable_mu._dsse import verify_statement
+from verifiable_mu._errors import (
+    InvalidBundle,
+    MalformedInput,
+    SignatureFailed,
+    VerificationFailed,
+    VmuError,
+)
+from verifiable_mu._keys import VerifyingKey
+from verifiable_mu._log import LogEntry
+from verifiable_mu._merkle import EMPTY_ROOT
+from verifiable_mu._note import Checkpoint, NoteVerifier, open_checkpoint
+from verifiable_mu._records import RecordOpening, record_key
+from verifiable_mu._sampling import (
+    SegmentRef,
+    challenge_seed,
+    escape_probability,
+    fiat_shamir_seed,
+    sample_segments,
+    transcript_digest,
+)
+from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
+from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, TAG_STEP_SEED, tagged_hash
+
+from ._bundle import Bundle, Limits, Manifest, load_file, open_manifest, parse_bundle, read_members
+from ._entries import (
+    PREDICATE_DELETION,
+    AuditBody,
+    CheckpointBody,
+    ConfigBody,
+    DatasetBody,
+    DeletionBody,
+    Disclosure,
+    ModelBody,
+    SliceBody,
+    StepBody,
+    Transcript,
+)
+from ._errors import (
+    ChallengeMismatch,
+    CommitBlockInvalid,
+    DeletionClaimFailed,
+    HeadMismatch,
+    ManifestContainsDeleted,
+    ModelMismatch,
+    OpeningMismatch,
+    OrderingViolation,
+    ScheduleViolation,
+    SegmentMissing,
+    UntrustedKey,
+)
+
+__all__ = ["STEPS", "CheckResult", "VerifyOptions", "Verification", "verify", "step_seed", "ESCAPE_FRACTIONS"]
+
+STEPS: tuple[tuple[int, str, str], ...] = (
+    (1, "archive", "the file is a safe, readable zip archive"),
+    (2, "manifest", "manifest version, member list and member digests"),
+    (3, "members", "every member parses"),
+    (4, "trust", "the signing key is the pinned key"),
+    (5, "final-head", "the final signed tree head verifies"),
+    (6, "transcripts", "deletion transcript signatures verify"),
+    (7, "tree-heads", "tree heads verify and are consistent; requests are 1..N"),
+    (8, "transcript-proofs", "transcript log entries are included under their heads"),
+    (9, "log-runs", "disclosed log runs are included under the final head"),
+    (10, "commitments", "config, slice trees, data-set root, audit set, initial checkpoints"),
+    (11, "deletion-claims", "deleted records were in their slices and are absent from retrained slices"),
+    (12, "ordering", "rollback checkpoints precede the first use of each deleted record"),
+    (13, "schedule", "checkpoints and steps follow the committed SISA schedule"),
+    (14, "clean-manifests", "no retraining step uses a deleted record"),
+    (15, "models", "model entries chain; final weights match the final model"),
+    (16, "openings", "openings match commitments, request digests and the audit root"),
+    (17, "sampling", "the sampled segments are the ones the challenge selects, fully disclosed"),
+    (18, "replay", "replayed segments reproduce their logged end checkpoints"),
+)
+ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
+_NAMES = {n: name for n, name, _ in STEPS}
+
+
+def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
+    """Same as :func:`verifiable_mu.training.step_seed`, without importing torch."""
+    d = tagged_hash(TAG_STEP_SEED, struct.pack(">QIIIIQ", run_seed, shard, generation, stage, epoch, step))
+    return int.from_bytes(d[:8], "big") >> 1
+
+
+@dataclass(slots=True)
+class CheckResult:
+    step: int
+    name: str
+    status: str  # "pass", "fail", "error" (unusable input), "skipped"
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyOptions:
+    trust_key: VerifyingKey | None = None
+    challenge: bytes | None = None
+    replay: int | None = None  # None: as many as the bundle discloses
+    replay_mode: str = "auto"  # auto | exact | distance
+    allow_factories: tuple[str, ...] = ()
+    limits: Limits = Limits()
+
+
+@dataclass(slots=True)
+class _Lineage:
+    shard: int
+    generation: int
+    stratum: int | None
+    start: CheckpointBody
+    checkpoints: list[CheckpointBody]  # after start, in log order
+    stage_base: dict[int, int]  # stage -> step count when the stage starts
+    stage_n: dict[int, int]  # stage -> records trained on
+
+    def at_stage_end(self, stage: int) -> CheckpointBody | None:
+        found = None
+        for c in [self.start, *self.checkpoints]:
+            if c.stage == stage:
+                found = c
+        return found
+
+    @property
+    def final(self) -> CheckpointBody:
+        return self.checkpoints[-1] if self.checkpoints else self.start
+
+
+@dataclass(slots=True)
+class Verification:
+    """The state and the outcome of one verification."""
+
+    options: VerifyOptions
+    results: list[CheckResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    failure: VmuError | None = None
+    failed_step: int | None = None
+    bundle: Bundle | None = None
+    sha256: str = ""
+    # filled as the steps run
+    members: dict[str, bytes] = field(default_factory=dict)
+    manifest: Manifest | None = None
+    key: VerifyingKey | None = None
+    note_verifier: NoteVerifier | None = None
+    final: Checkpoint | None = None
+    transcripts: list[Transcript] = field(default_factory=list)
+    heads: list[tuple[Checkpoint, Checkpoint]] = field(default_factory=list)
+    entries: dict[int, LogEntry] = field(default_factory=dict)
+    config: ConfigBody | None = None
+    slices0: dict[tuple[int, int], SliceBody] = field(default_factory=dict)
+    audit: AuditBody | None = None
+    lineages: list[_Lineage] = field(default_factory=list)
+    openings: dict[bytes, RecordOpening] = field(default_factory=dict)
+    population: list[SegmentRef] = field(default_factory=list)
+    sample: list[SegmentRef] = field(default_factory=list)
+    seed: bytes = b""
+    replay_report: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.failure is None:
+            return 0
+        return 2 if isinstance(self.failure, MalformedInput) else 1
+
+    @property
+    def verdict(self) -> str:
+        return ("accepted", "rejected", "unusable")[self.exit_code]
+
+    @property
+    def replayed(self) -> int:
+        return len(self.replay_report["segments"]) if self.replay_report else 0
+
+    def escape(self) -> dict[str, float]:
+        return {str(f): escape_probability(f, self.replayed) for f in ESCAPE_FRACTIONS}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _entry(v: Verification, index: int, what: str) -> LogEntry:
+    e = v.entries.get(index)
+    if e is None:
+        raise SegmentMissing(f"{what}: log entry {index} is not disclosed in the bundle")
+    return e
+
+
+def _model_digest(shards: Sequence[bytes]) -> bytes:
+    return tagged_hash(TAG_MODEL, b"".join(shards))
+
+
+def _note_size(note: bytes) -> int:
+    return Checkpoint.from_text(note.decode("utf-8").rsplit("\n\n", 1)[0] + "\n").size
+
+
+def _stage_plan(v: Verification, start_step: int, stages: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """Expected (stage, step) of every checkpoint after the start, and each stage's base step."""
+    cfg = v.config
+    assert cfg is not None
+    B, E, K = cfg.batch_size, cfg.stage_epochs, cfg.checkpoint_every
+    out: list[tuple[int, int]] = []
+    base: dict[int, int] = {}
+    step = start_step
+    for r, n in stages:
+        base[r] = step
+        total = E * (-(-n // B))
+        if K:
+            out += [(r, step + j) for j in range(K, total, K)]
+        out.append((r, step + total))
+        step += total
+    return out, base
+
+
+def _check_step(v: Verification, st: StepBody, lin: _Lineage, counter: int, what: str) -> None:
+    """A step entry of ``lin`` with global counter ``counter`` (step 13 rules)."""
+    cfg = v.config
+    assert cfg is not None
+    if (st.shard, st.generation) != (lin.shard, lin.generation):
+        raise ScheduleViolation(f"{what}: step entry {st.index} is for shard {st.shard} generation {st.generation}")
+    if st.step != counter:
+        raise ScheduleViolation(f"{what}: step entry {st.index} has step counter {st.step}, expected {counter}")
+    stage = max((r for r, b in lin.stage_base.items() if b <= counter), default=None)
+    if stage is None or st.stage != stage:
+        raise ScheduleViolation(f"{what}: step entry {st.index} is logged in stage {st.stage}, expected {stage}")
+    n = lin.stage_n[stage]
+    nb = -(-n // cfg.batch_size)
+    j = counter - lin.stage_base[stage]
+    epoch, b = divmod(j, nb)
+    if st.epoch != epoch:
+        raise ScheduleViolation(f"{what}: step entry {st.index} is in epoch {st.epoch}, expected {epoch}")
+    want = min(cfg.batch_size, n - b * cfg.batch_size)
+    if len(st.batch) != want:
+        raise ScheduleViolation(f"{what}: step entry {st.index} has a batch of {len(st.batch)} records, expected {want}")
+    if len(set(st.batch)) != len(st.batch):
+        raise ScheduleViolation(f"{what}: step entry {st.index} uses a record twice in one batch")
+    if st.lr != cfg.lr:
+        raise ScheduleViolation(f"{what}: step entry {st.index} logs learning rate {st.lr}, the config says {cfg.lr}")
+    seed = step_seed(cfg.seed, shard=lin.shard, generation=lin.generation, stage=stage, epoch=epoch, step=counter)
+    if st.seed != seed:
+        raise ScheduleViolation(f"{what}: step entry {st.index} has seed {st.seed}, the committed derivation gives {seed}")
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+
+def _step_01(v: Verification, source: str | bytes) -> None:
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else load_file(source, v.options.limits)
+    v.sha256 = hashlib.sha256(data).hexdigest()
+    v.members = read_members(data, v.options.limits)
+
+
+def _step_02(v: Verification) -> None:
+    v.manifest = open_manifest(v.members, v.options.limits)
+
+
+def _step_03(v: Verification) -> None:
+    assert v.manifest is not None
+    v.bundle = parse_bundle(v.members, v.manifest, v.options.limits)
+    v.members = {}
+
+
+def _step_04(v: Verification) -> None:
+    b = v.bundle
+    assert b is not None
+    if v.options.trust_key is None:
+        v.warnings.append(
+            f"UNPINNED KEY: signatures were checked against the key the bundle carries ({b.public_key.key_id[:16]}...); "
+            "pass --trust-key with the owner's published key to know who signed"
+        )
+        v.key = b.public_key
+    else:
+        if b.public_key != v.options.trust_key:
+            raise UntrustedKey(
+                f"the bundle carries key {b.public_key.key_id[:16]}..., not the pinned key "
+                f"{v.options.trust_key.key_id[:16]}..."
+            )
+        v.key = v.options.trust_key
+    v.note_verifier = NoteVerifier.from_public_key(name=b.manifest.origin, key=v.key.public_key)
+
+
+def _open_head(v: Verification, note: bytes, what: str) -> Checkpoint:
+    assert v.note_verifier is not None and v.bundle is not None
+    try:
+        return open_checkpoint(note, [v.note_verifier], origin=v.bundle.manifest.origin)
+    except SignatureFailed as e:
+        raise SignatureFailed(f"{what}: {e}") from e
+    except MalformedInput as e:
+        raise InvalidBundle(f"{what}: {e}") from e
+
+
+def _step_05(v: Verification) -> None:
+    assert v.bundle is not None
+    v.final = _open_head(v, v.bundle.final_head, "final signed tree head")
+
+
+def _step_06(v: Verification) -> None:
+    b = v.bundle
+    assert b is not None and v.key is not None
+    for name, env in zip(b.manifest.transcripts, b.transcripts):
+        try:
+            stmt = verify_statement(env, [v.key], predicate_type=PREDICATE_DELETION)
+        except SignatureFailed as e:
+            raise SignatureFailed(f"{name}: {e}") from e
+        except MalformedInput as e:
+            raise InvalidBundle(f"{name}: {e}") from e
+        t = Transcript.parse(stmt, env.payload, name)
+        if t.origin != b.manifest.origin:
+            raise HeadMismatch(f"{name} is for log {t.origin!r}, the bundle is for {b.manifest.origin!r}")
+        v.transcripts.append(t)
+
+
+def _step_07(v: Verification) -> None:
+    b = v.bundle
+    assert b is not None and v.final is not None
+    prev_after = 0
+    for i, (name, t) in enumerate(zip(b.manifest.transcripts, v.transcripts)):
+        if t.request != i + 1:
+            raise HeadMismatch(f"{name} is request {t.request}; a bundle holds requests 1..N in order (expected {i + 1})")
+        if name != f"transcripts/{t.request:06d}.dsse.json":
+            raise HeadMismatch(f"{name} holds request {t.request}")
+        before = _open_head(v, t.head_before, f"{name} head_before")
+        after = _open_head(v, t.head_after, f"{name} head_after")
+        if before.size < prev_after:
+            raise HeadMismatch(f"{name}: head_before (size {before.size}) is older than the previous request's head_after")
+        if (t.consistency.old_size, t.consistency.new_size) != (before.size, after.size):
+            raise HeadMismatch(f"{name}: the consistency proof is for sizes {t.consistency.old_size} -> {t.consistency.new_size}")
+        t.consistency.verify(old_root=before.root_hash, new_root=after.root_hash)
+        c = b.consistency[i]
+        if (c.old_size, c.new_size) != (after.size, v.final.size):
+            raise HeadMismatch(f"bundle consistency proof {i} is for sizes {c.old_size} -> {c.new_size}, expected "
+                               f"{after.size} -> {v.final.size}")
+        c.verify(old_root=after.root_hash, new_root=v.final.root_hash)
+        v.heads.append((before, after))
+        prev_after = after.size
+
+
+def _step_08(v: Verification) -> None:
+    for t, (_, after) in zip(v.transcripts, v.heads):
+        for what, d in t.disclosures():
+            if d.inclusion.tree_size != after.size:
+                raise HeadMismatch(f"request {t.request} {what}: inclusion proof is for tree size "
+                                   f"{d.inclusion.tree_size}, head_after has {after.size}")
+            d.inclusion.verify(leaf=d.entry.leaf_hash, root=after.root_hash)
+
+
+def _step_09(v: Verification) -> None:
+    b = v.bundle
+    assert b is not None and v.final is not None
+    for i, run in enumerate(b.runs):
+        if run.proof.tree_size != v.final.size:
+            raise HeadMismatch(f"log run {i} is proven against tree size {run.proof.tree_size}, the final head has {v.final.size}")
+        run.proof.verify(leaves=[e.leaf_hash for e in run.entries], root=v.final.root_hash)
+        for e in run.entries:
+            v.entries[e.index] = e
+    # An entry a transcript discloses and a run discloses is the same entry (same leaf).
+    for t in v.transcripts:
+        for what, d in t.disclosures():
+            e = v.entries.get(d.entry.index)
+            if e is not None and e.leaf_hash != d.entry.leaf_hash:
+                raise HeadMismatch(f"request {t.request} {what}: entry {e.index} differs from the bundle's log run")
+            if e is None:
+                v.entries[d.entry.index] = d.entry
+
+
+def _step_10(v: Verification) -> None:
+    e0 = _entry(v, 0, "commit block")
+    cfg = v.config = ConfigBody.parse(e0)
+    S, R = cfg.shards, cfg.slices
+    descriptors = []
+    for s in range(S):
+        for r in range(R):
+            sb = SliceBody.parse(_entry(v, 1 + s * R + r, "commit block"))
+            if (sb.shard, sb.slice, sb.generation) != (s, r, 0):
+                raise CommitBlockInvalid(f"log entry {sb.index} is slice ({sb.shard}, {sb.slice}) generation "
+                                         f"{sb.generation}, expected ({s}, {r}) generation 0")
+            if sb.size == 0 and sb.root != EMPTY_ROOT:
+                raise CommitBlockInvalid(f"slice ({s}, {r}) is empty but its root is not the empty root")
+            v.slices0[(s, r)] = sb
+            descriptors.append(SliceDescriptor(shard=s, slice=r, size=sb.size, root=sb.root))
+    n_train = sum(d.size for d in descriptors)
+    if n_train != cfg.n_train:
+        raise CommitBlockInvalid(f"the slices hold {n_train} records, the config says {cfg.n_train}")
+    ds = DatasetBody.parse(_entry(v, 1 + S * R, "commit block"))
+    if ds.version != 0 or ds.slices != S * R:
+        raise CommitBlockInvalid(f"data-set entry {ds.index} is version {ds.version} with {ds.slices} slices")
+    if dataset_root(descriptors) != ds.root:
+        raise CommitBlockInvalid("the data-set root is not the root over the logged slice descriptors")
+    v.audit = AuditBody.parse(_entry(v, 2 + S * R, "commit block"))
+    for s in range(S):
+        c = CheckpointBody.parse(_entry(v, 3 + S * R + s, "commit block"))
+        if (c.shard, c.generation, c.stage, c.step) != (s, 0, 0, 0):
+            raise CommitBlockInvalid(f"log entry {c.index} is not the initial checkpoint of shard {s}")
+
+
+def _lineage_checkpoints(v: Verification, lin: _Lineage, stages: list[tuple[int, int]], what: str) -> list[tuple[int, int]]:
+    expected, base = _stage_plan(v, lin.start.step, stages)
+    lin.stage_base = base
+    lin.stage_n = dict(stages)
+    return expected
+
+
+def _step_13_original(v: Verification) -> None:
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    if sorted(b.manifest.original) != list(range(cfg.shards)):
+        raise ScheduleViolation(f"the manifest must list the original lineage of every shard 0..{cfg.shards - 1}")
+    for s in range(cfg.shards):
+        idx = b.manifest.original[s]
+        what = f"original training of shard {s}"
+        cks = [CheckpointBody.parse(_entry(v, i, what)) for i in idx]
+        if idx[0] != 3 + cfg.shards * cfg.slices + s:
+            raise ScheduleViolation(f"{what}: the lineage must start at the initial checkpoint (entry "
+                                    f"{3 + cfg.shards * cfg.slices + s}), not entry {idx[0]}")
+        if any(a >= c for a, c in zip(idx, idx[1:])):
+            raise ScheduleViolation(f"{what}: checkpoint entries are not in log order")
+        lin = _Lineage(shard=s, generation=0, stratum=None, start=cks[0], checkpoints=cks[1:], stage_base={}, stage_n={})
+        n_r = [sum(v.slices0[(s, j)].size for j in range(r)) for r in range(1, cfg.slices + 1)]
+        expected = _lineage_checkpoints(v, lin, [(r, n_r[r - 1]) for r in range(1, cfg.slices + 1)], what)
+        got = [(c.stage, c.step) for c in cks[1:]]
+        for c in cks[1:]:
+            if (c.shard, c.generation) != (s, 0):
+                raise ScheduleViolation(f"{what}: entry {c.index} is a checkpoint of shard {c.shard} generation {c.generation}")
+        if got != expected:
+            raise ScheduleViolation(f"{what}: checkpoints at (stage, step) {got[:4]}... do not follow the committed "
+                                    f"schedule {expected[:4]}...")
+        v.lineages.append(lin)
+
+
+def _current(v: Verification, shard: int) -> list[_Lineage]:
+    return [lin for lin in v.lineages if lin.shard == shard]
+
+
+def _step_11(v: Verification) -> None:
+    cfg = v.config
+    assert cfg is not None
+    for t in v.transcripts:
+        w = f"request {t.request}"
+        d = DeletionBody.parse(t.deletion.entry)
+        if d.request != t.request:
+            raise DeletionClaimFailed(f"{w}: the deletion entry is for request {d.request}")
+        commits = sorted(r.commitment for r in t.records)
+        if len(set(commits)) != len(commits) or list(d.commitments) != commits:
+            raise DeletionClaimFailed(f"{w}: the transcript's records are not the commitments of its deletion entry")
+        if t.count != len(t.records):
+            raise DeletionClaimFailed(f"{w}: count {t.count} differs from the {len(t.records)} records listed")
+        shards = sorted(sc.shard for sc in t.shards)
+        if len(set(shards)) != len(shards) or shards != sorted({r.shard for r in t.records}) or list(d.shards) != shards:
+            raise DeletionClaimFailed(f"{w}: retrained shards {shards} are not the shards of the deleted records")
+        by_shard: dict[int, list[Any]] = {}
+        for r in t.records:
+            if r.shard >= cfg.shards or r.slice >= cfg.slices:
+                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} claims shard {r.shard} slice {r.slice}")
+            if (r.membership.key, r.membership.commitment) != (r.key, r.commitment):
+                raise DeletionClaimFailed(f"{w}: the membership proof of {r.commitment.hex()[:16]} is for another record")
+            old = SliceBody.parse(r.old_slice.entry)
+            if (old.shard, old.slice) != (r.shard, r.slice):
+                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} points at slice ({old.shard}, {old.slice})")
+            try:
+                SliceDescriptor(shard=old.shard, slice=old.slice, size=old.size, root=old.root).verify_membership(
+                    r.membership, key=r.key)
+            except VerificationFailed as e:
+                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} was not in its slice: {e}") from e
+            by_shard.setdefault(r.shard, []).append((r, old))
+        for sc in t.shards:
+            ws = f"{w} shard {sc.shard}"
+            recs = by_shard[sc.shard]
+            if sc.from_stage != min(r.slice for r, _ in recs) + 1:
+                raise DeletionClaimFailed(f"{ws}: retraining starts at stage {sc.from_stage}, the first deleted slice "
+                                          f"is used from stage {min(r.slice for r, _ in recs) + 1}")
+            if len(sc.slices) != cfg.slices:
+                raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {cfg.slices}")
+            keys = sorted(r.key for r, _ in recs)
+            for j, x in enumerate(sc.slices):
+                sb = SliceBody.parse(x.slice.entry)
+                if (sb.shard, sb.slice) != (sc.shard, j) or sb.generation > sc.generation:
+                    raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice ({sb.shard}, {sb.slice}) generation {sb.generation}")
+                if j >= sc.from_stage - 1 and (sb.generation != sc.generation or sb.index <= d.index):
+                    raise DeletionClaimFailed(f"{ws}: slice {j} was not re-committed for generation {sc.generation} "
+                                              "after the deletion entry")
+                for r, old in recs:
+                    if r.slice == j and sb.size != old.size - sum(1 for q, _ in recs if q.slice == j):
+                        raise DeletionClaimFailed(f"{ws}: slice {j} shrank from {old.size} to {sb.size} records, "
+                                                  f"not by the {sum(1 for q, _ in recs if q.slice == j)} deleted")
+                if sorted(p.key for p in x.non_membership) != keys:
+                    raise DeletionClaimFailed(f"{ws}: slice {j} lacks a non-membership proof for some deleted record")
+                desc = SliceDescriptor(shard=sb.shard, slice=sb.slice, size=sb.size, root=sb.root)
+                for p in x.non_membership:
+                    try:
+                        desc.verify_non_membership(p, key=p.key)
+                    except VerificationFailed as e:
+                        raise DeletionClaimFailed(f"{ws}: a deleted record is still in slice {j}: {e}") from e
+
+
+def _step_12(v: Verification) -> None:
+    """Ordering rule, and which checkpoint each rollback must be."""
+    cfg = v.config
+    assert cfg is not None
+    gens: dict[int, int] = {s: 0 for s in range(cfg.shards)}
+    for ti, (t, (before, after)) in enumerate(zip(v.transcripts, v.heads)):
+        w = f"request {t.request}"
+        d = t.deletion.entry.index
+        if not before.size <= d < after.size:
+            raise OrderingViolation(f"{w}: the deletion entry {d} is not between head_before ({before.size}) and head_after")
+        for r in t.records:
+            fu = StepBody.parse(r.first_use.entry)
+            sc = next(x for x in t.shards if x.shard == r.shard)
+            rb = CheckpointBody.parse(sc.rollback.entry)
+            if r.commitment not in fu.batch:
+                raise OrderingViolation(f"{w}: the first-use step {fu.index} does not use record {r.commitment.hex()[:16]}")
+            if fu.shard != r.shard or fu.stage != r.slice + 1:
+                raise OrderingViolation(f"{w}: record {r.commitment.hex()[:16]} of slice {r.slice} is first used in "
+                                        f"shard {fu.shard} stage {fu.stage}, expected stage {r.slice + 1}")
+            if not (rb.index < fu.index and rb.step <= fu.step and rb.stage <= r.slice):
+                raise OrderingViolation(f"{w}: rollback checkpoint {rb.index} (stage {rb.stage}, step {rb.step}) does not "
+                                        f"precede the first use {fu.index} (step {fu.step}) of {r.commitment.hex()[:16]}")
+        for sc in t.shards:
+            ws = f"{w} shard {sc.shard}"
+            rb = CheckpointBody.parse(sc.rollback.entry)
+            if rb.shard != sc.shard or rb.stage != sc.from_stage - 1:
+                raise OrderingViolation(f"{ws}: rollback checkpoint {rb.index} is shard {rb.shard} stage {rb.stage}, "
+                                        f"expected stage {sc.from_stage - 1}")
+            if sc.generation != gens[sc.shard] + 1:
+                raise OrderingViolation(f"{ws}: retraining is generation {sc.generation}, expected {gens[sc.shard] + 1}")
+            # The checkpoint of stage from_stage-1 in the lineage current before this request.
+            want = None
+            for lin in _current(v, sc.shard):  # generation 0 first, then each earlier request in order
+                c = lin.at_stage_end(rb.stage)
+                if c is not None:
+                    want = c
+            if want is None or want.index != rb.index:
+                raise OrderingViolation(f"{ws}: rollback to entry {rb.index} is not the stage-{rb.stage} checkpoint of the "
+                                        f"shard's current lineage (entry {None if want is None else want.index})")
+            if not rb.index < d < sc.retraining_start < sc.retraining_end <= t.model_after.entry.index:
+                raise OrderingViolation(f"{ws}: rollback {rb.index}, deletion {d}, retraining [{sc.retraining_start}, "
+                                        f"{sc.retraining_end}) and model {t.model_after.entry.index} are out of order")
+            _step_13_retraining(v, t, ti, sc, rb)
+            gens[sc.shard] = sc.generation
+
+
+def _step_13_retraining(v: Verification, t: Transcript, ti: int, sc: Any, rb: CheckpointBody) -> None:
+    """Schedule of one retraining: the disclosed range is exactly its steps and checkpoints."""
+    cfg = v.config
+    assert cfg is not None
+    w = f"request {t.request} shard {sc.shard} retraining"
+    sizes = [SliceBody.parse(x.slice.entry).size for x in sc.slices]
+    stages = [(r, sum(sizes[:r])) for r in range(sc.from_stage, cfg.slices + 1)]
+    lin = _Lineage(shard=sc.shard, generation=sc.generation, stratum=ti, start=rb, checkpoints=[], stage_base={}, stage_n={})
+    expected = _lineage_checkpoints(v, lin, stages, w)
+    pos = sc.retraining_start
+    counter = rb.step
+    for stage, step in expected:
+        while counter < step:
+            st = StepBody.parse(_entry(v, pos, w))
+            _check_step(v, st, lin, counter, w)
+            pos += 1
+            counter += 1
+        c = CheckpointBody.parse(_entry(v, pos, w))
+        if (c.shard, c.generation, c.stage, c.step) != (sc.shard, sc.generation, stage, step):
+            raise ScheduleViolation(f"{w}: entry {pos} is checkpoint (shard {c.shard}, generation {c.generation}, stage "
+                                    f"{c.stage}, step {c.step}), expected stage {stage} step {step}")
+        lin.checkpoints.append(c)
+        pos += 1
+    if pos != sc.retraining_end:
+        raise ScheduleViolation(f"{w}: the schedule ends at entry {pos}, the transcript says {sc.retraining_end}")
+    fc = sc.final_checkpoint.entry
+    if fc.index != pos - 1 or fc.leaf_hash != _entry(v, pos - 1, w).leaf_hash:
+        raise ScheduleViolation(f"{w}: the final checkpoint {fc.index} is not the last entry of the retraining")
+    v.lineages.append(lin)
+
+
+def _step_13(v: Verification) -> None:
+    _step_13_original(v)
+    _step_12(v)  # walks the requests in order; checks each retraining's schedule as it goes
+
+
+def _step_14(v: Verification) -> None:
+    deleted: set[bytes] = set()
+    for t in v.transcripts:
+        deleted |= {r.commitment for r in t.records}
+        for sc in t.shards:
+            for i in range(sc.retraining_start, sc.retraining_end):
+                e = v.entries[i]
+                if e.kind == "step":
+                    bad = deleted.intersection(StepBody.parse(e).batch)
+                    if bad:
+                        raise ManifestContainsDeleted(
+                            f"request {t.request}: retraining step entry {i} of shard {sc.shard} uses deleted record "
+                            f"{sorted(bad)[0].hex()[:16]}..."
+                        )
+
+
+def _step_15(v: Verification) -> None:
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    finals: dict[int, bytes] = {lin.shard: lin.final.digest for lin in v.lineages if lin.generation == 0}
+    prev: Disclosure | None = None
+    for t in v.transcripts:
+        w = f"request {t.request}"
+        mb, ma = ModelBody.parse(t.model_before.entry), ModelBody.parse(t.model_after.entry)
+        if prev is None:
+            if mb.reason != "train" or list(mb.shards) != [finals[s] for s in range(cfg.shards)]:
+                raise ModelMismatch(f"{w}: model_before is not the model the original training ended with")
+        elif prev.entry.index != t.model_before.entry.index:
+            raise ModelMismatch(f"{w}: model_before (entry {t.model_before.entry.index}) is not the previous request's "
+                                f"model_after (entry {prev.entry.index})")
+        for sc in t.shards:
+            finals[sc.shard] = CheckpointBody.parse(sc.final_checkpoint.entry).digest
+        if ma.reason != "forget" or ma.request != t.request:
+            raise ModelMismatch(f"{w}: model_after is not the model logged for this request")
+        if list(ma.shards) != [finals[s] for s in range(cfg.shards)]:
+            raise ModelMismatch(f"{w}: model_after's constituents are not the ends of the shards' current lineages")
+        for m in (mb, ma):
+            if m.digest != _model_digest(m.shards):
+                raise ModelMismatch(f"{w}: model entry {m.index} has a digest that is not the hash of its constituents")
+        if t.subject_digest != ma.digest:
+            raise ModelMismatch(f"{w}: the statement's subject is not the model_after digest")
+        prev = t.model_after
+    assert prev is not None
+    for s, d in enumerate(ModelBody.parse(prev.entry).shards):
+        if d not in b.checkpoints:
+            raise ModelMismatch(f"the bundle lacks the weights of shard {s} of the final model ({d.hex()[:16]}...)")
+
+
+def _step_16(v: Verification) -> None:
+    b = v.bundle
+    assert b is not None and v.audit is not None
+    op = b.openings
+    seen: dict[bytes, RecordOpening] = {}
+    for part, lst in (("deleted", op.deleted), ("audit", op.audit), ("training", op.training)):
+        for o in lst:
+            c = o.commitment()
+            if c in seen:
+                raise OpeningMismatch(f"record {o.id!r} is disclosed twice ({part})")
+            seen[c] = o
+    deleted = {o.commitment(): o for o in op.deleted}
+    claimed = {r.commitment: (t, r) for t in v.transcripts for r in t.records}
+    if set(deleted) != set(claimed):
+        missing = set(claimed) - set(deleted)
+        raise OpeningMismatch(
+            f"the deleted-record openings do not match the deleted commitments "
+            f"({len(missing)} missing, {len(set(deleted) - set(claimed))} unexpected)"
+        )
+    for c, (t, r) in claimed.items():
+        if record_key(deleted[c].id) != r.key:
+            raise OpeningMismatch(f"request {t.request}: opening {deleted[c].id!r} does not have the record's key")
+    for t in v.transcripts:
+        ids = sorted(deleted[r.commitment].id for r in t.records)
+        want = tagged_hash(TAG_REQUEST, canonical_json({"n": str(t.request), "ids": ids}))
+        if DeletionBody.parse(t.deletion.entry).request_digest != want:
+            raise OpeningMismatch(f"request {t.request}: the deletion entry's request digest does not match the ids opened")
+    tree = SortedTree.build((record_key(o.id), o.commitment()) for o in op.audit)
+    if (tree.root, len(tree)) != (v.audit.root, v.audit.size):
+        raise OpeningMismatch(f"the {len(op.audit)} audit openings do not rebuild the committed audit set "
+                              f"({v.audit.size} records)")
+    v.openings = seen
+
+
+def _step_17(v: Verification) -> None:
+    b = v.bundle
+    assert b is not None and v.final is not None
+    m = b.manifest
+    want = v.options.challenge
+    if want is not None:
+        if m.challenge_mode != "interactive" or m.challenge != want:
+            raise ChallengeMismatch("the bundle does not answer this verifier's challenge (it was built for "
+                                    f"{'Fiat-Shamir' if m.challenge is None else 'challenge ' + m.challenge.hex()[:16] + '...'})")
+        v.seed = challenge_seed(want)
+    else:
+        if m.challenge_mode == "interactive":
+            raise ChallengeMismatch("the bundle answers an interactive challenge; pass the challenge you issued with --challenge")
+        v.seed = fiat_shamir_seed([transcript_digest(t.payload) for t in v.transcripts], b.final_head)
+    pop: list[SegmentRef] = []
+    for lin in v.lineages:
+        chain = [lin.start, *lin.checkpoints]
+        for a, c in zip(chain, chain[1:]):
+            pop.append(SegmentRef(shard=lin.shard, generation=lin.generation, stage=c.stage, start_index=a.index,
+                                  end_index=c.index, start_step=a.step, end_step=c.step, stratum=lin.stratum))
+    pop.sort(key=lambda r: r.end_index)
+    v.population = pop
+    strata: list[list[int]] = [[] for _ in v.transcripts]
+    for i, r in enumerate(pop):
+        if r.stratum is not None:
+            strata[r.stratum].append(i)
+    drawn = [pop[i] for i in sample_segments(len(pop), strata, m.replay, v.seed)]
+    if tuple(r.end_index for r in drawn) != m.sample:
+        raise ChallengeMismatch("the bundle's sampled segments are not the ones the challenge selects "
+                                f"(bundle: {list(m.sample)[:4]}..., verifier: {[r.end_index for r in drawn][:4]}...)")
+    k = m.replay if v.options.replay is None else v.options.replay
+    drawn = [pop[i] for i in sample_segments(len(pop), strata, k, v.seed)] if k > 0 else []
+    lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
+    for r in drawn:
+        w = f"sampled segment ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
+        lin = lin_of[(r.shard, r.generation)]
+        for j in range(r.steps):
+            idx = r.end_index - r.steps + j
+            st = StepBody.parse(_entry(v, idx, w))
+            _check_step(v, st, lin, r.start_step + j, w)
+            for c in st.batch:
+                if c not in v.openings:
+                    raise SegmentMissing(f"{w}: the bundle does not open record {c.hex()[:16]}... used by step {idx}")
+        for idx in (r.start_index, r.end_index):
+            d = CheckpointBody.parse(v.entries[idx]).digest
+            if d not in b.checkpoints:
+                raise SegmentMissing(f"{w}: the bundle lacks checkpoint {d.hex()[:16]}... (entry {idx})")
+    v.sample = drawn
+
+
+def _step_18(v: Verification) -> None:
+    if not v.sample:
+        v.warnings.append("NO REPLAY: no segment was replayed; only the proofs were checked")
+        v.replay_report = {"segments": [], "mode": None}
+        return
+    from . import _replay  # torch is imported here, and only here
+
+    b, cfg = v.bundle, v.config
+    assert b is not None and cfg is not None
+    work = []
+    for r in v.sample:
+        steps = [StepBody.parse(v.entries[r.end_index - r.steps + j]) for j in range(r.steps)]
+        start = CheckpointBody.parse(v.entries[r.start_index])
+        end = CheckpointBody.parse(v.entries[r.end_index])
+        work.append(_replay.SegmentWork(
+            ref=r,
+            steps=tuple((s.seed, s.batch) for s in steps),
+            start_file=b.checkpoints[start.digest],
+            start_digest=start.digest,
+            end_file=b.checkpoints[end.digest],
+            end_digest=end.digest,
+        ))
+    plan = _replay.ReplayPlan(
+        model=cfg.model, hyper=cfg.hyper, platform=cfg.platform, segments=tuple(work), openings=v.openings,
+        mode=v.options.replay_mode, allow_factories=v.options.allow_factories,
+    )
+    v.replay_report = _replay.replay(plan)
+    if v.replay_report.get("warning"):
+        v.warnings.append(v.replay_report["warning"])
+
+
+_ORDER: tuple[tuple[int, Callable[..., None]], ...] = (
+    (4, _step_04),
+    (5, _step_05),
+    (6, _step_06),
+    (7, _step_07),
+    (8, _step_08),
+    (9, _step_09),
+    (10, _step_10),
+    (11, _step_11),
+    # Steps 12 and 13 are interleaved (each rollback needs the lineages before it), so they run
+    # as one unit and a failure is attributed by its exception type.
+    (13, _step_13),
+    (14, _step_14),
+    (15, _step_15),
+    (16, _step_16),
+    (17, _step_17),
+    (18, _step_18),
+)
+
+
+def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> bool:
+    t0 = time.perf_counter()
+    try:
+        fn(v, *args)
+    except VmuError as e:
+        if step == 13 and isinstance(e, OrderingViolation):
+            step = 12
+            v.results.append(CheckResult(12, _NAMES[12], "fail", str(e), time.perf_counter() - t0))
+        else:
+            if step == 13:
+                v.results.append(CheckResult(12, _NAMES[12], "pass"))
+            v.results.append(CheckResult(step, _NAMES[step], "error" if isinstance(e, MalformedInput) else "fail",
+                                         str(e), time.perf_counter() - t0))
+        v.failure, v.failed_step = e, step
+        return False
+    if step == 13:
+        v.results.append(CheckResult(12, _NAMES[12], "pass", ""))
+    v.results.append(CheckResult(step, _NAMES[step], "pass", "", time.perf_counter() - t0))
+    return True
+
+
+def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Verification:
+    """Run every step on the bundle at ``source`` (a path or the bundle's bytes).
+
+    Never raises for bad input or a failed check: the outcome is in the returned object
+    (``exit_code``, ``verdict``, ``results``, ``failure``).
+    """
+    v = Verification(options=options)
+    t0 = time.perf_counter()
+    ok = (
+        _run(v, 1, _step_01, source)
+        and _run(v, 2, _step_02)
+        and _run(v, 3, _step_03)
+    )
+    if ok:
+        for step, fn in _ORDER:
+            if step == 18:
+                v.timings["proof_checks_s"] = time.perf_counter() - t0
+            if not _run(v, step, fn):
+                break
+    if "proof_checks_s" not in v.timings:
+        v.timings["proof_checks_s"] = time.perf_counter() - t0
+    v.timings["total_s"] = time.perf_counter() - t0
+    done = {r.step for r in v.results}
+    for n, name, _ in STEPS:
+        if n not in done:
+            v.results.append(CheckResult(n, name, "skipped", "not run: an earlier step failed"))
+    v.results.sort(key=lambda r: r.step)
+    return v

@@ -1,0 +1,92 @@
+"""Verdicts: the terminal summary and the JSON report (schema in specs/09-verification.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._checks import ESCAPE_FRACTIONS, Verification
+
+__all__ = ["REPORT_VERSION", "REPORT_TYPE", "to_json", "render_text"]
+
+REPORT_VERSION = 1
+REPORT_TYPE = "vmu.verification-report"
+
+
+def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
+    """The machine-readable report (type ``vmu.verification-report``, version 1)."""
+    b = v.bundle
+    m = b.manifest if b else None
+    return {
+        "type": REPORT_TYPE,
+        "version": REPORT_VERSION,
+        "verdict": v.verdict,
+        "exit_code": v.exit_code,
+        "bundle": {
+            "path": path,
+            "sha256": v.sha256 or None,
+            "origin": m.origin if m else None,
+            "requests": [t.request for t in v.transcripts],
+            "final_tree_size": v.final.size if v.final else None,
+            "generator": m.generator if m else None,
+        },
+        "trust": {
+            "pinned": v.options.trust_key is not None,
+            "key_id": v.key.key_id if v.key else None,
+        },
+        "checks": [
+            {"step": r.step, "name": r.name, "status": r.status, "detail": r.detail, "seconds": round(r.seconds, 6)}
+            for r in v.results
+        ],
+        "failure": None
+        if v.failure is None
+        else {"step": v.failed_step, "error": type(v.failure).__name__, "message": str(v.failure)},
+        "warnings": list(v.warnings),
+        "challenge": {
+            "mode": "interactive" if v.options.challenge is not None else ("fiat-shamir" if v.seed else None),
+            "seed": v.seed.hex() if v.seed else None,
+        },
+        "sampling": {
+            "population": len(v.population),
+            "sampled": len(v.sample),
+            "replayed": v.replayed,
+            "segments": [
+                {"shard": r.shard, "generation": r.generation, "stage": r.stage, "start_index": r.start_index,
+                 "end_index": r.end_index, "steps": r.steps, "retraining_of_request": None if r.stratum is None
+                 else v.transcripts[r.stratum].request}
+                for r in v.sample
+            ],
+        },
+        "replay": v.replay_report,
+        "escape_probability": v.escape(),
+        "timing": {k: round(x, 6) for k, x in v.timings.items()},
+    }
+
+
+def render_text(v: Verification, *, path: str | None = None) -> str:
+    """The human summary: one line per check, the verdict, and the escape probabilities."""
+    lines = []
+    name = path or "bundle"
+    lines.append(f"vmu-verify {name}")
+    for w in v.warnings:
+        lines.append(f"  WARNING: {w}")
+    for r in v.results:
+        mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "skip"}[r.status]
+        text = f"  [{mark:>5}] {r.step:2d}. {r.name}"
+        if r.detail:
+            text += f": {r.detail}"
+        lines.append(text)
+    if v.population:
+        lines.append(f"  sampled {len(v.sample)} of {len(v.population)} segments; replayed {v.replayed}")
+    if v.replay_report and v.replay_report.get("segments"):
+        rr = v.replay_report
+        lines.append(
+            f"  replay: {rr['steps']} steps in {rr['seconds']:.2f} s, mode {rr['mode']}"
+            + (f" (threshold {rr['threshold']:g})" if rr.get("threshold") else "")
+        )
+    k = v.replayed
+    probs = ", ".join(f"f={int(f * 100)}%: {p:.3g}" for f, p in zip(ESCAPE_FRACTIONS, v.escape().values()))
+    lines.append(f"  escape probability (1-f)^k with k={k}: {probs}")
+    verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
+    reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}" if v.failure else ""
+    lines.append(f"verdict: {verdict}{reason}")
+    return "\n".join(lines) + "\n"
