@@ -141,8 +141,8 @@ H = "ab" * 32
         ({"path": [H[:-2]]}, MalformedProof, "path element 0 must be 64 lower-case hex characters"),
         ({"path": [H + "ab"]}, MalformedProof, "path element 0 must be 64 lower-case hex characters"),
         ({"path": [1]}, MalformedProof, "path element 0 must be 64 lower-case hex characters"),
-        ({"path": [" " * 64]}, MalformedProof, "32-byte hash"),
-        ({"path": ["ab " * 21 + " "]}, MalformedProof, "32-byte hash"),  # fromhex skips spaces
+        ({"path": [" " * 64]}, MalformedProof, "not valid hex"),
+        ({"path": ["ab " * 21 + " "]}, MalformedProof, "not valid hex"),  # fromhex skips spaces
     ],
 )
 def test_malformed_inclusion_json(changes: dict[str, Any], exc: type[Exception], fragment: str) -> None:

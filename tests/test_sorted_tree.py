@@ -455,7 +455,7 @@ assert GOOD_NM["left"] is not None and GOOD_NM["right"] is not None
         (("key",), "ab" * 31, MalformedProof, "key must be 64 lower-case hex characters"),
         (("key",), "ab" * 33, MalformedProof, "key must be 64 lower-case hex characters"),
         (("key",), "g" * 64, MalformedProof, "key is not valid hex"),
-        (("key",), " " * 64, MalformedProof, "key must be 64 lower-case hex characters"),
+        (("key",), " " * 64, MalformedProof, "key is not valid hex"),
         (("key",), None, MalformedProof, "key must be 64 lower-case hex characters"),
         (("left", "commitment"), "00" * 16, MalformedProof, "commitment must be 64 lower-case hex"),
         (("tree_size",), 10, MalformedProof, "tree_size must be a decimal string"),

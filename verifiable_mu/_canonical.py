@@ -92,7 +92,7 @@ def hex32(text: object, *, what: str = "digest", exc: type[Exception] = Malforme
     if not isinstance(text, str) or len(text) != 64:
         raise exc(f"{what} must be 64 lower-case hex characters")
     if not _HEX64.fullmatch(text):
-        raise exc(f"{what} must be lower-case hex (0-9, a-f)")
+        raise exc(f"{what} is not valid hex (64 lower-case characters 0-9, a-f)" if text == text.lower() else f"{what} must be lower-case hex")
     return bytes.fromhex(text)
 
 

@@ -224,10 +224,6 @@ def _model_digest(shards: Sequence[bytes]) -> bytes:
     return tagged_hash(TAG_MODEL, b"".join(shards))
 
 
-def _note_size(note: bytes) -> int:
-    return Checkpoint.from_text(note.decode("utf-8").rsplit("\n\n", 1)[0] + "\n").size
-
-
 def _stage_plan(v: Verification, start_step: int, stages: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, int]]:
     """Expected (stage, step) of every checkpoint after the start, and each stage's base step."""
     cfg = v.config

@@ -1,0 +1,268 @@
+"""Shared fixtures for the bundle/verifier tests (imported by test files; not a conftest).
+
+``honest()`` trains one small workspace on digits (3 shards x 3 slices, 6 epochs), runs two
+deletion requests (the second hits a shard the first retrained, so lineages chain), and writes
+an honest Fiat-Shamir bundle. It is built once per test session and cached.
+
+The forging helpers play a *cheating prover who holds the signing key*: they rewrite the log,
+re-sign every head and transcript, and so produce bundles whose signatures and Merkle proofs are
+all valid; only the verifier's semantic checks and the replay can catch them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import copy
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from verifiable_mu._dsse import sign_statement
+from verifiable_mu._keys import SigningKey
+from verifiable_mu._note import Checkpoint, sign_checkpoint
+
+__all__ = ["Honest", "honest", "honest_fixture", "rezip", "members_of", "forge", "ForgeContext", "train_segment"]
+
+SHARDS, SLICES, EPOCHS = 3, 3, 6
+FIRST_IDS = ["17", "42"]
+
+
+@dataclass
+class Honest:
+    root: str  # temp dir
+    ws_dir: str
+    bundle_path: str
+    bundle: bytes
+    key: SigningKey
+    pub_pem: str
+    first_ids: list[str]
+    second_ids: list[str]
+
+
+_CACHE: dict[str, Honest] = {}
+
+
+def _new_ws(root: str) -> str:
+    from prover import Workspace, WorkspaceConfig
+
+    ws_dir = os.path.join(root, "ws")
+    cfg = WorkspaceConfig(shards=SHARDS, slices=SLICES, epochs=EPOCHS, workers=1, device="cpu")
+    with Workspace.create(ws_dir, data="digits", config=cfg) as ws:
+        ws.progress = False
+        ws.train(workers=1)
+    return ws_dir
+
+
+def honest() -> Honest:
+    if "h" in _CACHE:
+        return _CACHE["h"]
+    from prover import Workspace
+    from prover._bundle import write_bundle
+
+    root = tempfile.mkdtemp(prefix="vmu-verifier-tests-")
+    atexit.register(shutil.rmtree, root, True)
+    ws_dir = _new_ws(root)
+    with Workspace.open(ws_dir) as ws:
+        ws.progress = False
+        ws.forget(FIRST_IDS, workers=1)
+        # A second request on a shard the first one retrained, from a later slice.
+        shard_of = dict(ws._db().execute("SELECT id, shard FROM p_records WHERE role='train'").fetchall())
+        sl = dict(ws._db().execute("SELECT id, slice FROM p_records WHERE role='train'").fetchall())
+        s0 = shard_of[FIRST_IDS[0]]
+        cand = [i for i in shard_of if shard_of[i] == s0 and sl[i] == SLICES - 1 and i not in FIRST_IDS]
+        second = [sorted(cand, key=int)[0]]
+        ws.forget(second, workers=1)
+        path = os.path.join(root, "honest.vmu.zip")
+        write_bundle(ws, path, replay=6)
+    with open(path, "rb") as f:
+        data = f.read()
+    key = SigningKey.load(os.path.join(ws_dir, "signing-key.pem"))
+    h = Honest(root=root, ws_dir=ws_dir, bundle_path=path, bundle=data, key=key,
+               pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second)
+    _CACHE["h"] = h
+    return h
+
+
+@pytest.fixture(scope="session")
+def honest_fixture() -> Honest:
+    return honest()
+
+
+# --- zip surgery ------------------------------------------------------------------------------
+
+
+def members_of(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def rezip(members: dict[str, bytes], *, fix_manifest: bool = True, order: list[str] | None = None) -> bytes:
+    """Zip ``members`` again; with ``fix_manifest`` the manifest's digests are recomputed."""
+    members = dict(members)
+    if fix_manifest and "manifest.json" in members:
+        m = json.loads(members["manifest.json"])
+        m["members"] = {n: hashlib.sha256(b).hexdigest() for n, b in members.items() if n != "manifest.json"}
+        members["manifest.json"] = json.dumps(m).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in order or list(members):
+            z.writestr(name, members[name])
+    return buf.getvalue()
+
+
+# --- forging: a cheating prover with the key ----------------------------------------------------
+
+
+@dataclass
+class ForgeContext:
+    ws: Any  # prover Workspace (copy)
+    entries: list[list[Any]]  # [kind, body] per log index, mutable
+
+
+def _refresh(obj: Any, log: Any, size: int) -> None:
+    """Replace every disclosed entry in a transcript by the (rewritten) log's, with fresh proofs."""
+    if isinstance(obj, dict):
+        if set(obj) == {"entry", "inclusion"} and isinstance(obj["entry"], dict) and obj["entry"].get("type") == "vmu.log-entry":
+            i = int(obj["entry"]["index"])
+            obj["entry"] = log.entry(i).to_json()
+            obj["inclusion"] = log.inclusion_proof(i, size).to_json()
+            return
+        for v in obj.values():
+            _refresh(v, log, size)
+    elif isinstance(obj, list):
+        for v in obj:
+            _refresh(v, log, size)
+
+
+def forge(
+    h: Honest,
+    mutate: Callable[[ForgeContext], None] | None = None,
+    *,
+    mutate_predicate: Callable[[int, dict[str, Any]], None] | None = None,
+    challenge: bytes | None = None,
+    replay: int = 6,
+    name: str = "forged",
+) -> bytes:
+    """Copy the honest workspace, rewrite its log with ``mutate``, re-sign everything, bundle it.
+
+    ``mutate_predicate(n, predicate)`` may then edit transcript ``n``'s predicate before it is
+    re-signed (its disclosures are refreshed from the rewritten log first).
+    """
+    from prover import Workspace
+    from prover._bundle import write_bundle
+
+    d = tempfile.mkdtemp(prefix=f"vmu-{name}-", dir=h.root)
+    ws_dir = os.path.join(d, "ws")
+    shutil.copytree(h.ws_dir, ws_dir, ignore=shutil.ignore_patterns(".lock"))
+    with Workspace.open(ws_dir) as ws:
+        log = ws.log
+        db = ws._db()
+        entries = [[e.kind, e.body] for e in log.entries()]
+        if mutate is not None:
+            mutate(ForgeContext(ws=ws, entries=entries))
+        heads = log.tree_heads()
+        reqs = db.execute("SELECT n, head_before, transcript FROM p_requests ORDER BY n").fetchall()
+        with log.transaction():
+            db.execute("DELETE FROM log_entries")
+            db.execute("DELETE FROM log_nodes")
+            db.execute("DELETE FROM log_tree_heads")
+        log.append_many([(k, b) for k, b in entries])
+        signer = ws._note_signer
+
+        def note_at(size: int, ts: int | None) -> bytes:
+            return sign_checkpoint(Checkpoint(origin=log.origin, size=size, root_hash=log.root(size), timestamp=ts), signer)
+
+        for n, hb, rel in reqs:
+            old = Checkpoint.from_text(hb.decode().rsplit("\n\n", 1)[0] + "\n")
+            db.execute("UPDATE p_requests SET head_before=? WHERE n=?", (note_at(old.size, old.timestamp), n))
+        last = heads[-1]
+        final_note = note_at(last.size, last.timestamp)
+        with log.transaction():
+            db.execute("INSERT INTO log_tree_heads(size, root, timestamp, note) VALUES (?,?,?,?)",
+                       (last.size, log.root(last.size), last.timestamp, final_note))
+        for n, _, rel in reqs:
+            path = os.path.join(ws_dir, rel)
+            env = json.loads(open(path, "rb").read())
+            stmt = json.loads(base64.b64decode(env["payload"]))
+            pred = stmt["predicate"]
+            after = Checkpoint.from_text(pred["log"]["head_after"].rsplit("\n\n", 1)[0] + "\n")
+            before_note = db.execute("SELECT head_before FROM p_requests WHERE n=?", (n,)).fetchone()[0]
+            before = Checkpoint.from_text(before_note.decode().rsplit("\n\n", 1)[0] + "\n")
+            pred["log"]["head_before"] = before_note.decode()
+            pred["log"]["head_after"] = note_at(after.size, after.timestamp).decode()
+            pred["log"]["consistency"] = log.consistency_proof(before.size, after.size).to_json()
+            _refresh(pred, log, after.size)
+            stmt["subject"][0]["digest"]["sha256"] = pred["model_after"]["entry"]["body"]["digest"]
+            if mutate_predicate is not None:
+                mutate_predicate(n, pred)
+            with open(path, "wb") as f:
+                f.write(sign_statement(stmt, [h.key]).to_bytes())
+        out = os.path.join(d, "bundle.zip")
+        write_bundle(ws, out, challenge=challenge, replay=replay)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def resign_members(h: Honest, members: dict[str, bytes], mutate_predicate: Callable[[dict[str, Any]], None],
+                   which: str = "transcripts/000001.dsse.json") -> dict[str, bytes]:
+    """Edit one transcript's predicate inside a bundle and re-sign it (no log change)."""
+    env = json.loads(members[which])
+    stmt = json.loads(base64.b64decode(env["payload"]))
+    mutate_predicate(stmt["predicate"])
+    out = dict(members)
+    out[which] = sign_statement(stmt, [h.key]).to_bytes()
+    return out
+
+
+# --- training for cheaters ---------------------------------------------------------------------
+
+
+def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, substitute: dict[int, tuple[int, str]] | None = None,
+                  noise: float = 0.0) -> bytes:
+    """Run logged step bodies from a stored checkpoint; save and return the end digest.
+
+    ``substitute[j] = (pos, commitment_hex)`` trains step ``j`` with the record of that commitment
+    in place of batch position ``pos`` (what a cheater does while logging the clean batch).
+    ``noise`` adds Gaussian noise of that scale to the end weights (a fabricated checkpoint).
+    """
+    import numpy as np
+    import torch
+
+    from verifiable_mu import training as T
+
+    cfg = ws.log.entry(0).body
+    spec = T.ModelSpec.from_json(cfg["model"])
+    hyper = T.Hyper.from_json(cfg["hyper"])
+    T.configure_determinism(int(cfg["platform"]["threads"]))
+    model = T.build_model(spec, init_seed=0)
+    ck = T.load_checkpoint(os.path.join(ws.store, start_digest.hex() + ".safetensors"))
+    mom = T.load_into_model(model, ck, torch.device("cpu"))
+    ds = ws.data
+    row_of = {c: r for r, c in ws._db().execute("SELECT row, commitment FROM p_records")}
+    for j, st in enumerate(steps):
+        batch = list(st["batch"])
+        if substitute and j in substitute:
+            pos, c = substitute[j]
+            batch[pos] = c
+        rows = np.asarray([row_of[bytes.fromhex(c)] for c in batch], dtype=np.int64)
+        T.sgd_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
+    if noise:
+        g = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * noise)
+    return T.save_checkpoint(T.checkpoint_from_model(model, mom), ws.store)
+
+
+def copy_entries(entries: list[list[Any]]) -> list[list[Any]]:
+    return copy.deepcopy(entries)

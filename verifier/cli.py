@@ -1,0 +1,122 @@
+"""``vmu-verify``: check a proof bundle and say whether to accept it.
+
+Exit codes: 0 accepted; 1 rejected (a check failed: the bundle's claims are false); 2 unusable
+input (not a bundle, unsupported version, unreadable, unsafe archive, bad arguments). Errors are
+one line; ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._keys import VerifyingKey
+
+from ._checks import VerifyOptions, verify
+from ._report import render_text, to_json
+
+__all__ = ["main", "build_parser", "EXIT_ACCEPTED", "EXIT_REJECTED", "EXIT_UNUSABLE"]
+
+EXIT_ACCEPTED = 0
+EXIT_REJECTED = 1
+EXIT_UNUSABLE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"vmu-verify: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_UNUSABLE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="vmu-verify",
+        description="Verify a verifiable-mu proof bundle: signatures, proofs, ordering, and a sampled replay of training.",
+        epilog="Exit codes: 0 accepted, 1 rejected, 2 unusable input.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="the proof bundle (zip) written by 'vmu bundle'")
+    p.add_argument("--challenge", metavar="HEX", help="the challenge you gave the prover (interactive mode)")
+    p.add_argument(
+        "--replay", type=int, metavar="K", default=None,
+        help="segments to replay (default: as many as the bundle discloses; 0: proofs only)",
+    )
+    p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-' for stdout)")
+    p.add_argument("--trust-key", metavar="PUBKEY", help="the owner's Ed25519 public key (PEM) to pin")
+    p.add_argument(
+        "--replay-mode", choices=("auto", "exact", "distance"), default="auto",
+        help="auto: bit-exact when the platform matches, else distance (default auto)",
+    )
+    p.add_argument(
+        "--allow-factory", action="append", default=[], metavar="MODULE:FACTORY",
+        help="allow replaying a model built by this (trusted, installed) factory",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        challenge = None
+        if args.challenge is not None:
+            try:
+                challenge = bytes.fromhex(args.challenge)
+            except ValueError as e:
+                raise MalformedInput(f"--challenge must be hex: {e}") from e
+            if not 16 <= len(challenge) <= 64:
+                raise MalformedInput("--challenge must be 16 to 64 bytes (32 to 128 hex digits)")
+        if args.replay is not None and args.replay < 0:
+            raise MalformedInput("--replay must be >= 0")
+        key = None
+        if args.trust_key is not None:
+            try:
+                key = VerifyingKey.load(args.trust_key)
+            except OSError as e:
+                raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
+        opts = VerifyOptions(
+            trust_key=key, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
+            allow_factories=tuple(args.allow_factory),
+        )
+    except VmuError as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: error: {e}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        v = verify(args.bundle, opts)
+    except Exception as e:  # a bug: still one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.verbose and v.failure is not None:
+        traceback.print_exception(v.failure)
+    text = render_text(v, path=os.path.basename(args.bundle))
+    if args.quiet:
+        text = text.splitlines()[-1] + "\n"
+    sys.stdout.write(text)
+    if v.failure is not None:
+        print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
+    if args.json:
+        doc = json.dumps(to_json(v, path=args.bundle), indent=2, sort_keys=True) + "\n"
+        if args.json == "-":
+            sys.stdout.write(doc)
+        else:
+            try:
+                with open(args.json, "w", encoding="utf-8") as f:
+                    f.write(doc)
+            except OSError as e:
+                print(f"vmu-verify: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
+                return EXIT_UNUSABLE
+    return v.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
