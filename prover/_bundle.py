@@ -41,6 +41,7 @@ from verifiable_mu._sampling import (
 )
 
 from ._errors import BadInput, WorkspaceError
+from ._sisa import batch_commitments
 
 if TYPE_CHECKING:
     from ._workspace import Workspace
@@ -194,7 +195,7 @@ def write_bundle(
     for lin in original:
         intervals += [(int(i), int(i) + 1) for i in lin["checkpoints"]]
     for r in picked:
-        intervals.append((r.end_index - r.steps, r.end_index + 1))
+        intervals.append((min(max(0, r.end_index - r.steps), r.end_index), r.end_index + 1))
         intervals.append((r.start_index, r.start_index + 1))
     runs = []
     for a, b in _merge(intervals):
@@ -221,8 +222,9 @@ def write_bundle(
         deleted_c |= {bytes.fromhex(r["commitment"]) for r in pred["records"]}
     used_c: set[bytes] = set()
     for r in picked:
-        for e in log.entries(r.end_index - r.steps, r.end_index):
-            used_c |= {bytes.fromhex(c) for c in e.body["batch"]}
+        for e in log.entries(min(max(0, r.end_index - r.steps), r.end_index), r.end_index):
+            if e.kind == "step":
+                used_c |= {bytes.fromhex(c) for c in batch_commitments(e.body["batch"])}
     ds = ws.data
     rows = {c: (row, role, salt) for row, role, salt, c in db.execute("SELECT row, role, salt, commitment FROM p_records")}
 

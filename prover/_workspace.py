@@ -374,6 +374,12 @@ class Workspace:
         role[perm[n_test : n_test + n_audit]] = 1
         return role
 
+    def commit(self) -> None:
+        """Commit the records, assignment, slice trees, audit set and initial models (once;
+        :meth:`train` does it first). Separate so a committed workspace can be copied."""
+        if not self.committed:
+            self._commit()
+
     def _commit(self) -> None:
         """Commit every record, the assignment, the slice trees, the audit set and the initial
         models, all in one transaction, before any step runs."""
@@ -673,8 +679,7 @@ class Workspace:
 
         self._resume_pending_request(backend=backend, workers=workers)
         t0 = time.perf_counter()
-        if not self.committed:
-            self._commit()
+        self.commit()
         tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
         steps = self._run_shards(tasks, backend=backend, workers=workers)
         if not self.trained:

@@ -354,3 +354,19 @@ def test_killed_forget_resumes_and_transcript_verifies(trained_ws: str, tmp_path
             check_transcript(f.read(), ws.public_key, ws.log.origin)
     _forget_and_check(ref, ids)
     _check_log_complete(trained_ws, ref)
+
+
+def test_process_pool_gives_the_same_log_as_inline(tmp_path: os.PathLike) -> None:
+    """Shards trained in two worker processes: the same log entries (the driver appends in
+    shard order) and the same checkpoints as training inline."""
+    a = os.path.join(os.fspath(tmp_path), "a")
+    with Workspace.create(a, data="digits", config=WorkspaceConfig(**SMALL)) as ws:
+        ws.commit()
+    b = os.path.join(os.fspath(tmp_path), "b")
+    shutil.copytree(a, b)  # same salts, so the logs must agree byte for byte
+    for path, workers in ((a, 1), (b, 2)):
+        with _open(path) as ws:
+            ws.train(workers=workers)
+    with _open(a) as wa, _open(b) as wb:
+        assert wa.log.size == wb.log.size
+        assert wa.log.root() == wb.log.root()
