@@ -664,12 +664,18 @@ class Workspace:
             workers = 1 if steps_est < AUTO_PARALLEL_STEPS else 0
         bar = _progress(total_stages, "training stages", self.progress)
         steps = 0
+        # Stage commits need atomicity, not an fsync each: in WAL mode synchronous=NORMAL keeps
+        # every commit atomic and the database consistent after a crash, and the FULL-synchronous
+        # commit that signs the next tree head makes all of them durable before anything is signed.
+        db = self._db()
+        db.execute("PRAGMA synchronous=NORMAL")
         try:
             for task, results in run_tasks(tasks, backend=backend, workers=workers):
                 for res in results:
                     steps += self._commit_stage(task, res)
                     bar(1)
         finally:
+            db.execute("PRAGMA synchronous=FULL")
             bar(None)
         return steps
 
