@@ -46,7 +46,7 @@ from ._sisa import batch_commitments
 if TYPE_CHECKING:
     from ._workspace import Workspace
 
-__all__ = ["BUNDLE_VERSION", "BundleInfo", "write_bundle", "DEFAULT_REPLAY"]
+__all__ = ["BUNDLE_VERSION", "DEFAULT_REPLAY", "BundleInfo", "write_bundle"]
 
 BUNDLE_VERSION = 1
 BUNDLE_TYPE = "vmu.bundle"

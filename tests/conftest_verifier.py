@@ -31,7 +31,7 @@ from verifiable_mu._dsse import sign_statement
 from verifiable_mu._keys import SigningKey
 from verifiable_mu._note import Checkpoint, sign_checkpoint
 
-__all__ = ["Honest", "honest", "honest_fixture", "rezip", "members_of", "forge", "ForgeContext", "train_segment"]
+__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_fixture", "members_of", "rezip", "train_segment"]
 
 SHARDS, SLICES, EPOCHS = 3, 3, 6
 FIRST_IDS = ["17", "42"]
@@ -148,22 +148,26 @@ def forge(
     h: Honest,
     mutate: Callable[[ForgeContext], None] | None = None,
     *,
-    mutate_predicate: Callable[[int, dict[str, Any]], None] | None = None,
+    mutate_predicate: Callable[[int, dict[str, Any], Callable[[int], dict[str, Any]]], None] | None = None,
     challenge: bytes | None = None,
     replay: int = 6,
     name: str = "forged",
+    keep: list[str] | None = None,
 ) -> bytes:
     """Copy the honest workspace, rewrite its log with ``mutate``, re-sign everything, bundle it.
 
-    ``mutate_predicate(n, predicate)`` may then edit transcript ``n``'s predicate before it is
-    re-signed (its disclosures are refreshed from the rewritten log first).
+    ``mutate_predicate(n, predicate, disclose)`` may then edit transcript ``n``'s predicate before
+    it is re-signed (its disclosures are refreshed from the rewritten log first); ``disclose(i)``
+    returns entry ``i`` with a valid inclusion proof against that transcript's head_after.
     """
     from prover import Workspace
     from prover._bundle import write_bundle
 
     d = tempfile.mkdtemp(prefix=f"vmu-{name}-", dir=h.root)
     ws_dir = os.path.join(d, "ws")
-    shutil.copytree(h.ws_dir, ws_dir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(h.ws_dir, ws_dir, ignore=shutil.ignore_patterns(".lock", "checkpoints"))
+    # Checkpoint files are content addressed and never rewritten in place: hard links suffice.
+    shutil.copytree(os.path.join(h.ws_dir, "checkpoints"), os.path.join(ws_dir, "checkpoints"), copy_function=os.link)
     with Workspace.open(ws_dir) as ws:
         log = ws.log
         db = ws._db()
@@ -204,11 +208,15 @@ def forge(
             _refresh(pred, log, after.size)
             stmt["subject"][0]["digest"]["sha256"] = pred["model_after"]["entry"]["body"]["digest"]
             if mutate_predicate is not None:
-                mutate_predicate(n, pred)
+                size = after.size
+                mutate_predicate(n, pred, lambda i, size=size: {"entry": log.entry(i).to_json(),
+                                                                "inclusion": log.inclusion_proof(i, size).to_json()})
             with open(path, "wb") as f:
                 f.write(sign_statement(stmt, [h.key]).to_bytes())
         out = os.path.join(d, "bundle.zip")
         write_bundle(ws, out, challenge=challenge, replay=replay)
+    if keep is not None:
+        keep.append(ws_dir)
     with open(out, "rb") as f:
         return f.read()
 
@@ -250,7 +258,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     ds = ws.data
     row_of = {c: r for r, c in ws._db().execute("SELECT row, commitment FROM p_records")}
     for j, st in enumerate(steps):
-        batch = list(st["batch"])
+        batch = [st["batch"][i : i + 64] for i in range(0, len(st["batch"]), 64)]
         if substitute and j in substitute:
             pos, c = substitute[j]
             batch[pos] = c
@@ -262,6 +270,82 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * noise)
     return T.save_checkpoint(T.checkpoint_from_model(model, mom), ws.store)
+
+
+def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 6) -> tuple[bytes, tuple[int, ...]]:
+    """Write a bundle of an existing (possibly forged) workspace; return it and its sample."""
+    from prover import Workspace
+    from prover._bundle import write_bundle
+
+    out = os.path.join(ws_dir + f"-{os.getpid()}-{len(os.listdir(os.path.dirname(ws_dir)))}.zip")
+    with Workspace.open(ws_dir) as ws:
+        info = write_bundle(ws, out, challenge=challenge, replay=replay)
+    with open(out, "rb") as f:
+        data = f.read()
+    os.unlink(out)
+    return data, info.sampled
+
+
+def lineage_map(ctx: ForgeContext) -> dict[int, int]:
+    """For every checkpoint entry after a lineage start: the index of the checkpoint it continues."""
+    entries = ctx.entries
+    db = ctx.ws._db()
+    rollback: dict[tuple[int, int], int] = {}
+    gens: dict[int, int] = {}
+    for n, plan in db.execute("SELECT n, plan FROM p_requests ORDER BY n"):
+        ev = json.loads(plan)
+        for s, idx in ev["rollback"].items():
+            gens[int(s)] = gens.get(int(s), 0) + 1
+            rollback[(int(s), gens[int(s)])] = idx
+    last: dict[tuple[int, int], int] = {}
+    start_of: dict[int, int] = {}
+    for i, (k, b) in enumerate(entries):
+        if k != "checkpoint":
+            continue
+        key = (b["shard"], b["generation"])
+        if key in last:
+            start_of[i] = last[key]
+        elif b["generation"] > 0:
+            start_of[i] = rollback[key]
+        last[key] = i
+    return start_of
+
+
+def cheat(ctx: ForgeContext, plan: dict[int, dict[str, Any]]) -> dict[int, str]:
+    """Re-derive checkpoints so that exactly the segments ending at ``plan``'s entries are forged.
+
+    ``plan[end_index]`` holds ``train_segment`` options (``substitute``, ``noise``) or
+    ``{"digest": hex}`` to log a given digest. Every later checkpoint whose start changed is
+    recomputed by honest training from the new start (the cheater keeps the rest consistent),
+    and the model entries are updated. Returns the new digest per changed entry.
+    """
+    from verifiable_mu._tags import TAG_MODEL, tagged_hash
+
+    entries = ctx.entries
+    start_of = lineage_map(ctx)
+    changed: dict[int, str] = {}
+    old_to_new: dict[str, str] = {}
+    for i in sorted(start_of):
+        s = start_of[i]
+        if i not in plan and s not in changed:
+            continue
+        b = entries[i][1]
+        if i in plan and "digest" in plan[i]:
+            new = plan[i]["digest"]
+        else:
+            n = int(b["step"]) - int(entries[s][1]["step"])
+            steps = [entries[j][1] for j in range(i - n, i)]
+            assert all(entries[j][0] == "step" for j in range(i - n, i))
+            new = train_segment(ctx.ws, bytes.fromhex(entries[s][1]["digest"]), steps, **plan.get(i, {})).hex()
+        if new != b["digest"]:
+            changed[i] = new
+            old_to_new[b["digest"]] = new
+            b["digest"] = new
+    for k, b in entries:
+        if k == "model":
+            b["shards"] = [old_to_new.get(x, x) for x in b["shards"]]
+            b["digest"] = tagged_hash(TAG_MODEL, b"".join(bytes.fromhex(x) for x in b["shards"])).hex()
+    return changed
 
 
 def copy_entries(entries: list[list[Any]]) -> list[list[Any]]:

@@ -15,10 +15,11 @@ checks that the bundle holds what it drew (specs/09-verification.md, step 14).
   exact uniformity, no modulo bias.
 * **Sample.** The population is a list of segments in ascending order of their end checkpoint's
   log index. First, for each stratum in order (a stratum is one deletion request's retraining), one
-  of its segments not yet chosen is drawn uniformly. Then segments are drawn uniformly without
-  replacement from all segments not yet chosen until ``k`` are chosen (or none is left). The
-  result is in draw order; the sample for ``k`` is a prefix of the sample for any ``k' > k`` drawn
-  from the same seed, so a verifier may ask for fewer segments than a bundle discloses.
+  of its segments not yet chosen is drawn uniformly ("stratum draws"). Then ``k`` more segments are
+  drawn uniformly without replacement from all segments not yet chosen (or all that are left):
+  the "uniform draws", which the escape bound ``(1-f)^k`` counts. The result is in draw order;
+  the sample for ``k`` is a prefix of the sample for any ``k' > k`` drawn from the same seed, so a
+  verifier may ask for fewer segments than a bundle discloses.
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ from ._errors import MalformedInput
 from ._tags import TAG_CHALLENGE, TAG_TRANSCRIPT, tagged_hash
 
 __all__ = [
-    "SAMPLING_VERSION",
-    "MIN_CHALLENGE_BYTES",
     "MAX_CHALLENGE_BYTES",
-    "SegmentRef",
+    "MIN_CHALLENGE_BYTES",
+    "SAMPLING_VERSION",
     "SeedStream",
+    "SegmentRef",
     "challenge_seed",
-    "transcript_digest",
+    "escape_probability",
     "fiat_shamir_seed",
     "sample_segments",
-    "escape_probability",
+    "transcript_digest",
 ]
 
 SAMPLING_VERSION = 1
@@ -106,7 +107,7 @@ def fiat_shamir_seed(transcript_digests: Sequence[bytes], final_head_note: bytes
 class SeedStream:
     """Deterministic uniform integers from a 32-byte seed (see the module docstring)."""
 
-    __slots__ = ("_seed", "_block", "_words")
+    __slots__ = ("_block", "_seed", "_words")
 
     def __init__(self, seed: bytes) -> None:
         if not isinstance(seed, bytes) or len(seed) != 32:
@@ -136,8 +137,9 @@ class SeedStream:
 def sample_segments(population_size: int, strata: Sequence[Sequence[int]], k: int, seed: bytes) -> list[int]:
     """Draw segment positions (indices into the ordered population) as described above.
 
-    ``strata`` lists, per deletion request, the positions of its retraining segments. At least one
-    position per non-empty stratum is drawn even when ``k`` is smaller than the number of strata.
+    ``strata`` lists, per deletion request, the positions of its retraining segments. One position
+    per non-empty stratum is drawn first, then ``k`` uniform draws from the rest; the result has
+    ``(number of stratum draws) + min(k, what is left)`` positions.
     """
     if population_size < 0 or k < 0:
         raise ValueError("population size and k must be non-negative")
@@ -154,7 +156,8 @@ def sample_segments(population_size: int, strata: Sequence[Sequence[int]], k: in
         chosen.append(j)
         taken.add(j)
     remaining = [i for i in range(population_size) if i not in taken]
-    while len(chosen) < k and remaining:
+    target = len(chosen) + k
+    while len(chosen) < target and remaining:
         j = remaining.pop(rng.below(len(remaining)))
         chosen.append(j)
     return chosen
@@ -162,6 +165,6 @@ def sample_segments(population_size: int, strata: Sequence[Sequence[int]], k: in
 
 def escape_probability(f: float, k: int) -> float:
     """``(1 - f)^k``: the chance that none of ``k`` uniformly sampled segments is one of a
-    fraction ``f`` of forged segments (sampling with replacement; without replacement the chance
-    is lower, so this is an upper bound)."""
+    fraction ``f`` of forged segments (sampling with replacement; without replacement, and with
+    the extra stratum draws, the chance is lower, so this is an upper bound)."""
     return float((1.0 - f) ** k)

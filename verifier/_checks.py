@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._dsse import verify_statement
+from verifiable_mu._dsse import IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE, verify_envelope
 from verifiable_mu._errors import (
     InvalidBundle,
     MalformedInput,
     SignatureFailed,
+    UnsupportedVersion,
     VerificationFailed,
     VmuError,
 )
@@ -60,7 +61,16 @@ from verifiable_mu._sampling import (
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, TAG_STEP_SEED, tagged_hash
 
-from ._bundle import Bundle, Limits, Manifest, load_file, open_manifest, parse_bundle, read_members
+from ._bundle import (
+    Bundle,
+    Limits,
+    Manifest,
+    load_file,
+    open_manifest,
+    parse_bundle,
+    parse_json_bounded,
+    read_members,
+)
 from ._entries import (
     PREDICATE_DELETION,
     AuditBody,
@@ -88,7 +98,7 @@ from ._errors import (
     UntrustedKey,
 )
 
-__all__ = ["STEPS", "CheckResult", "VerifyOptions", "Verification", "verify", "step_seed", "ESCAPE_FRACTIONS"]
+__all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "Verification", "VerifyOptions", "step_seed", "verify"]
 
 STEPS: tuple[tuple[int, str, str], ...] = (
     (1, "archive", "the file is a safe, readable zip archive"),
@@ -188,6 +198,7 @@ class Verification:
     openings: dict[bytes, RecordOpening] = field(default_factory=dict)
     population: list[SegmentRef] = field(default_factory=list)
     sample: list[SegmentRef] = field(default_factory=list)
+    stratum_draws: int = 0
     seed: bytes = b""
     replay_report: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -206,8 +217,13 @@ class Verification:
     def replayed(self) -> int:
         return len(self.replay_report["segments"]) if self.replay_report else 0
 
+    @property
+    def uniform_replayed(self) -> int:
+        """Replayed segments that came from the uniform draws (the k of (1-f)^k)."""
+        return max(0, self.replayed - self.stratum_draws) if self.replayed else 0
+
     def escape(self) -> dict[str, float]:
-        return {str(f): escape_probability(f, self.replayed) for f in ESCAPE_FRACTIONS}
+        return {str(f): escape_probability(f, self.uniform_replayed) for f in ESCAPE_FRACTIONS}
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -328,16 +344,37 @@ def _step_06(v: Verification) -> None:
     b = v.bundle
     assert b is not None and v.key is not None
     for name, env in zip(b.manifest.transcripts, b.transcripts):
+        # The signature is checked first (verify_envelope), and only then is the payload parsed.
         try:
-            stmt = verify_statement(env, [v.key], predicate_type=PREDICATE_DELETION)
+            payload = verify_envelope(env, [v.key], payload_type=IN_TOTO_PAYLOAD_TYPE)
         except SignatureFailed as e:
             raise SignatureFailed(f"{name}: {e}") from e
         except MalformedInput as e:
             raise InvalidBundle(f"{name}: {e}") from e
+        stmt = parse_json_bounded(payload, what=f"{name} statement", max_bytes=v.options.limits.max_json_bytes,
+                                  max_depth=v.options.limits.max_json_depth)
+        _check_statement(stmt, name)
         t = Transcript.parse(stmt, env.payload, name)
         if t.origin != b.manifest.origin:
             raise HeadMismatch(f"{name} is for log {t.origin!r}, the bundle is for {b.manifest.origin!r}")
         v.transcripts.append(t)
+
+
+def _check_statement(stmt: Any, what: str) -> None:
+    """An in-toto Statement v1 with the deletion-transcript predicate type (specs/05, specs/07)."""
+    if not isinstance(stmt, dict):
+        raise InvalidBundle(f"{what}: the statement must be a JSON object")
+    if stmt.get("_type") != STATEMENT_TYPE:
+        raise UnsupportedVersion(f"{what}: statement _type {str(stmt.get('_type'))[:80]!r} is not supported")
+    if set(stmt) != {"_type", "subject", "predicateType", "predicate"}:
+        raise InvalidBundle(f"{what}: the statement must have exactly _type, subject, predicateType, predicate")
+    if stmt["predicateType"] != PREDICATE_DELETION:
+        raise InvalidBundle(f"{what}: predicateType is {str(stmt['predicateType'])[:80]!r}, expected {PREDICATE_DELETION!r}")
+    subj = stmt["subject"]
+    if (not isinstance(subj, list) or len(subj) != 1 or not isinstance(subj[0], dict)
+            or set(subj[0]) != {"name", "digest"} or not isinstance(subj[0]["digest"], dict)
+            or set(subj[0]["digest"]) != {"sha256"}):
+        raise InvalidBundle(f"{what}: the statement must have one subject with a sha256 digest")
 
 
 def _step_07(v: Verification) -> None:
@@ -718,6 +755,7 @@ def _step_17(v: Verification) -> None:
                                 f"(bundle: {list(m.sample)[:4]}..., verifier: {[r.end_index for r in drawn][:4]}...)")
     k = m.replay if v.options.replay is None else v.options.replay
     drawn = [pop[i] for i in sample_segments(len(pop), strata, k, v.seed)] if k > 0 else []
+    v.stratum_draws = len([s for s in strata if s]) if drawn else 0
     lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
     for r in drawn:
         w = f"sampled segment ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"

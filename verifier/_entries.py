@@ -19,20 +19,20 @@ from verifiable_mu._proofs import ConsistencyProof, InclusionProof
 from verifiable_mu._sorted_tree import MembershipProof, NonMembershipProof
 
 __all__ = [
-    "ConfigBody",
-    "SliceBody",
-    "DatasetBody",
+    "PREDICATE_DELETION",
     "AuditBody",
     "CheckpointBody",
-    "StepBody",
+    "ConfigBody",
+    "DatasetBody",
     "DeletionBody",
-    "ModelBody",
     "Disclosure",
+    "ModelBody",
     "RecordClaim",
-    "SliceClaim",
     "ShardClaim",
+    "SliceBody",
+    "SliceClaim",
+    "StepBody",
     "Transcript",
-    "PREDICATE_DELETION",
 ]
 
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
@@ -221,6 +221,18 @@ class CheckpointBody:
                    step=b.dec("step"), digest=b.hex("digest"))
 
 
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def _batch(b: _Body) -> tuple[bytes, ...]:
+    """``batch``: the batch's commitments, 64 lower-case hex characters each, concatenated."""
+    v = b.d["batch"]
+    if not isinstance(v, str) or len(v) % 64 or len(v) > 64 << 24 or not _HEX.fullmatch(v):
+        raise InvalidBundle(f"{b.what}: batch must be concatenated 64-character lower-case hex commitments")
+    raw = bytes.fromhex(v)
+    return tuple(raw[i : i + 32] for i in range(0, len(raw), 32))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepBody:
     index: int
@@ -238,7 +250,7 @@ class StepBody:
         b = _Body(_expect(e, "step"), e.body, {"shard", "generation", "stage", "epoch", "step", "seed", "lr", "batch"})
         return cls(index=e.index, shard=b.int("shard"), generation=b.int("generation"), stage=b.int("stage"),
                    epoch=b.int("epoch"), step=b.dec("step"), seed=b.dec("seed"), lr=b.str("lr", 64),
-                   batch=b.hexlist("batch", 1 << 24))
+                   batch=_batch(b))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,18 +10,18 @@ from __future__ import annotations
 from verifiable_mu._errors import VerificationFailed
 
 __all__ = [
-    "UntrustedKey",
-    "HeadMismatch",
+    "ChallengeMismatch",
     "CommitBlockInvalid",
     "DeletionClaimFailed",
-    "OrderingViolation",
-    "ScheduleViolation",
-    "ModelMismatch",
+    "HeadMismatch",
     "ManifestContainsDeleted",
+    "ModelMismatch",
     "OpeningMismatch",
-    "ChallengeMismatch",
-    "SegmentMissing",
+    "OrderingViolation",
     "ReplayMismatch",
+    "ScheduleViolation",
+    "SegmentMissing",
+    "UntrustedKey",
 ]
 
 

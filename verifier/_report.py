@@ -6,7 +6,7 @@ from typing import Any
 
 from ._checks import ESCAPE_FRACTIONS, Verification
 
-__all__ = ["REPORT_VERSION", "REPORT_TYPE", "to_json", "render_text"]
+__all__ = ["REPORT_TYPE", "REPORT_VERSION", "render_text", "to_json"]
 
 REPORT_VERSION = 1
 REPORT_TYPE = "vmu.verification-report"
@@ -49,6 +49,8 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
             "population": len(v.population),
             "sampled": len(v.sample),
             "replayed": v.replayed,
+            "stratum_draws": v.stratum_draws,
+            "uniform_draws": v.uniform_replayed,
             "segments": [
                 {"shard": r.shard, "generation": r.generation, "stage": r.stage, "start_index": r.start_index,
                  "end_index": r.end_index, "steps": r.steps, "retraining_of_request": None if r.stratum is None
@@ -83,9 +85,12 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
             f"  replay: {rr['steps']} steps in {rr['seconds']:.2f} s, mode {rr['mode']}"
             + (f" (threshold {rr['threshold']:g})" if rr.get("threshold") else "")
         )
-    k = v.replayed
+    k = v.uniform_replayed
     probs = ", ".join(f"f={int(f * 100)}%: {p:.3g}" for f, p in zip(ESCAPE_FRACTIONS, v.escape().values()))
-    lines.append(f"  escape probability (1-f)^k with k={k}: {probs}")
+    lines.append(
+        f"  escape probability (1-f)^k with k={k} uniformly drawn segments "
+        f"(+{v.stratum_draws if v.replayed else 0} drawn one per deletion): {probs}"
+    )
     verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
     reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}" if v.failure else ""
     lines.append(f"verdict: {verdict}{reason}")

@@ -20,7 +20,7 @@ from verifiable_mu._keys import VerifyingKey
 from ._checks import VerifyOptions, verify
 from ._report import render_text, to_json
 
-__all__ = ["main", "build_parser", "EXIT_ACCEPTED", "EXIT_REJECTED", "EXIT_UNUSABLE"]
+__all__ = ["EXIT_ACCEPTED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
 
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1

@@ -1,0 +1,270 @@
+"""Bundle writer, range proofs and sampling (specs/08-bundle.md, verifiable_mu/_range.py, _sampling.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+
+import pytest
+from conftest_verifier import honest_fixture  # noqa: F401  (session fixture)
+
+from verifiable_mu._errors import (
+    InclusionProofFailed,
+    MalformedInput,
+    MalformedProof,
+    UnsupportedVersion,
+)
+from verifiable_mu._merkle import MerkleTree, leaf_hash
+from verifiable_mu._range import RangeProof, range_path, root_from_range
+from verifiable_mu._sampling import (
+    SeedStream,
+    challenge_seed,
+    escape_probability,
+    fiat_shamir_seed,
+    sample_segments,
+    transcript_digest,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- range proofs -------------------------------------------------------------------------------
+
+
+def _tree(n: int) -> tuple[MerkleTree, list[bytes]]:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    return MerkleTree(leaves), leaves
+
+
+def test_range_proof_all_ranges_up_to_40() -> None:
+    for n in range(1, 41):
+        t, leaves = _tree(n)
+        root = t.root()
+        for a in range(n):
+            for b in range(a + 1, n + 1):
+                path = range_path(t.mth, a, b, n)
+                assert len(path) <= 2 * max(1, n.bit_length())
+                assert root_from_range(leaves[a:b], a, n, path) == root
+                RangeProof(start=a, end=b, tree_size=n, path=tuple(path)).verify(leaves=leaves[a:b], root=root)
+
+
+def test_range_proof_single_leaf_is_inclusion_path_reordered() -> None:
+    t, leaves = _tree(13)
+    for i in range(13):
+        assert sorted(range_path(t.mth, i, i + 1, 13)) == sorted(t.inclusion_path(i))
+
+
+def test_range_proof_must_be_consumed_exactly() -> None:
+    t, leaves = _tree(20)
+    path = range_path(t.mth, 3, 9, 20)
+    with pytest.raises(InclusionProofFailed, match="left over"):
+        root_from_range(leaves[3:9], 3, 20, path + [path[0]])
+    with pytest.raises(InclusionProofFailed, match="too short"):
+        root_from_range(leaves[3:9], 3, 20, path[:-1])
+
+
+def test_range_proof_rejects_wrong_leaves_and_position() -> None:
+    t, leaves = _tree(20)
+    p = RangeProof(start=3, end=9, tree_size=20, path=tuple(range_path(t.mth, 3, 9, 20)))
+    bad = list(leaves[3:9])
+    bad[2] = leaves[0]
+    with pytest.raises(InclusionProofFailed, match="do not lead to the root"):
+        p.verify(leaves=bad, root=t.root())
+    with pytest.raises(InclusionProofFailed, match="covers 6 leaves"):
+        p.verify(leaves=leaves[3:8], root=t.root())
+    shifted = RangeProof(start=4, end=10, tree_size=20, path=p.path)
+    with pytest.raises(InclusionProofFailed):
+        shifted.verify(leaves=leaves[3:9], root=t.root())
+
+
+def test_range_proof_json_round_trip_and_strictness() -> None:
+    t, _ = _tree(9)
+    p = RangeProof(start=2, end=5, tree_size=9, path=tuple(range_path(t.mth, 2, 5, 9)))
+    assert RangeProof.from_json(json.loads(json.dumps(p.to_json()))) == p
+    d = p.to_json()
+    with pytest.raises(UnsupportedVersion, match="version"):
+        RangeProof.from_json({**d, "version": 2})
+    with pytest.raises(MalformedProof, match="fields"):
+        RangeProof.from_json({**d, "alg": "sha1"})
+    with pytest.raises(MalformedProof, match="empty or outside"):
+        RangeProof.from_json({**d, "start": "5", "end": "5"})
+    with pytest.raises(MalformedProof, match="outside"):
+        RangeProof.from_json({**d, "end": "10"})
+    with pytest.raises(MalformedProof, match="hex"):
+        RangeProof.from_json({**d, "path": ["zz" * 32]})
+    with pytest.raises(MalformedProof, match="at most"):
+        RangeProof.from_json({**d, "path": ["00" * 32] * 129})
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def test_challenge_seed_bounds() -> None:
+    with pytest.raises(MalformedInput, match="16 to 64 bytes"):
+        challenge_seed(b"short")
+    with pytest.raises(MalformedInput, match="16 to 64 bytes"):
+        challenge_seed(b"x" * 65)
+    assert challenge_seed(b"a" * 16) != challenge_seed(b"a" * 17)
+
+
+def test_fiat_shamir_binds_transcripts_and_head() -> None:
+    d1, d2 = transcript_digest(b"one"), transcript_digest(b"two")
+    base = fiat_shamir_seed([d1, d2], b"head")
+    assert base != fiat_shamir_seed([d2, d1], b"head")
+    assert base != fiat_shamir_seed([d1, d2], b"head2")
+    assert base != fiat_shamir_seed([d1], b"head")
+
+
+def test_seed_stream_uniform_and_unbiased() -> None:
+    rng = SeedStream(b"\x01" * 32)
+    counts = Counter(rng.below(6) for _ in range(12000))
+    assert set(counts) == set(range(6))
+    assert all(1800 < c < 2200 for c in counts.values())
+    with pytest.raises(ValueError):
+        rng.below(0)
+
+
+def test_sample_prefix_property_and_strata() -> None:
+    seed = b"\x07" * 32
+    strata = [[3, 4], [9]]
+    full = sample_segments(12, strata, 8, seed)
+    assert len(full) == len(set(full)) == 10  # 2 stratum draws + 8 uniform draws
+    assert full[0] in (3, 4) and full[1] == 9
+    for k in range(8):
+        assert sample_segments(12, strata, k, seed) == full[: 2 + k]
+    assert sorted(sample_segments(12, strata, 100, seed)) == list(range(12))
+
+
+def test_sample_is_uniform_over_the_rest() -> None:
+    hits = Counter()
+    for i in range(3000):
+        s = sample_segments(10, [], 1, i.to_bytes(32, "big"))
+        hits[s[0]] += 1
+    assert all(230 < c < 370 for c in hits.values())
+
+
+def test_escape_probability_formula() -> None:
+    assert escape_probability(0.1, 0) == 1.0
+    assert abs(escape_probability(0.05, 10) - 0.95**10) < 1e-12
+
+
+# --- the writer ---------------------------------------------------------------------------------
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def test_bundle_layout_and_manifest(honest_fixture) -> None:  # noqa: F811
+    m = _members(honest_fixture.bundle)
+    man = json.loads(m["manifest.json"])
+    assert man["type"] == "vmu.bundle" and man["version"] == 1
+    assert man["transcripts"] == ["transcripts/000001.dsse.json", "transcripts/000002.dsse.json"]
+    assert man["challenge"] == {"mode": "fiat-shamir"}
+    assert set(man["members"]) == set(m) - {"manifest.json"}
+    assert {"keys/signing-key.pub.pem", "heads/final.note", "log/entries.json", "records/openings.json"} <= set(m)
+    assert len(man["sample"]) == 8  # one per deletion + 6 uniform
+
+
+def test_bundle_reveals_only_needed_records(honest_fixture) -> None:  # noqa: F811
+    """Openings: deleted records, the audit set, and the records of the sampled segments only."""
+    from verifier._bundle import read_bundle
+    from verifier._checks import VerifyOptions, verify
+
+    b = read_bundle(honest_fixture.bundle)
+    deleted_ids = {o.id for o in b.openings.deleted}
+    assert deleted_ids == set(honest_fixture.first_ids) | set(honest_fixture.second_ids)
+    v = verify(honest_fixture.bundle, VerifyOptions())
+    assert v.exit_code == 0
+    used = set()
+    for r in v.sample:
+        for i in range(r.end_index - r.steps, r.end_index):
+            from verifier._entries import StepBody
+
+            used |= set(StepBody.parse(v.entries[i]).batch)
+    training = {o.commitment() for o in b.openings.training}
+    assert training == used - {o.commitment() for o in b.openings.deleted}
+    assert len(b.openings.audit) == 180
+
+
+def test_bundle_size_for_one_deletion_under_1_mib(honest_fixture, tmp_path) -> None:  # noqa: F811
+    from prover import Workspace
+    from prover._bundle import write_bundle
+
+    with Workspace.open(honest_fixture.ws_dir) as ws:
+        info = write_bundle(ws, str(tmp_path / "one.zip"), transcript=1, replay=6)
+    assert info.transcripts == (1,)
+    assert info.bytes_without_checkpoints < 1024 * 1024, info
+
+
+def test_bundle_cli_and_errors(honest_fixture, tmp_path) -> None:  # noqa: F811
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = tmp_path / "cli.zip"
+    r = subprocess.run(
+        [sys.executable, "-m", "prover.cli", "bundle", honest_fixture.ws_dir, "--out", str(out), "--replay", "3",
+         "--challenge", "ab" * 16],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "segments disclosed for replay" in r.stdout
+    man = json.loads(_members(out.read_bytes())["manifest.json"])
+    assert man["challenge"] == {"mode": "interactive", "challenge": "ab" * 16}
+    r = subprocess.run(
+        [sys.executable, "-m", "prover.cli", "bundle", honest_fixture.ws_dir, "--out", str(out), "--transcript", "7"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 2 and "request 7" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "prover.cli", "bundle", honest_fixture.ws_dir, "--out", str(out), "--challenge", "zz"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 2 and "hex" in r.stderr
+
+
+# --- spec vectors (specs/08-bundle.md section 7) ---------------------------------------------
+
+_VECTOR = __import__("re").compile(r"^```vector name=([A-Za-z0-9._-]+)\n(.*?)\n```$", __import__("re").S | __import__("re").M)
+
+
+def _spec_vectors() -> dict[str, str]:
+    with open(os.path.join(ROOT, "specs", "08-bundle.md"), encoding="utf-8") as f:
+        return dict(_VECTOR.findall(f.read()))
+
+
+def test_spec_08_vectors() -> None:
+    v = _spec_vectors()
+    assert set(v) == {"range-5-root", "range-5-1-3", "challenge-seed", "transcript-digest", "fiat-shamir-seed", "sample"}
+    leaves = [leaf_hash(bytes([i])) for i in range(5)]
+    t = MerkleTree(leaves)
+    assert t.root().hex() == v["range-5-root"].strip()
+    path = range_path(t.mth, 1, 3, 5)
+    assert [h.hex() for h in path] == v["range-5-1-3"].split()
+    assert root_from_range(leaves[1:3], 1, 5, path) == t.root()
+    assert challenge_seed(bytes(range(16))).hex() == v["challenge-seed"].strip()
+    d = transcript_digest(b"{}")
+    assert d.hex() == v["transcript-digest"].strip()
+    fs = fiat_shamir_seed([d], b"note\n")
+    assert fs.hex() == v["fiat-shamir-seed"].strip()
+    assert sample_segments(10, [[2, 3]], 4, fs) == [int(x) for x in v["sample"].split()]
+
+
+def test_spec_09_steps_match_code() -> None:
+    """The numbered steps of specs/09-verification.md are the verifier's STEPS, in order."""
+    import re
+
+    from verifier import STEPS
+
+    with open(os.path.join(ROOT, "specs", "09-verification.md"), encoding="utf-8") as f:
+        text = f.read()
+    found = re.findall(r"^\s*(\d+)\. \*\*([a-z-]+)\*\*", text, re.MULTILINE)
+    assert [(int(n), name) for n, name in found] == [(n, name) for n, name, _ in STEPS]
+    from verifier._checks import __doc__ as doc
+
+    for n, name, _ in STEPS:
+        assert re.search(rf"^\s*{n}\. {re.escape(name)}\b", doc, re.MULTILINE), (n, name)
