@@ -25,7 +25,7 @@ def available_cores() -> int:
 
 
 def run_tasks(
-    tasks: Sequence[_sisa.ShardTask], *, backend: str = "local", workers: int = 0
+    tasks: Sequence[_sisa.ShardTask], *, backend: str = "local", workers: int = 0, ray_address: str | None = None
 ) -> Iterator[tuple[_sisa.ShardTask, list[_sisa.StageResult]]]:
     if not tasks:
         return
@@ -44,6 +44,6 @@ def run_tasks(
     if backend == "ray":
         from ._ray import run_ray  # optional extra
 
-        yield from run_ray(tasks)
+        yield from run_ray(tasks, address=ray_address)  # concurrency: the cluster's CPUs, not workers
         return
     raise BadInput(f"unknown backend {backend!r} (use local or ray)")

@@ -216,6 +216,18 @@ def write_bundle(
         for idx in (r.start_index, r.end_index):
             digests.add(log.entry(idx).body["digest"])
 
+    # Residual-information tests (specs/10-residual.md): the pre-deletion constituents of the
+    # affected shards (the positive control) and their original lineage's stage checkpoints (the
+    # temporal residual memory). Their digests are in disclosed, proven log entries.
+    affected = sorted({int(sh["shard"]) for pred in preds for sh in pred["shards"]})
+    for pred in preds:
+        before = pred["model_before"]["entry"]["body"]["shards"]
+        for sh in pred["shards"]:
+            digests.add(before[int(sh["shard"])])
+    for s in affected:
+        for _, body in by_lineage[(s, 0)]:
+            digests.add(body["digest"])
+
     # Record openings.
     deleted_c: set[bytes] = set()
     for pred in preds:

@@ -153,7 +153,7 @@ class ForgetReport:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS p_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS p_records(
-    row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, role TEXT NOT NULL,
+    row INTEGER PRIMARY KEY, id TEXT NOT NULL, role TEXT NOT NULL,
     shard INTEGER, slice INTEGER, salt BLOB NOT NULL, commitment BLOB NOT NULL, key BLOB NOT NULL,
     deleted_by INTEGER);
 CREATE TABLE IF NOT EXISTS p_stage(
@@ -448,6 +448,8 @@ class Workspace:
                     for i in range(n)
                 ),
             )
+            # One sort after the bulk insert is cheaper than keeping the index up to date row by row.
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS p_records_id ON p_records(id)")
             items: list[tuple[str, dict[str, Any]]] = [
                 (
                     "config",
@@ -648,7 +650,14 @@ class Workspace:
         _fault_point("after")
         return len(res.steps)
 
-    def _run_shards(self, tasks: list[_sisa.ShardTask], *, backend: str = "local", workers: int | None = None) -> int:
+    def _run_shards(
+        self,
+        tasks: list[_sisa.ShardTask],
+        *,
+        backend: str = "local",
+        workers: int | None = None,
+        ray_address: str | None = None,
+    ) -> int:
         """Run shard tasks (in parallel when allowed) and commit their stages in shard order."""
         from ._backend import run_tasks
 
@@ -670,7 +679,7 @@ class Workspace:
         db = self._db()
         db.execute("PRAGMA synchronous=NORMAL")
         try:
-            for task, results in run_tasks(tasks, backend=backend, workers=workers):
+            for task, results in run_tasks(tasks, backend=backend, workers=workers, ray_address=ray_address):
                 for res in results:
                     steps += self._commit_stage(task, res)
                     bar(1)
@@ -679,15 +688,15 @@ class Workspace:
             bar(None)
         return steps
 
-    def train(self, *, backend: str = "local", workers: int | None = None) -> TrainReport:
+    def train(self, *, backend: str = "local", workers: int | None = None, ray_address: str | None = None) -> TrainReport:
         """Commit (once) and train every shard that still has stages to run; resumable."""
         import verifiable_mu.training  # noqa: F401  (import torch before the clock starts)
 
-        self._resume_pending_request(backend=backend, workers=workers)
+        self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
         t0 = time.perf_counter()
         self.commit()
         tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
-        steps = self._run_shards(tasks, backend=backend, workers=workers)
+        steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
         if not self.trained:
             with self._log.transaction():
                 self._log_model("train", None)
@@ -811,7 +820,9 @@ class Workspace:
             out.append((rownum, i, shard, slc, commitment, key))
         return out
 
-    def forget(self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None) -> ForgetReport:
+    def forget(
+        self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None, ray_address: str | None = None
+    ) -> ForgetReport:
         """Unlearn the records ``ids`` in one request and write its signed transcript."""
         import verifiable_mu.training  # noqa: F401  (import torch before the clock starts)
 
@@ -820,8 +831,8 @@ class Workspace:
         if pending is not None:
             n, pids = pending
             if sorted(pids) == sorted(ids):
-                return self._finish_request(n, backend=backend, workers=workers)
-            self._resume_pending_request(backend=backend, workers=workers)
+                return self._finish_request(n, backend=backend, workers=workers, ray_address=ray_address)
+            self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
         if not self.trained:
             raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
         recs = self._validate_ids(ids)
@@ -871,7 +882,7 @@ class Workspace:
                         (shard, r, gen, tree.root, len(tree), idx),
                     )
             self._log.append("dataset", {"version": n, "root": self._dataset_root().hex(), "slices": self.config.shards * self.config.slices})
-        return self._finish_request(n, backend=backend, workers=workers)
+        return self._finish_request(n, backend=backend, workers=workers, ray_address=ray_address)
 
     def _evidence_before(self, recs: Sequence[tuple[int, str, int, int, bytes, bytes]], plan: dict[int, int]) -> dict[str, Any]:
         """What the transcript must point to in the log as it was before this request: each
@@ -918,19 +929,21 @@ class Workspace:
         row = self._db().execute("SELECT n, ids FROM p_requests WHERE status='pending' ORDER BY n LIMIT 1").fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
-    def _resume_pending_request(self, *, backend: str, workers: int | None) -> None:
+    def _resume_pending_request(self, *, backend: str, workers: int | None, ray_address: str | None = None) -> None:
         p = self._pending_request()
         if p is not None:
-            self._finish_request(p[0], backend=backend, workers=workers)
+            self._finish_request(p[0], backend=backend, workers=workers, ray_address=ray_address)
 
-    def _finish_request(self, n: int, *, backend: str, workers: int | None) -> ForgetReport:
+    def _finish_request(
+        self, n: int, *, backend: str, workers: int | None, ray_address: str | None = None
+    ) -> ForgetReport:
         from ._transcript import build_transcript
 
         db = self._db()
         evidence = json.loads(db.execute("SELECT plan FROM p_requests WHERE n=?", (n,)).fetchone()[0])
         plan = {int(k): v for k, v in evidence["plan"].items()}
         tasks = [t for t in (self._shard_task(s) for s in sorted(plan)) if t is not None]
-        steps = self._run_shards(tasks, backend=backend, workers=workers)
+        steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
         with self._log.transaction():
             if self._meta("model_request") != str(n):
                 self._log_model("forget", n)

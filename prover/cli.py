@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train every shard and print the signed tree head")
     t.add_argument("dir", metavar="DIR")
     t.add_argument("--backend", default="local", choices=("local", "ray"))
+    t.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to join, host:port (default: RAY_ADDRESS, else a local instance)"
+    )
     t.add_argument("--workers", type=int, default=None, help="override the workspace's shard processes")
 
     f = sub.add_parser("forget", help="unlearn records and write one signed deletion transcript")
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ids", help="comma-separated record ids, e.g. 17,42")
     g.add_argument("--ids-file", help="file with one record id per line")
     f.add_argument("--backend", default="local", choices=("local", "ray"))
+    f.add_argument(
+        "--ray-address", metavar="ADDR", help="Ray cluster to join, host:port (default: RAY_ADDRESS, else a local instance)"
+    )
     f.add_argument("--workers", type=int, default=None)
 
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
@@ -108,6 +114,9 @@ def _read_ids(args: argparse.Namespace) -> list[str]:
 def _run(args: argparse.Namespace) -> int:
     from ._workspace import Workspace, WorkspaceConfig
 
+    if getattr(args, "ray_address", None) and args.backend != "ray":
+        raise BadInput("--ray-address needs --backend ray")
+
     if args.command == "init":
         cfg = WorkspaceConfig(
             shards=args.shards,
@@ -130,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "train":
         with Workspace.open(args.dir) as ws:
-            rep = ws.train(backend=args.backend, workers=args.workers)
+            rep = ws.train(backend=args.backend, workers=args.workers, ray_address=args.ray_address)
             accuracy = ws.evaluate()
             acc = "n/a" if accuracy is None else f"{100 * accuracy:.1f}%"
             print(f"trained {rep.shards} shards: {rep.steps} steps this run, {rep.seconds:.2f} s in all, test accuracy {acc}")
@@ -140,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "forget":
         ids = _read_ids(args)
         with Workspace.open(args.dir) as ws:
-            rep = ws.forget(ids, backend=args.backend, workers=args.workers)
+            rep = ws.forget(ids, backend=args.backend, workers=args.workers, ray_address=args.ray_address)
             print(
                 f"forgot {len(rep.deleted)} record(s) in request {rep.request}: retrained {len(rep.shards_retrained)} "
                 f"shard(s), {rep.slices_retrained} slice(s), {rep.steps} steps in {rep.seconds:.2f} s"

@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 rm -rf .venv
 "$PY" -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e '.[test,report]'
+.venv/bin/pip install -q -e '.[test,report,ray]'
 echo "== layering (import-linter)"
 .venv/bin/lint-imports
 echo "== tests"

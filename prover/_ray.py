@@ -1,0 +1,247 @@
+"""The Ray backend: one Ray task per shard, results back to the driver in shard order.
+
+Only the driver (the process that called :meth:`Workspace.train` or :meth:`Workspace.forget`)
+writes the log. A Ray task runs :func:`prover._sisa.train_shard` -- a pure function of its task
+that reads the workspace's ``data.npz`` and writes content-addressed checkpoint files into the
+workspace's ``checkpoints/`` -- and returns its stage results; the driver commits them in task
+order, so the log is the same, entry for entry, whatever backend ran the shards.
+
+Fault handling. A worker that dies (killed, out of memory, node lost) is retried by Ray up to
+:data:`MAX_RETRIES` times; the retry recomputes the same bits (the task is deterministic) and
+rewrites the same checkpoint files (content addressed, written atomically), so nothing is
+duplicated. An exception raised by the training code itself is not retried: it would fail the
+same way again.
+
+Connecting. With no address (and no ``RAY_ADDRESS``), a private local instance is started
+(``num_cpus`` = the cores this process may use, no dashboard). With an address, the TCP port is
+probed first so that an unreachable cluster gives a clear error at once instead of Ray's long
+wait; if Ray token authentication is not configured explicitly (``RAY_AUTH_MODE`` unset) but a
+token is available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), the
+token is sent. A Ray connection that is already open in this process is used as it is.
+
+The workspace directory must be visible at the same absolute path on every node that runs
+tasks (a shared file system); a task on a node that cannot see it fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import _sisa
+from ._errors import BadInput, WorkspaceError
+
+__all__ = ["run_ray", "connect", "MAX_RETRIES", "TASK_NAME_PREFIX", "default_token_path"]
+
+#: Retries after a worker dies (the task is deterministic, so a retry gives the same result).
+MAX_RETRIES = 3
+#: Ray task names are ``vmu-shard-<n>`` (``ray::vmu-shard-<n>`` is the worker's process title).
+TASK_NAME_PREFIX = "vmu-shard-"
+#: Seconds to wait for the cluster's TCP port before giving up.
+PROBE_TIMEOUT_S = 5.0
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise BadInput(
+            "the Ray backend needs Ray, which is not installed: pip install 'verifiable-mu[ray]' (or use --backend local)"
+        ) from e
+    return ray
+
+
+def default_token_path() -> str:
+    """Where Ray 2.60 keeps its authentication token unless told otherwise: ``~/.ray/auth_token``."""
+    return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or default_token_path()
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` (also ``ray://host:port``, ``[v6]:port``) -> (host, port); None if it is
+    not of that form (``auto``, ``local``): Ray then resolves it itself."""
+    a = address.strip()
+    if "://" in a:
+        a = a.split("://", 1)[1]
+    a = a.rstrip("/")
+    host, sep, port = a.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str) -> None:
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise WorkspaceError(
+            f"cannot reach the Ray cluster at {address}: {reason} (is 'ray start --head' running there, "
+            "and is the port open from here?)"
+        ) from e
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Attach to Ray: reuse this process's connection, join ``address`` (or ``RAY_ADDRESS``),
+    or start a private local instance with ``num_cpus`` CPUs (default: the usable cores)."""
+    ray = _import_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _probe(address)
+    if ray.is_initialized():
+        return
+    if address is None:
+        from ._backend import available_cores
+
+        try:
+            ray.init(
+                num_cpus=num_cpus or available_cores(),
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
+        except Exception as e:  # Ray raises plain RuntimeError/ConnectionError here
+            raise WorkspaceError(f"cannot start a local Ray instance: {_first_line(e)}") from e
+        return
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
+        # Ray 2.60 sends its token to an explicit address only in token mode (it turns that on by
+        # itself only for a cluster it finds locally); a cluster that checks no tokens ignores it.
+        _enable_token_mode()
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except Exception as e:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and _token_available():
+            hint = "; if the cluster uses token authentication, check that this machine has the cluster's token"
+        else:
+            hint = "; if the cluster uses token authentication, this machine needs its token"
+        hint += f" (in {default_token_path()}, RAY_AUTH_TOKEN or the file named by RAY_AUTH_TOKEN_PATH)"
+        raise WorkspaceError(f"cannot reach the Ray cluster at {address}: {_first_line(e)}{hint}") from e
+
+
+def _enable_token_mode() -> None:
+    """Turn on Ray's token mode in this process (the environment variable alone is not enough
+    once Ray's configuration has been read)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # pragma: no cover - another Ray layout: the variable is read at init
+        os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _train_on_worker(task: _sisa.ShardTask) -> list[_sisa.StageResult]:
+    """What one Ray task runs: check the shared workspace is visible here, then train."""
+    for what, path, ok in (
+        ("checkpoint store", task.store, os.path.isdir),
+        ("data file", task.data_path, os.path.isfile),
+    ):
+        if not ok(path):
+            raise WorkspaceError(
+                f"Ray node {socket.gethostname()} cannot see the workspace's {what} {path}: on a cluster the workspace "
+                "must be on a directory every node mounts at the same path"
+            )
+    return _sisa.train_shard(task)
+
+
+_REMOTE: Any = None
+
+
+def _remote() -> Any:
+    global _REMOTE
+    if _REMOTE is None:
+        ray = _import_ray()
+        _REMOTE = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_train_on_worker)
+    return _REMOTE
+
+
+def _submit(task: _sisa.ShardTask) -> Any:
+    return (
+        _remote()
+        .options(
+            name=f"{TASK_NAME_PREFIX}{task.shard}",
+            num_cpus=task.threads,
+            num_gpus=1 if task.device == "cuda" else 0,
+        )
+        .remote(task)
+    )
+
+
+def _check_resources(ray: Any, tasks: Sequence[_sisa.ShardTask]) -> None:
+    res = ray.cluster_resources()
+    need_cpu = max(t.threads for t in tasks)
+    if res.get("CPU", 0) < need_cpu:
+        raise WorkspaceError(
+            f"the Ray cluster has {res.get('CPU', 0):g} CPUs but each shard task needs {need_cpu} (the workspace's threads)"
+        )
+    if any(t.device == "cuda" for t in tasks) and res.get("GPU", 0) < 1:
+        raise WorkspaceError(
+            "the workspace trains on CUDA but the Ray cluster has no GPU: add GPU nodes, or create the workspace "
+            "with --device cpu"
+        )
+
+
+def run_ray(
+    tasks: Sequence[_sisa.ShardTask], *, address: str | None = None, max_parallel: int = 0
+) -> Iterator[tuple[_sisa.ShardTask, list[_sisa.StageResult]]]:
+    """Run one Ray task per shard; yield ``(task, results)`` in the order of ``tasks``.
+
+    ``max_parallel`` > 0 keeps at most that many tasks in flight (benchmarks); 0 leaves the
+    concurrency to Ray (the cluster's CPUs divided by each task's ``threads``).
+    """
+    if not tasks:
+        return
+    ray = _import_ray()
+    connect(address)
+    _check_resources(ray, tasks)
+    window = len(tasks) if max_parallel <= 0 else max_parallel
+    pending: deque[tuple[_sisa.ShardTask, Any]] = deque()
+    todo = deque(tasks)
+    try:
+        while todo or pending:
+            while todo and len(pending) < window:
+                t = todo.popleft()
+                pending.append((t, _submit(t)))
+            task, ref = pending[0]
+            try:
+                results = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, Exception):
+                    raise cause from None  # the worker's own exception, one line as it was raised
+                raise WorkspaceError(f"shard {task.shard} failed on Ray: {_first_line(e)}") from e
+            except ray.exceptions.RayError as e:
+                raise WorkspaceError(
+                    f"Ray could not finish shard {task.shard} ({type(e).__name__} after {MAX_RETRIES} retries): "
+                    f"{_first_line(e)}; the log holds every stage committed so far, run the same command again"
+                ) from e
+            pending.popleft()
+            yield task, results
+    finally:
+        for _, ref in pending:  # the driver stopped early: do not leave work running
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort; the task may have finished
+                pass
