@@ -162,7 +162,7 @@ def write_bundle(
             by_lineage[(int(e.body["shard"]), int(e.body["generation"]))].append((e.index, e.body))
 
     segments: list[SegmentRef] = []
-    original = []
+    original: list[dict[str, Any]] = []
     for s in range(shards):
         ck = by_lineage[(s, 0)]
         original.append({"shard": s, "checkpoints": [str(i) for i, _ in ck]})

@@ -233,7 +233,7 @@ class Workspace:
                 f.write(key.public_key.to_pem())
             os.makedirs(os.path.join(tmp, CKPT_DIR))
             os.makedirs(os.path.join(tmp, TRANSCRIPT_DIR))
-            cfg = {
+            cfg: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "name": os.path.basename(path),
                 "config": config.to_json(),

@@ -149,15 +149,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "forget":
         ids = _read_ids(args)
         with Workspace.open(args.dir) as ws:
-            rep = ws.forget(ids, backend=args.backend, workers=args.workers, ray_address=args.ray_address)
+            frep = ws.forget(ids, backend=args.backend, workers=args.workers, ray_address=args.ray_address)
             print(
-                f"forgot {len(rep.deleted)} record(s) in request {rep.request}: retrained {len(rep.shards_retrained)} "
-                f"shard(s), {rep.slices_retrained} slice(s), {rep.steps} steps in {rep.seconds:.2f} s"
+                f"forgot {len(frep.deleted)} record(s) in request {frep.request}: retrained "
+                f"{len(frep.shards_retrained)} shard(s), {frep.slices_retrained} slice(s), {frep.steps} steps "
+                f"in {frep.seconds:.2f} s"
             )
-            print(
-                f"speed-up against full training ({rep.full_training_seconds:.2f} s): {rep.speedup:.1f}x"
-            )
-            print(f"transcript: {rep.transcript_path}")
+            print(f"speed-up against full training ({frep.full_training_seconds:.2f} s): {frep.speedup:.1f}x")
+            print(f"transcript: {frep.transcript_path}")
         return EXIT_OK
     if args.command == "bundle":
         from ._bundle import write_bundle

@@ -217,8 +217,9 @@ def commit_records(
         # reused buffer: it stays in cache, and the constant columns are written only once.
         head_len = 1 + 2 + id_len
         width = tag_len + SALT_SIZE + head_len + len(dims) + fbytes + 8
-        is_run = isinstance(rows, slice)
-        m = rows.stop - rows.start if is_run else len(rows)
+        run: slice | None = rows if isinstance(rows, slice) else None
+        idx: np.ndarray | None = None if isinstance(rows, slice) else rows
+        m = run.stop - run.start if run is not None else len(idx)  # type: ignore[arg-type]
         chunk = max(1, min(m, _CHUNK_BYTES // width))
         buf = np.empty((chunk, width), dtype=np.uint8)
         buf[:, :tag_len] = tag_u8
@@ -231,17 +232,18 @@ def commit_records(
         buf[:, p_dims : p_dims + len(dims)] = dims_u8
         p_feat = p_dims + len(dims)
         p_label = p_feat + fbytes
-        mv = memoryview(buf.reshape(-1))
+        mv = buf.reshape(-1).data
         cols = np.arange(id_len, dtype=np.int64)
         digests: list[bytes] = []
         for c in range(0, m, chunk):
             k = min(chunk, m - c)
-            if is_run:
-                sel: slice | np.ndarray = slice(rows.start + c, rows.start + c + k)
-                first = int(id_starts[rows.start + c])
+            if run is not None:
+                sel: slice | np.ndarray = slice(run.start + c, run.start + c + k)
+                first = int(id_starts[run.start + c])
                 id_rows = id_u8[first : first + k * id_len].reshape(k, id_len)
             else:
-                sel = rows[c : c + k]
+                assert idx is not None
+                sel = idx[c : c + k]
                 id_rows = id_u8[id_starts[sel][:, None] + cols]
             b = buf[:k]
             b[:, p_salt:p_head] = salt_arr[sel]
@@ -253,10 +255,11 @@ def commit_records(
             return digests
         if out is None:
             out = [b""] * n
-        if is_run:
-            out[rows] = digests
+        if run is not None:
+            out[run] = digests
         else:
-            for i, d in zip(rows.tolist(), digests):
+            assert idx is not None
+            for i, d in zip(idx.tolist(), digests):
                 out[i] = d
     assert out is not None
     return out

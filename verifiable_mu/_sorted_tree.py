@@ -313,7 +313,7 @@ class SortedTree:
 def _hash_rows(a: np.ndarray) -> bytes:
     """Concatenated SHA-256 digests of the rows of a C-contiguous 2-D uint8 array."""
     w = a.shape[1]
-    mv = memoryview(a).cast("B")
+    mv = a.data.cast("B")
     total = len(mv)
     step = w * _CHUNK  # join in chunks, so at most _CHUNK digest objects exist at once
     sha = _sha256
