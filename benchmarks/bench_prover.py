@@ -31,8 +31,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 
 import verifiable_mu.training as T  # noqa: E402
-from prover import Workspace, WorkspaceConfig, expected_speedup  # noqa: E402
-from prover import _sisa  # noqa: E402
+from prover import (  # noqa: E402
+    Workspace,
+    WorkspaceConfig,
+    _sisa,  # noqa: E402
+    expected_speedup,
+)
 
 
 def _fresh(root: str, name: str, **kw: object) -> Workspace:

@@ -93,7 +93,7 @@ def lineage_segments(
 ) -> list[SegmentRef]:
     """Consecutive checkpoint pairs of one lineage, as segments."""
     out = []
-    for (si, sb), (ei, eb) in zip(ckpts, ckpts[1:]):
+    for (si, sb), (ei, eb) in zip(ckpts[:-1], ckpts[1:], strict=True):
         out.append(
             SegmentRef(
                 shard=shard,

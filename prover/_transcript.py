@@ -46,7 +46,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
         "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? ORDER BY key", (n,)
     ).fetchall()
     records = []
-    for rid, shard, slc, commitment, key in deleted:
+    for _rid, shard, slc, commitment, key in deleted:
         # The slice tree this record was in: the live records of that slice before this request.
         old_rows = db.execute(
             "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "

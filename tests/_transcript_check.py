@@ -90,7 +90,7 @@ def check_transcript(envelope_bytes: bytes, key: VerifyingKey, origin: str) -> d
                 assert se.body["generation"] == sh["generation"] and se.index >= before.size
             nm = [NonMembershipProof.from_json(p) for p in item["non_membership"]]
             assert len(nm) == len(by_shard[shard])
-            for proof, k in zip(nm, by_shard[shard]):
+            for proof, k in zip(nm, by_shard[shard], strict=True):
                 proof.verify(root=bytes.fromhex(se.body["root"]), key=k)
         assert sorted(i["slice"]["entry"]["body"]["slice"] for i in sh["slices"]) == list(range(len(sh["slices"])))
         final = _entry(sh["final_checkpoint"], root, size)
@@ -106,7 +106,7 @@ def check_transcript(envelope_bytes: bytes, key: VerifyingKey, origin: str) -> d
     for sh in pred["shards"]:
         final = LogEntry.from_json(sh["final_checkpoint"]["entry"])
         assert m_after.body["shards"][sh["shard"]] == final.body["digest"]
-    for s, (a, b) in enumerate(zip(m_before.body["shards"], m_after.body["shards"])):
+    for s, (a, b) in enumerate(zip(m_before.body["shards"], m_after.body["shards"], strict=True)):
         if s not in by_shard:
             assert a == b
     return pred

@@ -259,7 +259,7 @@ def commit_records(
             out[run] = digests
         else:
             assert idx is not None
-            for i, d in zip(idx.tolist(), digests):
+            for i, d in zip(idx.tolist(), digests, strict=True):
                 out[i] = d
     assert out is not None
     return out

@@ -649,7 +649,7 @@ class SliceInclusionProof:
 def dataset_inclusion_proof(descriptors: Sequence[SliceDescriptor], shard: int, slice: int) -> SliceInclusionProof:
     """Proof that the descriptor of ``(shard, slice)`` is in the data-set tree."""
     ds, leaves = _dataset_leaves(descriptors)
-    for i, d in enumerate(ds):
+    for i, d in enumerate(ds):  # noqa: B007 (i is used after the loop)
         if d.position == (shard, slice):
             break
     else:
