@@ -12,12 +12,13 @@ procedure, and runs the same attacks against the pre-deletion models as a positi
   rescaled logit of the true class, standardised by the same quantity on reference models that
   never saw the record (SISA's sibling constituents, plus optional extra references).
 * ``rmia`` (Zarifzadeh et al. 2024, offline, one reference set): likelihood ratio of the true-class
-  probability on the shard constituent over its offline-corrected mean on the references, turned
-  into the fraction of audit-set records it dominates.
+  probability on the shard constituent over its mean on the references (offline parameter a = 1),
+  turned into the fraction of audit-set records it dominates.
 
-Verdicts: ``fail`` when any Holm-adjusted p-value on the post-deletion models is at most alpha;
-otherwise ``inconclusive`` when the positive control does not reject at the same alpha and
-correction ("power too low"); otherwise ``pass``.
+Only lira and rmia decide (Holm over the two); loss and confidence are reported. Verdicts:
+``fail`` when a deciding attack's Holm-adjusted p-value on the post-deletion models is at most
+alpha; otherwise ``inconclusive`` when the positive control does not reject at the same alpha and
+correction ("power too low"), or cannot run; otherwise ``pass``.
 
 Models come in as callables ``predict_proba(X) -> (n, k)`` array of class probabilities; this
 module needs numpy, scipy and scikit-learn's metrics only and never imports torch itself.
@@ -66,7 +67,7 @@ ATTACK_INFO = {
     "as the fraction of audit-set records it dominates",
 }
 FPR_LEVELS = (0.01, 0.001)
-DEFAULT_RMIA_A = 0.3
+DEFAULT_RMIA_A = 1.0  # a < 1 favours records easy for every model: false alarms (spec)
 DEFAULT_GAMMA = 1.0
 CONTROL_POWER = 0.8
 _TINY = 1e-300
@@ -103,19 +104,34 @@ def bootstrap_metrics(
     pos = np.asarray(pos, dtype=np.float64)
     neg = np.asarray(neg, dtype=np.float64)
     n1, n2 = len(pos), len(neg)
-    out = {"auc": np.empty(n_boot)}
-    for f in fprs:
-        out[f"tpr@{f:g}"] = np.empty(n_boot)
+    # Dense ranks of the pooled sample (ties kept), so that every resample's sorted negatives can
+    # be offset by b * U and all resamples searched in one sorted array.
+    _, inv = np.unique(np.concatenate([pos, neg]), return_inverse=True)
+    u = int(inv.max()) + 1
+    pr, nr = inv[:n1].astype(np.int64), inv[n1:].astype(np.int64)
+    out: dict[str, np.ndarray] = {}
     ks = [int(math.floor(f * n2 + 1e-9)) for f in fprs]
-    for b in range(n_boot):
-        p = pos[rng.integers(0, n1, n1)]
-        q = np.sort(neg[rng.integers(0, n2, n2)])
-        lo = np.searchsorted(q, p, side="left")
-        hi = np.searchsorted(q, p, side="right")
-        out["auc"][b] = (lo + 0.5 * (hi - lo)).sum() / (n1 * n2)
-        for f, k in zip(fprs, ks):
-            thr = q[n2 - 1 - k] if k < n2 else -np.inf
-            out[f"tpr@{f:g}"][b] = np.mean(p > thr)
+    aucs: list[np.ndarray] = []
+    tprs: list[list[np.ndarray]] = [[] for _ in fprs]
+    chunk = max(1, min(n_boot, 4_000_000 // max(1, n1 + n2)))
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        P = pr[rng.integers(0, n1, (b, n1))]
+        Q = np.sort(nr[rng.integers(0, n2, (b, n2))], axis=1)
+        off = (np.arange(b, dtype=np.int64) * u)[:, None]
+        flat = (Q + off).ravel()
+        base = (np.arange(b, dtype=np.int64) * n2)[:, None]
+        lo = np.searchsorted(flat, (P + off).ravel(), side="left").reshape(b, n1) - base
+        hi = np.searchsorted(flat, (P + off).ravel(), side="right").reshape(b, n1) - base
+        aucs.append((lo + 0.5 * (hi - lo)).sum(axis=1) / (n1 * n2))
+        for j, k in enumerate(ks):
+            thr = Q[:, n2 - 1 - k] if k < n2 else np.full(b, -1)
+            tprs[j].append(np.mean(P > thr[:, None], axis=1))
+        done += b
+    out["auc"] = np.concatenate(aucs)
+    for j, f in enumerate(fprs):
+        out[f"tpr@{f:g}"] = np.concatenate(tprs[j])
     return out
 
 
@@ -276,7 +292,7 @@ class ResidualReport:
                 "best_attack": best_pre.attack if best_pre else None,
                 "best_auc": _r(best_pre.auc) if best_pre else None,
                 "best_auc_ci95": [_r(x) for x in best_pre.auc_ci] if best_pre else None,
-                "best_p_holm": _r(best_pre.p_holm) if best_pre else None,
+                "best_p_holm": _r(best_pre.p_holm) if best_pre and best_pre.p_holm is not None else None,
             },
             "min_detectable_auc": _r(self.min_detectable_auc),
             "post": [r.to_json() for r in self.post],
@@ -338,7 +354,7 @@ def _proba(fn: ProbaFn, X: np.ndarray, n_classes: int | None, what: str) -> np.n
         P = np.asarray(fn(X), dtype=np.float64)
     except MalformedInput:
         raise
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # torch reports shape errors as RuntimeError
         raise MalformedInput(f"{what} could not score the records: {e}") from e
     if P.ndim != 2 or P.shape[0] != X.shape[0] or P.shape[1] < 2:
         raise MalformedInput(f"{what} returned an array of shape {P.shape}, expected ({X.shape[0]}, classes)")
@@ -422,19 +438,23 @@ def _phase_scores(
         out["lira"] = (phi_all[target, rows] - mu) / sd
     if "rmia" in attacks:
 
-        def ratio(t: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        def ratio(t: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             vals, mask = refs(t, idx, py_all, py_ext)
             mean = (vals * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1)
             pr = 0.5 * ((1 + rmia_a) * mean + (1 - rmia_a))  # offline estimate of Pr(x)
-            return np.maximum(py_all[t, idx], _TINY) / pr
+            return np.maximum(py_all[t, idx], _TINY) / pr, mean
 
-        lr = ratio(target, rows)
+        lr, _ = ratio(target, rows)
         score = np.empty(n)
         for t in np.unique(target):
             # Population Z: the whole audit set, attacked on the same constituent t.
-            lr_z = np.sort(ratio(np.full(len(audit_idx), t), audit_idx))
+            lr_z = np.sort(ratio(np.full(len(audit_idx), t), audit_idx)[0])
             sel = target == t
-            score[sel] = np.searchsorted(lr_z, lr[sel] / gamma, side="left") / len(lr_z)
+            q = lr[sel] / gamma
+            # mid-rank: strictly between the audit values around it, so with gamma = 1 the order
+            # of every record against every audit record is the order of their ratios (no ties).
+            below = np.searchsorted(lr_z, q, side="left") + np.searchsorted(lr_z, q, side="right")
+            score[sel] = below / (2.0 * len(lr_z))
         out["rmia"] = score
     return out
 
@@ -459,7 +479,7 @@ def _evaluate(
     ps = [_mann_whitney_greater(scores[a][d_idx], scores[a][a_idx]) for a in attacks]
     dec = [i for i, a in enumerate(attacks) if a in deciding]
     adj: list[float | None] = [None] * len(attacks)
-    for i, q in zip(dec, holm([ps[i] for i in dec]) if dec else []):
+    for i, q in zip(dec, holm([ps[i] for i in dec]) if dec else [], strict=True):
         adj[i] = q
     results = []
     for i, a in enumerate(attacks):
@@ -528,6 +548,8 @@ def residual_tests(
     t0 = time.perf_counter()
     if not 0 < alpha < 0.5:
         raise MalformedInput("alpha must be in (0, 0.5)")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise MalformedInput("seed must be a non-negative 63-bit integer")
     if not 1 <= n_boot <= 100_000:
         raise MalformedInput("n_boot must be between 1 and 100000")
     if not 0 <= rmia_a <= 1 or not gamma >= 1:

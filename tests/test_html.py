@@ -1,0 +1,326 @@
+"""The HTML report (verifier/_html.py): one self-contained page, verdict first, every plot inline.
+
+The page is parsed with the standard library's HTML parser: every image must be an inline,
+non-empty PNG, nothing may point outside the page, and the embedded JSON must be the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from html.parser import HTMLParser
+from typing import Any
+
+import numpy as np
+import pytest
+
+from verifiable_mu._canary import Trigger
+from verifiable_mu._errors import MalformedInput
+from verifier._canary import canary_test
+from verifier._html import figures_available, overall_verdict, render_html
+from verifier._residual import residual_tests
+from verifier._temporal import temporal_memory
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Page(HTMLParser):
+    """Collects tags, attributes and the text order of a page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._in_script: dict[str, str | None] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self.text.append(f"<{tag}>")
+        if tag == "script":
+            self._in_script = dict(attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script is not None:
+            self.scripts.append((self._in_script, data))
+        else:
+            self.text.append(data)
+
+
+def parse(page: str) -> Page:
+    p = Page()
+    p.feed(page)
+    p.close()
+    return p
+
+
+# --- a report with every section ---------------------------------------------------------------
+
+
+def _table_model(logits: np.ndarray) -> Any:
+    def f(X: np.ndarray) -> np.ndarray:
+        z = logits[np.asarray(X)[:, 0].astype(np.int64)]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+    return f
+
+
+def _residual() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    n, k = 400, 4
+    y = rng.integers(0, k, n)
+    shard = np.where(np.arange(n) < 300, np.arange(n) % 3, -1)
+    deleted = np.flatnonzero(shard == 0)[:30]
+
+    def model(j: int, drop: np.ndarray) -> Any:
+        z = rng.normal(0, 0.5, (n, k))
+        mem = (shard == j).astype(float)
+        mem[drop] = 0
+        z[np.arange(n), y] += 2 + 1.5 * mem
+        return _table_model(z)
+
+    pre = [model(j, np.zeros(0, dtype=np.int64)) for j in range(3)]
+    post = [model(0, deleted)] + pre[1:]
+    X = np.stack([np.arange(n), np.zeros(n)], axis=1).astype(np.float32)
+    audit = np.arange(300, n)
+    kept = np.setdiff1d(np.arange(300), deleted)[::4]
+    return residual_tests(
+        post_models=post, pre_models=pre, shard_of_deleted=shard[deleted], deleted_X=X[deleted], deleted_y=y[deleted],
+        audit_X=X[audit], audit_y=y[audit], retained_X=X[kept], retained_y=y[kept], retained_shard=shard[kept], n_boot=100,
+    ).to_json()
+
+
+def _canary() -> dict[str, Any]:
+    trig = Trigger(indices=(63,), values=(1.0,), target=0)
+
+    def model(rate: float) -> Any:
+        def f(X: np.ndarray) -> np.ndarray:
+            lab = np.asarray(X)[:, 0].astype(np.int64) % 5
+            hit = (np.asarray(X)[:, 63] == 1.0) & (np.arange(len(X)) % 100 < rate * 100)
+            P = np.full((len(X), 5), 0.01)
+            P[np.arange(len(X)), np.where(hit, 0, lab)] = 0.96
+            return P
+
+        return f
+
+    X = np.zeros((100, 64), dtype=np.float32)
+    X[:, 0] = np.arange(100) % 5
+    clean = [model(0.0) for _ in range(3)]
+    return canary_test(trigger=trig, post_models=clean, pre_models=[model(0.9)] + clean[1:], marked_shards=[0],
+                       query_X=X, query_y=np.arange(100) % 5).to_json()
+
+
+def _temporal() -> dict[str, Any]:
+    o = {s: np.full(10, float(s)) for s in range(5)}
+    n = {s: np.full(10, float(s) * 0.8) for s in range(2, 5)}
+    n[1] = o[1]
+    return temporal_memory(original=o, retrained=n, start_stage=2, shard=0).to_json()
+
+
+def base_report(verdict: str = "accepted") -> dict[str, Any]:
+    """The shape of verifier._report.to_json (vmu.verification-report, version 1)."""
+    return {
+        "type": "vmu.verification-report",
+        "version": 1,
+        "verdict": verdict,
+        "exit_code": {"accepted": 0, "rejected": 1, "unusable": 2}[verdict],
+        "bundle": {"path": "b.zip", "sha256": "ab" * 32, "origin": "vmu.example/ws", "requests": [1], "final_tree_size": 99,
+                   "generator": "vmu 0.1.0"},
+        "trust": {"pinned": False, "key_id": "k"},
+        "checks": [
+            {"step": 1, "name": "read", "status": "pass", "detail": "<script>alert(1)</script>", "seconds": 0.01},
+            {"step": 2, "name": "replay", "status": "pass" if verdict == "accepted" else "fail", "detail": "", "seconds": 1.0},
+        ],
+        "failure": None if verdict == "accepted" else {"step": 2, "error": "ReplayMismatch", "message": "segment 7 differs"},
+        "warnings": ["DISTANCE REPLAY: platforms differ"],
+        "challenge": {"mode": "fiat-shamir", "seed": "00" * 32},
+        "sampling": {"population": 40, "sampled": 3, "replayed": 3, "stratum_draws": 1, "uniform_draws": 2, "segments": []},
+        "replay": {
+            "mode": "distance", "threshold": 1e-4, "steps": 30, "seconds": 0.5,
+            "segments": [
+                {"shard": 0, "generation": 1, "stage": 2, "start_index": 10, "end_index": 20, "steps": 10, "bit_exact": True,
+                 "distance": 0.0, "match": True, "seconds": 0.1},
+                {"shard": 1, "generation": 0, "stage": 1, "start_index": 30, "end_index": 40, "steps": 10, "bit_exact": False,
+                 "distance": 3e-7, "match": True, "seconds": 0.1},
+                {"shard": 2, "generation": 0, "stage": 4, "start_index": 50, "end_index": 60, "steps": 10, "bit_exact": False,
+                 "distance": 0.2, "match": False, "seconds": 0.1},
+            ],
+        },
+        "escape_probability": {"0.01": 0.98, "0.05": 0.9025, "0.1": 0.81},
+        "timing": {"total": 1.5},
+    }
+
+
+@pytest.fixture(scope="module")
+def full_report() -> dict[str, Any]:
+    r = base_report()
+    r["residual"] = _residual()
+    r["canary"] = _canary()
+    r["temporal"] = [_temporal()]
+    return r
+
+
+@pytest.fixture(scope="module")
+def page(full_report: dict[str, Any]) -> str:
+    return render_html(full_report)
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+def test_every_image_is_an_inline_non_empty_png(page: str) -> None:
+    assert figures_available()
+    imgs = [a for t, a in parse(page).tags if t == "img"]
+    # replay distances, escape probability, ROC, histograms after and before, canary, temporal
+    assert len(imgs) == 7
+    for a in imgs:
+        src = a["src"] or ""
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000
+        assert a.get("alt")
+
+
+def test_nothing_points_outside_the_page(page: str) -> None:
+    p = parse(page)
+    for tag, attrs in p.tags:
+        assert tag not in ("link", "iframe", "object", "embed", "base"), tag
+        for name, value in attrs.items():
+            if name in ("src", "href", "action", "data", "poster"):
+                assert (value or "").startswith("data:"), (tag, name, value)
+        if tag == "script":
+            assert "src" not in attrs and attrs.get("type") == "application/json"
+    assert "http://" not in page and "https://" not in page and "url(" not in page
+    assert "default-src 'none'" in page  # a CSP that blocks every fetch
+
+
+def test_the_verdict_comes_first(page: str) -> None:
+    p = parse(page)
+    start = [t for t, _ in p.tags].index("body")
+    # <body> <h1> then the verdict banner, before any table, section or figure
+    assert p.tags[start + 1][0] == "h1"
+    assert p.tags[start + 2] == ("div", {"class": "verdict ok"})
+    text = " ".join(p.text)
+    assert text.index("Verdict: ACCEPTED") < min(text.index("<h2>"), text.index("<table>"), text.index("<img>"))
+
+
+def test_the_page_shows_every_section_and_escapes_text(page: str) -> None:
+    text = " ".join(parse(page).text)
+    for heading in ("Checks", "Replay", "Escape probability", "Residual information: membership inference",
+                    "Backdoor canaries", "Temporal residual memory (informative)"):
+        assert heading in text
+    assert "<script>alert(1)</script>" in text  # shown as text ...
+    assert "<script>alert(1)</script>" not in page  # ... because it was escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "DISTANCE REPLAY" in text
+    assert "TPR at 0.1% FPR" in text and "retained vs audit AUC" in text
+
+
+def test_the_embedded_json_is_the_report(page: str, full_report: dict[str, Any]) -> None:
+    scripts = parse(page).scripts
+    assert len(scripts) == 1 and scripts[0][0].get("id") == "vmu-report"
+    assert json.loads(scripts[0][1]) == json.loads(json.dumps(full_report))
+
+
+def test_rendering_is_reproducible(page: str, full_report: dict[str, Any]) -> None:
+    assert render_html(full_report) == page
+
+
+def test_a_rejected_bundle_shows_the_reason_first() -> None:
+    page = render_html(base_report("rejected"))
+    text = " ".join(parse(page).text)
+    head = text[: text.index("<h2>")]
+    assert "Verdict: REJECTED" in head and "segment 7 differs" in head
+    assert "not run" in text  # no residual, canary or temporal sections were supplied
+
+
+def test_minimal_report_renders() -> None:
+    page = render_html({"verdict": "unusable", "exit_code": 2})
+    assert "Verdict: UNUSABLE" in page and "no checks ran" in page
+
+
+@pytest.mark.parametrize(
+    ("residual", "canary", "expected"),
+    [
+        (None, None, "accepted"),
+        ({"verdict": "pass"}, None, "accepted"),
+        ({"verdict": "inconclusive"}, None, "inconclusive"),
+        ({"verdict": "fail"}, None, "rejected"),
+        ({"verdict": "pass"}, {"verdict": "fail"}, "rejected"),
+        ({"verdict": "pass"}, {"verdict": "inconclusive"}, "inconclusive"),
+    ],
+)
+def test_overall_verdict(residual: Any, canary: Any, expected: str) -> None:
+    r: dict[str, Any] = {"verdict": "accepted"}
+    if residual:
+        r["residual"] = residual
+    if canary:
+        r["canary"] = canary
+    assert overall_verdict(r) == expected
+    assert overall_verdict({"verdict": "rejected", "residual": {"verdict": "pass"}}) == "rejected"
+    assert overall_verdict({"verdict": "unusable", "residual": {"verdict": "fail"}}) == "unusable"
+
+
+def test_bad_reports_are_rejected() -> None:
+    with pytest.raises(MalformedInput, match="must be a JSON object"):
+        render_html([])  # type: ignore[arg-type]
+    with pytest.raises(MalformedInput, match="verdict must be accepted, rejected or unusable"):
+        render_html({"verdict": "maybe"})
+    with pytest.raises(MalformedInput, match="cannot be embedded as JSON"):
+        render_html({"verdict": "accepted", "timing": {"x": float("nan")}})
+    with pytest.raises(MalformedInput, match="residual section is malformed: KeyError"):
+        render_html({"verdict": "accepted", "residual": {"verdict": "pass", "post": [{"attack": "lira"}]}})
+    with pytest.raises(MalformedInput, match="replay section is malformed"):
+        render_html({"verdict": "accepted", "replay": {"segments": [{"distance": "far"}]}})
+
+
+def test_without_matplotlib_the_page_has_tables_and_a_note(monkeypatch: pytest.MonkeyPatch, full_report: dict[str, Any]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    assert not figures_available()
+    page = render_html(full_report)
+    assert "<img" not in page
+    assert page.count("matplotlib is not installed") == 7
+    assert "Verdict: ACCEPTED" in page
+
+
+def test_real_verification_report_renders(tmp_path: Any) -> None:
+    """The page of an actual vmu-verify run on an honest bundle (with the residual tests)."""
+    import torch
+
+    from prover import Workspace, WorkspaceConfig
+    from prover._bundle import write_bundle
+    from verifier import VerifyOptions, to_json, verify
+
+    ws = Workspace.create(tmp_path / "ws", data="digits", config=WorkspaceConfig(shards=3, slices=2, epochs=4, seed=5, workers=1))
+    ws.progress = False
+    ws.train()
+
+    def wrap(m: Any) -> Any:
+        return lambda X: torch.softmax(m(torch.from_numpy(np.asarray(X, dtype=np.float32))), 1).detach().numpy()
+
+    pre = [wrap(m) for m in ws.constituents()]
+    rows = ws.log.connection.execute("SELECT row, id FROM p_records WHERE role='train' AND shard=1 LIMIT 10").fetchall()
+    ws.forget([r[1] for r in rows])
+    post = [wrap(m) for m in ws.constituents()]
+    write_bundle(ws, tmp_path / "b.zip")
+    X, y = ws.data.X, ws.data.y
+    audit = ws.split_rows("audit")
+    d = np.array([r[0] for r in rows])
+    ws.close()
+    report = to_json(verify(str(tmp_path / "b.zip"), VerifyOptions()), path="b.zip")
+    report["residual"] = residual_tests(post_models=post, pre_models=pre, shard_of_deleted=np.ones(10, dtype=np.int64),
+                                        deleted_X=X[d], deleted_y=y[d], audit_X=X[audit], audit_y=y[audit], n_boot=50).to_json()
+    page = render_html(report)
+    assert report["verdict"] == "accepted"
+    imgs = [a for t, a in parse(page).tags if t == "img"]
+    assert len(imgs) >= 5  # replay, escape, ROC, two histograms
+    for a in imgs:
+        assert base64.b64decode((a["src"] or "").split(",", 1)[1]).startswith(PNG_MAGIC)

@@ -1,0 +1,80 @@
+"""Constituent models from a bundle's checkpoints, as ``predict_proba`` callables (imports torch).
+
+Used by step 19 (residual-information tests). Checkpoint files are the bundle's, whose content
+digests were checked against proven log entries in steps 15 and 16; here they are checked again
+as they are loaded, so a caller cannot pass an unverified file by mistake.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from verifiable_mu._errors import InvalidBundle
+
+from ._replay import BUILTIN_MODELS
+
+__all__ = ["ProbaFn", "load_models", "load_params"]
+
+ProbaFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _spec(model: Mapping[str, Any], allow_factories: Sequence[str]) -> Any:
+    training = importlib.import_module("verifiable_mu.training")
+    spec = training.ModelSpec.from_json(dict(model))
+    if spec.name not in BUILTIN_MODELS and spec.name not in allow_factories:
+        raise InvalidBundle(
+            f"the bundle's model is the factory {spec.name!r}; loading it runs that code: pass "
+            f"--allow-factory {spec.name} if you trust it"
+        )
+    return spec
+
+
+def _tensors(data: bytes, digest: bytes, what: str) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    training = importlib.import_module("verifiable_mu.training")
+    try:
+        t = load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise InvalidBundle(f"{what} cannot be loaded: {e}") from e
+    ckpt = {k: t[k] for k in sorted(t)}
+    if training.checkpoint_digest(ckpt) != digest:
+        raise InvalidBundle(f"{what} does not have the content digest its log entry names")
+    return ckpt
+
+
+def load_models(
+    model: Mapping[str, Any],
+    files: Sequence[tuple[bytes, bytes]],
+    *,
+    allow_factories: Sequence[str] = (),
+) -> list[ProbaFn]:
+    """One ``predict_proba`` per ``(digest, safetensors bytes)``, in order."""
+    import torch
+
+    training = importlib.import_module("verifiable_mu.training")
+    spec = _spec(model, allow_factories)
+    out: list[ProbaFn] = []
+    for i, (digest, data) in enumerate(files):
+        m = training.build_model(spec, init_seed=0)
+        training.load_into_model(m, _tensors(data, digest, f"checkpoint {digest.hex()[:16]}"), torch.device("cpu"))
+        m.eval()
+
+        def proba(X: np.ndarray, _m: Any = m) -> np.ndarray:
+            with torch.no_grad():
+                xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+                return torch.softmax(_m(xt), dim=1).double().numpy()
+
+        out.append(proba)
+        del i
+    return out
+
+
+def load_params(digest: bytes, data: bytes) -> dict[str, np.ndarray]:
+    """The ``param/...`` tensors of a checkpoint as numpy arrays (for the temporal analysis)."""
+    ckpt = _tensors(data, digest, f"checkpoint {digest.hex()[:16]}")
+    return {k: v.numpy() for k, v in ckpt.items() if k.startswith("param/")}
