@@ -227,6 +227,12 @@ def write_bundle(
     for s in affected:
         for _, body in by_lineage[(s, 0)]:
             digests.add(body["digest"])
+    for pred in preds:
+        for sh in pred["shards"]:
+            a, b = int(sh["retraining"]["start"]), int(sh["retraining"]["end"])
+            for i, body in by_lineage[(int(sh["shard"]), int(sh["generation"]))]:
+                if a <= i < b:
+                    digests.add(body["digest"])
 
     # Record openings.
     deleted_c: set[bytes] = set()

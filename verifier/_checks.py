@@ -21,9 +21,11 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
 16. openings           openings match their commitments, the request digests and the audit root
 17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
 18. replay             replaying each sampled segment reproduces its logged end checkpoint
+19. residual           deleted records look like never-seen records (membership inference with a
+                       positive control; canaries with --canary); inconclusive never counts as a pass
 
-This module checks proofs only and never imports torch; step 18 imports :mod:`verifier._replay`
-(and so torch) lazily, and only when replay is asked for.
+This module checks proofs only and never imports torch; steps 18 and 19 import
+:mod:`verifier._replay` / :mod:`verifier._models` (and so torch) lazily, only when they run.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ from ._errors import (
     ModelMismatch,
     OpeningMismatch,
     OrderingViolation,
+    ResidualTraceFound,
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
@@ -119,6 +122,7 @@ STEPS: tuple[tuple[int, str, str], ...] = (
     (16, "openings", "openings match commitments, request digests and the audit root"),
     (17, "sampling", "the sampled segments are the ones the challenge selects, fully disclosed"),
     (18, "replay", "replayed segments reproduce their logged end checkpoints"),
+    (19, "residual", "deleted records look like never-seen records; canaries no longer fire (statistical)"),
 )
 ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
 _NAMES = {n: name for n, name, _ in STEPS}
@@ -134,7 +138,7 @@ def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: 
 class CheckResult:
     step: int
     name: str
-    status: str  # "pass", "fail", "error" (unusable input), "skipped"
+    status: str  # "pass", "fail", "error" (unusable input), "skipped", "inconclusive" (step 19 only)
     detail: str = ""
     seconds: float = 0.0
 
@@ -147,6 +151,13 @@ class VerifyOptions:
     replay_mode: str = "auto"  # auto | exact | distance
     allow_factories: tuple[str, ...] = ()
     limits: Limits = Limits()
+    residual: bool = True  # step 19; False: skipped (the report says so)
+    alpha: float = 0.05
+    n_boot: int = 1000
+    canary: Any = None  # a verifiable_mu._canary.Trigger from the data subject
+    require_residual: bool = False  # an inconclusive step 19 rejects instead of warning
+    backend: str = "local"  # replay backend: local | ray
+    ray_address: str | None = None
 
 
 @dataclass(slots=True)
@@ -201,6 +212,10 @@ class Verification:
     stratum_draws: int = 0
     seed: bytes = b""
     replay_report: dict[str, Any] | None = None
+    residual_report: dict[str, Any] | None = None
+    canary_report: dict[str, Any] | None = None
+    temporal_reports: list[dict[str, Any]] = field(default_factory=list)
+    inconclusive: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -800,9 +815,126 @@ def _step_18(v: Verification) -> None:
         model=cfg.model, hyper=cfg.hyper, platform=cfg.platform, segments=tuple(work), openings=v.openings,
         mode=v.options.replay_mode, allow_factories=v.options.allow_factories,
     )
-    v.replay_report = _replay.replay(plan)
+    if v.options.backend == "local":
+        v.replay_report = _replay.replay(plan)
+    else:
+        v.replay_report = _replay.replay(plan, backend=v.options.backend, ray_address=v.options.ray_address)
     if v.replay_report.get("warning"):
         v.warnings.append(v.replay_report["warning"])
+
+
+def _step_19(v: Verification) -> None:
+    """Residual-information tests (specs/10-residual.md) on the models whose provenance steps
+    1-18 established: post = the final constituents, pre = the constituents before the first
+    request in the bundle (the positive control)."""
+    if not v.options.residual:
+        v.warnings.append("NO RESIDUAL TESTS: step 19 was turned off (--no-residual)")
+        return
+    from . import _canary, _models, _residual, _temporal  # torch is imported by _models' loader
+
+    b, cfg = v.bundle, v.config
+    assert b is not None and cfg is not None and v.transcripts
+    pre_d = ModelBody.parse(v.transcripts[0].model_before.entry).shards
+    post_d = ModelBody.parse(v.transcripts[-1].model_after.entry).shards
+
+    def files(digests: Sequence[bytes], what: str) -> list[tuple[bytes, bytes]]:
+        missing = [d for d in digests if d not in b.checkpoints]
+        if missing:
+            raise SegmentMissing(f"the bundle lacks the {what} checkpoint {missing[0].hex()[:16]}... needed by step 19")
+        return [(d, b.checkpoints[d]) for d in digests]
+
+    post = _models.load_models(cfg.model, files(post_d, "final"), allow_factories=v.options.allow_factories)
+    pre = _models.load_models(cfg.model, files(pre_d, "pre-deletion"), allow_factories=v.options.allow_factories)
+    shard_of = {r.commitment: r.shard for t in v.transcripts for r in t.records}
+    op = b.openings
+    dels = sorted(op.deleted, key=lambda o: o.commitment())
+    retained_shard: dict[bytes, int] = {}
+    for e in v.entries.values():
+        if e.kind == "step":
+            st = StepBody.parse(e)
+            for c in st.batch:
+                retained_shard.setdefault(c, st.shard)
+    retained = [o for o in op.training if o.commitment() in retained_shard and o.commitment() not in shard_of]
+
+    def stack(lst: Sequence[RecordOpening]) -> tuple[Any, Any]:
+        import numpy as np
+
+        if not lst:
+            return None, None
+        return (
+            np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in lst]),
+            np.asarray([o.label for o in lst], dtype=np.int64),
+        )
+
+    dX, dy = stack(dels)
+    aX, ay = stack(op.audit)
+    rX, ry = stack(retained)
+    rep = _residual.residual_tests(
+        post_models=post,
+        pre_models=pre,
+        shard_of_deleted=[shard_of[o.commitment()] for o in dels],
+        deleted_X=dX,
+        deleted_y=dy,
+        audit_X=aX,
+        audit_y=ay,
+        retained_X=rX,
+        retained_y=ry,
+        retained_shard=[retained_shard[o.commitment()] for o in retained] if retained else None,
+        alpha=v.options.alpha,
+        n_boot=v.options.n_boot,
+        seed=int.from_bytes(v.seed[:8], "big") >> 1 if v.seed else 0,
+    )
+    v.residual_report = rep.to_json()
+    if v.options.canary is not None:
+        can = _canary.canary_test(
+            trigger=v.options.canary,
+            post_models=post,
+            pre_models=pre,
+            marked_shards=sorted(set(shard_of.values())),
+            query_X=aX,
+            query_y=ay,
+            alpha=v.options.alpha,
+        )
+        v.canary_report = can.to_json()
+    # Informative only: how the deleted slices' influence decayed over the original lineage.
+    for t in v.transcripts:
+        for sc in t.shards:
+            by_stage: dict[int, dict[int, bytes]] = {0: {}, 1: {}}
+            for e in v.entries.values():
+                if e.kind != "checkpoint":
+                    continue
+                ck = CheckpointBody.parse(e)
+                if ck.shard != sc.shard or ck.generation not in (0, sc.generation):
+                    continue
+                lin = 0 if ck.generation == 0 else 1
+                prev = by_stage[lin].get(ck.stage)
+                if prev is None or ck.index > prev[0]:
+                    by_stage[lin][ck.stage] = (ck.index, ck.digest)  # type: ignore[assignment]
+            orig = {r: d for r, (_, d) in by_stage[0].items()}  # type: ignore[misc]
+            new = {r: d for r, (_, d) in by_stage[1].items() if r >= sc.from_stage}  # type: ignore[misc]
+            if sc.generation == 0 or not new or any(d not in b.checkpoints for d in [*orig.values(), *new.values()]):
+                continue
+            try:
+                tr = _temporal.temporal_memory(
+                    original={r: _models.load_params(d, b.checkpoints[d]) for r, d in orig.items()},
+                    retrained={r: _models.load_params(d, b.checkpoints[d]) for r, d in new.items()},
+                    start_stage=sc.from_stage,
+                    shard=sc.shard,
+                )
+            except MalformedInput as e:
+                v.warnings.append(f"temporal residual memory of shard {sc.shard} not computed: {e}")
+                continue
+            v.temporal_reports.append({"request": t.request, **tr.to_json()})
+    verdict = rep.verdict
+    if v.canary_report is not None and v.canary_report.get("verdict") == "fail":
+        verdict = "fail"
+    if verdict == "fail":
+        raise ResidualTraceFound(f"the deleted records still leave a measurable trace: {rep.reason}")
+    if verdict != "pass":
+        v.inconclusive = f"residual tests inconclusive: {rep.reason}"
+        if v.options.require_residual:
+            raise ResidualTraceFound(f"{v.inconclusive} (and --require-residual was given)")
+        v.warnings.append(f"INCONCLUSIVE: {rep.reason}")
 
 
 _ORDER: tuple[tuple[int, Callable[..., None]], ...] = (
@@ -822,6 +954,7 @@ _ORDER: tuple[tuple[int, Callable[..., None]], ...] = (
     (16, _step_16),
     (17, _step_17),
     (18, _step_18),
+    (19, _step_19),
 )
 
 
@@ -842,7 +975,12 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
         return False
     if step == 13:
         v.results.append(CheckResult(12, _NAMES[12], "pass", ""))
-    v.results.append(CheckResult(step, _NAMES[step], "pass", "", time.perf_counter() - t0))
+    status, detail = "pass", ""
+    if step == 19 and not v.options.residual:
+        status, detail = "skipped", "turned off (--no-residual)"
+    elif step == 19 and v.inconclusive:
+        status, detail = "inconclusive", v.inconclusive
+    v.results.append(CheckResult(step, _NAMES[step], status, detail, time.perf_counter() - t0))
     return True
 
 
@@ -863,6 +1001,9 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         for step, fn in _ORDER:
             if step == 18:
                 v.timings["proof_checks_s"] = time.perf_counter() - t0
+            if step == 19:
+                t19 = time.perf_counter()
+                v.timings["replay_s"] = t19 - t0 - v.timings["proof_checks_s"]
             if not _run(v, step, fn):
                 break
     if "proof_checks_s" not in v.timings:

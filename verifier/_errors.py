@@ -19,6 +19,7 @@ __all__ = [
     "OpeningMismatch",
     "OrderingViolation",
     "ReplayMismatch",
+    "ResidualTraceFound",
     "ScheduleViolation",
     "SegmentMissing",
     "UntrustedKey",
@@ -71,3 +72,8 @@ class SegmentMissing(VerificationFailed):
 
 class ReplayMismatch(VerificationFailed):
     """Replaying a sampled segment did not reproduce its logged end checkpoint."""
+
+
+class ResidualTraceFound(VerificationFailed):
+    """Step 19: the deleted records (or their canary trigger) still leave a measurable trace,
+    or the residual tests were inconclusive while --require-residual was given."""

@@ -59,6 +59,10 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
             ],
         },
         "replay": v.replay_report,
+        "residual": v.residual_report,
+        "canary": v.canary_report,
+        "temporal": v.temporal_reports,
+        "inconclusive": v.inconclusive,
         "escape_probability": v.escape(),
         "timing": {k: round(x, 6) for k, x in v.timings.items()},
     }
@@ -72,7 +76,7 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
     for w in v.warnings:
         lines.append(f"  WARNING: {w}")
     for r in v.results:
-        mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "skip"}[r.status]
+        mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "skip", "inconclusive": "?"}[r.status]
         text = f"  [{mark:>5}] {r.step:2d}. {r.name}"
         if r.detail:
             text += f": {r.detail}"
@@ -91,7 +95,23 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
         f"  escape probability (1-f)^k with k={k} uniformly drawn segments "
         f"(+{v.stratum_draws if v.replayed else 0} drawn one per deletion): {probs}"
     )
+    rr = v.residual_report
+    if rr is not None:
+        best = []
+        for phase in ("pre", "post"):
+            for a in rr.get(phase) or []:
+                if a.get("decides") and a.get("auc") is not None:
+                    lo, hi = a.get("auc_ci95") or (None, None)
+                    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+                    best.append(f"{a['attack']} {phase}-deletion AUC {a['auc']:.3f}{ci}")
+        lines.append(f"  residual tests: {rr.get('verdict')} -- {rr.get('reason')}")
+        if best:
+            lines.append("    " + "; ".join(best))
+    if v.canary_report is not None:
+        lines.append(f"  canary: {v.canary_report.get('verdict')} -- {v.canary_report.get('reason')}")
     verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
+    if v.exit_code == 0 and v.inconclusive:
+        verdict = "ACCEPTED (residual tests inconclusive)"
     reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}" if v.failure else ""
     lines.append(f"verdict: {verdict}{reason}")
     return "\n".join(lines) + "\n"

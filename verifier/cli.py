@@ -56,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-factory", action="append", default=[], metavar="MODULE:FACTORY",
         help="allow replaying a model built by this (trusted, installed) factory",
     )
+    p.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report (inline plots, no network)")
+    p.add_argument(
+        "--no-residual", action="store_true", help="skip step 19, the residual-information tests (the report says so)"
+    )
+    p.add_argument(
+        "--require-residual", action="store_true",
+        help="reject (exit 1) when the residual tests are inconclusive (default: accept with a warning)",
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the residual tests (default 0.05)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for AUC intervals")
+    p.add_argument("--canary", metavar="TRIGGER", help="the data subject's trigger document (JSON) for the canary test")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where to replay segments")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to use with --backend ray (default: a local one)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
     return p
@@ -80,9 +93,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key = VerifyingKey.load(args.trust_key)
             except OSError as e:
                 raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
+        if not 0 < args.alpha < 1:
+            raise MalformedInput("--alpha must be between 0 and 1")
+        if args.bootstrap < 100:
+            raise MalformedInput("--bootstrap must be at least 100")
+        if args.ray_address is not None and args.backend != "ray":
+            raise MalformedInput("--ray-address needs --backend ray")
+        trigger = None
+        if args.canary is not None:
+            from verifiable_mu._canary import Trigger
+            from verifiable_mu._canonical import parse_json_strict
+
+            try:
+                with open(args.canary, "rb") as f:
+                    raw = f.read(1 << 20)
+            except OSError as e:
+                raise MalformedInput(f"cannot read --canary {args.canary}: {e.strerror or e}") from e
+            trigger = Trigger.from_json(parse_json_strict(raw, what="--canary trigger"))
         opts = VerifyOptions(
             trust_key=key, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
-            allow_factories=tuple(args.allow_factory),
+            allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
+            require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
+            backend=args.backend, ray_address=args.ray_address,
         )
     except VmuError as e:
         if args.verbose:
@@ -104,6 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(text)
     if v.failure is not None:
         print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
+    if args.html:
+        from ._html import render_html
+
+        try:
+            page = render_html(to_json(v, path=args.bundle), title=f"vmu-verify {os.path.basename(args.bundle)}")
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(page)
+        except (OSError, VmuError) as e:
+            print(f"vmu-verify: error: cannot write {args.html}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return EXIT_UNUSABLE
     if args.json:
         doc = json.dumps(to_json(v, path=args.bundle), indent=2, sort_keys=True) + "\n"
         if args.json == "-":

@@ -1,0 +1,69 @@
+"""Issue 5 end to end through the bundle: honest deletion of 50 records of one shard on digits
+(5 shards x 4 slices); vmu-verify's step 19 passes with a positive control that has power, and
+the HTML report is self-contained."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+
+import pytest
+
+from prover import Workspace, WorkspaceConfig
+from prover._bundle import write_bundle
+from verifier import VerifyOptions, verify
+from verifier._report import to_json
+from verifier.cli import main as verify_main
+
+
+@pytest.fixture(scope="module")
+def honest_50(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("res")
+    ws = Workspace.create(str(root / "ws"), data="digits", config=WorkspaceConfig(workers=1, seed=0))
+    ws.progress = False
+    ws.train()
+    ids = [i for (i,) in ws.log.connection.execute("SELECT id FROM p_records WHERE role='train' AND shard=0")]
+    ws.forget(random.Random(0).sample(ids, 50))
+    bundle = str(root / "b.vmu")
+    write_bundle(ws, bundle)
+    pub = os.path.join(ws.path, "signing-key.pub.pem")
+    ws.close()
+    return bundle, pub
+
+
+def test_step_19_honest_deletion_of_50_records_passes_with_a_powered_control(honest_50: tuple[str, str]) -> None:
+    bundle, _ = honest_50
+    v = verify(bundle, VerifyOptions())
+    assert v.exit_code == 0, v.failure
+    rep = to_json(v)
+    res = rep["residual"]
+    assert res["verdict"] == "pass", res["reason"]
+    # the positive control (pre-deletion models) detects membership: some deciding attack's AUC
+    # has its lower 95% bound above 0.5
+    assert any(a["decides"] and a["auc_ci95"][0] > 0.5 for a in res["pre"])
+    assert rep["checks"][18] == {**rep["checks"][18], "step": 19, "status": "pass"}
+    assert rep["temporal"], "the temporal residual memory of the retrained shard is reported"
+
+
+def test_step_19_no_residual_and_html_report(honest_50: tuple[str, str], tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bundle, pub = honest_50
+    html = tmp_path / "report.html"
+    out = tmp_path / "report.json"
+    assert verify_main([bundle, "--trust-key", pub, "--html", str(html), "--json", str(out), "--bootstrap", "200"]) == 0
+    page = html.read_text(encoding="utf-8")
+    imgs = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert len(imgs) >= 4  # ROC curves, histograms, replay distances, escape probability, ...
+    for src in imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert len(base64.b64decode(src.split(",", 1)[1])) > 1000
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from the network
+    assert page.index("Verdict: ACCEPTED") < page.index("<img")  # the verdict comes first
+    assert json.loads(out.read_text())["residual"]["verdict"] == "pass"
+    capsys.readouterr()
+    assert verify_main([bundle, "--trust-key", pub, "--no-residual", "--quiet"]) == 0
+    rep = verify(bundle, VerifyOptions(residual=False))
+    assert [r.status for r in rep.results if r.step == 19] == ["skipped"]
+    assert any("NO RESIDUAL TESTS" in w for w in rep.warnings)
