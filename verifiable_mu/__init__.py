@@ -8,6 +8,7 @@ the deterministic training step lives in :mod:`verifiable_mu.training`, imported
 The formats are specified in specs/ (normative).
 """
 
+from ._canary import Trigger, apply_trigger, mark_with_trigger
 from ._canonical import canonical_json, parse_json_strict
 from ._dsse import (
     IN_TOTO_PAYLOAD_TYPE,
@@ -137,5 +138,9 @@ __all__ = [
     "sign_statement",
     "verify_statement",
     "IN_TOTO_PAYLOAD_TYPE",
+    # backdoor canaries (for data subjects)
+    "Trigger",
+    "apply_trigger",
+    "mark_with_trigger",
     "__version__",
 ]

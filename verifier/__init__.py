@@ -24,9 +24,24 @@ from ._errors import (
     SegmentMissing,
     UntrustedKey,
 )
+from ._canary import CanaryReport, canary_test
+from ._errors import ResidualTraceFound
+from ._html import overall_verdict, render_html
 from ._report import REPORT_VERSION, render_text, to_json
+from ._residual import Reference, ResidualReport, residual_tests
+from ._temporal import TemporalReport, temporal_memory
 
 __all__ = [
+    "CanaryReport",
+    "Reference",
+    "ResidualReport",
+    "ResidualTraceFound",
+    "TemporalReport",
+    "canary_test",
+    "overall_verdict",
+    "render_html",
+    "residual_tests",
+    "temporal_memory",
     "REPORT_VERSION",
     "STEPS",
     "Bundle",
