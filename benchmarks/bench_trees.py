@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         pairs = make_pairs(n)
         reps = 1 if n >= 10**6 else args.repeat
-        best[n] = min(_time(lambda: build_ours(pairs)) for _ in range(reps))
+        best[n] = min(_time(lambda pairs=pairs: build_ours(pairs)) for _ in range(reps))
         base = best[sizes[0]] * n / sizes[0]
         print(f"{n:>9}  {best[n]:>8.3f}  {best[n] / n * 1e6:>9.2f}  {best[n] / base:>13.2f}")
         del pairs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install verifiable-mu with its test extras into a fresh virtual environment (.venv) and run
-# every check: the import-layering contract, then the whole test suite.
+# every check: the import-layering contract, lint (ruff), types (mypy), then the whole test suite.
 # torch comes from the pinned CPU build (torch==2.13.0); the library itself asks for a range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,9 @@ rm -rf .venv
 .venv/bin/pip install -q -e '.[test,report,ray]'
 echo "== layering (import-linter)"
 .venv/bin/lint-imports
+echo "== lint (ruff)"
+.venv/bin/ruff check verifiable_mu prover verifier tests benchmarks
+echo "== types (mypy: the trusted core and the prover)"
+.venv/bin/mypy verifiable_mu prover
 echo "== tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

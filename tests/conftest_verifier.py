@@ -186,7 +186,7 @@ def forge(
         def note_at(size: int, ts: int | None) -> bytes:
             return sign_checkpoint(Checkpoint(origin=log.origin, size=size, root_hash=log.root(size), timestamp=ts), signer)
 
-        for n, hb, rel in reqs:
+        for n, hb, _rel in reqs:
             old = Checkpoint.from_text(hb.decode().rsplit("\n\n", 1)[0] + "\n")
             db.execute("UPDATE p_requests SET head_before=? WHERE n=?", (note_at(old.size, old.timestamp), n))
         last = heads[-1]
@@ -292,7 +292,7 @@ def lineage_map(ctx: ForgeContext) -> dict[int, int]:
     db = ctx.ws._db()
     rollback: dict[tuple[int, int], int] = {}
     gens: dict[int, int] = {}
-    for n, plan in db.execute("SELECT n, plan FROM p_requests ORDER BY n"):
+    for _n, plan in db.execute("SELECT n, plan FROM p_requests ORDER BY n"):
         ev = json.loads(plan)
         for s, idx in ev["rollback"].items():
             gens[int(s)] = gens.get(int(s), 0) + 1

@@ -39,3 +39,18 @@ def test_vmu_synopsis_matches_parser() -> None:
             assert opt in help_text, f"README shows {opt} for 'vmu {current}', the CLI has no such option"
             seen += 1
     assert seen >= 15
+
+
+def test_vmu_verify_synopsis_matches_parser() -> None:
+    from verifier.cli import build_parser
+
+    help_text = build_parser().format_help()
+    block = _readme_block("## Proof bundles and the independent verifier")
+    text = block[block.index("vmu-verify") :]
+    opts = re.findall(r"--[a-z][a-z-]*", text)
+    assert len(opts) >= 15
+    for opt in opts:
+        assert opt in help_text, f"README shows {opt} for vmu-verify, the CLI has no such option"
+    # and every option the CLI has is in the README
+    for opt in set(re.findall(r"(--[a-z][a-z-]*)", help_text)) - {"--help"}:
+        assert opt in text, f"vmu-verify has {opt}, the README synopsis does not show it"

@@ -9,6 +9,7 @@ It imports the shared core (:mod:`verifiable_mu`) and never the prover. Importin
 """
 
 from ._bundle import Bundle, Limits, Manifest, read_bundle
+from ._canary import CanaryReport, canary_test
 from ._checks import STEPS, CheckResult, Verification, VerifyOptions, verify
 from ._errors import (
     ChallengeMismatch,
@@ -20,12 +21,11 @@ from ._errors import (
     OpeningMismatch,
     OrderingViolation,
     ReplayMismatch,
+    ResidualTraceFound,
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
 )
-from ._canary import CanaryReport, canary_test
-from ._errors import ResidualTraceFound
 from ._html import overall_verdict, render_html
 from ._report import REPORT_VERSION, render_text, to_json
 from ._residual import Reference, ResidualReport, residual_tests

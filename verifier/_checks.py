@@ -358,7 +358,7 @@ def _step_05(v: Verification) -> None:
 def _step_06(v: Verification) -> None:
     b = v.bundle
     assert b is not None and v.key is not None
-    for name, env in zip(b.manifest.transcripts, b.transcripts):
+    for name, env in zip(b.manifest.transcripts, b.transcripts, strict=False):
         # The signature is checked first (verify_envelope), and only then is the payload parsed.
         try:
             payload = verify_envelope(env, [v.key], payload_type=IN_TOTO_PAYLOAD_TYPE)
@@ -396,7 +396,7 @@ def _step_07(v: Verification) -> None:
     b = v.bundle
     assert b is not None and v.final is not None
     prev_after = 0
-    for i, (name, t) in enumerate(zip(b.manifest.transcripts, v.transcripts)):
+    for i, (name, t) in enumerate(zip(b.manifest.transcripts, v.transcripts, strict=False)):
         if t.request != i + 1:
             raise HeadMismatch(f"{name} is request {t.request}; a bundle holds requests 1..N in order (expected {i + 1})")
         if name != f"transcripts/{t.request:06d}.dsse.json":
@@ -418,7 +418,7 @@ def _step_07(v: Verification) -> None:
 
 
 def _step_08(v: Verification) -> None:
-    for t, (_, after) in zip(v.transcripts, v.heads):
+    for t, (_, after) in zip(v.transcripts, v.heads, strict=False):
         for what, d in t.disclosures():
             if d.inclusion.tree_size != after.size:
                 raise HeadMismatch(f"request {t.request} {what}: inclusion proof is for tree size "
@@ -494,7 +494,7 @@ def _step_13_original(v: Verification) -> None:
         if idx[0] != 3 + cfg.shards * cfg.slices + s:
             raise ScheduleViolation(f"{what}: the lineage must start at the initial checkpoint (entry "
                                     f"{3 + cfg.shards * cfg.slices + s}), not entry {idx[0]}")
-        if any(a >= c for a, c in zip(idx, idx[1:])):
+        if any(a >= c for a, c in zip(idx, idx[1:], strict=False)):
             raise ScheduleViolation(f"{what}: checkpoint entries are not in log order")
         lin = _Lineage(shard=s, generation=0, stratum=None, start=cks[0], checkpoints=cks[1:], stage_base={}, stage_n={})
         n_r = [sum(v.slices0[(s, j)].size for j in range(r)) for r in range(1, cfg.slices + 1)]
@@ -579,7 +579,7 @@ def _step_12(v: Verification) -> None:
     cfg = v.config
     assert cfg is not None
     gens: dict[int, int] = {s: 0 for s in range(cfg.shards)}
-    for ti, (t, (before, after)) in enumerate(zip(v.transcripts, v.heads)):
+    for ti, (t, (before, after)) in enumerate(zip(v.transcripts, v.heads, strict=False)):
         w = f"request {t.request}"
         d = t.deletion.entry.index
         if not before.size <= d < after.size:
@@ -755,7 +755,7 @@ def _step_17(v: Verification) -> None:
     pop: list[SegmentRef] = []
     for lin in v.lineages:
         chain = [lin.start, *lin.checkpoints]
-        for a, c in zip(chain, chain[1:]):
+        for a, c in zip(chain, chain[1:], strict=False):
             pop.append(SegmentRef(shard=lin.shard, generation=lin.generation, stage=c.stage, start_index=a.index,
                                   end_index=c.index, start_step=a.step, end_step=c.step, stratum=lin.stratum))
     pop.sort(key=lambda r: r.end_index)

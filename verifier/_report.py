@@ -90,7 +90,7 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
             + (f" (threshold {rr['threshold']:g})" if rr.get("threshold") else "")
         )
     k = v.uniform_replayed
-    probs = ", ".join(f"f={int(f * 100)}%: {p:.3g}" for f, p in zip(ESCAPE_FRACTIONS, v.escape().values()))
+    probs = ", ".join(f"f={int(f * 100)}%: {p:.3g}" for f, p in zip(ESCAPE_FRACTIONS, v.escape().values(), strict=True))
     lines.append(
         f"  escape probability (1-f)^k with k={k} uniformly drawn segments "
         f"(+{v.stratum_draws if v.replayed else 0} drawn one per deletion): {probs}"
