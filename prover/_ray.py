@@ -17,7 +17,8 @@ Connecting. With no address (and no ``RAY_ADDRESS``), a private local instance i
 probed first so that an unreachable cluster gives a clear error at once instead of Ray's long
 wait; if Ray token authentication is not configured explicitly (``RAY_AUTH_MODE`` unset) but a
 token is available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), the
-token is sent. A Ray connection that is already open in this process is used as it is.
+token is sent. A Ray connection that is already open in this process is used as it is. This
+connection code lives in :mod:`verifiable_mu._ray_support`, shared with the verifier's Ray backend.
 
 The workspace directory must be visible at the same absolute path on every node that runs
 tasks (a shared file system); a task on a node that cannot see it fails with a clear error.
@@ -25,131 +26,42 @@ tasks (a shared file system); a task on a node that cannot see it fails with a c
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from verifiable_mu import _ray_support
+from verifiable_mu._ray_support import PROBE_TIMEOUT_S, default_token_path
+from verifiable_mu._ray_support import first_line as _first_line
+
 from . import _sisa
 from ._errors import BadInput, WorkspaceError
 
-__all__ = ["run_ray", "connect", "MAX_RETRIES", "TASK_NAME_PREFIX", "default_token_path"]
+__all__ = ["run_ray", "connect", "MAX_RETRIES", "TASK_NAME_PREFIX", "PROBE_TIMEOUT_S", "default_token_path"]
 
 #: Retries after a worker dies (the task is deterministic, so a retry gives the same result).
 MAX_RETRIES = 3
 #: Ray task names are ``vmu-shard-<n>`` (``ray::vmu-shard-<n>`` is the worker's process title).
 TASK_NAME_PREFIX = "vmu-shard-"
-#: Seconds to wait for the cluster's TCP port before giving up.
-PROBE_TIMEOUT_S = 5.0
+
+_host_port = _ray_support.host_port  # the address parser (kept under its old name for callers and tests)
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as e:
-        raise BadInput(
-            "the Ray backend needs Ray, which is not installed: pip install 'verifiable-mu[ray]' (or use --backend local)"
-        ) from e
-    return ray
-
-
-def default_token_path() -> str:
-    """Where Ray 2.60 keeps its authentication token unless told otherwise: ``~/.ray/auth_token``."""
-    return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
-
-
-def _token_available() -> bool:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or default_token_path()
-    try:
-        return os.path.getsize(path) > 0
-    except OSError:
-        return False
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """``host:port`` (also ``ray://host:port``, ``[v6]:port``) -> (host, port); None if it is
-    not of that form (``auto``, ``local``): Ray then resolves it itself."""
-    a = address.strip()
-    if "://" in a:
-        a = a.split("://", 1)[1]
-    a = a.rstrip("/")
-    host, sep, port = a.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return None
-    return host.strip("[]"), int(port)
-
-
-def _probe(address: str) -> None:
-    hp = _host_port(address)
-    if hp is None:
-        return
-    try:
-        with socket.create_connection(hp, timeout=PROBE_TIMEOUT_S):
-            pass
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise WorkspaceError(
-            f"cannot reach the Ray cluster at {address}: {reason} (is 'ray start --head' running there, "
-            "and is the port open from here?)"
-        ) from e
+    return _ray_support.import_ray(missing=BadInput)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Attach to Ray: reuse this process's connection, join ``address`` (or ``RAY_ADDRESS``),
-    or start a private local instance with ``num_cpus`` CPUs (default: the usable cores)."""
-    ray = _import_ray()
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        _probe(address)
-    if ray.is_initialized():
-        return
-    if address is None:
-        from ._backend import available_cores
+    or start a private local instance with ``num_cpus`` CPUs (default: the usable cores).
 
-        try:
-            ray.init(
-                num_cpus=num_cpus or available_cores(),
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-            )
-        except Exception as e:  # Ray raises plain RuntimeError/ConnectionError here
-            raise WorkspaceError(f"cannot start a local Ray instance: {_first_line(e)}") from e
-        return
-    if "RAY_AUTH_MODE" not in os.environ and _token_available():
-        # Ray 2.60 sends its token to an explicit address only in token mode (it turns that on by
-        # itself only for a cluster it finds locally); a cluster that checks no tokens ignores it.
-        _enable_token_mode()
-    try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except Exception as e:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and _token_available():
-            hint = "; if the cluster uses token authentication, check that this machine has the cluster's token"
-        else:
-            hint = "; if the cluster uses token authentication, this machine needs its token"
-        hint += f" (in {default_token_path()}, RAY_AUTH_TOKEN or the file named by RAY_AUTH_TOKEN_PATH)"
-        raise WorkspaceError(f"cannot reach the Ray cluster at {address}: {_first_line(e)}{hint}") from e
-
-
-def _enable_token_mode() -> None:
-    """Turn on Ray's token mode in this process (the environment variable alone is not enough
-    once Ray's configuration has been read)."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # pragma: no cover - another Ray layout: the variable is read at init
-        os.environ["RAY_AUTH_MODE"] = "token"
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+    The connection code is shared with the verifier (:mod:`verifiable_mu._ray_support`); here a
+    missing Ray is :class:`BadInput` and a cluster that cannot be started or reached is
+    :class:`WorkspaceError`.
+    """
+    _ray_support.connect(address, num_cpus=num_cpus, missing=BadInput, error=WorkspaceError)
 
 
 def _train_on_worker(task: _sisa.ShardTask) -> list[_sisa.StageResult]:

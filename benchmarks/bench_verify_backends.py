@@ -1,0 +1,265 @@
+"""Replay throughput of the verifier's backends (step 18): local vs Ray, 1 and 2 segments at once.
+
+What is timed: :func:`verifier._replay.replay` on the replay plan that step 18 builds for one
+bundle (every segment the bundle discloses), up to the report in the driver's hands:
+
+* local: the segments one after the other in this process (what ``vmu-verify`` does by default);
+* Ray, 1 and 2 in parallel: one Ray task per segment, ``max_parallel=1 | 2``, on one local Ray
+  instance with ``num_cpus=2`` started once; its fixed cost (``ray.init`` and the first tasks,
+  which start the workers and import torch there) is measured and reported separately.
+
+The bundle: digits, 4 shards x 2 slices, one deletion, torch pinned to 1 thread (the logged
+``threads``), so scaling comes from segments in parallel only. The configurations run
+interleaved round by round and the medians are compared; the reports of the three are checked to
+be identical apart from timings. Throughput is replayed SGD steps per second of wall time;
+"compute" is the same over the segments' own replay times (no scheduling, no transfers).
+
+Run as a script (prints the table and the ratios)::
+
+    PYTHONPATH=. python benchmarks/bench_verify_backends.py [--epochs 60] [--rounds 3]
+
+or under pytest-benchmark (needs ``ray``; the ratios land in ``extra_info`` and are printed)::
+
+    PYTHONPATH=. python -m pytest benchmarks/bench_verify_backends.py --benchmark-only -s
+
+The Ray token goes to a temporary file (``RAY_AUTH_TOKEN_PATH``) unless one is configured, so
+this does not write ``~/.ray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+try:
+    import prover  # noqa: F401
+except ImportError:  # script mode from a checkout: python benchmarks/bench_verify_backends.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONFIGS = (("local", 1), ("ray", 1), ("ray", 2))
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def build_plan(root: str, *, epochs: int) -> Any:
+    """Train, forget one record, bundle every segment; return step 18's replay plan for it."""
+    from prover import Workspace, WorkspaceConfig
+    from prover._bundle import write_bundle
+    from verifier import VerifyOptions, _replay, verify
+
+    cfg = WorkspaceConfig(shards=4, slices=2, epochs=epochs, seed=1, threads=1, workers=1, device="cpu")
+    with Workspace.create(os.path.join(root, "ws"), data="digits", config=cfg) as ws:
+        ws.progress = False
+        ws.train(workers=1)
+        first = ws._db().execute("SELECT id FROM p_records WHERE role='train' ORDER BY row LIMIT 1").fetchone()[0]
+        ws.forget([first], workers=1)
+        path = os.path.join(root, "bundle.zip")
+        write_bundle(ws, path, replay=1000)  # every segment
+    captured: dict[str, Any] = {}
+    real = _replay.replay
+
+    def capture(plan: Any, **kw: Any) -> dict[str, Any]:
+        captured["plan"] = plan
+        return real(plan, **kw)
+
+    _replay.replay = capture  # type: ignore[assignment]
+    try:
+        v = verify(path, VerifyOptions(residual=False))  # step 18 is what is measured
+    finally:
+        _replay.replay = real  # type: ignore[assignment]
+    assert [r.status for r in v.results if r.step <= 18] == ["pass"] * 18, repr(v.failure)
+    return captured["plan"]
+
+
+def run_once(backend: str, parallel: int, plan: Any) -> dict[str, Any]:
+    from verifier import _replay
+
+    t0 = time.perf_counter()
+    rep = _replay.replay(plan, backend=backend, max_parallel=parallel if backend == "ray" else 0)
+    wall = time.perf_counter() - t0
+    return {
+        "wall": wall,
+        "steps": rep["steps"],
+        "compute": sum(s["seconds"] for s in rep["segments"]),
+        "segments": len(rep["segments"]),
+        "report": rep,
+    }
+
+
+def _strip(rep: dict[str, Any]) -> dict[str, Any]:
+    r = copy.deepcopy(rep)
+    r.pop("seconds")
+    r.pop("steps_per_second")
+    for s in r["segments"]:
+        s.pop("seconds")
+    return r
+
+
+def start_ray(num_cpus: int = 2) -> dict[str, float]:
+    """Start the local Ray instance (token in a temporary file); return the seconds it took."""
+    import ray
+
+    from verifier._ray import connect
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        d = tempfile.mkdtemp(prefix="vmu-bench-ray-auth-")
+        path = os.path.join(d, "auth_token")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    if ray.is_initialized():
+        ray.shutdown()
+    t0 = time.perf_counter()
+    connect(None, num_cpus=num_cpus)
+    return {"init": time.perf_counter() - t0}
+
+
+def measure(epochs: int, rounds: int, root: str) -> dict[str, Any]:
+    import ray
+
+    plan = build_plan(root, epochs=epochs)
+    fixed = start_ray(2)
+    try:
+        first = run_once("ray", 2, plan)  # workers start and import torch
+        base = run_once("local", 1, plan)  # warm the driver
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {c: [] for c in CONFIGS}
+        for _ in range(rounds):
+            for c in CONFIGS:
+                runs[c].append(run_once(c[0], c[1], plan))
+        ref = _strip(base["report"])
+        for rs in runs.values():
+            for r in rs:
+                assert _strip(r["report"]) == ref, "a backend gave another report"
+        med = {
+            c: {k: statistics.median(r[k] for r in rs) for k in ("wall", "steps", "compute")} for c, rs in runs.items()
+        }
+        for c, rs in runs.items():
+            med[c]["wall_min"] = min(r["wall"] for r in rs)
+            med[c]["wall_max"] = max(r["wall"] for r in rs)
+        fixed["first_tasks_extra"] = first["wall"] - med[("ray", 2)]["wall"]
+        return {"median": med, "fixed": fixed, "segments": base["segments"], "steps": base["steps"]}
+    finally:
+        ray.shutdown()
+
+
+def report(res: dict[str, Any], *, epochs: int, rounds: int) -> str:
+    import torch
+
+    med = res["median"]
+    lines = [
+        f"torch {torch.__version__}, 1 intra-op thread per segment (logged threads); digits, 4 shards x 2 slices, "
+        f"{epochs} epochs, one deletion: {res['segments']} segments, {int(res['steps'])} steps replayed; "
+        f"median of {rounds} rounds, interleaved; reports identical apart from timings",
+        f"{'backend':<8}{'parallel':>9}{'wall s':>8}{'(min-max)':>13}{'compute s':>10}{'steps/s':>9}{'vs local':>9}",
+    ]
+    loc = med[("local", 1)]
+    for backend, par in CONFIGS:
+        m = med[(backend, par)]
+        spread = f"{m['wall_min']:.2f}-{m['wall_max']:.2f}"
+        lines.append(
+            f"{backend:<8}{par:>9}{m['wall']:>8.3f}{spread:>13}{m['compute']:>10.3f}"
+            f"{m['steps'] / m['wall']:>9.0f}{loc['wall'] / m['wall']:>8.2f}x"
+        )
+    r1, r2 = med[("ray", 1)], med[("ray", 2)]
+    lines.append(f"Ray 2 in parallel over Ray 1: {r1['wall'] / r2['wall']:.2f}x")
+    f = res["fixed"]
+    lines.append(
+        f"Ray fixed overhead, not in the table: ray.init {f['init']:.2f} s, first tasks +{f['first_tasks_extra']:.2f} s "
+        "(worker start and torch import, once per driver)"
+    )
+    return "\n".join(lines)
+
+
+# --- pytest-benchmark -------------------------------------------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - script mode without pytest
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="module")
+    def _bench_env(tmp_path_factory: Any) -> Any:
+        ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra: pip install '.[ray]'")
+        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_AUTH_TOKEN_PATH")}
+        plan = build_plan(str(tmp_path_factory.mktemp("bench-verify-backends")), epochs=30)
+        fixed = start_ray(2)
+        t0 = time.perf_counter()
+        run_once("ray", 2, plan)
+        fixed["first_tasks"] = time.perf_counter() - t0
+        yield plan, fixed
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    @pytest.mark.parametrize("parallel", (1, 2))
+    def test_ray_vs_local_replay_throughput(benchmark: Any, _bench_env: Any, parallel: int) -> None:
+        plan, fixed = _bench_env
+        local: list[dict[str, Any]] = []
+
+        def setup() -> tuple[tuple[str, int, Any], dict[str, Any]]:
+            local.append(run_once("local", 1, plan))  # side by side: right before each Ray round
+            return ("ray", parallel, plan), {}
+
+        benchmark.group = f"replay, Ray {parallel} in parallel vs local"
+        out = benchmark.pedantic(run_once, setup=setup, rounds=3, iterations=1, warmup_rounds=0)
+        assert _strip(out["report"]) == _strip(local[-1]["report"])
+        ray_wall = benchmark.stats.stats.median
+        local_wall = statistics.median(r["wall"] for r in local)
+        steps = local[0]["steps"]
+        benchmark.extra_info.update(
+            parallel=parallel,
+            steps=steps,
+            local_steps_per_s=steps / local_wall,
+            ray_steps_per_s=steps / ray_wall,
+            ratio_ray_over_local_throughput=local_wall / ray_wall,
+            ray_init_s=fixed["init"],
+            ray_first_tasks_s=fixed["first_tasks"],
+        )
+        print(
+            f"\nRay {parallel} in parallel: local {steps / local_wall:7.0f} steps/s, Ray {steps / ray_wall:7.0f} "
+            f"steps/s, Ray/local {local_wall / ray_wall:.2f}x (ray.init {fixed['init']:.2f} s, first tasks "
+            f"{fixed['first_tasks']:.2f} s, not included)"
+        )
+
+
+# --- script mode ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=60, help="SISA epochs per shard (default 60)")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("bench_verify_backends: Ray is not installed (pip install '.[ray]')", file=sys.stderr)
+        return 2
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    root = tempfile.mkdtemp(prefix="vmu-bench-verify-backends-")
+    try:
+        res = measure(args.epochs, args.rounds, root)
+        print(report(res, epochs=args.epochs, rounds=args.rounds))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
