@@ -23,13 +23,15 @@ from typing import Any
 
 from verifiable_mu._canonical import hex32, parse_json_strict
 from verifiable_mu._dsse import Envelope
-from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
+from verifiable_mu._errors import InvalidBundle, UnsupportedVersion
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._log import LogEntry
 from verifiable_mu._proofs import ConsistencyProof
 from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
 from verifiable_mu._tags import TAG_CHECKPOINT
+
+from ._entries import _wrap
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -232,16 +234,6 @@ def _version(d: dict[str, Any], what: str, typ: str) -> None:
     if type(v) is not int or v != 1:
         shown = v if type(v) is int else repr(str(v)[:40])
         raise UnsupportedVersion(f"{what} version {shown} is not supported (this verifier reads version 1)")
-
-
-def _wrap(what: str, fn: Any, *args: Any) -> Any:
-    """Call a core parser and turn its MalformedInput into InvalidBundle naming ``what``."""
-    try:
-        return fn(*args)
-    except UnsupportedVersion as e:
-        raise UnsupportedVersion(f"{what}: {e}") from e
-    except MalformedInput as e:
-        raise InvalidBundle(f"{what}: {e}") from e
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -290,6 +290,7 @@ class ModelBody:
 
 
 def _wrap(what: str, fn: Any, *args: Any) -> Any:
+    """Call a core parser and turn its MalformedInput into InvalidBundle naming ``what``."""
     try:
         return fn(*args)
     except UnsupportedVersion as e:
