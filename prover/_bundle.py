@@ -31,14 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._range import RangeProof, range_path
-from verifiable_mu._records import RecordOpening
+from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
+    AUDIT_DISCLOSE_MAX,
     SegmentRef,
     challenge_seed,
     fiat_shamir_seed,
+    sample_audit,
     sample_segments,
     transcript_digest,
 )
+from verifiable_mu._sorted_tree import SortedTree
 
 from ._errors import BadInput, WorkspaceError
 from ._sisa import batch_commitments
@@ -116,6 +119,7 @@ def write_bundle(
     transcript: int | None = None,
     challenge: bytes | None = None,
     replay: int = DEFAULT_REPLAY,
+    audit_max: int = AUDIT_DISCLOSE_MAX,
 ) -> BundleInfo:
     """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``."""
     if replay < 0:
@@ -249,10 +253,29 @@ def write_bundle(
     def opening(row: int, salt: bytes) -> dict[str, Any]:
         return RecordOpening(id=ds.ids[row], features=ds.X[row], label=int(ds.y[row]), salt=salt).to_json()
 
-    audit = [opening(row, salt) for c, (row, role, salt) in sorted(rows.items()) if role == "audit"]
+    # The audit set: whole when small, else the challenge-selected sample with inclusion proofs in
+    # the committed audit tree (so the bundle does not grow with the data set).
+    audit_rows = {
+        record_key(ds.ids[row]): (row, salt, c) for c, (row, role, salt) in rows.items() if role == "audit"
+    }
+    audit_tree = SortedTree.build((k, c) for k, (_, _, c) in audit_rows.items())
+    positions = sample_audit(seed, len(audit_tree), audit_max)
+    audit_proofs: list[dict[str, Any]] = []
+    if len(positions) == len(audit_tree):
+        audit = [opening(row, salt) for c, (row, role, salt) in sorted(rows.items()) if role == "audit"]
+    else:
+        audit = []
+        for pos in positions:
+            row, salt, _ = audit_rows[audit_tree.key_at(pos)]
+            audit.append(opening(row, salt))
+            audit_proofs.append(audit_tree.inclusion_proof(pos).to_json())
     deleted = [opening(rows[c][0], rows[c][2]) for c in sorted(deleted_c)]
     training = [opening(rows[c][0], rows[c][2]) for c in sorted(used_c - deleted_c)]
-    openings_doc = {"type": "vmu.bundle-openings", "version": 1, "deleted": deleted, "audit": audit, "training": training}
+    openings_doc: dict[str, Any] = {
+        "type": "vmu.bundle-openings", "version": 1, "deleted": deleted, "audit": audit, "training": training,
+    }
+    if audit_proofs:
+        openings_doc["audit_proofs"] = audit_proofs
 
     members: list[tuple[str, bytes]] = [
         (PUBKEY, ws.public_key.to_pem()),

@@ -32,6 +32,7 @@ from ._errors import MalformedInput
 from ._tags import TAG_CHALLENGE, TAG_TRANSCRIPT, tagged_hash
 
 __all__ = [
+    "AUDIT_DISCLOSE_MAX",
     "MAX_CHALLENGE_BYTES",
     "MIN_CHALLENGE_BYTES",
     "SAMPLING_VERSION",
@@ -40,6 +41,7 @@ __all__ = [
     "challenge_seed",
     "escape_probability",
     "fiat_shamir_seed",
+    "sample_audit",
     "sample_segments",
     "transcript_digest",
 ]
@@ -161,6 +163,29 @@ def sample_segments(population_size: int, strata: Sequence[Sequence[int]], k: in
         j = remaining.pop(rng.below(len(remaining)))
         chosen.append(j)
     return chosen
+
+
+#: An audit set larger than this is disclosed as a challenge-selected sample of this many records
+#: (with inclusion proofs in the committed audit tree), so a bundle does not grow with the data set.
+AUDIT_DISCLOSE_MAX = 512
+
+
+def sample_audit(seed: bytes, size: int, k: int = AUDIT_DISCLOSE_MAX) -> list[int]:
+    """Ascending positions (in the audit tree's key order) of the audit records a bundle discloses:
+    all of them when ``size <= k``, else ``k`` drawn uniformly without replacement by a sparse
+    Fisher-Yates shuffle driven by ``SeedStream(SHA-256(TAG_CHALLENGE || "audit" 0x00 || seed))``."""
+    if size < 0 or k < 0:
+        raise ValueError("audit size and k must be non-negative")
+    if size <= k:
+        return list(range(size))
+    rng = SeedStream(tagged_hash(TAG_CHALLENGE, b"audit\x00", seed))
+    moved: dict[int, int] = {}
+    out = []
+    for i in range(k):
+        j = i + rng.below(size - i)
+        out.append(moved.get(j, j))
+        moved[j] = moved.get(i, i)
+    return sorted(out)
 
 
 def escape_probability(f: float, k: int) -> float:

@@ -53,14 +53,16 @@ from verifiable_mu._merkle import EMPTY_ROOT
 from verifiable_mu._note import Checkpoint, NoteVerifier, open_checkpoint
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
+    AUDIT_DISCLOSE_MAX,
     SegmentRef,
     challenge_seed,
     escape_probability,
     fiat_shamir_seed,
+    sample_audit,
     sample_segments,
     transcript_digest,
 )
-from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
+from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, TAG_STEP_SEED, tagged_hash
 
 from ._bundle import (
@@ -731,10 +733,23 @@ def _step_16(v: Verification) -> None:
         want = tagged_hash(TAG_REQUEST, canonical_json({"n": str(t.request), "ids": ids}))
         if DeletionBody.parse(t.deletion.entry).request_digest != want:
             raise OpeningMismatch(f"request {t.request}: the deletion entry's request digest does not match the ids opened")
-    tree = SortedTree.build((record_key(o.id), o.commitment()) for o in op.audit)
-    if (tree.root, len(tree)) != (v.audit.root, v.audit.size):
-        raise OpeningMismatch(f"the {len(op.audit)} audit openings do not rebuild the committed audit set "
-                              f"({v.audit.size} records)")
+    if op.audit_proofs:
+        # A sampled audit set: every opening is proven in the committed audit tree; step 17
+        # checks that these are the positions the challenge selects.
+        last = -1
+        for o, p in zip(op.audit, op.audit_proofs, strict=True):
+            if p.tree_size != v.audit.size or p.index <= last:
+                raise OpeningMismatch("audit proofs must be for the committed audit tree, in ascending positions")
+            last = p.index
+            try:
+                p.verify(leaf=record_leaf_hash(record_key(o.id), o.commitment()), root=v.audit.root)
+            except VerificationFailed as e:
+                raise OpeningMismatch(f"audit opening {o.id!r} is not in the committed audit set: {e}") from e
+    else:
+        tree = SortedTree.build((record_key(o.id), o.commitment()) for o in op.audit)
+        if (tree.root, len(tree)) != (v.audit.root, v.audit.size):
+            raise OpeningMismatch(f"the {len(op.audit)} audit openings do not rebuild the committed audit set "
+                                  f"({v.audit.size} records)")
     v.openings = seen
 
 
@@ -764,6 +779,13 @@ def _step_17(v: Verification) -> None:
     for i, r in enumerate(pop):
         if r.stratum is not None:
             strata[r.stratum].append(i)
+    op = b.openings
+    if op.audit_proofs:
+        assert v.audit is not None
+        want_audit = sample_audit(v.seed, v.audit.size, AUDIT_DISCLOSE_MAX)
+        if [p.index for p in op.audit_proofs] != want_audit:
+            raise ChallengeMismatch("the bundle's audit-set sample is not the one the challenge selects "
+                                    f"({len(op.audit_proofs)} records disclosed, {len(want_audit)} selected)")
     drawn = [pop[i] for i in sample_segments(len(pop), strata, m.replay, v.seed)]
     if tuple(r.end_index for r in drawn) != m.sample:
         raise ChallengeMismatch("the bundle's sampled segments are not the ones the challenge selects "
