@@ -67,3 +67,38 @@ def test_step_19_no_residual_and_html_report(honest_50: tuple[str, str], tmp_pat
     rep = verify(bundle, VerifyOptions(residual=False))
     assert [r.status for r in rep.results if r.step == 19] == ["skipped"]
     assert any("NO RESIDUAL TESTS" in w for w in rep.warnings)
+
+
+def test_two_deleted_records_are_inconclusive_never_a_pass(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With two deleted records the test after deletion can only detect AUC ~1 (80% power), so
+    whatever the control shows, the verdict is 'power too low', not 'pass'."""
+    import numpy as np
+    import torch
+
+    from verifier import residual_tests
+
+    def proba(models):  # type: ignore[no-untyped-def]
+        def wrap(m):  # type: ignore[no-untyped-def]
+            def f(X):  # type: ignore[no-untyped-def]
+                with torch.no_grad():
+                    return torch.softmax(m(torch.from_numpy(np.asarray(X, dtype=np.float32))), 1).double().numpy()
+
+            return f
+
+        return [wrap(m) for m in models]
+
+    ws = Workspace.create(str(tmp_path / "ws"), data="digits", config=WorkspaceConfig(workers=1, seed=0))
+    ws.progress = False
+    ws.train()
+    pre = proba(ws.constituents())
+    rows = [r for (r,) in ws.log.connection.execute("SELECT row FROM p_records WHERE role='train' AND shard=0 LIMIT 2")]
+    ws.forget([ws.data.ids[r] for r in rows])
+    post = proba(ws.constituents())
+    audit = ws.split_rows("audit")
+    X, y = ws.data.X, ws.data.y
+    rep = residual_tests(
+        post_models=post, pre_models=pre, shard_of_deleted=[0, 0], deleted_X=X[rows], deleted_y=y[rows],
+        audit_X=X[audit], audit_y=y[audit], n_boot=200,
+    )
+    ws.close()
+    assert rep.verdict == "inconclusive" and rep.reason.startswith("power too low")

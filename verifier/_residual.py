@@ -707,6 +707,13 @@ def _decide(
             f"{best_pre.auc_ci[0]:.3f}-{best_pre.auc_ci[1]:.3f}, Holm-adjusted p = {best_pre.p_holm:.2g} > "
             f"alpha = {alpha:g}), so the same test on the post-deletion models is no evidence"
         )
+    if mde > best_pre.auc_ci[1]:
+        return "inconclusive", (
+            f"power too low: the positive control detects the deleted records before deletion ({best_pre.attack} "
+            f"AUC {best_pre.auc:.3f}, 95% CI {best_pre.auc_ci[0]:.3f}-{best_pre.auc_ci[1]:.3f}), but with this few "
+            f"records the test after deletion detects, with 80% power, only an AUC of {mde:.3f} or more -- above "
+            f"every effect size the control is consistent with"
+        )
     return "pass", (
         f"no attack distinguishes the deleted records from never-seen audit records (smallest Holm-adjusted "
         f"p = {best_post.p_holm:.2g} > alpha = {alpha:g} over {m} attacks, {best_post.attack} AUC "
