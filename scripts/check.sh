@@ -16,4 +16,11 @@ echo "== lint (ruff)"
 echo "== types (mypy: the trusted core and the prover)"
 .venv/bin/mypy verifiable_mu prover
 echo "== tests"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The Ray tests start and stop real Ray instances; each module runs in its own pytest process
+# so no Ray state (drivers, cached tokens, redirected output) leaks into the other tests.
+RAY_TESTS=(tests/test_ray.py tests/test_ray_verifier.py)
+.venv/bin/python -m pytest -q -p no:cacheprovider "${RAY_TESTS[@]/#/--ignore=}" "$@"
+for t in "${RAY_TESTS[@]}"; do
+  echo "== tests ($t, own process)"
+  .venv/bin/python -m pytest -q -p no:cacheprovider "$t" "$@"
+done
