@@ -40,6 +40,7 @@ from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
 from verifiable_mu._records import commit_records, new_salt_array, record_key
+from verifiable_mu._seeds import atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
@@ -952,7 +953,7 @@ class Workspace:
         statement = build_transcript(self, n)
         env = sign_statement(statement, [self._key])
         tpath = os.path.join(self.path, TRANSCRIPT_DIR, f"{n:06d}.dsse.json")
-        _atomic_write(tpath, env.to_bytes())
+        atomic_write(tpath, env.to_bytes())
         started = db.execute("SELECT started FROM p_requests WHERE n=?", (n,)).fetchone()[0]
         seconds = time.time() - started
         with self._log.transaction():
@@ -1073,15 +1074,6 @@ def _load_pub(path: str) -> VerifyingKey | None:
     if not os.path.exists(path):
         return None
     return VerifyingKey.load(path)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Callable[[int | None], None]:

@@ -116,13 +116,19 @@ def test_report_json_for_rejection_names_step(honest_fixture, tmp_path) -> None:
     assert [c["status"] for c in rep["checks"]][:2] == ["error", "skipped"]
 
 
-def test_step_seed_matches_training_module() -> None:
+def test_step_seed_follows_spec_06() -> None:
+    """The verifier's (torch-free) step seed is the training module's, and both follow the
+    formula of specs/06-training.md section 3, recomputed here with hashlib alone."""
+    import hashlib
+    import struct
+
     from verifiable_mu.training import step_seed as ts
 
     for args in [(0, 0, 0, 1, 0, 0), (7, 2, 3, 4, 5, 123456), (2**62, 1, 1, 1, 1, 2**40)]:
         run, shard, gen, stage, epoch, step = args
         kw = dict(shard=shard, generation=gen, stage=stage, epoch=epoch, step=step)
-        assert step_seed(run, **kw) == ts(run, **kw)
+        want = hashlib.sha256(b"vmu:step-seed:v1\x00" + struct.pack(">QIIIIQ", *args)).digest()
+        assert step_seed(run, **kw) == ts(run, **kw) == int.from_bytes(want[:8], "big") >> 1
 
 
 def test_checkpoint_digest_without_torch_matches(honest_fixture) -> None:  # noqa: F811

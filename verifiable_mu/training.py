@@ -28,7 +28,8 @@ from torch import nn
 
 from ._canonical import canonical_json
 from ._errors import CommitmentMismatch, MalformedInput
-from ._tags import TAG_CHECKPOINT, TAG_STEP_SEED, tagged_hash
+from ._seeds import atomic_write, step_seed
+from ._tags import TAG_CHECKPOINT
 
 __all__ = [
     "ModelSpec",
@@ -211,12 +212,6 @@ def platform_info(device: torch.device, threads: int) -> dict[str, Any]:
     }
 
 
-def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
-    """The 63-bit seed for one step's RNG (dropout and the like), derived, never chosen."""
-    d = tagged_hash(TAG_STEP_SEED, struct.pack(">QIIIIQ", run_seed, shard, generation, stage, epoch, step))
-    return int.from_bytes(d[:8], "big") >> 1
-
-
 # --- checkpoints ---------------------------------------------------------------------------
 
 
@@ -282,7 +277,7 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str]) -> byte
         return digest
     meta = {_META_KEY: json.dumps({"version": 1, "digest": digest.hex()}, sort_keys=True, separators=(",", ":"))}
     data = save({k: v.contiguous() for k, v in ckpt.items()}, metadata=meta)
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return digest
 
 
@@ -324,23 +319,6 @@ def checkpoint_distance(a: Checkpoint, b: Checkpoint) -> float:
         num += float(((da - db) ** 2).sum())
         den += float((db**2).sum())
     return (num**0.5) / max(den**0.5, 1e-30)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # --- the step ----------------------------------------------------------------------------

@@ -31,7 +31,6 @@ This module checks proofs only and never imports torch; steps 18 and 19 import
 from __future__ import annotations
 
 import hashlib
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,8 +61,9 @@ from verifiable_mu._sampling import (
     sample_segments,
     transcript_digest,
 )
+from verifiable_mu._seeds import step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
-from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, TAG_STEP_SEED, tagged_hash
+from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
 from ._bundle import (
     Bundle,
@@ -128,12 +128,6 @@ STEPS: tuple[tuple[int, str, str], ...] = (
 )
 ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
 _NAMES = {n: name for n, name, _ in STEPS}
-
-
-def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
-    """Same as :func:`verifiable_mu.training.step_seed`, without importing torch."""
-    d = tagged_hash(TAG_STEP_SEED, struct.pack(">QIIIIQ", run_seed, shard, generation, stage, epoch, step))
-    return int.from_bytes(d[:8], "big") >> 1
 
 
 @dataclass(slots=True)

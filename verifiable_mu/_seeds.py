@@ -1,0 +1,38 @@
+"""Seeds and small file helpers shared by the training step, the prover and the verifier.
+
+Torch-free, so the verifier's proof checks (which recompute step seeds) need not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from ._tags import TAG_STEP_SEED, tagged_hash
+
+__all__ = ["step_seed", "atomic_write"]
+
+
+def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
+    """The 63-bit seed for one step's RNG (dropout and the like), derived, never chosen
+    (specs/06-training.md section 3)."""
+    d = tagged_hash(TAG_STEP_SEED, struct.pack(">QIIIIQ", run_seed, shard, generation, stage, epoch, step))
+    return int.from_bytes(d[:8], "big") >> 1
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a synced temporary file and a rename: all or nothing."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
