@@ -16,11 +16,16 @@ echo "== lint (ruff)"
 echo "== types (mypy: the trusted core and the prover)"
 .venv/bin/mypy verifiable_mu prover
 echo "== tests"
-# The Ray tests start and stop real Ray instances; each module runs in its own pytest process
-# so no Ray state (drivers, cached tokens, redirected output) leaks into the other tests.
+# The Ray tests start, kill and stop real Ray instances. Each runs in its own pytest process, so
+# no Ray state leaks from one test into the next (a driver whose Ray instance dies under it exits
+# at once; twice a full run ended that way after the Ray tests).
 RAY_TESTS=(tests/test_ray.py tests/test_ray_verifier.py)
 .venv/bin/python -m pytest -q -p no:cacheprovider "${RAY_TESTS[@]/#/--ignore=}" "$@"
 for t in "${RAY_TESTS[@]}"; do
-  echo "== tests ($t, own process)"
-  .venv/bin/python -m pytest -q -p no:cacheprovider "$t" "$@"
+  echo "== tests ($t, one process per test)"
+  mapfile -t ids < <(.venv/bin/python -m pytest --collect-only -q -p no:cacheprovider "$t" | grep '::')
+  [ "${#ids[@]}" -gt 0 ] || { echo "no tests collected in $t"; exit 1; }
+  for id in "${ids[@]}"; do
+    .venv/bin/python -m pytest -q -p no:cacheprovider "$id" "$@"
+  done
 done
