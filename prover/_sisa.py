@@ -7,11 +7,14 @@ the log is the same whatever backend ran the worker.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +31,7 @@ __all__ = [
     "StepRecord",
     "StageResult",
     "train_shard",
+    "step_body_json",
 ]
 
 
@@ -44,8 +48,14 @@ def assign(keys: Sequence[bytes], *, seed: int, shards: int, slices: int) -> tup
     differ by at most one and slices within a shard by at most one.
     """
     n = len(keys)
-    sb = struct.pack(">Q", seed)
-    order = sorted(range(n), key=lambda i: tagged_hash(TAG_ASSIGNMENT, sb, keys[i]))
+    prefix = hashlib.sha256(TAG_ASSIGNMENT + struct.pack(">Q", seed))  # = tagged_hash(TAG_ASSIGNMENT, seed, key)
+
+    def rank_key(i: int) -> bytes:
+        h = prefix.copy()
+        h.update(keys[i])
+        return h.digest()
+
+    order = sorted(range(n), key=rank_key)
     shard = np.empty(n, dtype=np.int64)
     slc = np.empty(n, dtype=np.int64)
     per_shard = [0] * shards
@@ -110,6 +120,18 @@ class StepRecord:
     batch: str  # the batch's commitments as 64-char hex each, concatenated in batch order
 
 
+def step_body_json(shard: int, generation: int, s: StepRecord, lr_json: str) -> bytes:
+    """The RFC 8785 bytes of a ``step`` log entry's body (specs/06-training.md section 5),
+    written out directly: the stdlib encoder escapes the 2 KB batch string character by
+    character, which cost more than the rest of logging a step. Keys in canonical order;
+    ``lr_json`` is ``canonical_json(lr)``; ``batch`` is lowercase hex, which needs no escaping.
+    Tests check the output against :func:`verifiable_mu._canonical.canonical_json`."""
+    return (
+        f'{{"batch":"{s.batch}","epoch":{s.epoch:d},"generation":{generation:d},"lr":{lr_json},'
+        f'"seed":"{s.seed:d}","shard":{shard:d},"stage":{s.stage:d},"step":"{s.step:d}"}}'
+    ).encode("ascii")
+
+
 @dataclass(slots=True)
 class StageResult:
     stage: int
@@ -133,34 +155,53 @@ def _load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def train_shard(task: ShardTask) -> list[StageResult]:
     """Run the task's stages from its start checkpoint; return what the driver must log."""
-    import torch
-
     from verifiable_mu.training import (
-        Hyper,
         ModelSpec,
         build_model,
-        checkpoint_from_model,
         configure_determinism,
         load_checkpoint,
         load_into_model,
         resolve_device,
-        save_checkpoint,
-        sgd_step,
-        step_seed,
     )
 
     configure_determinism(task.threads)
     device = resolve_device(task.device)
     spec = ModelSpec.from_json(task.model)
-    hyper = Hyper.from_json(task.hyper)
     model = build_model(spec, init_seed=0).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
     X_all, y_all = _load_data(task.data_path)
+    out: list[StageResult] = []
+    # Checkpoints are copied on this thread, then hashed, encoded and written (with fsync) on a
+    # writer thread while training goes on: hashing, file writes and fsync release the GIL.
+    # Every file is on disk before this function returns, so before the driver logs it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmu-checkpoint") as writer:
+        pending = _train_stages(task, model, momentum, X_all, y_all, device, writer, out)
+        for res in out:
+            res.checkpoints = [(at, d if isinstance(d, bytes) else d.result()) for at, d in pending[res.stage]]
+    return out
+
+
+def _train_stages(
+    task: ShardTask,
+    model: Any,
+    momentum: dict,
+    X_all: np.ndarray,
+    y_all: np.ndarray,
+    device: Any,
+    writer: ThreadPoolExecutor,
+    out: list[StageResult],
+) -> dict[int, list[tuple[int, bytes | Future[bytes]]]]:
+    import torch
+
+    from verifiable_mu.training import Hyper, checkpoint_from_model, save_checkpoint, sgd_step, step_seed
+
+    hyper = Hyper.from_json(task.hyper)
     B = hyper.batch_size
     step = task.start_step
-    out: list[StageResult] = []
+    pending: dict[int, list[tuple[int, bytes | Future[bytes]]]] = {}
     for st in task.stages:
+        ckpts = pending[st.stage] = []
         t0 = time.perf_counter()
         res = StageResult(stage=st.stage)
         rows = np.asarray(st.rows, dtype=np.int64)
@@ -186,15 +227,13 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                 if task.record:
                     res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, "".join([commits[i] for i in idx.tolist()])))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
-                        d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
-                        res.checkpoints.append((step, d))
+                        ckpts.append((step, writer.submit(save_checkpoint, checkpoint_from_model(model, momentum), task.store)))
         if task.record:
-            d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
-            res.checkpoints.append((step, d))
+            ckpts.append((step, writer.submit(save_checkpoint, checkpoint_from_model(model, momentum), task.store)))
         else:
             # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.
-            res.checkpoints.append((step, b""))
+            ckpts.append((step, b""))
             _ = checkpoint_from_model(model, momentum)
         res.seconds = time.perf_counter() - t0
         out.append(res)
-    return out
+    return pending

@@ -28,7 +28,8 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,7 +255,9 @@ class Workspace:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return cls.open(path)
+        ws = cls.open(path)
+        ws._data = ds  # just validated and written; spare the caller reading it back
+        return ws
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Workspace:
@@ -415,20 +418,28 @@ class Workspace:
             name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
         )
         device = resolve_device(cfg.device)
-        init_digests = []
-        for s in range(cfg.shards):
-            model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
-            init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store))
-        descriptors = []
-        slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
-        for s in range(cfg.shards):
-            for r in range(cfg.slices):
-                rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
-                tree = SortedTree.build((keys[i], commits[i]) for i in rows)
-                slice_roots[(s, r)] = (tree.root, len(tree))
-                descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
-        audit_rows = np.flatnonzero(role == 1)
-        audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+        # The initial models are written on a thread while the slice trees are built below.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmu-checkpoint")
+        try:
+            init_futures = []
+            for s in range(cfg.shards):
+                model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
+                init_futures.append(
+                    writer.submit(save_checkpoint, checkpoint_from_model(model, zero_momentum(model)), self.store)
+                )
+            descriptors = []
+            slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
+            for s in range(cfg.shards):
+                for r in range(cfg.slices):
+                    rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
+                    tree = SortedTree.build((keys[i], commits[i]) for i in rows)
+                    slice_roots[(s, r)] = (tree.root, len(tree))
+                    descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
+            audit_rows = np.flatnonzero(role == 1)
+            audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+        finally:
+            writer.shutdown(wait=True)
+        init_digests = [f.result() for f in init_futures]
         ds_root = dataset_root(descriptors)
         roles = {0: "train", 1: "audit", 2: "test"}
         db = self._db()
@@ -512,19 +523,21 @@ class Workspace:
 
     # --- training ----------------------------------------------------------------------------
 
-    def _rows_of(self, shard: int, slices: Iterable[int]) -> tuple[np.ndarray, list[bytes]]:
-        """Live training rows of the given slices of a shard, slice by slice in key order."""
-        rows: list[int] = []
-        commits: list[bytes] = []
-        for r in slices:
-            for row, c in self._db().execute(
-                "SELECT row, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? AND deleted_by IS NULL "
-                "ORDER BY key",
-                (shard, r),
-            ):
-                rows.append(row)
-                commits.append(c)
-        return np.asarray(rows, dtype=np.int64), commits
+    def _live_rows_by_slice(self, shard: int) -> dict[int, tuple[list[int], list[bytes]]]:
+        """``slice -> (rows, commitments)`` of a shard's live training records, in key order
+        (one query for the whole shard)."""
+        out: dict[int, tuple[list[int], list[bytes]]] = {}
+        for r, row, c in self._db().execute(
+            "SELECT slice, row, commitment FROM p_records WHERE role='train' AND shard=? AND deleted_by IS NULL "
+            "ORDER BY slice, key",
+            (shard,),
+        ):
+            got = out.get(r)
+            if got is None:
+                got = out[r] = ([], [])
+            got[0].append(row)
+            got[1].append(c)
+        return out
 
     def _shard_task(self, shard: int, *, record: bool = True, from_scratch: bool = False) -> _sisa.ShardTask | None:
         """The work left for ``shard`` (None when complete); ``from_scratch``: all stages from the
@@ -555,9 +568,19 @@ class Workspace:
         cfg = self.config
         ep = _sisa.stage_epochs(cfg.epochs, cfg.slices)
         stages = []
-        for r in range(last_stage + 1, cfg.slices + 1):
-            rows, commits = self._rows_of(shard, range(r))
-            stages.append(_sisa.StageTask(stage=r, rows=rows, commitments=commits, epochs=ep))
+        by_slice = self._live_rows_by_slice(shard)
+        rows_l: list[int] = []
+        commits: list[bytes] = []
+        for r in range(cfg.slices):
+            got = by_slice.get(r, ([], []))
+            rows_l += got[0]
+            commits += got[1]
+            if r + 1 > last_stage:  # stage r + 1 trains on slices 0..r
+                stages.append(
+                    _sisa.StageTask(
+                        stage=r + 1, rows=np.asarray(rows_l, dtype=np.int64), commitments=list(commits), epochs=ep
+                    )
+                )
         ds = self.data
         from verifiable_mu.training import ModelSpec
 
@@ -585,27 +608,13 @@ class Workspace:
         """Append one stage's steps and checkpoints and move the shard's state, atomically."""
         db = self._db()
         log = self._log
-        lr = task.hyper["lr"]
+        lr_json = canonical_json(task.hyper["lr"]).decode()
         ck = dict(res.checkpoints)
         with log.transaction():
             first = last = None
-            items: list[tuple[str, dict[str, Any]]] = []
+            items: list[tuple[str, dict[str, Any] | bytes]] = []
             for s in res.steps:
-                items.append(
-                    (
-                        "step",
-                        {
-                            "shard": task.shard,
-                            "generation": task.generation,
-                            "stage": s.stage,
-                            "epoch": s.epoch,
-                            "step": str(s.step),
-                            "seed": str(s.seed),
-                            "lr": lr,
-                            "batch": s.batch,
-                        },
-                    )
-                )
+                items.append(("step", _sisa.step_body_json(task.shard, task.generation, s, lr_json)))
                 done = s.step + 1
                 if done in ck:
                     items.append(

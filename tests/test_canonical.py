@@ -38,6 +38,18 @@ def test_floats_take_the_rfc8785_path(x: float) -> None:
     assert canonical_json({"x": x, "é": [x]}) == rfc8785.dumps({"x": x, "é": [x]})
 
 
+_near_bounds = st.sampled_from([1e-4, 1.00000000000001e-4, 9.999999999999e-5, 1e16, 9999999999999998.0,
+                                1e15 + 0.5, 0.1, 0.3, 1 / 3, 2.0, -0.0, 5e-324, 1e21, 123456.789])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.floats(1e-5, 1e17) | _near_bounds)
+def test_fast_float_path_equals_rfc8785(x: float) -> None:
+    """Floats the fast path takes (ASCII keys) print exactly as ECMAScript does."""
+    for v in (x, -x):
+        assert canonical_json({"lr": v, "n": [v, 1]}) == rfc8785.dumps({"lr": v, "n": [v, 1]})
+
+
 def _naive_depth(text: str) -> int:
     depth = best = 0
     in_str = esc = False

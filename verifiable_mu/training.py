@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -244,40 +245,79 @@ def load_into_model(model: nn.Module, ckpt: Checkpoint, device: torch.device) ->
     return momentum
 
 
-def checkpoint_digest(ckpt: Checkpoint) -> bytes:
-    """``SHA-256(TAG_CHECKPOINT || canonical_json(header) || tensor bytes in name order)``."""
-    names = sorted(ckpt)
-    header = [{"name": n, "dtype": str(ckpt[n].dtype).removeprefix("torch."), "shape": list(ckpt[n].shape)} for n in names]
-    h = hashlib.sha256(TAG_CHECKPOINT)
-    hb = canonical_json({"version": 1, "tensors": header})
-    h.update(struct.pack(">Q", len(hb)))
-    h.update(hb)
-    for n in names:
+def _tensor_views(ckpt: Checkpoint) -> list[tuple[str, list[int], memoryview]]:
+    """``(name, shape, little-endian float32 bytes)`` of each tensor, in name order, no copies
+    of CPU tensors."""
+    out = []
+    for n in sorted(ckpt):
         t = ckpt[n]
         if t.dtype != torch.float32:
             raise MalformedInput(f"checkpoint tensor {n} is {t.dtype}, only float32 is supported")
-        h.update(t.detach().to("cpu").contiguous().numpy().astype("<f4", copy=False).tobytes())
+        a = t.detach().to("cpu").contiguous().numpy()
+        if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder != "little"):
+            a = a.astype("<f4")  # pragma: no cover - big-endian hosts
+        out.append((n, list(t.shape), np.ascontiguousarray(a).data.cast("B")))
+    return out
+
+
+_DIGEST_PREFIX: dict[tuple[tuple[str, tuple[int, ...]], ...], Any] = {}
+
+
+def _digest_of_views(views: list[tuple[str, list[int], memoryview]]) -> bytes:
+    key = tuple((n, tuple(shape)) for n, shape, _ in views)
+    prefix = _DIGEST_PREFIX.get(key)
+    if prefix is None:
+        header = [{"name": n, "dtype": "float32", "shape": shape} for n, shape, _ in views]
+        hb = canonical_json({"version": 1, "tensors": header})
+        prefix = hashlib.sha256(TAG_CHECKPOINT)
+        prefix.update(struct.pack(">Q", len(hb)))
+        prefix.update(hb)
+        if len(_DIGEST_PREFIX) > 64:
+            _DIGEST_PREFIX.clear()
+        _DIGEST_PREFIX[key] = prefix
+    h = prefix.copy()
+    for _, _, mv in views:
+        h.update(mv)
     return h.digest()
+
+
+def checkpoint_digest(ckpt: Checkpoint) -> bytes:
+    """``SHA-256(TAG_CHECKPOINT || u64be(len h) || h || tensor bytes in name order)`` where ``h``
+    is the canonical JSON ``{"tensors": [{"dtype", "name", "shape"}...], "version": 1}`` and the
+    tensor bytes are little-endian float32 (specs/06-training.md section 5)."""
+    return _digest_of_views(_tensor_views(ckpt))
 
 
 _META_KEY = "vmu"
 
 
+def _safetensors_bytes(views: list[tuple[str, list[int], memoryview]], digest: bytes) -> bytes:
+    """A safetensors file: u64le header length, a JSON header padded with spaces to 8 bytes,
+    then the tensors back to back in name order; the one metadata key carries the digest."""
+    meta = json.dumps({"version": 1, "digest": digest.hex()}, sort_keys=True, separators=(",", ":"))
+    header: dict[str, Any] = {"__metadata__": {_META_KEY: meta}}
+    pos = 0
+    for n, shape, mv in views:
+        header[n] = {"dtype": "F32", "shape": shape, "data_offsets": [pos, pos + mv.nbytes]}
+        pos += mv.nbytes
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    return b"".join([struct.pack("<Q", len(hb)), hb, *(mv for _, _, mv in views)])
+
+
 def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str]) -> bytes:
     """Write ``<digest hex>.safetensors`` atomically (content-addressed); return the digest.
 
-    One metadata key only (safetensors files with several keys are not byte-identical across
-    saves). Existing files are left alone: same name, same content.
+    The file is written by :func:`_safetensors_bytes` (tests check that ``safetensors`` reads it
+    back tensor for tensor), so the same content always gives the same bytes. Existing files are
+    left alone: same name, same content.
     """
-    from safetensors.torch import save
-
-    digest = checkpoint_digest(ckpt)
+    views = _tensor_views(ckpt)
+    digest = _digest_of_views(views)
     path = os.path.join(os.fspath(directory), digest.hex() + ".safetensors")
     if os.path.exists(path):
         return digest
-    meta = {_META_KEY: json.dumps({"version": 1, "digest": digest.hex()}, sort_keys=True, separators=(",", ":"))}
-    data = save({k: v.contiguous() for k, v in ckpt.items()}, metadata=meta)
-    atomic_write(path, data)
+    atomic_write(path, _safetensors_bytes(views, digest))
     return digest
 
 
