@@ -12,12 +12,11 @@ import os
 import struct
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from verifiable_mu._canonical import canonical_json
 from verifiable_mu._tags import TAG_ASSIGNMENT, TAG_STEP_SEED, tagged_hash
 
 __all__ = [
@@ -117,19 +116,28 @@ class StepRecord:
     epoch: int
     step: int
     seed: int
-    batch: str  # the batch's commitments as 64-char hex each, concatenated in batch order
+    body: bytes  # the step log entry's canonical JSON body, from step_body_json
 
 
-def step_body_json(shard: int, generation: int, s: StepRecord, lr_json: str) -> bytes:
+def step_body_json(
+    *, shard: int, generation: int, stage: int, epoch: int, step: int, seed: int, lr_json: bytes, batch_hex: bytes
+) -> bytes:
     """The RFC 8785 bytes of a ``step`` log entry's body (specs/06-training.md section 5),
     written out directly: the stdlib encoder escapes the 2 KB batch string character by
     character, which cost more than the rest of logging a step. Keys in canonical order;
-    ``lr_json`` is ``canonical_json(lr)``; ``batch`` is lowercase hex, which needs no escaping.
-    Tests check the output against :func:`verifiable_mu._canonical.canonical_json`."""
-    return (
-        f'{{"batch":"{s.batch}","epoch":{s.epoch:d},"generation":{generation:d},"lr":{lr_json},'
-        f'"seed":"{s.seed:d}","shard":{shard:d},"stage":{s.stage:d},"step":"{s.step:d}"}}'
-    ).encode("ascii")
+    ``lr_json`` is ``canonical_json(lr)``; ``batch_hex`` is the batch's commitments as lowercase
+    hex, concatenated, which needs no escaping. Tests check the output against
+    :func:`verifiable_mu._canonical.canonical_json`."""
+    return b'{"batch":"%s","epoch":%d,"generation":%d,"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
+        batch_hex,
+        epoch,
+        generation,
+        lr_json,
+        seed,
+        shard,
+        stage,
+        step,
+    )
 
 
 @dataclass(slots=True)
@@ -155,60 +163,45 @@ def _load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def train_shard(task: ShardTask) -> list[StageResult]:
     """Run the task's stages from its start checkpoint; return what the driver must log."""
+    import torch
+
     from verifiable_mu.training import (
+        Hyper,
         ModelSpec,
         build_model,
+        checkpoint_from_model,
         configure_determinism,
         load_checkpoint,
         load_into_model,
         resolve_device,
+        save_checkpoint,
+        sgd_step,
+        step_seed,
     )
 
     configure_determinism(task.threads)
     device = resolve_device(task.device)
     spec = ModelSpec.from_json(task.model)
+    hyper = Hyper.from_json(task.hyper)
     model = build_model(spec, init_seed=0).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
     X_all, y_all = _load_data(task.data_path)
-    out: list[StageResult] = []
-    # Checkpoints are copied on this thread, then hashed, encoded and written (with fsync) on a
-    # writer thread while training goes on: hashing, file writes and fsync release the GIL.
-    # Every file is on disk before this function returns, so before the driver logs it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmu-checkpoint") as writer:
-        pending = _train_stages(task, model, momentum, X_all, y_all, device, writer, out)
-        for res in out:
-            res.checkpoints = [(at, d if isinstance(d, bytes) else d.result()) for at, d in pending[res.stage]]
-    return out
-
-
-def _train_stages(
-    task: ShardTask,
-    model: Any,
-    momentum: dict,
-    X_all: np.ndarray,
-    y_all: np.ndarray,
-    device: Any,
-    writer: ThreadPoolExecutor,
-    out: list[StageResult],
-) -> dict[int, list[tuple[int, bytes | Future[bytes]]]]:
-    import torch
-
-    from verifiable_mu.training import Hyper, checkpoint_from_model, save_checkpoint, sgd_step, step_seed
-
-    hyper = Hyper.from_json(task.hyper)
+    # Checkpoints are written synchronously: on a writer thread (tried) the GIL hand-offs cost
+    # the training loop more than the hashing and fsync they hid (bench: +56 ms against +29 ms).
     B = hyper.batch_size
+    lr_json = canonical_json(task.hyper["lr"])
     step = task.start_step
-    pending: dict[int, list[tuple[int, bytes | Future[bytes]]]] = {}
+    out: list[StageResult] = []
     for st in task.stages:
-        ckpts = pending[st.stage] = []
         t0 = time.perf_counter()
         res = StageResult(stage=st.stage)
         rows = np.asarray(st.rows, dtype=np.int64)
         X = torch.from_numpy(X_all[rows]).to(device)
         y = torch.from_numpy(y_all[rows]).to(device)
         n = len(rows)
-        commits = [c.hex() for c in st.commitments]
+        # Each commitment as 64 hex characters; a batch's manifest is one gather and tobytes.
+        commits = np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
         in_stage = 0
         total = st.epochs * ((n + B - 1) // B)
         for epoch in range(st.epochs):
@@ -225,15 +218,27 @@ def _train_stages(
                 step += 1
                 in_stage += 1
                 if task.record:
-                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, "".join([commits[i] for i in idx.tolist()])))
+                    body = step_body_json(
+                        shard=task.shard,
+                        generation=task.generation,
+                        stage=st.stage,
+                        epoch=epoch,
+                        step=step - 1,
+                        seed=seed,
+                        lr_json=lr_json,
+                        batch_hex=commits[idx].tobytes(),
+                    )
+                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
-                        ckpts.append((step, writer.submit(save_checkpoint, checkpoint_from_model(model, momentum), task.store)))
+                        d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
+                        res.checkpoints.append((step, d))
         if task.record:
-            ckpts.append((step, writer.submit(save_checkpoint, checkpoint_from_model(model, momentum), task.store)))
+            d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
+            res.checkpoints.append((step, d))
         else:
             # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.
-            ckpts.append((step, b""))
+            res.checkpoints.append((step, b""))
             _ = checkpoint_from_model(model, momentum)
         res.seconds = time.perf_counter() - t0
         out.append(res)
-    return pending
+    return out

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -418,28 +417,20 @@ class Workspace:
             name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
         )
         device = resolve_device(cfg.device)
-        # The initial models are written on a thread while the slice trees are built below.
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmu-checkpoint")
-        try:
-            init_futures = []
-            for s in range(cfg.shards):
-                model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
-                init_futures.append(
-                    writer.submit(save_checkpoint, checkpoint_from_model(model, zero_momentum(model)), self.store)
-                )
-            descriptors = []
-            slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
-            for s in range(cfg.shards):
-                for r in range(cfg.slices):
-                    rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
-                    tree = SortedTree.build((keys[i], commits[i]) for i in rows)
-                    slice_roots[(s, r)] = (tree.root, len(tree))
-                    descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
-            audit_rows = np.flatnonzero(role == 1)
-            audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
-        finally:
-            writer.shutdown(wait=True)
-        init_digests = [f.result() for f in init_futures]
+        init_digests = []
+        for s in range(cfg.shards):
+            model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
+            init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store))
+        descriptors = []
+        slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
+        for s in range(cfg.shards):
+            for r in range(cfg.slices):
+                rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
+                tree = SortedTree.build((keys[i], commits[i]) for i in rows)
+                slice_roots[(s, r)] = (tree.root, len(tree))
+                descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
+        audit_rows = np.flatnonzero(role == 1)
+        audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
         ds_root = dataset_root(descriptors)
         roles = {0: "train", 1: "audit", 2: "test"}
         db = self._db()
@@ -608,13 +599,12 @@ class Workspace:
         """Append one stage's steps and checkpoints and move the shard's state, atomically."""
         db = self._db()
         log = self._log
-        lr_json = canonical_json(task.hyper["lr"]).decode()
         ck = dict(res.checkpoints)
         with log.transaction():
             first = last = None
             items: list[tuple[str, dict[str, Any] | bytes]] = []
             for s in res.steps:
-                items.append(("step", _sisa.step_body_json(task.shard, task.generation, s, lr_json)))
+                items.append(("step", s.body))
                 done = s.step + 1
                 if done in ck:
                     items.append(

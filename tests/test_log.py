@@ -349,6 +349,30 @@ def test_two_handles_on_one_file(tmp_path: Path) -> None:
     assert b.check_integrity() == 40
 
 
+def test_frontier_reuse_across_transactions_matches_the_tree(tmp_path: Path) -> None:
+    """A handle reuses its right edge from one commit to the next; another writer's appends
+    (size changed) or a replaced last entry (same size) make it reload from the database."""
+    path = tmp_path / "log.db"
+    a = TransparencyLog.open(path, origin=ORIGIN, create=True)
+    b = TransparencyLog.open(path, origin=ORIGIN)
+    for k in range(0, 37):  # one entry per transaction: every stored level crosses a commit
+        (b if k % 7 == 3 else a).append_many(items(k, k + 1))
+        assert a.root() == MerkleTree(leaves(0, k + 1)).root()
+    assert a.check_integrity() == b.check_integrity() == 37
+    # Same size, different last entry (written behind the log's back): the edge must not be reused.
+    other = ("step", {"i": "x"})
+    with b.transaction():
+        b.connection.execute("DELETE FROM log_entries WHERE idx = 36")
+        b.connection.execute(
+            "INSERT INTO log_entries(idx, kind, body, leaf_hash) VALUES (36, 'step', ?, ?)",
+            (canonical_json(other[1]), entry_leaf_hash(*other)),
+        )
+    a.append_many(items(37, 70))
+    want = leaves(0, 36) + [entry_leaf_hash(*other)] + leaves(37, 70)
+    assert a.root() == MerkleTree(want).root()
+    assert a.check_integrity() == 70
+
+
 # --- integrity ----------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prover._sisa import StepRecord, assign, step_body_json
+from prover._sisa import assign, step_body_json
 from verifiable_mu import MalformedInput
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._log import TransparencyLog, entry_leaf_hash
@@ -27,7 +27,6 @@ _batch = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40).
 @settings(max_examples=300, deadline=None)
 @given(_small, _small, _small, _small, _u63, _u63, _lr, _batch)
 def test_step_body_json_is_canonical_json(shard, generation, stage, epoch, step, seed, lr, batch) -> None:
-    rec = StepRecord(stage, epoch, step, seed, batch)
     body = {
         "shard": shard,
         "generation": generation,
@@ -38,7 +37,17 @@ def test_step_body_json_is_canonical_json(shard, generation, stage, epoch, step,
         "lr": lr,
         "batch": batch,
     }
-    assert step_body_json(shard, generation, rec, canonical_json(lr).decode()) == canonical_json(body)
+    got = step_body_json(
+        shard=shard,
+        generation=generation,
+        stage=stage,
+        epoch=epoch,
+        step=step,
+        seed=seed,
+        lr_json=canonical_json(lr),
+        batch_hex=batch.encode("ascii"),
+    )
+    assert got == canonical_json(body)
 
 
 def test_pre_encoded_bodies_hash_and_read_back_like_dicts(tmp_path: os.PathLike) -> None:

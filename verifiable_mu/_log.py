@@ -175,7 +175,7 @@ def _split(n: int) -> int:
 class TransparencyLog:
     """An append-only RFC 9162 log in one SQLite file. Not thread-safe; one object per thread."""
 
-    __slots__ = ("_conn", "_path", "_origin", "_depth", "_frontier", "_closed")
+    __slots__ = ("_conn", "_path", "_origin", "_depth", "_frontier", "_edge", "_closed", "_committed_edge")
 
     def __init__(self, conn: sqlite3.Connection, path: str, origin: str) -> None:
         self._conn = conn
@@ -185,6 +185,10 @@ class TransparencyLog:
         # Right edge of the tree while a write transaction is open: _frontier[l] is the hash of the
         # last complete level-l node whenever bit l of the size is set. None = load from the DB.
         self._frontier: list[bytes | None] | None = None
+        # (size, last leaf hash, frontier) as of this connection's last commit: the next write
+        # transaction reuses the frontier if the log still ends with that leaf at that size.
+        self._committed_edge: tuple[int, bytes, list[bytes | None]] | None = None
+        self._edge: tuple[int, bytes] | None = None  # (size, last leaf hash) after this transaction's appends
         self._closed = False
 
     # -- opening ---------------------------------------------------------------------------------
@@ -300,17 +304,18 @@ class TransparencyLog:
             except sqlite3.Error as e:
                 raise LogError(f"cannot start a write transaction on the log: {e}") from e
             self._depth = 1
-            self._frontier = None
+            self._frontier = self._edge = None
             try:
                 yield self
             except BaseException:
                 self._depth = 0
-                self._frontier = None
+                self._frontier = self._edge = None
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
             self._depth = 0
-            self._frontier = None
+            frontier, edge = self._frontier, self._edge
+            self._frontier = self._edge = None
             if not conn.in_transaction:
                 raise LogError("the log transaction was ended by someone else before it could commit")
             try:
@@ -319,6 +324,8 @@ class TransparencyLog:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise LogError(f"cannot commit the log transaction: {e}") from e
+            if frontier is not None and edge is not None:
+                self._committed_edge = (edge[0], edge[1], frontier)
         else:
             name = f"vmu_log_sp{self._depth}"
             conn.execute(f"SAVEPOINT {name}")
@@ -326,7 +333,7 @@ class TransparencyLog:
             try:
                 yield self
             except BaseException:
-                self._frontier = None
+                self._frontier = self._edge = None
                 if conn.in_transaction:
                     conn.execute(f"ROLLBACK TO {name}")
                     conn.execute(f"RELEASE {name}")
@@ -541,7 +548,11 @@ class TransparencyLog:
         start = n = self.size
         frontier = self._frontier
         if frontier is None:
-            frontier = self._load_frontier(n)
+            ce = self._committed_edge
+            if ce is not None and ce[0] == n and n > 0 and self._leaf_hash_at(n - 1) == ce[1]:
+                frontier = list(ce[2])
+            else:
+                frontier = self._load_frontier(n)
         self._frontier = None  # invalid until this call finishes
         ins_e = "INSERT INTO log_entries(idx, kind, body, leaf_hash) VALUES (?, ?, ?, ?)"
         ins_n = "INSERT INTO log_nodes(level, idx, hash) VALUES (?, ?, ?)"
@@ -572,7 +583,7 @@ class TransparencyLog:
                 except MalformedInput as e:
                     raise MalformedInput(f"log entry body of kind {kind!r}: {e}") from e
                 data = prefix + cbody
-            h = lh_of(data)
+            h = lh = lh_of(data)
             add_e((n, kind, cbody, h))
             lvl, i = 0, n
             while i & 1:
@@ -594,7 +605,13 @@ class TransparencyLog:
             conn.executemany(ins_e, rows_e)
             conn.executemany(ins_n, rows_n)
         self._frontier = frontier
+        if n > start:
+            self._edge = (n, lh)
         return range(start, n)
+
+    def _leaf_hash_at(self, index: int) -> bytes | None:
+        row = self._conn.execute("SELECT leaf_hash FROM log_entries WHERE idx = ?", (index,)).fetchone()
+        return None if row is None else row[0]
 
     # -- signed tree heads -------------------------------------------------------------------------
 
