@@ -11,7 +11,9 @@ it. What goes in:
   plus a consistency proof from each transcript's head to the final head;
 * the final constituent models and the start and end checkpoints of each sampled segment;
 * record openings (id, features, label, salt) of the deleted records, the audit set, and the
-  records used by the sampled segments -- and of no other record.
+  records used by the sampled segments -- and of no other record;
+* the (key, commitment) pairs of every slice whose stages have disclosed steps (no features, no
+  labels, no salts), from which the verifier recomputes each epoch's committed batch order.
 
 Which segments are sampled is decided by the verifier's challenge (``challenge=``) or, offline,
 by Fiat-Shamir from the transcripts and the final head (:mod:`verifiable_mu._sampling`).
@@ -59,6 +61,7 @@ PUBKEY = "keys/signing-key.pub.pem"
 FINAL_HEAD = "heads/final.note"
 LOG = "log/entries.json"
 OPENINGS = "records/openings.json"
+SLICES_DIR = "slices/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +280,51 @@ def write_bundle(
     if audit_proofs:
         openings_doc["audit_proofs"] = audit_proofs
 
+    # Slice records: the (key, commitment) pairs of every slice whose stages have disclosed steps,
+    # so the verifier can recompute each epoch's committed visiting order and check every batch
+    # against it (specs/08-bundle.md section 4a): all slices of every retrained shard as of its
+    # request, and the original slices of every shard with a sampled generation-0 segment.
+    slice_members: dict[str, bytes] = {}
+
+    def live_after(shard: int, slc: int, m: int) -> tuple[str, bytes]:
+        """Root (hex) and records of slice (shard, slc) once requests 1..m were carried out."""
+        pairs = sorted(
+            db.execute(
+                "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+                "AND (deleted_by IS NULL OR deleted_by > ?)",
+                (shard, slc, m),
+            ).fetchall()
+        )
+        return SortedTree.build(pairs).root.hex(), b"".join(k + c for k, c in pairs)
+
+    def add_slice(shard: int, slc: int, m: int, root_hex: str) -> None:
+        # The log names the root; the records are the slice's as of request m (0: as committed).
+        # Should the log name another state of the slice, the others are tried; a root no state
+        # rebuilds is left out, and the verifier rejects the bundle for lacking it.
+        name = f"{SLICES_DIR}{root_hex}.records"
+        if name in slice_members:
+            return
+        for cand in dict.fromkeys([m, 0, *requests]):
+            got, data = live_after(shard, slc, cand)
+            if got == root_hex:
+                slice_members[name] = data
+                return
+
+    for n, pred in zip(requests, preds, strict=True):
+        for sh in pred["shards"]:
+            for j, item in enumerate(sh["slices"]):
+                add_slice(int(sh["shard"]), j, n, item["slice"]["entry"]["body"]["root"])
+    for s in sorted({r.shard for r in picked if r.generation == 0}):
+        for j in range(slices):
+            add_slice(s, j, 0, log.entry(1 + s * slices + j).body["root"])
+
     members: list[tuple[str, bytes]] = [
         (PUBKEY, ws.public_key.to_pem()),
         (FINAL_HEAD, head.note),
         *envs,
         (LOG, canonical_json(log_doc)),
         (OPENINGS, canonical_json(openings_doc)),
+        *sorted(slice_members.items()),
     ]
     ckpt_members = []
     for d in sorted(digests):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._tags import TAG_ASSIGNMENT, TAG_STEP_SEED, tagged_hash
+from verifiable_mu._seeds import epoch_order, perm_seed
+from verifiable_mu._tags import TAG_ASSIGNMENT
 
 __all__ = [
     "batch_commitments",
@@ -77,11 +78,6 @@ def stage_epochs(epochs: int, slices: int) -> int:
 def expected_speedup(shards: int, slices: int) -> float:
     """``S * 3R / (2R + 1)``: full retraining against one deletion at a uniform slice."""
     return shards * 3 * slices / (2 * slices + 1)
-
-
-def perm_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int) -> int:
-    d = tagged_hash(TAG_STEP_SEED, b"perm", struct.pack(">QIII", run_seed, shard, generation, stage), struct.pack(">I", epoch))
-    return int.from_bytes(d[:8], "big")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,9 +201,9 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         in_stage = 0
         total = st.epochs * ((n + B - 1) // B)
         for epoch in range(st.epochs):
-            perm = np.random.default_rng(
-                perm_seed(task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch)
-            ).permutation(n)
+            perm = epoch_order(
+                task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, n=n
+            )
             for b in range(0, n, B):
                 idx = perm[b : b + B]
                 seed = step_seed(

@@ -6,7 +6,8 @@ honest continuation of the forged one), so the only evidence is the replay of fo
 
 (a) retrains with a deleted record still in a batch while logging the clean manifest;
 (b) skips retraining and logs the old (pre-deletion) checkpoints for the retraining;
-(c) logs fabricated checkpoints for a fraction f of all segments -- detection rate vs 1-(1-f)^k.
+(c) logs fabricated checkpoints for a fraction f of all segments -- detection rate vs 1-(1-f)^k;
+(d) chooses its own batches and trains on them: no replay catches it, the committed order does.
 """
 
 from __future__ import annotations
@@ -73,6 +74,34 @@ def test_cheater_a_deleted_record_kept_in_retraining_batches() -> None:
     # not sampled: the forgery escapes (this is what (1-f)^k quantifies)
     ch, data = _find_challenges(ws_dir, forged, 3, False)
     assert verify(data, VerifyOptions(challenge=ch)).exit_code == 0
+
+
+def test_cheater_d_chooses_its_own_batches_always_caught() -> None:
+    """The freedom forging attacks need: the cheater picks which records share a batch (here two
+    retraining steps trade a record) and trains on exactly what it logs, so every checkpoint
+    replays. The committed seed and the disclosed slice records fix every batch: step 14
+    rejects it whatever the sample."""
+
+    def mutate(ctx: Any) -> dict[str, Any]:
+        d1 = _entries_of(ctx, "deletion", request="1")[0]
+        m1 = _entries_of(ctx, "model", request="1")[0]
+        steps = [i for i in _entries_of(ctx, "step") if d1 < i < m1]
+        i, j = steps[0], steps[1]
+        bi, bj = ctx.entries[i][1], ctx.entries[j][1]
+        assert (bi["stage"], bi["epoch"]) == (bj["stage"], bj["epoch"])
+        bi["batch"], bj["batch"] = bj["batch"][:64] + bi["batch"][64:], bi["batch"][:64] + bj["batch"][64:]
+        target = next(c for c in _entries_of(ctx, "checkpoint") if c > j)
+        changed = cheat(ctx, {target: {}})  # trained honestly on the chosen batches
+        assert target in changed
+        return {"forged": {target}}
+
+    ws_dir, st = _forge_keep(mutate)
+    for hit in (True, False):
+        ch, data = _find_challenges(ws_dir, st["forged"], 3, hit)
+        v = verify(data, VerifyOptions(challenge=ch, replay=3))
+        assert v.exit_code == 1 and v.failed_step == 14, repr(v.failure)
+        assert type(v.failure).__name__ == "BatchNotCommitted" and "committed batch" in str(v.failure)
+        assert all(r.status == "pass" for r in v.results if r.step < 14)
 
 
 def test_cheater_b_skips_retraining_always_caught() -> None:

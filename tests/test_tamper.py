@@ -119,6 +119,29 @@ def _rename_ckpt(m: dict[str, bytes]) -> None:
     m["checkpoints/" + "0" * 64 + ".safetensors"] = m.pop(n)
 
 
+def _slice_names(m: dict[str, bytes]) -> list[str]:
+    return sorted(n for n in m if n.startswith("slices/") and len(m[n]) >= 128)
+
+
+def _rename_slice_records(m: dict[str, bytes]) -> None:
+    m["slices/" + "0" * 64 + ".records"] = m.pop(_slice_names(m)[0])
+
+
+def _truncate_slice_records(m: dict[str, bytes]) -> None:
+    n = _slice_names(m)[0]
+    m[n] = m[n][:-10]
+
+
+def _unsort_slice_records(m: dict[str, bytes]) -> None:
+    n = _slice_names(m)[0]
+    m[n] = m[n][64:128] + m[n][:64] + m[n][128:]
+
+
+def _drop_slice_records(m: dict[str, bytes]) -> None:
+    for n in [n for n in m if n.startswith("slices/")]:
+        del m[n]
+
+
 def _truncate_ckpt(m: dict[str, bytes]) -> None:
     n = _ckpt_names(m)[0]
     m[n] = m[n][:-100]
@@ -226,6 +249,15 @@ def _f_dirty_manifest(ctx: Any) -> None:
     c = _deleted(ctx)[0]
     i = _retrain_steps(ctx)[5]
     ctx.entries[i][1]["batch"] = c + ctx.entries[i][1]["batch"][64:]
+
+
+def _f_swap_batches(ctx: Any) -> None:
+    """Two retraining steps of one epoch trade a record: sizes, seeds and manifests stay clean."""
+    steps = _retrain_steps(ctx)
+    i, j = steps[0], steps[1]
+    bi, bj = ctx.entries[i][1], ctx.entries[j][1]
+    assert bi["epoch"] == bj["epoch"] and bi["stage"] == bj["stage"]
+    bi["batch"], bj["batch"] = bj["batch"][:64] + bi["batch"][64:], bi["batch"][:64] + bj["batch"][64:]
 
 
 def _f_ckpt_step(ctx: Any) -> None:
@@ -405,6 +437,11 @@ CASES: dict[str, Case] = {
     "step_03_log_runs_wrong_type": Case(3, 2, "InvalidBundle", "runs must be a non-empty list",
                                         _edit_json("log/entries.json", lambda d: d.update(runs={}))),
     "step_03_checkpoint_name_digest": Case(3, 2, "InvalidBundle", "content digest is", _members_op(_rename_ckpt)),
+    "step_03_slice_records_name_root": Case(3, 2, "InvalidBundle", "not its name", _members_op(_rename_slice_records)),
+    "step_03_slice_records_partial": Case(3, 2, "InvalidBundle", "whole number of 64-byte records",
+                                          _members_op(_truncate_slice_records)),
+    "step_03_slice_records_unsorted": Case(3, 2, "InvalidBundle", "strictly ascending key order",
+                                           _members_op(_unsort_slice_records)),
     "step_03_checkpoint_truncated": Case(3, 2, "InvalidBundle", "does not fit|trailing|too short", _members_op(_truncate_ckpt)),
     "step_03_opening_bad_label": Case(3, 2, "InvalidBundle", "label must be a canonical decimal",
                                       _opening_edit(lambda d: d["audit"][0].update(label="07"))),
@@ -461,6 +498,10 @@ CASES: dict[str, Case] = {
     # 14. clean manifests
     "step_14_deleted_record_in_retraining": Case(14, 1, "ManifestContainsDeleted", "uses deleted record",
                                                  _forged(_f_dirty_manifest)),
+    "step_14_batch_not_committed": Case(14, 1, "BatchNotCommitted", "does not train on its committed batch",
+                                        _forged(_f_swap_batches)),
+    "step_14_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
+                                          _members_op(_drop_slice_records)),
     # 15. models
     "step_15_model_constituents": Case(15, 1, "ModelMismatch", "constituents", _forged(_f_model_shards)),
     "step_15_model_digest": Case(15, 1, "ModelMismatch", "not the hash of its constituents|model_before", _forged(_f_model_digest)),

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import struct
 
+import numpy as np
+
 from ._tags import TAG_STEP_SEED, tagged_hash
 
-__all__ = ["step_seed", "atomic_write"]
+__all__ = ["step_seed", "perm_seed", "epoch_order", "atomic_write"]
 
 
 def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
@@ -18,6 +20,19 @@ def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: 
     (specs/06-training.md section 3)."""
     d = tagged_hash(TAG_STEP_SEED, struct.pack(">QIIIIQ", run_seed, shard, generation, stage, epoch, step))
     return int.from_bytes(d[:8], "big") >> 1
+
+
+def perm_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int) -> int:
+    """The seed of one epoch's visiting order (specs/06-training.md section 2)."""
+    d = tagged_hash(TAG_STEP_SEED, b"perm", struct.pack(">QIII", run_seed, shard, generation, stage), struct.pack(">I", epoch))
+    return int.from_bytes(d[:8], "big")
+
+
+def epoch_order(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` of a stage visits the stage's ``n`` rows: the prover
+    trains in it and the verifier checks every disclosed batch against it."""
+    seed = perm_seed(run_seed, shard=shard, generation=generation, stage=stage, epoch=epoch)
+    return np.random.default_rng(seed).permutation(n)
 
 
 def atomic_write(path: str, data: bytes) -> None:

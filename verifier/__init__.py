@@ -12,6 +12,7 @@ from ._bundle import Bundle, Limits, Manifest, read_bundle
 from ._canary import CanaryReport, canary_test
 from ._checks import STEPS, CheckResult, Verification, VerifyOptions, verify
 from ._errors import (
+    BatchNotCommitted,
     ChallengeMismatch,
     CommitBlockInvalid,
     DeletionClaimFailed,
@@ -53,6 +54,7 @@ __all__ = [
     "Limits",
     "Manifest",
     "ManifestContainsDeleted",
+    "BatchNotCommitted",
     "ModelMismatch",
     "OpeningMismatch",
     "OrderingViolation",

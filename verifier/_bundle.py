@@ -29,6 +29,7 @@ from verifiable_mu._log import LogEntry
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
 from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
+from verifiable_mu._sorted_tree import SortedTree
 from verifiable_mu._tags import TAG_CHECKPOINT
 
 from ._entries import _wrap
@@ -60,7 +61,7 @@ OPENINGS = "records/openings.json"
 
 _NAME_RE = re.compile(
     r"(manifest\.json|keys/signing-key\.pub\.pem|heads/final\.note|transcripts/[0-9]{6}\.dsse\.json"
-    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors)"
+    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records)"
 )
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 
@@ -359,6 +360,8 @@ class Bundle:
     openings: Openings
     checkpoints: Mapping[bytes, bytes] = field(repr=False)  # content digest (from the name) -> file bytes
     member_bytes: Mapping[str, int] = field(repr=False)
+    # slice-tree root (from the name, rebuilt from the content) -> its records' commitments in key order
+    slice_records: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
 
 
 def _json(members: Mapping[str, bytes], name: str, limits: Limits) -> Any:
@@ -521,6 +524,11 @@ def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limit
             if got != digest:
                 raise InvalidBundle(f"{name} holds a checkpoint whose content digest is {got.hex()[:16]}...")
             ckpts[digest] = members[name]
+    slices = {}
+    for name in sorted(members):
+        if name.startswith("slices/"):
+            root = bytes.fromhex(name[len("slices/") : -len(".records")])
+            slices[root] = _parse_slice_records(members[name], root, name)
     return Bundle(
         manifest=manifest,
         public_key=key,
@@ -531,7 +539,23 @@ def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limit
         openings=openings,
         checkpoints=MappingProxyType(ckpts),
         member_bytes=MappingProxyType({n: len(b) for n, b in members.items()}),
+        slice_records=MappingProxyType(slices),
     )
+
+
+def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[bytes, ...]:
+    """A ``slices/<root>.records`` member: 64-byte ``key || commitment`` records, strictly
+    ascending by key, whose slice tree has the root the name says (specs/08-bundle.md 4a)."""
+    if len(data) % 64:
+        raise InvalidBundle(f"{name} is not a whole number of 64-byte records")
+    keys = [data[i : i + 32] for i in range(0, len(data), 64)]
+    commits = tuple(data[i + 32 : i + 64] for i in range(0, len(data), 64))
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+        raise InvalidBundle(f"{name} must list its records in strictly ascending key order")
+    tree = SortedTree.from_buffers(b"".join(keys), b"".join(commits))
+    if tree.root != root:
+        raise InvalidBundle(f"{name} holds records whose slice tree has root {tree.root.hex()[:16]}..., not its name")
+    return commits
 
 
 def load_file(path: str, limits: Limits = Limits()) -> bytes:

@@ -16,7 +16,10 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
 11. deletion-claims    deleted records were in their old slices; absent from every retrained slice
 12. ordering           rollback checkpoint of the current lineage, before the first use of each record
 13. schedule           every lineage's checkpoints and steps follow the committed SISA schedule
-14. clean-manifests    no retraining step uses a record deleted by this or an earlier request
+14. clean-manifests    no retraining step uses a record deleted by this or an earlier request, and
+                       every retraining step trains on its committed batch: the stage's slice
+                       records (disclosed, rebuilt to the logged roots) in the order the committed
+                       seed gives (step 17 checks the same of every sampled segment's steps)
 15. models             model entries chain; final constituent weights match the final model
 16. openings           openings match their commitments, the request digests and the audit root
 17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
@@ -61,7 +64,7 @@ from verifiable_mu._sampling import (
     sample_segments,
     transcript_digest,
 )
-from verifiable_mu._seeds import step_seed
+from verifiable_mu._seeds import epoch_order, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
@@ -89,6 +92,7 @@ from ._entries import (
     Transcript,
 )
 from ._errors import (
+    BatchNotCommitted,
     ChallengeMismatch,
     CommitBlockInvalid,
     DeletionClaimFailed,
@@ -165,6 +169,8 @@ class _Lineage:
     checkpoints: list[CheckpointBody]  # after start, in log order
     stage_base: dict[int, int]  # stage -> step count when the stage starts
     stage_n: dict[int, int]  # stage -> records trained on
+    slice_roots: tuple[bytes, ...] = ()  # root of each slice j as this lineage trained on it
+    orders: dict[tuple[int, int], tuple[bytes, ...]] = field(default_factory=dict)  # (stage, epoch) -> visiting order
 
     def at_stage_end(self, stage: int) -> CheckpointBody | None:
         found = None
@@ -296,6 +302,45 @@ def _check_step(v: Verification, st: StepBody, lin: _Lineage, counter: int, what
     seed = step_seed(cfg.seed, shard=lin.shard, generation=lin.generation, stage=stage, epoch=epoch, step=counter)
     if st.seed != seed:
         raise ScheduleViolation(f"{what}: step entry {st.index} has seed {st.seed}, the committed derivation gives {seed}")
+
+
+def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> None:
+    """A step that passed :func:`_check_step` trains on exactly the batch the committed seed and
+    the stage's slice records fix (step 14 for retraining steps, step 17 for sampled ones)."""
+    cfg = v.config
+    assert cfg is not None
+    j = st.step - lin.stage_base[st.stage]
+    b = j - st.epoch * -(-lin.stage_n[st.stage] // cfg.batch_size)
+    order = _epoch_order(v, lin, st.stage, st.epoch, what)
+    if tuple(st.batch) != order[b * cfg.batch_size : (b + 1) * cfg.batch_size]:
+        raise BatchNotCommitted(
+            f"{what}: step entry {st.index} does not train on its committed batch (batch {b} of epoch {st.epoch} of "
+            f"stage {st.stage}, fixed by the committed seed and the stage's slice records)"
+        )
+
+
+def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: str) -> tuple[bytes, ...]:
+    """The commitments of stage ``stage``'s records in the order epoch ``epoch`` visits them:
+    slices 0..stage-1 as the lineage trained on them (records in key order, from the bundle's
+    slice members, whose roots step 3 checked), permuted by the committed epoch seed."""
+    got = lin.orders.get((stage, epoch))
+    if got is not None:
+        return got
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    rows: list[bytes] = []
+    for j in range(stage):
+        root = lin.slice_roots[j]
+        recs = b.slice_records.get(root)
+        if recs is None:
+            raise SegmentMissing(f"{what}: the bundle does not disclose the records of slice {j} (root "
+                                 f"{root.hex()[:16]}...), which fix the batches of stage {stage}")
+        rows += recs
+    if len(rows) != lin.stage_n[stage]:
+        raise BatchNotCommitted(f"{what}: stage {stage} trains on {lin.stage_n[stage]} records, its slices hold {len(rows)}")
+    perm = epoch_order(cfg.seed, shard=lin.shard, generation=lin.generation, stage=stage, epoch=epoch, n=len(rows))
+    got = lin.orders[(stage, epoch)] = tuple(rows[i] for i in perm.tolist())
+    return got
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -492,7 +537,8 @@ def _step_13_original(v: Verification) -> None:
                                     f"{3 + cfg.shards * cfg.slices + s}), not entry {idx[0]}")
         if any(a >= c for a, c in zip(idx, idx[1:], strict=False)):
             raise ScheduleViolation(f"{what}: checkpoint entries are not in log order")
-        lin = _Lineage(shard=s, generation=0, stratum=None, start=cks[0], checkpoints=cks[1:], stage_base={}, stage_n={})
+        lin = _Lineage(shard=s, generation=0, stratum=None, start=cks[0], checkpoints=cks[1:], stage_base={}, stage_n={},
+                       slice_roots=tuple(v.slices0[(s, j)].root for j in range(cfg.slices)))
         n_r = [sum(v.slices0[(s, j)].size for j in range(r)) for r in range(1, cfg.slices + 1)]
         expected = _lineage_checkpoints(v, lin, [(r, n_r[r - 1]) for r in range(1, cfg.slices + 1)], what)
         got = [(c.stage, c.step) for c in cks[1:]]
@@ -621,9 +667,11 @@ def _step_13_retraining(v: Verification, t: Transcript, ti: int, sc: Any, rb: Ch
     cfg = v.config
     assert cfg is not None
     w = f"request {t.request} shard {sc.shard} retraining"
-    sizes = [SliceBody.parse(x.slice.entry).size for x in sc.slices]
+    bodies = [SliceBody.parse(x.slice.entry) for x in sc.slices]
+    sizes = [sb.size for sb in bodies]
     stages = [(r, sum(sizes[:r])) for r in range(sc.from_stage, cfg.slices + 1)]
-    lin = _Lineage(shard=sc.shard, generation=sc.generation, stratum=ti, start=rb, checkpoints=[], stage_base={}, stage_n={})
+    lin = _Lineage(shard=sc.shard, generation=sc.generation, stratum=ti, start=rb, checkpoints=[], stage_base={}, stage_n={},
+                   slice_roots=tuple(sb.root for sb in bodies))
     expected = _lineage_checkpoints(v, lin, stages, w)
     pos = sc.retraining_start
     counter = rb.step
@@ -654,18 +702,23 @@ def _step_13(v: Verification) -> None:
 
 def _step_14(v: Verification) -> None:
     deleted: set[bytes] = set()
+    lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
     for t in v.transcripts:
         deleted |= {r.commitment for r in t.records}
         for sc in t.shards:
+            lin = lin_of[(sc.shard, sc.generation)]
+            w = f"request {t.request} shard {sc.shard} retraining"
             for i in range(sc.retraining_start, sc.retraining_end):
                 e = v.entries[i]
                 if e.kind == "step":
-                    bad = deleted.intersection(StepBody.parse(e).batch)
+                    st = StepBody.parse(e)
+                    bad = deleted.intersection(st.batch)
                     if bad:
                         raise ManifestContainsDeleted(
                             f"request {t.request}: retraining step entry {i} of shard {sc.shard} uses deleted record "
                             f"{sorted(bad)[0].hex()[:16]}..."
                         )
+                    _check_batch(v, st, lin, w)
 
 
 def _step_15(v: Verification) -> None:
@@ -795,6 +848,7 @@ def _step_17(v: Verification) -> None:
             idx = r.end_index - r.steps + j
             st = StepBody.parse(_entry(v, idx, w))
             _check_step(v, st, lin, r.start_step + j, w)
+            _check_batch(v, st, lin, w)
             for c in st.batch:
                 if c not in v.openings:
                     raise SegmentMissing(f"{w}: the bundle does not open record {c.hex()[:16]}... used by step {idx}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from verifiable_mu._errors import VerificationFailed
 
 __all__ = [
+    "BatchNotCommitted",
     "ChallengeMismatch",
     "CommitBlockInvalid",
     "DeletionClaimFailed",
@@ -56,6 +57,10 @@ class ModelMismatch(VerificationFailed):
 
 class ManifestContainsDeleted(VerificationFailed):
     """A logged retraining step uses a record that was deleted."""
+
+
+class BatchNotCommitted(VerificationFailed):
+    """A logged batch is not the one the committed seed and the stage's slice records fix."""
 
 
 class OpeningMismatch(VerificationFailed):
