@@ -13,8 +13,8 @@ echo "== layering (import-linter)"
 .venv/bin/lint-imports
 echo "== lint (ruff)"
 .venv/bin/ruff check verifiable_mu prover verifier tests benchmarks
-echo "== types (mypy: the trusted core and the prover)"
-.venv/bin/mypy verifiable_mu prover
+echo "== types (mypy: the core, the prover and the verifier)"
+.venv/bin/mypy verifiable_mu prover verifier
 echo "== tests"
 # The Ray tests start, kill and stop real Ray instances. Each runs in its own pytest process, so
 # no Ray state leaks from one test into the next (a driver whose Ray instance dies under it exits

@@ -7,7 +7,8 @@ honest continuation of the forged one), so the only evidence is the replay of fo
 (a) retrains with a deleted record still in a batch while logging the clean manifest;
 (b) skips retraining and logs the old (pre-deletion) checkpoints for the retraining;
 (c) logs fabricated checkpoints for a fraction f of all segments -- detection rate vs 1-(1-f)^k;
-(d) chooses its own batches and trains on them: no replay catches it, the committed order does.
+(d) chooses its own retraining batches and trains on them: no replay catches it, the committed
+    order does.
 """
 
 from __future__ import annotations

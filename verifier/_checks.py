@@ -19,7 +19,7 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
 14. clean-manifests    no retraining step uses a record deleted by this or an earlier request, and
                        every retraining step trains on its committed batch: the stage's slice
                        records (disclosed, rebuilt to the logged roots) in the order the committed
-                       seed gives (step 17 checks the same of every sampled segment's steps)
+                       seed gives
 15. models             model entries chain; final constituent weights match the final model
 16. openings           openings match their commitments, the request digests and the audit root
 17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
@@ -305,8 +305,8 @@ def _check_step(v: Verification, st: StepBody, lin: _Lineage, counter: int, what
 
 
 def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> None:
-    """A step that passed :func:`_check_step` trains on exactly the batch the committed seed and
-    the stage's slice records fix (step 14 for retraining steps, step 17 for sampled ones)."""
+    """A retraining step that passed :func:`_check_step` trains on exactly the batch the committed
+    seed and the stage's slice records fix (step 14; step 17 again for sampled retraining steps)."""
     cfg = v.config
     assert cfg is not None
     j = st.step - lin.stage_base[st.stage]
@@ -479,10 +479,10 @@ def _step_09(v: Verification) -> None:
     # An entry a transcript discloses and a run discloses is the same entry (same leaf).
     for t in v.transcripts:
         for what, d in t.disclosures():
-            e = v.entries.get(d.entry.index)
-            if e is not None and e.leaf_hash != d.entry.leaf_hash:
-                raise HeadMismatch(f"request {t.request} {what}: entry {e.index} differs from the bundle's log run")
-            if e is None:
+            known = v.entries.get(d.entry.index)
+            if known is not None and known.leaf_hash != d.entry.leaf_hash:
+                raise HeadMismatch(f"request {t.request} {what}: entry {known.index} differs from the bundle's log run")
+            if known is None:
                 v.entries[d.entry.index] = d.entry
 
 
@@ -848,14 +848,15 @@ def _step_17(v: Verification) -> None:
             idx = r.end_index - r.steps + j
             st = StepBody.parse(_entry(v, idx, w))
             _check_step(v, st, lin, r.start_step + j, w)
-            _check_batch(v, st, lin, w)
-            for c in st.batch:
-                if c not in v.openings:
-                    raise SegmentMissing(f"{w}: the bundle does not open record {c.hex()[:16]}... used by step {idx}")
+            if lin.generation > 0:  # retraining: its slices' records are in the bundle
+                _check_batch(v, st, lin, w)
+            for rec in st.batch:
+                if rec not in v.openings:
+                    raise SegmentMissing(f"{w}: the bundle does not open record {rec.hex()[:16]}... used by step {idx}")
         for idx in (r.start_index, r.end_index):
-            d = CheckpointBody.parse(v.entries[idx]).digest
-            if d not in b.checkpoints:
-                raise SegmentMissing(f"{w}: the bundle lacks checkpoint {d.hex()[:16]}... (entry {idx})")
+            dg = CheckpointBody.parse(v.entries[idx]).digest
+            if dg not in b.checkpoints:
+                raise SegmentMissing(f"{w}: the bundle lacks checkpoint {dg.hex()[:16]}... (entry {idx})")
     v.sample = drawn
 
 
@@ -969,7 +970,7 @@ def _step_19(v: Verification) -> None:
     # Informative only: how the deleted slices' influence decayed over the original lineage.
     for t in v.transcripts:
         for sc in t.shards:
-            by_stage: dict[int, dict[int, bytes]] = {0: {}, 1: {}}
+            by_stage: dict[int, dict[int, tuple[int, bytes]]] = {0: {}, 1: {}}
             for e in v.entries.values():
                 if e.kind != "checkpoint":
                     continue
@@ -979,9 +980,9 @@ def _step_19(v: Verification) -> None:
                 lin = 0 if ck.generation == 0 else 1
                 prev = by_stage[lin].get(ck.stage)
                 if prev is None or ck.index > prev[0]:
-                    by_stage[lin][ck.stage] = (ck.index, ck.digest)  # type: ignore[assignment]
-            orig = {r: d for r, (_, d) in by_stage[0].items()}  # type: ignore[misc]
-            new = {r: d for r, (_, d) in by_stage[1].items() if r >= sc.from_stage}  # type: ignore[misc]
+                    by_stage[lin][ck.stage] = (ck.index, ck.digest)
+            orig = {r: d for r, (_, d) in by_stage[0].items()}
+            new = {r: d for r, (_, d) in by_stage[1].items() if r >= sc.from_stage}
             if sc.generation == 0 or not new or any(d not in b.checkpoints for d in [*orig.values(), *new.values()]):
                 continue
             try:

@@ -8,6 +8,7 @@ specs/07-deletion-transcript.md (deletion, transcript), and specs/08-bundle.md.
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -53,34 +54,34 @@ class _Body:
             raise InvalidBundle(f"{what} has unknown field(s): {', '.join(sorted(map(str, extra)))[:200]}")
         self.what, self.d = what, d
 
-    def int(self, k: str, lo: int = 0, hi: int = _U32) -> int:
+    def int(self, k: builtins.str, lo: builtins.int = 0, hi: builtins.int = _U32) -> builtins.int:
         v = self.d[k]
         if type(v) is not int or not lo <= v <= hi:
             raise InvalidBundle(f"{self.what}: {k} must be an integer in [{lo}, {hi}]")
         return v
 
-    def dec(self, k: str) -> int:
+    def dec(self, k: builtins.str) -> builtins.int:
         v = self.d[k]
         if not isinstance(v, str) or not _DEC.fullmatch(v) or int(v) >= 2**63:
             raise InvalidBundle(f"{self.what}: {k} must be a decimal string")
         return int(v)
 
-    def hex(self, k: str) -> bytes:
+    def hex(self, k: builtins.str) -> bytes:
         return hex32(self.d[k], what=f"{self.what}: {k}", exc=InvalidBundle)
 
-    def hexlist(self, k: str, max_len: int = 10_000_000) -> tuple[bytes, ...]:
+    def hexlist(self, k: builtins.str, max_len: builtins.int = 10_000_000) -> tuple[bytes, ...]:
         v = self.d[k]
         if not isinstance(v, list) or len(v) > max_len:
             raise InvalidBundle(f"{self.what}: {k} must be a list of hex digests")
         return tuple(hex32(x, what=f"{self.what}: {k}[{i}]", exc=InvalidBundle) for i, x in enumerate(v))
 
-    def str(self, k: str, max_len: int = 1024) -> str:
+    def str(self, k: builtins.str, max_len: builtins.int = 1024) -> builtins.str:
         v = self.d[k]
         if not isinstance(v, str) or len(v) > max_len:
             raise InvalidBundle(f"{self.what}: {k} must be a string of at most {max_len} characters")
         return v
 
-    def obj(self, k: str) -> dict[str, Any]:
+    def obj(self, k: builtins.str) -> dict[builtins.str, Any]:
         v = self.d[k]
         if not isinstance(v, dict):
             raise InvalidBundle(f"{self.what}: {k} must be a JSON object")

@@ -95,16 +95,16 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
         f"  escape probability (1-f)^k with k={k} uniformly drawn segments "
         f"(+{v.stratum_draws if v.replayed else 0} drawn one per deletion): {probs}"
     )
-    rr = v.residual_report
-    if rr is not None:
+    res = v.residual_report
+    if res is not None:
         best = []
         for phase in ("pre", "post"):
-            for a in rr.get(phase) or []:
+            for a in res.get(phase) or []:
                 if a.get("decides") and a.get("auc") is not None:
                     lo, hi = a.get("auc_ci95") or (None, None)
                     ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
                     best.append(f"{a['attack']} {phase}-deletion AUC {a['auc']:.3f}{ci}")
-        lines.append(f"  residual tests: {rr.get('verdict')} -- {rr.get('reason')}")
+        lines.append(f"  residual tests: {res.get('verdict')} -- {res.get('reason')}")
         if best:
             lines.append("    " + "; ".join(best))
     if v.canary_report is not None:
@@ -112,6 +112,10 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
     verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
     if v.exit_code == 0 and v.inconclusive:
         verdict = "ACCEPTED (residual tests inconclusive)"
-    reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}" if v.failure else ""
+    reason = ""
+    if v.failure is not None and v.failed_step is not None:
+        reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}"
+    elif v.failure is not None:
+        reason = f" -- {v.failure}"
     lines.append(f"verdict: {verdict}{reason}")
     return "\n".join(lines) + "\n"
