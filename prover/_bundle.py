@@ -84,6 +84,18 @@ def _payload(env_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
     return payload, json.loads(payload)
 
 
+def _created() -> int:
+    """The manifest's informative ``created`` time: ``SOURCE_DATE_EPOCH`` when set (the
+    reproducible-builds convention: the same workspace and challenge then give the same bundle,
+    byte for byte), else now."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None:
+        return int(time.time())
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadInput(f"SOURCE_DATE_EPOCH must be a non-negative integer (seconds), not {raw[:20]!r}")
+    return int(raw)
+
+
 def _merge(intervals: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[list[int]] = []
     for a, b in sorted(intervals):
@@ -334,7 +346,7 @@ def write_bundle(
         "version": BUNDLE_VERSION,
         "origin": log.origin,
         "generator": "verifiable-mu prover",
-        "created": int(time.time()),
+        "created": _created(),
         "transcripts": [name for name, _ in envs],
         "challenge": ch,
         "replay": replay,

@@ -203,6 +203,23 @@ def test_bundle_size_for_one_deletion_under_1_mib(honest_fixture, tmp_path) -> N
     assert info.bytes_without_checkpoints < 1024 * 1024, info
 
 
+def test_bundle_is_reproducible_with_source_date_epoch(honest_fixture, tmp_path, monkeypatch) -> None:  # noqa: F811
+    from prover import BadInput, Workspace
+    from prover._bundle import write_bundle
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    with Workspace.open(honest_fixture.ws_dir) as ws:
+        a = write_bundle(ws, str(tmp_path / "a.vmu"), challenge=b"\x07" * 16, replay=3)
+        b = write_bundle(ws, str(tmp_path / "b.vmu"), challenge=b"\x07" * 16, replay=3)
+        assert (tmp_path / "a.vmu").read_bytes() == (tmp_path / "b.vmu").read_bytes()
+        assert json.loads(_members((tmp_path / "a.vmu").read_bytes())["manifest.json"])["created"] == 1700000000
+        assert a.bytes_total == b.bytes_total
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+        with pytest.raises(BadInput, match="SOURCE_DATE_EPOCH"):
+            write_bundle(ws, str(tmp_path / "c.vmu"))
+    assert not (tmp_path / "c.vmu").exists()
+
+
 def test_bundle_cli_and_errors(honest_fixture, tmp_path) -> None:  # noqa: F811
     env = {**os.environ, "PYTHONPATH": ROOT}
     out = tmp_path / "cli.zip"
