@@ -52,26 +52,24 @@ class Honest:
 _CACHE: dict[str, Honest] = {}
 
 
-def _new_ws(root: str) -> str:
+def _new_ws(root: str, **config: Any) -> str:
     from prover import Workspace, WorkspaceConfig
 
     ws_dir = os.path.join(root, "ws")
-    cfg = WorkspaceConfig(shards=SHARDS, slices=SLICES, epochs=EPOCHS, workers=1, device="cpu")
+    cfg = WorkspaceConfig(shards=SHARDS, slices=SLICES, epochs=EPOCHS, workers=1, device="cpu", **config)
     with Workspace.create(ws_dir, data="digits", config=cfg) as ws:
         ws.progress = False
         ws.train(workers=1)
     return ws_dir
 
 
-def honest() -> Honest:
-    if "h" in _CACHE:
-        return _CACHE["h"]
+def build_honest(root: str, **config: Any) -> Honest:
+    """Train a workspace in ``root`` (``config`` overrides the defaults), carry out two deletion
+    requests and write the honest bundle (Fiat-Shamir, replay 6)."""
     from prover import Workspace
     from prover._bundle import write_bundle
 
-    root = tempfile.mkdtemp(prefix="vmu-verifier-tests-")
-    atexit.register(shutil.rmtree, root, True)
-    ws_dir = _new_ws(root)
+    ws_dir = _new_ws(root, **config)
     with Workspace.open(ws_dir) as ws:
         ws.progress = False
         ws.forget(FIRST_IDS, workers=1)
@@ -87,8 +85,16 @@ def honest() -> Honest:
     with open(path, "rb") as f:
         data = f.read()
     key = SigningKey.load(os.path.join(ws_dir, "signing-key.pem"))
-    h = Honest(root=root, ws_dir=ws_dir, bundle_path=path, bundle=data, key=key,
-               pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second)
+    return Honest(root=root, ws_dir=ws_dir, bundle_path=path, bundle=data, key=key,
+                  pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second)
+
+
+def honest() -> Honest:
+    if "h" in _CACHE:
+        return _CACHE["h"]
+    root = tempfile.mkdtemp(prefix="vmu-verifier-tests-")
+    atexit.register(shutil.rmtree, root, True)
+    h = build_honest(root)
     _CACHE["h"] = h
     return h
 

@@ -25,10 +25,6 @@ sys.path[:0] = [os.path.dirname(HERE), os.path.dirname(os.path.dirname(HERE))]
 import conftest_verifier as cv  # noqa: E402
 import test_tamper as tt  # noqa: E402
 
-from prover import Workspace, WorkspaceConfig  # noqa: E402
-from prover._bundle import write_bundle  # noqa: E402
-from verifiable_mu._keys import SigningKey  # noqa: E402
-
 #: golden file -> the tamper case that makes it (None: the honest bundle)
 GOLDEN = {
     "bundle_honest.vmu": None,
@@ -40,35 +36,11 @@ GOLDEN = {
 }
 
 
-def honest_logreg(root: str) -> cv.Honest:
-    ws_dir = os.path.join(root, "ws")
-    cfg = WorkspaceConfig(shards=cv.SHARDS, slices=cv.SLICES, epochs=cv.EPOCHS, model="logreg", workers=1, device="cpu")
-    with Workspace.create(ws_dir, data="digits", config=cfg) as ws:
-        ws.progress = False
-        ws.train(workers=1)
-        ws.forget(cv.FIRST_IDS, workers=1)
-        shard_of = dict(ws._db().execute("SELECT id, shard FROM p_records WHERE role='train'").fetchall())
-        sl = dict(ws._db().execute("SELECT id, slice FROM p_records WHERE role='train'").fetchall())
-        s0 = shard_of[cv.FIRST_IDS[0]]
-        cand = [i for i in shard_of if shard_of[i] == s0 and sl[i] == cv.SLICES - 1 and i not in cv.FIRST_IDS]
-        second = [sorted(cand, key=int)[0]]
-        ws.forget(second, workers=1)
-        path = os.path.join(root, "honest.vmu")
-        write_bundle(ws, path, replay=6)
-    with open(path, "rb") as f:
-        data = f.read()
-    return cv.Honest(
-        root=root, ws_dir=ws_dir, bundle_path=path, bundle=data,
-        key=SigningKey.load(os.path.join(ws_dir, "signing-key.pem")),
-        pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=cv.FIRST_IDS, second_ids=second,
-    )
-
-
 def main() -> int:
     os.environ.setdefault("SOURCE_DATE_EPOCH", "1795000000")
     root = tempfile.mkdtemp(prefix="vmu-golden-")
     try:
-        h = honest_logreg(root)
+        h = cv.build_honest(root, model="logreg")
         expected = {}
         for name, case_name in GOLDEN.items():
             if case_name is None:
