@@ -275,7 +275,7 @@ def write_bundle(
     }
     audit_tree = SortedTree.build((k, c) for k, (_, _, c) in audit_rows.items())
     positions = sample_audit(seed, len(audit_tree), audit_max)
-    audit_proofs: list[dict[str, Any]] = []
+    audit_proof: dict[str, Any] | None = None
     if len(positions) == len(audit_tree):
         audit = [opening(row, salt) for c, (row, role, salt) in sorted(rows.items()) if role == "audit"]
     else:
@@ -283,14 +283,14 @@ def write_bundle(
         for pos in positions:
             row, salt, _ = audit_rows[audit_tree.key_at(pos)]
             audit.append(opening(row, salt))
-            audit_proofs.append(audit_tree.inclusion_proof(pos).to_json())
+        audit_proof = audit_tree.multi_proof(positions).to_json()  # one multiproof for all of them
     deleted = [opening(rows[c][0], rows[c][2]) for c in sorted(deleted_c)]
     training = [opening(rows[c][0], rows[c][2]) for c in sorted(used_c - deleted_c)]
     openings_doc: dict[str, Any] = {
         "type": "vmu.bundle-openings", "version": 1, "deleted": deleted, "audit": audit, "training": training,
     }
-    if audit_proofs:
-        openings_doc["audit_proofs"] = audit_proofs
+    if audit_proof is not None:
+        openings_doc["audit_proof"] = audit_proof
 
     # Slice records: the (key, commitment) pairs of every slice a retraining trained on, so the
     # verifier can recompute each epoch's committed visiting order and check every retraining

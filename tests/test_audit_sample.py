@@ -1,4 +1,4 @@
-"""A large audit set travels as a challenge-selected sample with inclusion proofs (steps 16 and 17),
+"""A large audit set travels as a challenge-selected sample with one multiproof (steps 16 and 17),
 so a bundle does not grow with the data set."""
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ def _rewrite(src: str, dst: str, fn) -> None:  # type: ignore[no-untyped-def]
 def test_step_16_17_sampled_audit_set_is_accepted(sampled_bundle: str) -> None:
     with zipfile.ZipFile(sampled_bundle) as z:
         doc = json.loads(z.read("records/openings.json"))
-    assert len(doc["audit"]) == len(doc["audit_proofs"]) == AUDIT_DISCLOSE_MAX
+    assert len(doc["audit"]) == len(doc["audit_proof"]["positions"]) == AUDIT_DISCLOSE_MAX
+    # one multiproof is far shorter than 512 inclusion proofs of the same tree
+    size = int(doc["audit_proof"]["tree_size"])
+    assert len(doc["audit_proof"]["path"]) < AUDIT_DISCLOSE_MAX * (size - 1).bit_length() / 2
     v = verify(sampled_bundle, VerifyOptions(residual=False))
     assert v.exit_code == 0, v.failure
 
@@ -79,9 +82,21 @@ def test_step_16_audit_opening_not_in_the_audit_set_is_rejected(sampled_bundle: 
 
 
 def test_step_17_audit_sample_not_selected_by_the_challenge_is_rejected(sampled_bundle: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    def drop(doc: dict) -> None:  # the owner leaves out an audit record it does not like
+    from verifiable_mu._records import record_key
+    from verifiable_mu._sorted_tree import SortedTree
+
+    ws = Workspace.open(os.path.join(os.path.dirname(sampled_bundle), "ws"))
+    try:
+        rows = ws.log.connection.execute("SELECT id, commitment FROM p_records WHERE role='audit'").fetchall()
+    finally:
+        ws.close()
+    tree = SortedTree.build((record_key(i), c) for i, c in rows)
+
+    def drop(doc: dict) -> None:  # the owner leaves out an audit record it does not like, and proves the rest
         del doc["audit"][5]
-        del doc["audit_proofs"][5]
+        positions = [int(p) for p in doc["audit_proof"]["positions"]]
+        del positions[5]
+        doc["audit_proof"] = tree.multi_proof(positions).to_json()
 
     bad = os.path.join(str(tmp_path), "dropped.vmu")
     _rewrite(sampled_bundle, bad, drop)
@@ -91,9 +106,19 @@ def test_step_17_audit_sample_not_selected_by_the_challenge_is_rejected(sampled_
 
 def test_step_03_audit_proofs_must_match_openings(sampled_bundle: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     def short(doc: dict) -> None:
-        doc["audit_proofs"].pop()
+        doc["audit_proof"]["positions"].pop()
 
     bad = os.path.join(str(tmp_path), "short.vmu")
     _rewrite(sampled_bundle, bad, short)
     v = verify(bad, VerifyOptions(residual=False))
-    assert v.exit_code == 2 and "one proof per audit opening" in str(v.failure)
+    assert v.exit_code == 2 and "one position per audit opening" in str(v.failure)
+
+
+def test_step_16_audit_proof_for_another_tree_size_is_rejected(sampled_bundle: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def grow(doc: dict) -> None:
+        doc["audit_proof"]["tree_size"] = str(int(doc["audit_proof"]["tree_size"]) + 1)
+
+    bad = os.path.join(str(tmp_path), "grown.vmu")
+    _rewrite(sampled_bundle, bad, grow)
+    v = verify(bad, VerifyOptions(residual=False))
+    assert v.exit_code == 1 and v.failed_step == 16 and "committed audit set has" in str(v.failure)

@@ -42,6 +42,7 @@ from ._errors import (
     VerificationFailed,
 )
 from ._merkle import EMPTY_ROOT, HASH_SIZE, MerkleTree, inclusion_path, leaf_hash, root_of
+from ._multiproof import MultiProof, multi_path
 from ._proofs import InclusionProof, _check_fields, parse_count
 from ._tags import TAG_RECORD_LEAF, TAG_SLICE_LEAF
 
@@ -276,6 +277,11 @@ class SortedTree:
         """Inclusion proof of the leaf at ``index``."""
         self._offset(index)
         return InclusionProof(index=index, tree_size=self._n, path=tuple(inclusion_path(self._mth, index, self._n)))
+
+    def multi_proof(self, positions: Sequence[int]) -> MultiProof:
+        """One multiproof of the leaves at ``positions`` (strictly ascending)."""
+        ps = tuple(positions)
+        return MultiProof(positions=ps, tree_size=self._n, path=tuple(multi_path(self._mth, ps, self._n)))
 
     # internals ----------------------------------------------------------------------------
 

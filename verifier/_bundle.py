@@ -26,7 +26,8 @@ from verifiable_mu._dsse import Envelope
 from verifiable_mu._errors import InvalidBundle, UnsupportedVersion
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._log import LogEntry
-from verifiable_mu._proofs import ConsistencyProof, InclusionProof
+from verifiable_mu._multiproof import MultiProof
+from verifiable_mu._proofs import ConsistencyProof
 from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
 from verifiable_mu._sorted_tree import SortedTree
@@ -344,7 +345,7 @@ class Openings:
     deleted: tuple[RecordOpening, ...]
     audit: tuple[RecordOpening, ...]
     training: tuple[RecordOpening, ...]
-    audit_proofs: tuple[InclusionProof, ...] = ()  # present when the audit set is sampled
+    audit_proof: MultiProof | None = None  # present when the audit set is sampled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -403,20 +404,19 @@ def _parse_openings(d: Any) -> Openings:
     if not isinstance(d, dict):
         raise InvalidBundle(f"{OPENINGS} must be a JSON object")
     _version(d, OPENINGS, "vmu.bundle-openings")
-    _obj(d, OPENINGS, {"type", "version", "deleted", "audit", "training"}, {"audit_proofs"})
+    _obj(d, OPENINGS, {"type", "version", "deleted", "audit", "training"}, {"audit_proof"})
     out: dict[str, Any] = {}
     for part in ("deleted", "audit", "training"):
         lst = d[part]
         if not isinstance(lst, list):
             raise InvalidBundle(f"{OPENINGS} {part} must be a list")
         out[part] = tuple(_wrap(f"{OPENINGS} {part}[{i}]", RecordOpening.from_json, o) for i, o in enumerate(lst))
-    if "audit_proofs" in d:
-        lst = d["audit_proofs"]
-        if not isinstance(lst, list) or not lst or len(lst) != len(out["audit"]):
-            raise InvalidBundle(f"{OPENINGS} audit_proofs must be a non-empty list, one proof per audit opening")
-        out["audit_proofs"] = tuple(
-            _wrap(f"{OPENINGS} audit_proofs[{i}]", InclusionProof.from_json, p) for i, p in enumerate(lst)
-        )
+    if "audit_proof" in d:
+        proof = _wrap(f"{OPENINGS} audit_proof", MultiProof.from_json, d["audit_proof"])
+        if len(proof.positions) != len(out["audit"]):
+            raise InvalidBundle(f"{OPENINGS} audit_proof must prove one position per audit opening "
+                                f"({len(out['audit'])}), it proves {len(proof.positions)}")
+        out["audit_proof"] = proof
     return Openings(**out)
 
 

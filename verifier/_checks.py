@@ -780,18 +780,18 @@ def _step_16(v: Verification) -> None:
         want = tagged_hash(TAG_REQUEST, canonical_json({"n": str(t.request), "ids": ids}))
         if DeletionBody.parse(t.deletion.entry).request_digest != want:
             raise OpeningMismatch(f"request {t.request}: the deletion entry's request digest does not match the ids opened")
-    if op.audit_proofs:
-        # A sampled audit set: every opening is proven in the committed audit tree; step 17
-        # checks that these are the positions the challenge selects.
-        last = -1
-        for o, p in zip(op.audit, op.audit_proofs, strict=True):
-            if p.tree_size != v.audit.size or p.index <= last:
-                raise OpeningMismatch("audit proofs must be for the committed audit tree, in ascending positions")
-            last = p.index
-            try:
-                p.verify(leaf=record_leaf_hash(record_key(o.id), o.commitment()), root=v.audit.root)
-            except VerificationFailed as e:
-                raise OpeningMismatch(f"audit opening {o.id!r} is not in the committed audit set: {e}") from e
+    if op.audit_proof is not None:
+        # A sampled audit set: the openings, in position order, are proven in the committed audit
+        # tree by one multiproof; step 17 checks that these are the positions the challenge selects.
+        if op.audit_proof.tree_size != v.audit.size:
+            raise OpeningMismatch(f"the audit proof is for a tree of {op.audit_proof.tree_size} records, the "
+                                  f"committed audit set has {v.audit.size}")
+        leaves = [record_leaf_hash(record_key(o.id), o.commitment()) for o in op.audit]
+        try:
+            op.audit_proof.verify(leaves=leaves, root=v.audit.root)
+        except VerificationFailed as e:
+            raise OpeningMismatch(f"the {len(leaves)} audit openings are not in the committed audit set at the "
+                                  f"positions proven: {e}") from e
     else:
         tree = SortedTree.build((record_key(o.id), o.commitment()) for o in op.audit)
         if (tree.root, len(tree)) != (v.audit.root, v.audit.size):
@@ -827,12 +827,12 @@ def _step_17(v: Verification) -> None:
         if r.stratum is not None:
             strata[r.stratum].append(i)
     op = b.openings
-    if op.audit_proofs:
+    if op.audit_proof is not None:
         assert v.audit is not None
         want_audit = sample_audit(v.seed, v.audit.size, AUDIT_DISCLOSE_MAX)
-        if [p.index for p in op.audit_proofs] != want_audit:
+        if list(op.audit_proof.positions) != want_audit:
             raise ChallengeMismatch("the bundle's audit-set sample is not the one the challenge selects "
-                                    f"({len(op.audit_proofs)} records disclosed, {len(want_audit)} selected)")
+                                    f"({len(op.audit_proof.positions)} records disclosed, {len(want_audit)} selected)")
     drawn = [pop[i] for i in sample_segments(len(pop), strata, m.replay, v.seed)]
     if tuple(r.end_index for r in drawn) != m.sample:
         raise ChallengeMismatch("the bundle's sampled segments are not the ones the challenge selects "
