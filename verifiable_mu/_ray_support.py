@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
+import warnings
 from typing import Any
 
 from ._errors import MalformedInput, VmuError
@@ -36,6 +38,7 @@ __all__ = [
     "import_ray",
     "max_node_cpus",
     "probe",
+    "protect_token_file",
     "token_available",
 ]
 
@@ -66,6 +69,25 @@ def available_cores() -> int:
 def default_token_path() -> str:
     """Where Ray 2.60 keeps its authentication token unless told otherwise: ``~/.ray/auth_token``."""
     return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+
+
+def protect_token_file(path: str | None = None) -> bool:
+    """Make the Ray token file readable by its owner alone (Ray 2.60 writes ``~/.ray/auth_token``
+    with mode 0644: anyone on the machine could join the cluster and run code on it). Only a
+    file this user owns is changed, with a warning; returns whether it was changed."""
+    path = path or os.environ.get("RAY_AUTH_TOKEN_PATH") or default_token_path()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or not st.st_mode & 0o077:
+        return False
+    os.chmod(path, 0o600)
+    warnings.warn(
+        f"the Ray token file {path} was readable by others (mode {stat.S_IMODE(st.st_mode):o}); it is now 600",
+        stacklevel=2,
+    )
+    return True
 
 
 def token_available() -> bool:
@@ -142,6 +164,7 @@ def connect(
         probe(address, error=error)
     if ray.is_initialized():
         return
+    protect_token_file()
     if address is None:
         try:
             ray.init(
@@ -151,6 +174,7 @@ def connect(
             )
         except Exception as e:  # Ray raises plain RuntimeError/ConnectionError here
             raise error(f"cannot start a local Ray instance: {first_line(e)}") from e
+        protect_token_file()  # a local instance may just have written it
         return
     if "RAY_AUTH_MODE" not in os.environ and token_available():
         # Ray 2.60 sends its token to an explicit address only in token mode (it turns that on by
