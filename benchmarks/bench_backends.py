@@ -28,13 +28,8 @@ or under pytest-benchmark (needs ``ray``; the ratios land in ``extra_info`` and 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +42,9 @@ except ImportError:  # script mode from a checkout: python benchmarks/bench_back
 from prover import Workspace, WorkspaceConfig  # noqa: E402
 from prover._backend import available_cores, run_tasks  # noqa: E402
 from prover._sisa import ShardTask  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _ray_bench  # noqa: E402
 
 CONFIGS = (("local", 1), ("local", 2), ("ray", 1), ("ray", 2))
 
@@ -86,16 +84,9 @@ def run_once(backend: str, parallel: int, tasks: list[ShardTask]) -> dict[str, f
 
 
 def start_ray(num_cpus: int = 2) -> dict[str, float]:
-    """Start the local Ray instance; return the seconds ``ray.init`` took."""
-    import ray
-
     from prover._ray import connect
 
-    if ray.is_initialized():
-        ray.shutdown()
-    t0 = time.perf_counter()
-    connect(None, num_cpus=num_cpus)
-    return {"init": time.perf_counter() - t0}
+    return _ray_bench.start_ray(connect, num_cpus)
 
 
 def measure(epochs: int, rounds: int, root: str) -> dict[str, Any]:
@@ -114,12 +105,7 @@ def measure(epochs: int, rounds: int, root: str) -> dict[str, Any]:
         for _ in range(rounds):
             for c in CONFIGS:
                 runs[c].append(run_once(c[0], c[1], tasks))
-        med = {
-            c: {k: statistics.median(r[k] for r in rs) for k in ("wall", "steps", "compute")} for c, rs in runs.items()
-        }
-        for c, rs in runs.items():
-            med[c]["wall_min"] = min(r["wall"] for r in rs)
-            med[c]["wall_max"] = max(r["wall"] for r in rs)
+        med = _ray_bench.medians(runs)
         ray_fixed["first_tasks_extra"] = first["wall"] - med[("ray", 2)]["wall"]
         return {"median": med, "ray_fixed": ray_fixed, "steps_per_shard": med[("local", 1)]["steps"]}
     finally:
@@ -179,9 +165,6 @@ if pytest is not None:
     @pytest.fixture(scope="module")
     def _bench_env(tmp_path_factory: Any) -> Any:
         ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra: pip install '.[ray]'")
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p
-        )
         import verifiable_mu.training as T
 
         T.configure_determinism(1)
@@ -190,14 +173,13 @@ if pytest is not None:
         t0 = time.perf_counter()
         run_once("ray", 2, shard_tasks(ws))
         fixed["first_tasks"] = time.perf_counter() - t0
-        baseline: dict[int, list[float]] = {1: [], 2: []}
-        yield ws, fixed, baseline
+        yield ws, fixed
         ws.close()
         ray.shutdown()
 
     @pytest.mark.parametrize("parallel", (1, 2))
     def test_ray_vs_local_throughput(benchmark: Any, _bench_env: Any, parallel: int) -> None:
-        ws, fixed, _ = _bench_env
+        ws, fixed = _bench_env
         tasks = shard_tasks(ws)
         local: list[dict[str, float]] = []
 
@@ -207,50 +189,21 @@ if pytest is not None:
 
         benchmark.group = f"{parallel} shard(s) in parallel"
         benchmark.pedantic(run_once, setup=setup, rounds=3, iterations=1, warmup_rounds=0)
-        ray_wall = benchmark.stats.stats.median
-        local_wall = statistics.median(r["wall"] for r in local)
-        steps = local[0]["steps"]
-        benchmark.extra_info.update(
-            parallel=parallel,
-            steps=steps,
-            local_steps_per_s=steps / local_wall,
-            ray_steps_per_s=steps / ray_wall,
-            ratio_ray_over_local_throughput=local_wall / ray_wall,
-            ray_init_s=fixed["init"],
-            ray_first_tasks_s=fixed["first_tasks"],
-        )
-        print(
-            f"\n{parallel} in parallel: local {steps / local_wall:7.0f} steps/s, Ray {steps / ray_wall:7.0f} steps/s, "
-            f"Ray/local {local_wall / ray_wall:.2f}x (ray.init {fixed['init']:.2f} s, first tasks "
-            f"{fixed['first_tasks']:.2f} s, not included)"
-        )
+        _ray_bench.record(benchmark, parallel=parallel, local=local, fixed=fixed, label=f"{parallel} in parallel")
 
 
 # --- script mode ------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=60, help="SISA epochs per shard (default 60: about 1,200 steps)")
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        print("bench_backends: Ray is not installed (pip install '.[ray]')", file=sys.stderr)
-        return 2
-    # Ray workers are started with this environment: let them import this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p
+    return _ray_bench.script_main(
+        argv,
+        name="bench_backends",
+        description=__doc__.split("\n\n")[0],
+        epochs_help="SISA epochs per shard (default 60: about 1,200 steps)",
+        measure=measure,
+        report=report,
     )
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    root = tempfile.mkdtemp(prefix="vmu-bench-backends-")
-    try:
-        res = measure(args.epochs, args.rounds, root)
-        print(report(res, epochs=args.epochs, rounds=args.rounds))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,58 +31,25 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
 
 from verifiable_mu._canary import Trigger  # noqa: E402
 from verifier._canary import canary_test  # noqa: E402
 from verifier._residual import residual_tests  # noqa: E402
 
-N_DELETED = 50
-
-
-def _softmax_of(module: Any) -> Any:
-    import torch
-
-    def f(X: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(module(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))), dim=1).numpy()
-
-    return f
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from test_residual import N_DELETED, digits_run  # noqa: E402
 
 
 def setup(seed: int, root: str) -> dict[str, Any]:
-    from prover import Workspace, WorkspaceConfig
-
-    ws = Workspace.create(os.path.join(root, f"ws{seed}"), data="digits",
-                          config=WorkspaceConfig(shards=5, slices=4, epochs=20, seed=seed, workers=1))
-    ws.progress = False
-    ws.train()
-    pre = [_softmax_of(m) for m in ws.constituents()]
-    X, y = ws.data.X, ws.data.y
-    audit = ws.split_rows("audit")
-    train = ws.log.connection.execute("SELECT row, id, shard FROM p_records WHERE role='train' ORDER BY row").fetchall()
-    rng = np.random.default_rng(seed + 1000)
-    shard0 = [r for r in train if r[2] == 0]
-    deleted = [shard0[i] for i in rng.choice(len(shard0), N_DELETED, replace=False)]
-    t0 = time.perf_counter()
-    ws.forget([r[1] for r in deleted])
-    forget_s = time.perf_counter() - t0
-    post = [_softmax_of(m) for m in ws.constituents()]
-    gone = {r[0] for r in deleted}
-    kept = [r for r in train if r[0] not in gone]
-    kept = [kept[i] for i in rng.choice(len(kept), 200, replace=False)]
-    ws.close()
-    d = np.array([r[0] for r in deleted])
-    k = np.array([r[0] for r in kept])
+    """The residual tests' own digits run (tests/test_residual.py: train, delete 50 random
+    records of shard 0, time the deletion), as keyword arguments for the tests."""
+    run = digits_run(seed, root)
+    kw = {**run["kw"], "post_models": run["post"]}
     return {
-        "forget_s": forget_s,
-        "kw": dict(
-            post_models=post, pre_models=pre, shard_of_deleted=np.zeros(N_DELETED, dtype=np.int64), deleted_X=X[d],
-            deleted_y=y[d], audit_X=X[audit], audit_y=y[audit], retained_X=X[k], retained_y=y[k],
-            retained_shard=np.array([r[2] for r in kept]), seed=seed,
-        ),
-        "canary": dict(trigger=Trigger.corner(n_features=64, target=0), post_models=post, pre_models=pre, marked_shards=[0],
-                       query_X=X[audit], query_y=y[audit]),
+        "forget_s": run["forget_s"],
+        "kw": kw,
+        "canary": dict(trigger=Trigger.corner(n_features=64, target=0), post_models=run["post"], pre_models=run["pre"],
+                       marked_shards=[0], query_X=kw["audit_X"], query_y=kw["audit_y"]),
     }
 
 

@@ -28,15 +28,9 @@ this does not write ``~/.ray``.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import os
-import secrets
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +41,9 @@ except ImportError:  # script mode from a checkout: python benchmarks/bench_veri
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIGS = (("local", 1), ("ray", 1), ("ray", 2))
-ROOT = str(Path(__file__).resolve().parents[1])
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _ray_bench  # noqa: E402
 
 
 def build_plan(root: str, *, epochs: int) -> Any:
@@ -105,24 +101,9 @@ def _strip(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_ray(num_cpus: int = 2) -> dict[str, float]:
-    """Start the local Ray instance (token in a temporary file); return the seconds it took."""
-    import ray
-
     from verifier._ray import connect
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-        d = tempfile.mkdtemp(prefix="vmu-bench-ray-auth-")
-        path = os.path.join(d, "auth_token")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        os.environ["RAY_AUTH_TOKEN_PATH"] = path
-    if ray.is_initialized():
-        ray.shutdown()
-    t0 = time.perf_counter()
-    connect(None, num_cpus=num_cpus)
-    return {"init": time.perf_counter() - t0}
+    return _ray_bench.start_ray(connect, num_cpus)
 
 
 def measure(epochs: int, rounds: int, root: str) -> dict[str, Any]:
@@ -141,12 +122,7 @@ def measure(epochs: int, rounds: int, root: str) -> dict[str, Any]:
         for rs in runs.values():
             for r in rs:
                 assert _strip(r["report"]) == ref, "a backend gave another report"
-        med = {
-            c: {k: statistics.median(r[k] for r in rs) for k in ("wall", "steps", "compute")} for c, rs in runs.items()
-        }
-        for c, rs in runs.items():
-            med[c]["wall_min"] = min(r["wall"] for r in rs)
-            med[c]["wall_max"] = max(r["wall"] for r in rs)
+        med = _ray_bench.medians(runs)
         fixed["first_tasks_extra"] = first["wall"] - med[("ray", 2)]["wall"]
         return {"median": med, "fixed": fixed, "segments": base["segments"], "steps": base["steps"]}
     finally:
@@ -219,46 +195,21 @@ if pytest is not None:
         benchmark.group = f"replay, Ray {parallel} in parallel vs local"
         out = benchmark.pedantic(run_once, setup=setup, rounds=3, iterations=1, warmup_rounds=0)
         assert _strip(out["report"]) == _strip(local[-1]["report"])
-        ray_wall = benchmark.stats.stats.median
-        local_wall = statistics.median(r["wall"] for r in local)
-        steps = local[0]["steps"]
-        benchmark.extra_info.update(
-            parallel=parallel,
-            steps=steps,
-            local_steps_per_s=steps / local_wall,
-            ray_steps_per_s=steps / ray_wall,
-            ratio_ray_over_local_throughput=local_wall / ray_wall,
-            ray_init_s=fixed["init"],
-            ray_first_tasks_s=fixed["first_tasks"],
-        )
-        print(
-            f"\nRay {parallel} in parallel: local {steps / local_wall:7.0f} steps/s, Ray {steps / ray_wall:7.0f} "
-            f"steps/s, Ray/local {local_wall / ray_wall:.2f}x (ray.init {fixed['init']:.2f} s, first tasks "
-            f"{fixed['first_tasks']:.2f} s, not included)"
-        )
+        _ray_bench.record(benchmark, parallel=parallel, local=local, fixed=fixed, label=f"Ray {parallel} in parallel")
 
 
 # --- script mode ------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=60, help="SISA epochs per shard (default 60)")
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        print("bench_verify_backends: Ray is not installed (pip install '.[ray]')", file=sys.stderr)
-        return 2
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    root = tempfile.mkdtemp(prefix="vmu-bench-verify-backends-")
-    try:
-        res = measure(args.epochs, args.rounds, root)
-        print(report(res, epochs=args.epochs, rounds=args.rounds))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return _ray_bench.script_main(
+        argv,
+        name="bench_verify_backends",
+        description=__doc__.split("\n\n")[0],
+        epochs_help="SISA epochs per shard (default 60)",
+        measure=measure,
+        report=report,
+    )
 
 
 if __name__ == "__main__":

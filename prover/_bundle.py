@@ -299,29 +299,22 @@ def write_bundle(
     # take the bundle past 1 MiB at 80 shards; specs/09 lists this under "not verified".)
     slice_members: dict[str, bytes] = {}
 
-    def live_after(shard: int, slc: int, m: int) -> tuple[str, bytes]:
-        """Root (hex) and records of slice (shard, slc) once requests 1..m were carried out."""
+    def add_slice(shard: int, slc: int, n: int, root_hex: str) -> None:
+        """The records of slice (shard, slc) once requests 1..n were carried out, under the
+        name of the root the transcript logs. A root they do not rebuild (a log rewritten behind
+        the workspace's back) is left out; the verifier rejects a bundle that lacks it."""
+        name = f"{SLICES_DIR}{root_hex}.records"
+        if name in slice_members:
+            return
         pairs = sorted(
             db.execute(
                 "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
                 "AND (deleted_by IS NULL OR deleted_by > ?)",
-                (shard, slc, m),
+                (shard, slc, n),
             ).fetchall()
         )
-        return SortedTree.build(pairs).root.hex(), b"".join(k + c for k, c in pairs)
-
-    def add_slice(shard: int, slc: int, m: int, root_hex: str) -> None:
-        # The log names the root; the records are the slice's as of request m (0: as committed).
-        # Should the log name another state of the slice, the others are tried; a root no state
-        # rebuilds is left out, and the verifier rejects the bundle for lacking it.
-        name = f"{SLICES_DIR}{root_hex}.records"
-        if name in slice_members:
-            return
-        for cand in dict.fromkeys([m, 0, *requests]):
-            got, data = live_after(shard, slc, cand)
-            if got == root_hex:
-                slice_members[name] = data
-                return
+        if SortedTree.build(pairs).root.hex() == root_hex:
+            slice_members[name] = b"".join(k + c for k, c in pairs)
 
     for n, pred in zip(requests, preds, strict=True):
         for sh in pred["shards"]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._seeds import epoch_order, perm_seed
+from verifiable_mu._seeds import epoch_order
 from verifiable_mu._tags import TAG_ASSIGNMENT
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "assign",
     "stage_epochs",
     "expected_speedup",
-    "perm_seed",
     "StageTask",
     "ShardTask",
     "StepRecord",

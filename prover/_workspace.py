@@ -387,7 +387,6 @@ class Workspace:
         """Commit every record, the assignment, the slice trees, the audit set and the initial
         models, all in one transaction, before any step runs."""
         from verifiable_mu.training import (
-            ModelSpec,
             build_model,
             checkpoint_from_model,
             platform_info,
@@ -413,9 +412,7 @@ class Workspace:
         rec_slice = np.full(n, -1, dtype=np.int64)
         rec_shard[train_rows] = shard
         rec_slice[train_rows] = slc
-        spec = ModelSpec(
-            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
-        )
+        spec = self._model_spec()
         device = resolve_device(cfg.device)
         init_digests = []
         for s in range(cfg.shards):
@@ -572,12 +569,7 @@ class Workspace:
                         stage=r + 1, rows=np.asarray(rows_l, dtype=np.int64), commitments=list(commits), epochs=ep
                     )
                 )
-        ds = self.data
-        from verifiable_mu.training import ModelSpec
-
-        spec = ModelSpec(
-            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
-        )
+        spec = self._model_spec()
         return _sisa.ShardTask(
             shard=shard,
             generation=gen,
@@ -715,21 +707,27 @@ class Workspace:
             log_size=self._log.size,
         )
 
+    def _model_spec(self) -> Any:
+        """The workspace's :class:`verifiable_mu.training.ModelSpec`."""
+        from verifiable_mu.training import ModelSpec
+
+        cfg, ds = self.config, self.data
+        return ModelSpec(
+            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
+        )
+
     def _warm_up(self) -> None:
         """Imports and first-step costs, paid before a run starts its clock (imports that
         would otherwise happen lazily inside it: numpy.random ~70 ms, the backends, transcripts)."""
         import numpy.random  # noqa: F401
 
-        from verifiable_mu.training import Hyper, ModelSpec, configure_determinism, warm_up
+        from verifiable_mu.training import Hyper, configure_determinism, warm_up
 
         from . import _backend, _transcript  # noqa: F401
 
-        cfg, ds = self.config, self.data
-        spec = ModelSpec(
-            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
-        )
+        cfg = self.config
         configure_determinism(cfg.threads)
-        warm_up(spec, Hyper.from_json(cfg.hyper_json()), tuple(ds.X.shape[1:]), self._device())
+        warm_up(self._model_spec(), Hyper.from_json(cfg.hyper_json()), tuple(self.data.X.shape[1:]), self._device())
 
     def _shard_digests(self) -> list[bytes]:
         rows = self._db().execute(
@@ -761,13 +759,9 @@ class Workspace:
         """The S constituent models (torch modules, eval mode, CPU)."""
         import torch
 
-        from verifiable_mu.training import ModelSpec, build_model, load_checkpoint, load_into_model
+        from verifiable_mu.training import build_model, load_checkpoint, load_into_model
 
-        ds = self.data
-        cfg = self.config
-        spec = ModelSpec(
-            name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
-        )
+        spec = self._model_spec()
         models = []
         for d in self._shard_digests():
             m = build_model(spec, init_seed=0)

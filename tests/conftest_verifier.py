@@ -354,5 +354,21 @@ def cheat(ctx: ForgeContext, plan: dict[int, dict[str, Any]]) -> dict[int, str]:
     return changed
 
 
+def skip_retraining(ctx: ForgeContext) -> dict[str, Any]:
+    """Cheater (b): every retraining checkpoint is logged as the old, pre-deletion checkpoint of the
+    same shard and stage (no retraining happened). Returns ``{"forged": end indices}``."""
+    plan = {}
+    for i in lineage_map(ctx):
+        b = ctx.entries[i][1]
+        if b["generation"] > 0:
+            old = [
+                j for j, (k, o) in enumerate(ctx.entries)
+                if k == "checkpoint" and o["shard"] == b["shard"] and o["generation"] == 0 and o["stage"] == b["stage"]
+            ][-1]  # fmt: skip
+            plan[i] = {"digest": ctx.entries[old][1]["digest"]}
+    cheat(ctx, plan)
+    return {"forged": set(plan)}
+
+
 def copy_entries(entries: list[list[Any]]) -> list[list[Any]]:
     return copy.deepcopy(entries)

@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 import pytest
-from conftest_verifier import bundle_for, cheat, forge, honest, lineage_map
+from conftest_verifier import bundle_for, cheat, forge, honest, lineage_map, skip_retraining
 
 from verifiable_mu._sampling import escape_probability
 from verifier import VerifyOptions, verify
@@ -109,18 +109,7 @@ def test_cheater_b_skips_retraining_always_caught() -> None:
     """Logged retraining checkpoints are the old ones: every retraining segment is forged, and the
     sample always holds one segment of each deletion's retraining."""
 
-    def mutate(ctx: Any) -> dict[str, Any]:
-        plan = {}
-        start_of = lineage_map(ctx)
-        for i in start_of:
-            b = ctx.entries[i][1]
-            if b["generation"] > 0:
-                old = _entries_of(ctx, "checkpoint", shard=b["shard"], generation=0, stage=b["stage"])[-1]
-                plan[i] = {"digest": ctx.entries[old][1]["digest"]}
-        cheat(ctx, plan)
-        return {"forged": set(plan)}
-
-    ws_dir, st = _forge_keep(mutate)
+    ws_dir, st = _forge_keep(skip_retraining)
     for i in range(3):
         ch = (1000 + i).to_bytes(16, "big")
         data, sampled = bundle_for(ws_dir, challenge=ch, replay=2)

@@ -7,9 +7,7 @@ Skipped only when Ray is not installed (CI installs the ``ray`` extra).
 
 from __future__ import annotations
 
-import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -18,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,39 +28,8 @@ from tests.conftest import ROOT, SMALL
 
 pytestmark = pytest.mark.slow
 
-_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "PYTHONPATH")
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One local Ray instance for the module, 2 CPUs, token authentication on."""
-    ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra: pip install '.[ray]'")
-    from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-    if ray.is_initialized():
-        ray.shutdown()
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    token_path = str(tmp_path_factory.mktemp("ray-auth") / "auth_token")
-    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-        os.environ.pop(k, None)  # Ray's defaults: a new local instance turns token auth on
-    os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
-    # Ray workers are started with the driver's environment: let them import this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, saved["PYTHONPATH"]) if p)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-        assert is_token_auth_enabled(), "Ray 2.60 should start a local instance with token authentication on"
-        assert ray.cluster_resources()["CPU"] == 2
-        yield {"ray": ray, "token_path": token_path}
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -19,18 +19,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import logging
 import os
 import re
-import secrets
 import socket
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest_verifier import bundle_for, cheat, honest, lineage_map
-from test_cheating import _entries_of, _forge_keep
+from conftest_verifier import bundle_for, honest, skip_retraining
+from test_cheating import _forge_keep
 
 from verifiable_mu._errors import InvalidBundle, MalformedInput
 from verifier import ReplayMismatch, VerifyOptions, _replay, to_json, verify
@@ -38,46 +36,9 @@ from verifier import ReplayMismatch, VerifyOptions, _replay, to_json, verify
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "PYTHONPATH")
 
 
-def _reset_token_cache() -> None:
-    """Forget the Ray token this process has read (Ray caches it for the life of the process)."""
-    try:
-        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - another Ray layout
-        return
-    AuthenticationTokenLoader.instance().reset_cache()
 
-
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One local Ray instance for the module, 2 CPUs, token authentication on; shut down after."""
-    ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra: pip install '.[ray]'")
-    if ray.is_initialized():
-        ray.shutdown()
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    token_path = str(tmp_path_factory.mktemp("ray-auth") / "auth_token")
-    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-        os.environ.pop(k, None)
-    os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
-    # Ray workers are started with the driver's environment: let them import this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, saved["PYTHONPATH"]) if p)
-    _reset_token_cache()  # another module's Ray instance (tests/test_ray.py) may have cached its token
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-        yield ray
-    finally:
-        ray.shutdown()
-        _reset_token_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -171,17 +132,7 @@ def test_cheater_skipping_retraining_rejected_alike_on_ray(ray_local: Any) -> No
     """test_cheating (b): every retraining checkpoint is the old one; the Fiat-Shamir sample holds
     retraining segments, so step 18 rejects -- with the same error and message on both backends."""
 
-    def mutate(ctx: Any) -> dict[str, Any]:
-        plan = {}
-        for i in lineage_map(ctx):
-            b = ctx.entries[i][1]
-            if b["generation"] > 0:
-                old = _entries_of(ctx, "checkpoint", shard=b["shard"], generation=0, stage=b["stage"])[-1]
-                plan[i] = {"digest": ctx.entries[old][1]["digest"]}
-        cheat(ctx, plan)
-        return {"forged": set(plan)}
-
-    ws_dir, st = _forge_keep(mutate)
+    ws_dir, st = _forge_keep(skip_retraining)
     data, sampled = bundle_for(ws_dir, replay=3)
     assert st["forged"] & set(sampled)
     local = _verify(data, "local")

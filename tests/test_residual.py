@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -452,7 +453,8 @@ def softmax_of(module: Any) -> Any:
 
 
 def digits_run(seed: int, root: str, *, keep: bool = False) -> dict[str, Any]:
-    """Train, delete 50 random records of shard 0 honestly; return what the verifier would see."""
+    """Train, delete 50 random records of shard 0 honestly; return what the verifier would see
+    (also the setup of benchmarks/bench_residual.py)."""
     from prover import Workspace, WorkspaceConfig
 
     ws = Workspace.create(os.path.join(root, f"ws{seed}"), data="digits", config=WorkspaceConfig(seed=seed, **DIGITS))
@@ -465,7 +467,9 @@ def digits_run(seed: int, root: str, *, keep: bool = False) -> dict[str, Any]:
     rng = np.random.default_rng(seed + 1000)
     shard0 = [r for r in train if r[2] == 0]
     deleted = [shard0[i] for i in rng.choice(len(shard0), N_DELETED, replace=False)]
+    t0 = time.perf_counter()
     ws.forget([r[1] for r in deleted])
+    forget_s = time.perf_counter() - t0
     post = [softmax_of(m) for m in ws.constituents()]
     gone = {r[0] for r in deleted}
     kept = [r for r in train if r[0] not in gone]
@@ -480,6 +484,7 @@ def digits_run(seed: int, root: str, *, keep: bool = False) -> dict[str, Any]:
         ),
         "post": post,
         "pre": pre,
+        "forget_s": forget_s,  # the retraining the residual tests check (benchmarks/bench_residual.py)
     }
     if keep:
         out["ws"] = ws
