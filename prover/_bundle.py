@@ -12,8 +12,14 @@ it. What goes in:
 * the final constituent models and the start and end checkpoints of each sampled segment;
 * record openings (id, features, label, salt) of the deleted records, the audit set, and the
   records used by the sampled segments -- and of no other record;
-* the (key, commitment) pairs of every slice a retraining trained on (no features, no labels,
-  no salts), from which the verifier recomputes each retraining batch.
+* the (key, commitment) pairs (no features, no labels, no salts) of every slice a retraining
+  trained on, of every generation-0 slice of a retrained shard, and of the generation-0 slices
+  each disclosed original step trained on: the verifier recomputes every disclosed batch, the
+  committed assignment of the retrained shards and each re-committed slice from them;
+* each request's re-commit block (deletion entry, new slice entries, data-set entry), from which
+  the verifier rebuilds every shard's slice lineage;
+* non-membership proofs of every deleted key in every current slice whose records are not
+  disclosed (``slices/absence.json``).
 
 Which segments are sampled is decided by the verifier's challenge (``challenge=``) or, offline,
 by Fiat-Shamir from the transcripts and the final head (:mod:`verifiable_mu._sampling`).
@@ -62,6 +68,7 @@ FINAL_HEAD = "heads/final.note"
 LOG = "log/entries.json"
 OPENINGS = "records/openings.json"
 SLICES_DIR = "slices/"
+ABSENCE = "slices/absence.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +218,29 @@ def write_bundle(
 
     # Log entries to disclose.
     intervals = [(0, commit_end)] + retrain_ranges
+    # Each request's re-commit block: its deletion entry, the new slice entries and the dataset
+    # entry (specs/06 section 5), from which the verifier rebuilds every shard's slice lineage.
+    for pred in preds:
+        del_idx = int(pred["request"]["deletion"]["entry"]["index"])
+        end = del_idx + 1
+        while end < size and log.entry(end).kind != "dataset":
+            end += 1
+        intervals.append((del_idx, min(end + 1, size)))
     for lin in original:
         intervals += [(int(i), int(i) + 1) for i in lin["checkpoints"]]
     for r in picked:
         intervals.append((min(max(0, r.end_index - r.steps), r.end_index), r.end_index + 1))
         intervals.append((r.start_index, r.start_index + 1))
     runs = []
+    original_stages: set[tuple[int, int]] = set()  # (shard, stage) of every disclosed original step
     for a, b in _merge(intervals):
-        entries = [e.to_json() for e in log.entries(a, b)]
+        disclosed = list(log.entries(a, b))
+        original_stages |= {
+            (int(e.body["shard"]), int(e.body["stage"]))
+            for e in disclosed
+            if e.kind == "step" and int(e.body["generation"]) == 0
+        }
+        entries = [e.to_json() for e in disclosed]
         proof = RangeProof(start=a, end=b, tree_size=size, path=tuple(range_path(log.mth, a, b, size)))
         runs.append({"entries": entries, "proof": proof.to_json()})
     consistency = []
@@ -295,8 +317,7 @@ def write_bundle(
     # Slice records: the (key, commitment) pairs of every slice a retraining trained on, so the
     # verifier can recompute each epoch's committed visiting order and check every retraining
     # batch against it (specs/08-bundle.md section 4a): all slices of every retrained shard as of
-    # its request. (Not the original training's: 64 bytes a record of every sampled shard would
-    # take the bundle past 1 MiB at 80 shards; specs/09 lists this under "not verified".)
+    # its request.
     slice_members: dict[str, bytes] = {}
 
     def add_slice(shard: int, slc: int, n: int, root_hex: str) -> None:
@@ -320,6 +341,41 @@ def write_bundle(
         for sh in pred["shards"]:
             for j, item in enumerate(sh["slices"]):
                 add_slice(int(sh["shard"]), j, n, item["slice"]["entry"]["body"]["root"])
+    # The generation-0 slices (as the commit block logs them) of every affected shard, whole (the
+    # verifier rebuilds the shard's committed assignment and each re-committed slice from them),
+    # and slices 0..r-1 of every shard with a disclosed step of original stage r (its batches are
+    # checked against the committed order too).
+    gen0: set[tuple[int, int]] = {(s, j) for s in affected for j in range(slices)}
+    gen0 |= {(s, j) for s, r in original_stages for j in range(r)}
+    for s, j in sorted(gen0):
+        add_slice(s, j, 0, log.entry(1 + s * slices + j).body["root"])
+
+    # Absence of every deleted key from every shard's slices as they are after the last bundled
+    # request (specs/08 section 4b): a non-membership proof per key and slice, for the slices whose
+    # records the bundle does not disclose anyway.
+    final_slices: dict[tuple[int, int], dict[str, Any]] = {
+        (s, j): log.entry(1 + s * slices + j).body for s in range(shards) for j in range(slices)
+    }
+    for pred in preds:
+        for sh in pred["shards"]:
+            for j, item in enumerate(sh["slices"]):
+                final_slices[(int(sh["shard"]), j)] = item["slice"]["entry"]["body"]
+    deleted_keys = sorted(bytes.fromhex(r["key"]) for pred in preds for r in pred["records"])
+    absence: dict[str, list[dict[str, Any]]] = {}
+    for (s, j), body in sorted(final_slices.items()):
+        root_hex = body["root"]
+        if f"{SLICES_DIR}{root_hex}.records" in slice_members or root_hex in absence:
+            continue
+        pairs = db.execute(
+            "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+            "AND (deleted_by IS NULL OR deleted_by > ?)",
+            (s, j, last),
+        ).fetchall()
+        tree = SortedTree.build(pairs)
+        if tree.root.hex() == root_hex:  # else left out: the verifier rejects the bundle
+            absence[root_hex] = [tree.non_membership_proof(k).to_json() for k in deleted_keys]
+    absence_doc = {"type": "vmu.bundle-absence", "version": 1,
+                   "slices": [{"root": r, "proofs": p} for r, p in sorted(absence.items())]}
 
     members: list[tuple[str, bytes]] = [
         (PUBKEY, ws.public_key.to_pem()),
@@ -328,6 +384,7 @@ def write_bundle(
         (LOG, canonical_json(log_doc)),
         (OPENINGS, canonical_json(openings_doc)),
         *sorted(slice_members.items()),
+        (ABSENCE, canonical_json(absence_doc)),
     ]
     ckpt_members = []
     for d in sorted(digests):

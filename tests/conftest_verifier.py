@@ -31,7 +31,7 @@ from verifiable_mu._dsse import sign_statement
 from verifiable_mu._keys import SigningKey
 from verifiable_mu._note import Checkpoint, sign_checkpoint
 
-__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_fixture", "members_of", "rezip", "train_segment"]
+__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_fixture", "members_of", "rezip", "train_segment", "trained_copy"]
 
 SHARDS, SLICES, EPOCHS = 3, 3, 6
 FIRST_IDS = ["17", "42"]
@@ -47,6 +47,7 @@ class Honest:
     pub_pem: str
     first_ids: list[str]
     second_ids: list[str]
+    trained_dir: str = ""  # a copy of the workspace after training, before any deletion
 
 
 _CACHE: dict[str, Honest] = {}
@@ -70,6 +71,8 @@ def build_honest(root: str, **config: Any) -> Honest:
     from prover._bundle import write_bundle
 
     ws_dir = _new_ws(root, **config)
+    trained_dir = os.path.join(root, "trained")
+    shutil.copytree(ws_dir, trained_dir, ignore=shutil.ignore_patterns(".lock"))
     with Workspace.open(ws_dir) as ws:
         ws.progress = False
         ws.forget(FIRST_IDS, workers=1)
@@ -86,7 +89,8 @@ def build_honest(root: str, **config: Any) -> Honest:
         data = f.read()
     key = SigningKey.load(os.path.join(ws_dir, "signing-key.pem"))
     return Honest(root=root, ws_dir=ws_dir, bundle_path=path, bundle=data, key=key,
-                  pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second)
+                  pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second,
+                  trained_dir=trained_dir)
 
 
 def honest() -> Honest:
@@ -225,6 +229,16 @@ def forge(
         keep.append(ws_dir)
     with open(out, "rb") as f:
         return f.read()
+
+
+def trained_copy(h: Honest, name: str) -> str:
+    """A private copy of the honest workspace as it was after training, before any deletion (for
+    cheaters who edit the workspace and then run the prover's own ``forget``)."""
+    d = tempfile.mkdtemp(prefix=f"vmu-{name}-", dir=h.root)
+    ws_dir = os.path.join(d, "ws")
+    shutil.copytree(h.trained_dir, ws_dir, ignore=shutil.ignore_patterns(".lock", "checkpoints"))
+    shutil.copytree(os.path.join(h.trained_dir, "checkpoints"), os.path.join(ws_dir, "checkpoints"), copy_function=os.link)
+    return ws_dir
 
 
 def resign_members(h: Honest, members: dict[str, bytes], mutate_predicate: Callable[[dict[str, Any]], None],

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest_verifier import Honest, forge, honest, members_of, resign_members, rezip
+from conftest_verifier import SLICES, Honest, forge, honest, members_of, resign_members, rezip
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._keys import SigningKey
@@ -120,7 +120,7 @@ def _rename_ckpt(m: dict[str, bytes]) -> None:
 
 
 def _slice_names(m: dict[str, bytes]) -> list[str]:
-    return sorted(n for n in m if n.startswith("slices/") and len(m[n]) >= 128)
+    return sorted(n for n in m if n.startswith("slices/") and n.endswith(".records") and len(m[n]) >= 128)
 
 
 def _rename_slice_records(m: dict[str, bytes]) -> None:
@@ -138,8 +138,55 @@ def _unsort_slice_records(m: dict[str, bytes]) -> None:
 
 
 def _drop_slice_records(m: dict[str, bytes]) -> None:
-    for n in [n for n in m if n.startswith("slices/")]:
+    for n in [n for n in m if n.startswith("slices/") and n.endswith(".records")]:
         del m[n]
+
+
+def _unaffected_lists_to_proofs(m: dict[str, bytes]) -> None:
+    """Replace the generation-0 slice records of the shards no request retrains by non-membership
+    proofs of the deleted keys (an honest alternative: both show the keys absent)."""
+    from verifiable_mu._records import record_key
+    from verifiable_mu._sorted_tree import SortedTree
+
+    runs = json.loads(m["log/entries.json"])["runs"]
+    affected = {s for r in runs for e in r["entries"] if e["kind"] == "deletion" for s in e["body"]["shards"]}
+    roots = {e["body"]["root"] for e in runs[0]["entries"] if e["kind"] == "slice" and e["body"]["shard"] not in affected}
+    keys = sorted(record_key(o["id"]) for o in json.loads(m["records/openings.json"])["deleted"])
+    doc = json.loads(m["slices/absence.json"])
+    known = {x["root"] for x in doc["slices"]}
+    for n in [n for n in m if n.startswith("slices/") and n[7:-8] in roots]:
+        data = m.pop(n)
+        tree = SortedTree.build((data[i : i + 32], data[i + 32 : i + 64]) for i in range(0, len(data), 64))
+        if n[7:-8] not in known:
+            doc["slices"].append({"root": n[7:-8], "proofs": [tree.non_membership_proof(k).to_json() for k in keys]})
+    assert doc["slices"]
+    m["slices/absence.json"] = json.dumps(doc).encode()
+
+
+def _all_segments(h: Honest) -> bytes:
+    from conftest_verifier import bundle_for
+
+    return bundle_for(h.ws_dir, replay=10_000)[0]
+
+
+def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
+    m = members_of(_all_segments(h))
+    _unaffected_lists_to_proofs(m)
+    return rezip(m), _opts()
+
+
+def _drop_absence(m: dict[str, bytes]) -> None:
+    _unaffected_lists_to_proofs(m)
+    del m["slices/absence.json"]
+
+
+def _corrupt_absence(m: dict[str, bytes]) -> None:
+    _unaffected_lists_to_proofs(m)
+    d = json.loads(m["slices/absence.json"])
+    p = d["slices"][0]["proofs"][0]
+    side = p["left"] or p["right"]
+    side["inclusion"]["path"][0] = _flip_hex(side["inclusion"]["path"][0])
+    m["slices/absence.json"] = json.dumps(d).encode()
 
 
 def _truncate_ckpt(m: dict[str, bytes]) -> None:
@@ -332,6 +379,42 @@ def _p_drop_nonmembership(n: int, pred: dict[str, Any], disclose: Any) -> None:
         pred["shards"][0]["slices"][0]["non_membership"] = []
 
 
+def _p_old_slice_stale(n: int, pred: dict[str, Any], disclose: Any) -> None:
+    """Request 2's record points at its slice's generation-0 entry, which request 1 re-committed."""
+    if n == 2:
+        r = pred["records"][0]
+        r["old_slice"] = disclose(1 + r["shard"] * SLICES + r["slice"])
+
+
+def _p_slices_not_current(n: int, pred: dict[str, Any], disclose: Any) -> None:
+    if n == 1:
+        sc = pred["shards"][0]
+        sc["slices"][SLICES - 1]["slice"] = disclose(1 + sc["shard"] * SLICES + SLICES - 1)
+
+
+def _f_recommit_order(ctx: Any) -> None:
+    """Two slice entries of request 1's re-commit block trade places."""
+    d = _find(ctx.entries, "deletion", request="1")[0]
+    assert ctx.entries[d + 1][0] == ctx.entries[d + 2][0] == "slice"
+    ctx.entries[d + 1], ctx.entries[d + 2] = ctx.entries[d + 2], ctx.entries[d + 1]
+
+
+def _f_dataset_after_request(ctx: Any) -> None:
+    i = _find(ctx.entries, "dataset", version=1)[0]
+    ctx.entries[i][1]["root"] = _flip_hex(ctx.entries[i][1]["root"])
+
+
+def _original_batches_swapped(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """Two original-training steps of one epoch trade a record (every segment disclosed)."""
+
+    def mutate(ctx: Any) -> None:
+        i, j = _find(ctx.entries, "step", shard=1, generation=0, stage=1, epoch=0)[:2]
+        bi, bj = ctx.entries[i][1], ctx.entries[j][1]
+        bi["batch"], bj["batch"] = bj["batch"][:64] + bi["batch"][64:], bi["batch"][:64] + bj["batch"][64:]
+
+    return forge(h, mutate, replay=10_000), _opts()
+
+
 def _fabricated_last_segment(h: Honest) -> tuple[bytes, VerifyOptions]:
     """Request 2's only retraining segment (always sampled) ends in a fabricated checkpoint."""
     from conftest_verifier import train_segment
@@ -482,8 +565,22 @@ CASES: dict[str, Case] = {
     "step_11_membership_proof": Case(11, 1, "DeletionClaimFailed", "was not in its slice", _forged(pred=_p_membership)),
     "step_11_non_membership_dropped": Case(11, 1, "DeletionClaimFailed", "lacks a non-membership proof",
                                            _forged(pred=_p_drop_nonmembership)),
-    "step_11_deleted_record_still_in_slice": Case(11, 1, "DeletionClaimFailed", "shrank|still in slice",
+    "step_11_deleted_record_still_in_slice": Case(11, 1, "DeletionClaimFailed", "minus exactly the 2 deleted",
                                                   _forged(_f_stale_slice)),
+    "step_11_old_slice_not_current": Case(11, 1, "DeletionClaimFailed", "not the current entry of slice",
+                                          _forged(pred=_p_old_slice_stale)),
+    "step_11_slices_not_current": Case(11, 1, "DeletionClaimFailed", r"slices\[2\] is slice entry .* not the current",
+                                       _forged(pred=_p_slices_not_current)),
+    "step_11_recommit_block_out_of_order": Case(11, 1, "DeletionClaimFailed", "of the re-commit block is slice",
+                                                _forged(_f_recommit_order)),
+    "step_11_dataset_after_request": Case(11, 1, "DeletionClaimFailed", "not the root over the current slices",
+                                          _forged(_f_dataset_after_request)),
+    "step_11_slice_records_missing": Case(11, 1, "SegmentMissing", "does not disclose the records of slice",
+                                          _members_op(_drop_slice_records)),
+    "step_11_absence_proofs_missing": Case(11, 1, "DeletionClaimFailed", "does not prove deleted record key",
+                                           _members_op(_drop_absence)),
+    "step_11_absence_proof_corrupted": Case(11, 1, "DeletionClaimFailed", "not proven absent",
+                                              _members_op(_corrupt_absence)),
     # 12. ordering
     "step_12_rollback_after_first_use": Case(12, 1, "OrderingViolation", "rollback", _forged(pred=_p_rollback_later)),
     "step_12_first_use_without_record": Case(12, 1, "OrderingViolation", "does not use record|first used",
@@ -500,8 +597,10 @@ CASES: dict[str, Case] = {
                                                  _forged(_f_dirty_manifest)),
     "step_14_batch_not_committed": Case(14, 1, "BatchNotCommitted", "does not train on its committed batch",
                                         _forged(_f_swap_batches)),
-    "step_14_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
-                                          _members_op(_drop_slice_records)),
+    "step_14_original_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
+                                                   _original_slice_records_missing),
+    "step_14_original_batch_not_committed": Case(14, 1, "BatchNotCommitted", "original training of shard 1.*committed batch",
+                                                 _original_batches_swapped),
     # 15. models
     "step_15_model_constituents": Case(15, 1, "ModelMismatch", "constituents", _forged(_f_model_shards)),
     "step_15_model_digest": Case(15, 1, "ModelMismatch", "not the hash of its constituents|model_before", _forged(_f_model_digest)),

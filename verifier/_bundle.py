@@ -30,7 +30,7 @@ from verifiable_mu._multiproof import MultiProof
 from verifiable_mu._proofs import ConsistencyProof
 from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
-from verifiable_mu._sorted_tree import SortedTree
+from verifiable_mu._sorted_tree import NonMembershipProof, SortedTree
 from verifiable_mu._tags import TAG_CHECKPOINT
 
 from ._entries import _wrap
@@ -59,10 +59,12 @@ PUBKEY = "keys/signing-key.pub.pem"
 FINAL_HEAD = "heads/final.note"
 LOG = "log/entries.json"
 OPENINGS = "records/openings.json"
+ABSENCE = "slices/absence.json"
 
 _NAME_RE = re.compile(
     r"(manifest\.json|keys/signing-key\.pub\.pem|heads/final\.note|transcripts/[0-9]{6}\.dsse\.json"
-    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records)"
+    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records"
+    r"|slices/absence\.json)"
 )
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 
@@ -363,6 +365,10 @@ class Bundle:
     member_bytes: Mapping[str, int] = field(repr=False)
     # slice-tree root (from the name, rebuilt from the content) -> its records' commitments in key order
     slice_records: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
+    # slice-tree root -> its records' keys in key order (the same members)
+    slice_keys: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
+    # slice-tree root -> deleted key -> its non-membership proof in that tree (slices/absence.json)
+    absence: Mapping[bytes, Mapping[bytes, NonMembershipProof]] = field(repr=False, default_factory=dict)
 
 
 def _json(members: Mapping[str, bytes], name: str, limits: Limits) -> Any:
@@ -524,11 +530,11 @@ def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limit
             if got != digest:
                 raise InvalidBundle(f"{name} holds a checkpoint whose content digest is {got.hex()[:16]}...")
             ckpts[digest] = members[name]
-    slices = {}
+    slices, slice_keys = {}, {}
     for name in sorted(members):
-        if name.startswith("slices/"):
+        if name.startswith("slices/") and name.endswith(".records"):
             root = bytes.fromhex(name[len("slices/") : -len(".records")])
-            slices[root] = _parse_slice_records(members[name], root, name)
+            slice_keys[root], slices[root] = _parse_slice_records(members[name], root, name)
     return Bundle(
         manifest=manifest,
         public_key=key,
@@ -540,10 +546,39 @@ def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limit
         checkpoints=MappingProxyType(ckpts),
         member_bytes=MappingProxyType({n: len(b) for n, b in members.items()}),
         slice_records=MappingProxyType(slices),
+        slice_keys=MappingProxyType(slice_keys),
+        absence=MappingProxyType(_parse_absence(_json(members, ABSENCE, limits)) if ABSENCE in members else {}),
     )
 
 
-def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[bytes, ...]:
+def _parse_absence(d: Any) -> dict[bytes, Mapping[bytes, NonMembershipProof]]:
+    """``slices/absence.json``: non-membership proofs of deleted keys in slices whose records the
+    bundle does not disclose (specs/08-bundle.md section 4b)."""
+    if not isinstance(d, dict):
+        raise InvalidBundle(f"{ABSENCE} must be a JSON object")
+    _version(d, ABSENCE, "vmu.bundle-absence")
+    _obj(d, ABSENCE, {"type", "version", "slices"})
+    if not isinstance(d["slices"], list):
+        raise InvalidBundle(f"{ABSENCE} slices must be a list")
+    out: dict[bytes, Mapping[bytes, NonMembershipProof]] = {}
+    for i, item in enumerate(d["slices"]):
+        what = f"{ABSENCE} slices[{i}]"
+        if not isinstance(item, dict) or set(item) != {"root", "proofs"} or not isinstance(item["proofs"], list):
+            raise InvalidBundle(f"{what} must be an object with exactly root and proofs (a list)")
+        root = hex32(item["root"], what=f"{what} root", exc=InvalidBundle)
+        if root in out:
+            raise InvalidBundle(f"{what}: root {root.hex()[:16]}... is listed twice")
+        proofs: dict[bytes, NonMembershipProof] = {}
+        for j, pj in enumerate(item["proofs"]):
+            p = _wrap(f"{what} proofs[{j}]", NonMembershipProof.from_json, pj)
+            if p.key in proofs:
+                raise InvalidBundle(f"{what}: two proofs for key {p.key.hex()[:16]}...")
+            proofs[p.key] = p
+        out[root] = MappingProxyType(proofs)
+    return out
+
+
+def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """A ``slices/<root>.records`` member: 64-byte ``key || commitment`` records, strictly
     ascending by key, whose slice tree has the root the name says (specs/08-bundle.md 4a)."""
     if len(data) % 64:
@@ -555,7 +590,7 @@ def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[bytes, ..
     tree = SortedTree.from_buffers(b"".join(keys), b"".join(commits))
     if tree.root != root:
         raise InvalidBundle(f"{name} holds records whose slice tree has root {tree.root.hex()[:16]}..., not its name")
-    return commits
+    return tuple(keys), commits
 
 
 def load_file(path: str, limits: Limits = Limits()) -> bytes:

@@ -13,13 +13,17 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
  8. transcript-proofs  every entry a transcript discloses is included under its head_after
  9. log-runs           every disclosed run of entries is included under the final head
 10. commitments        commit block: config, slice trees, data-set root, audit set, initial checkpoints
-11. deletion-claims    deleted records were in their old slices; absent from every retrained slice
+11. deletion-claims    every slice claim is the current entry of the shard's slice lineage (commit
+                       block, then each request's re-commit block); deleted records were in their
+                       old slices, as the committed assignment places them; re-committed slices are
+                       the old ones minus exactly the deleted records; every deleted key is absent
+                       from every shard's current slices
 12. ordering           rollback checkpoint of the current lineage, before the first use of each record
 13. schedule           every lineage's checkpoints and steps follow the committed SISA schedule
 14. clean-manifests    no retraining step uses a record deleted by this or an earlier request, and
-                       every retraining step trains on its committed batch: the stage's slice
-                       records (disclosed, rebuilt to the logged roots) in the order the committed
-                       seed gives
+                       every disclosed step (retraining and original training) trains on its
+                       committed batch: the stage's slice records (disclosed, rebuilt to the logged
+                       roots) in the order the committed seed gives
 15. models             model entries chain; final constituent weights match the final model
 16. openings           openings match their commitments, the request digests and the audit root
 17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
@@ -64,7 +68,7 @@ from verifiable_mu._sampling import (
     sample_segments,
     transcript_digest,
 )
-from verifiable_mu._seeds import epoch_order, step_seed
+from verifiable_mu._seeds import assigned_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
@@ -120,10 +124,10 @@ STEPS: tuple[tuple[int, str, str], ...] = (
     (8, "transcript-proofs", "transcript log entries are included under their heads"),
     (9, "log-runs", "disclosed log runs are included under the final head"),
     (10, "commitments", "config, slice trees, data-set root, audit set, initial checkpoints"),
-    (11, "deletion-claims", "deleted records were in their slices and are absent from retrained slices"),
+    (11, "deletion-claims", "slice claims follow the shards' slice lineage; deleted records are absent from every shard"),
     (12, "ordering", "rollback checkpoints precede the first use of each deleted record"),
     (13, "schedule", "checkpoints and steps follow the committed SISA schedule"),
-    (14, "clean-manifests", "no retraining step uses a deleted record"),
+    (14, "clean-manifests", "no retraining step uses a deleted record; every disclosed batch is the committed one"),
     (15, "models", "model entries chain; final weights match the final model"),
     (16, "openings", "openings match commitments, request digests and the audit root"),
     (17, "sampling", "the sampled segments are the ones the challenge selects, fully disclosed"),
@@ -206,6 +210,7 @@ class Verification:
     entries: dict[int, LogEntry] = field(default_factory=dict)
     config: ConfigBody | None = None
     slices0: dict[tuple[int, int], SliceBody] = field(default_factory=dict)
+    slices_now: dict[tuple[int, int], SliceBody] = field(default_factory=dict)  # after the last request
     audit: AuditBody | None = None
     lineages: list[_Lineage] = field(default_factory=list)
     openings: dict[bytes, RecordOpening] = field(default_factory=dict)
@@ -555,9 +560,49 @@ def _current(v: Verification, shard: int) -> list[_Lineage]:
     return [lin for lin in v.lineages if lin.shard == shard]
 
 
-def _step_11(v: Verification) -> None:
+def _slice_pairs(v: Verification, sb: SliceBody, what: str) -> list[tuple[bytes, bytes]]:
+    """The ``(key, commitment)`` records of the slice entry ``sb``, from the bundle's slice-records
+    member of its root (step 3 rebuilt the root from them)."""
+    b = v.bundle
+    assert b is not None
+    keys, commits = b.slice_keys.get(sb.root), b.slice_records.get(sb.root)
+    if keys is None or commits is None:
+        raise SegmentMissing(f"{what}: the bundle does not disclose the records of slice ({sb.shard}, {sb.slice}) "
+                             f"(root {sb.root.hex()[:16]}...)")
+    return list(zip(keys, commits, strict=True))
+
+
+def _check_assignment(v: Verification, shard: int, what: str) -> None:
+    """The generation-0 slices of ``shard`` hold exactly what the committed assignment
+    (``sha256-rank-v1``, specs/06 section 1) gives the shard: as many records as its ranks, each in
+    the slice its position in rank order fixes."""
     cfg = v.config
     assert cfg is not None
+    where: dict[bytes, int] = {}
+    for j in range(cfg.slices):
+        for k, _ in _slice_pairs(v, v.slices0[(shard, j)], what):
+            where[k] = j
+    want_n = shard_size(cfg.n_train, cfg.shards, shard)
+    if len(where) != want_n:
+        raise DeletionClaimFailed(f"{what}: shard {shard}'s committed slices hold {len(where)} records, the assignment "
+                                  f"gives it {want_n} of {cfg.n_train}")
+    for k, j in assigned_slices(cfg.seed, list(where), cfg.slices).items():
+        if where[k] != j:
+            raise DeletionClaimFailed(f"{what}: record key {k.hex()[:16]}... is committed in slice {where[k]} of shard "
+                                      f"{shard}, the committed assignment (sha256-rank-v1) puts it in slice {j}")
+
+
+def _step_11(v: Verification) -> None:
+    """Deletion claims against each shard's slice lineage: the commit block's generation-0 slice
+    entries, then every request's re-commit block (deletion entry, the new slice entries, the
+    data-set entry). A slice claim is accepted only if it is the lineage's current entry."""
+    cfg = v.config
+    assert cfg is not None
+    S, R = cfg.shards, cfg.slices
+    cur: dict[tuple[int, int], SliceBody] = dict(v.slices0)  # the current slice entry of every (shard, slice)
+    gens: dict[int, int] = dict.fromkeys(range(S), 0)
+    assigned: set[int] = set()
+    deleted_keys: set[bytes] = set()
     for t in v.transcripts:
         w = f"request {t.request}"
         d = DeletionBody.parse(t.deletion.entry)
@@ -573,39 +618,77 @@ def _step_11(v: Verification) -> None:
             raise DeletionClaimFailed(f"{w}: retrained shards {shards} are not the shards of the deleted records")
         by_shard: dict[int, list[Any]] = {}
         for r in t.records:
-            if r.shard >= cfg.shards or r.slice >= cfg.slices:
+            if r.shard >= S or r.slice >= R:
                 raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} claims shard {r.shard} slice {r.slice}")
             if (r.membership.key, r.membership.commitment) != (r.key, r.commitment):
                 raise DeletionClaimFailed(f"{w}: the membership proof of {r.commitment.hex()[:16]} is for another record")
             old = SliceBody.parse(r.old_slice.entry)
-            if (old.shard, old.slice) != (r.shard, r.slice):
-                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} points at slice ({old.shard}, {old.slice})")
+            now = cur[(r.shard, r.slice)]
+            if old.index != now.index:
+                raise DeletionClaimFailed(
+                    f"{w}: record {r.commitment.hex()[:16]} points at slice entry {old.index}, which is not the current "
+                    f"entry of slice ({r.shard}, {r.slice}) in the shard's lineage (entry {now.index})")
             try:
                 SliceDescriptor(shard=old.shard, slice=old.slice, size=old.size, root=old.root).verify_membership(
                     r.membership, key=r.key)
             except VerificationFailed as e:
                 raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} was not in its slice: {e}") from e
-            by_shard.setdefault(r.shard, []).append((r, old))
-        for sc in t.shards:
+            if r.shard not in assigned:  # the record's slice follows from the committed assignment
+                _check_assignment(v, r.shard, w)
+                assigned.add(r.shard)
+            by_shard.setdefault(r.shard, []).append(r)
+        # The re-commit block: right after the deletion entry, for each retrained shard in order,
+        # one slice entry of the new generation per slice from_stage-1..R-1, then the data-set entry.
+        pos = d.index + 1
+        for sc in sorted(t.shards, key=lambda x: x.shard):
             ws = f"{w} shard {sc.shard}"
             recs = by_shard[sc.shard]
-            if sc.from_stage != min(r.slice for r, _ in recs) + 1:
+            if sc.from_stage != min(r.slice for r in recs) + 1:
                 raise DeletionClaimFailed(f"{ws}: retraining starts at stage {sc.from_stage}, the first deleted slice "
-                                          f"is used from stage {min(r.slice for r, _ in recs) + 1}")
-            if len(sc.slices) != cfg.slices:
-                raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {cfg.slices}")
-            keys = sorted(r.key for r, _ in recs)
+                                          f"is used from stage {min(r.slice for r in recs) + 1}")
+            if sc.generation != gens[sc.shard] + 1:
+                raise DeletionClaimFailed(f"{ws}: retraining is generation {sc.generation}, the shard's lineage is at "
+                                          f"generation {gens[sc.shard]}")
+            for j in range(sc.from_stage - 1, R):
+                ent = _entry(v, pos, f"{w} re-commit block")
+                sb = SliceBody.parse(ent) if ent.kind == "slice" else None
+                if sb is None or (sb.shard, sb.slice, sb.generation) != (sc.shard, j, sc.generation):
+                    got = f"a {ent.kind} entry" if sb is None else f"slice ({sb.shard}, {sb.slice}) generation {sb.generation}"
+                    raise DeletionClaimFailed(f"{w}: log entry {pos} of the re-commit block is {got}, expected slice "
+                                              f"({sc.shard}, {j}) generation {sc.generation}")
+                # Content: the old slice minus exactly this request's deleted records of it (a slice
+                # that held none keeps its records, so nothing can be added under a new id).
+                gone = {r.key for r in recs if r.slice == j}
+                old_pairs = _slice_pairs(v, cur[(sc.shard, j)], ws)
+                tree = SortedTree.build((k, c) for k, c in old_pairs if k not in gone)
+                if (tree.root, len(tree)) != (sb.root, sb.size):
+                    raise DeletionClaimFailed(
+                        f"{ws}: re-committed slice {j} (entry {sb.index}, {sb.size} records) is not its previous "
+                        f"entry ({cur[(sc.shard, j)].index}, {len(old_pairs)} records) minus exactly the "
+                        f"{len(gone)} deleted record(s)")
+                cur[(sc.shard, j)] = sb
+                pos += 1
+            gens[sc.shard] = sc.generation
+        ent = _entry(v, pos, f"{w} re-commit block")
+        ds = DatasetBody.parse(ent) if ent.kind == "dataset" else None
+        if ds is None or ds.version != t.request or ds.slices != S * R:
+            raise DeletionClaimFailed(f"{w}: log entry {pos} ends the re-commit block but is not the data-set entry of "
+                                      f"version {t.request}")
+        descriptors = [SliceDescriptor(shard=s, slice=j, size=cur[(s, j)].size, root=cur[(s, j)].root)
+                       for s in range(S) for j in range(R)]
+        if ds.root != dataset_root(descriptors):
+            raise DeletionClaimFailed(f"{w}: the data-set entry {ds.index} is not the root over the current slices")
+        for sc in t.shards:
+            ws = f"{w} shard {sc.shard}"
+            if len(sc.slices) != R:
+                raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {R}")
+            keys = sorted(r.key for r in by_shard[sc.shard])
             for j, x in enumerate(sc.slices):
                 sb = SliceBody.parse(x.slice.entry)
-                if (sb.shard, sb.slice) != (sc.shard, j) or sb.generation > sc.generation:
-                    raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice ({sb.shard}, {sb.slice}) generation {sb.generation}")
-                if j >= sc.from_stage - 1 and (sb.generation != sc.generation or sb.index <= d.index):
-                    raise DeletionClaimFailed(f"{ws}: slice {j} was not re-committed for generation {sc.generation} "
-                                              "after the deletion entry")
-                for r, old in recs:
-                    if r.slice == j and sb.size != old.size - sum(1 for q, _ in recs if q.slice == j):
-                        raise DeletionClaimFailed(f"{ws}: slice {j} shrank from {old.size} to {sb.size} records, "
-                                                  f"not by the {sum(1 for q, _ in recs if q.slice == j)} deleted")
+                if sb.index != cur[(sc.shard, j)].index:
+                    raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice entry {sb.index}, not the current entry of "
+                                              f"slice ({sc.shard}, {j}) in the shard's lineage "
+                                              f"(entry {cur[(sc.shard, j)].index})")
                 if sorted(p.key for p in x.non_membership) != keys:
                     raise DeletionClaimFailed(f"{ws}: slice {j} lacks a non-membership proof for some deleted record")
                 desc = SliceDescriptor(shard=sb.shard, slice=sb.slice, size=sb.size, root=sb.root)
@@ -614,6 +697,39 @@ def _step_11(v: Verification) -> None:
                         desc.verify_non_membership(p, key=p.key)
                     except VerificationFailed as e:
                         raise DeletionClaimFailed(f"{ws}: a deleted record is still in slice {j}: {e}") from e
+        deleted_keys |= {r.key for r in t.records}
+    v.slices_now = cur
+    _check_absent_everywhere(v, deleted_keys)
+
+
+def _check_absent_everywhere(v: Verification, deleted: set[bytes]) -> None:
+    """Every deleted key is absent from every shard's current slices after the last request, not
+    only from the retrained shards': from the slice's disclosed records, or else from the bundle's
+    non-membership proof against the slice's current entry. (Slices only change by re-commits,
+    which remove exactly the deleted records, so absence at the end means absence since each
+    deletion.)"""
+    b = v.bundle
+    assert b is not None
+    for (s, j), sb in sorted(v.slices_now.items()):
+        keys = b.slice_keys.get(sb.root)
+        if keys is not None:
+            kept = deleted.intersection(keys)
+            if kept:
+                raise DeletionClaimFailed(f"deleted record key {min(kept).hex()[:16]}... is still in slice ({s}, {j}) "
+                                          f"(entry {sb.index})")
+            continue
+        proofs = b.absence.get(sb.root, {})
+        desc = SliceDescriptor(shard=s, slice=j, size=sb.size, root=sb.root)
+        for k in sorted(deleted):
+            p = proofs.get(k)
+            if p is None:
+                raise DeletionClaimFailed(f"the bundle does not prove deleted record key {k.hex()[:16]}... absent from "
+                                          f"slice ({s}, {j}) (entry {sb.index})")
+            try:
+                desc.verify_non_membership(p, key=k)
+            except VerificationFailed as e:
+                raise DeletionClaimFailed(f"deleted record key {k.hex()[:16]}... is not proven absent from slice "
+                                          f"({s}, {j}): {e}") from e
 
 
 def _step_12(v: Verification) -> None:
@@ -719,6 +835,32 @@ def _step_14(v: Verification) -> None:
                             f"{sorted(bad)[0].hex()[:16]}..."
                         )
                     _check_batch(v, st, lin, w)
+    _check_original_batches(v)
+
+
+def _check_original_batches(v: Verification) -> None:
+    """Every disclosed step of the original training (generation 0) lies where its lineage's
+    schedule puts it, passes the step rules of step 13, and trains on its committed batch: records
+    of its own shard's slices 0..stage-1, in the committed order (so a record of another shard, or
+    of a later slice, in a batch is rejected)."""
+    lin_of = {lin.shard: lin for lin in v.lineages if lin.generation == 0}
+    for i in sorted(v.entries):
+        e = v.entries[i]
+        if e.kind != "step":
+            continue
+        st = StepBody.parse(e)
+        if st.generation != 0:
+            continue
+        lin = lin_of.get(st.shard)
+        w = f"original training of shard {st.shard}"
+        if lin is None:
+            raise ScheduleViolation(f"{w}: step entry {i} is for shard {st.shard}, the config has {len(lin_of)} shards")
+        end = next((c for c in lin.checkpoints if c.step > st.step), None)
+        if end is None or i != end.index - (end.step - st.step):
+            raise ScheduleViolation(f"{w}: step entry {i} (step {st.step}) is not where the shard's lineage has its "
+                                    f"step {st.step}")
+        _check_step(v, st, lin, st.step, w)
+        _check_batch(v, st, lin, w)
 
 
 def _step_15(v: Verification) -> None:
@@ -848,8 +990,7 @@ def _step_17(v: Verification) -> None:
             idx = r.end_index - r.steps + j
             st = StepBody.parse(_entry(v, idx, w))
             _check_step(v, st, lin, r.start_step + j, w)
-            if lin.generation > 0:  # retraining: its slices' records are in the bundle
-                _check_batch(v, st, lin, w)
+            _check_batch(v, st, lin, w)  # original training too: its slices' records are in the bundle
             for rec in st.batch:
                 if rec not in v.openings:
                     raise SegmentMissing(f"{w}: the bundle does not open record {rec.hex()[:16]}... used by step {idx}")

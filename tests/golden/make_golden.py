@@ -29,6 +29,7 @@ import test_tamper as tt  # noqa: E402
 GOLDEN = {
     "bundle_honest.vmu": None,
     "bundle_unsupported_version.vmu": "step_02_unsupported_version",
+    "bundle_old_slice_not_current.vmu": "step_11_old_slice_not_current",
     "bundle_rollback_after_first_use.vmu": "step_12_rollback_after_first_use",
     "bundle_deleted_record_in_retraining.vmu": "step_14_deleted_record_in_retraining",
     "bundle_batch_not_committed.vmu": "step_14_batch_not_committed",
