@@ -49,6 +49,7 @@ from verifiable_mu._sampling import (
     sample_segments,
     transcript_digest,
 )
+from verifiable_mu._seeds import derive_slices
 from verifiable_mu._sorted_tree import SortedTree
 
 from ._errors import BadInput, WorkspaceError
@@ -180,7 +181,7 @@ def write_bundle(
 
     # Checkpoint entries of the whole signed log, grouped by lineage.
     cfg = log.entry(0).body
-    shards, slices = int(cfg["shards"]), int(cfg["slices"])
+    shards, slices, seed_cfg = int(cfg["shards"]), int(cfg["slices"]), int(cfg["seed"])
     commit_end = 1 + shards * slices + 2 + shards
     by_lineage: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for e in log.entries(0, size):
@@ -233,13 +234,13 @@ def write_bundle(
         intervals.append((r.start_index, r.start_index + 1))
     runs = []
     original_stages: set[tuple[int, int]] = set()  # (shard, stage) of every disclosed original step
+    original_used: dict[int, set[bytes]] = defaultdict(set)  # shard -> commitments its disclosed original steps use
     for a, b in _merge(intervals):
         disclosed = list(log.entries(a, b))
-        original_stages |= {
-            (int(e.body["shard"]), int(e.body["stage"]))
-            for e in disclosed
-            if e.kind == "step" and int(e.body["generation"]) == 0
-        }
+        for e in disclosed:
+            if e.kind == "step" and int(e.body["generation"]) == 0:
+                original_stages.add((int(e.body["shard"]), int(e.body["stage"])))
+                original_used[int(e.body["shard"])] |= {bytes.fromhex(c) for c in batch_commitments(e.body["batch"])}
         entries = [e.to_json() for e in disclosed]
         proof = RangeProof(start=a, end=b, tree_size=size, path=tuple(range_path(log.mth, a, b, size)))
         runs.append({"entries": entries, "proof": proof.to_json()})
@@ -345,10 +346,24 @@ def write_bundle(
     # verifier rebuilds the shard's committed assignment and each re-committed slice from them),
     # and slices 0..r-1 of every shard with a disclosed step of original stage r (its batches are
     # checked against the committed order too).
+    # A generation-0 slice whose records the opened records of the shard's disclosed original
+    # steps already rebuild (verifiable_mu._seeds.derive_slices; the verifier does the same) is
+    # not listed again.
+    key_of = {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
+    opened_c = used_c | deleted_c
+    derived: set[str] = set()
+    for s, used in original_used.items():
+        sizes = [int(log.entry(1 + s * slices + j).body["size"]) for j in range(slices)]
+        pairs = [(key_of[c], c) for c in used if c in opened_c]
+        for j, tree in enumerate(derive_slices(seed_cfg, pairs, sizes)):
+            if tree.root.hex() == log.entry(1 + s * slices + j).body["root"]:
+                derived.add(tree.root.hex())
     gen0: set[tuple[int, int]] = {(s, j) for s in affected for j in range(slices)}
     gen0 |= {(s, j) for s, r in original_stages for j in range(r)}
     for s, j in sorted(gen0):
-        add_slice(s, j, 0, log.entry(1 + s * slices + j).body["root"])
+        root_hex = log.entry(1 + s * slices + j).body["root"]
+        if root_hex not in derived:
+            add_slice(s, j, 0, root_hex)
 
     # Absence of every deleted key from every shard's slices as they are after the last bundled
     # request (specs/08 section 4b): a non-membership proof per key and slice, for the slices whose
@@ -361,10 +376,10 @@ def write_bundle(
             for j, item in enumerate(sh["slices"]):
                 final_slices[(int(sh["shard"]), j)] = item["slice"]["entry"]["body"]
     deleted_keys = sorted(bytes.fromhex(r["key"]) for pred in preds for r in pred["records"])
-    absence: dict[str, list[dict[str, Any]]] = {}
+    absence: dict[str, dict[str, Any]] = {}
     for (s, j), body in sorted(final_slices.items()):
         root_hex = body["root"]
-        if f"{SLICES_DIR}{root_hex}.records" in slice_members or root_hex in absence:
+        if f"{SLICES_DIR}{root_hex}.records" in slice_members or root_hex in derived or root_hex in absence:
             continue
         pairs = db.execute(
             "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
@@ -373,9 +388,9 @@ def write_bundle(
         ).fetchall()
         tree = SortedTree.build(pairs)
         if tree.root.hex() == root_hex:  # else left out: the verifier rejects the bundle
-            absence[root_hex] = [tree.non_membership_proof(k).to_json() for k in deleted_keys]
+            absence[root_hex] = tree.absence_proof(deleted_keys).to_json()
     absence_doc = {"type": "vmu.bundle-absence", "version": 1,
-                   "slices": [{"root": r, "proofs": p} for r, p in sorted(absence.items())]}
+                   "slices": [{"root": r, "proof": p} for r, p in sorted(absence.items())]}
 
     members: list[tuple[str, bytes]] = [
         (PUBKEY, ws.public_key.to_pem()),

@@ -181,3 +181,86 @@ def test_cheater_deleted_key_kept_in_another_shards_slice() -> None:
 
     forge(honest(), mutate, keep=keep, replay=1)
     _verify_all(keep[0], step=11, error="DeletionClaimFailed", match="absent from slice|still in slice")
+
+
+# --- the shared core pieces the checks rest on -------------------------------------------------
+
+
+def _tree(n: int, seed: int = 7) -> tuple[SortedTree, list[bytes]]:
+    import random
+
+    rnd = random.Random(seed)
+    keys = sorted({rnd.randbytes(32) for _ in range(n)})
+    return SortedTree.build((k, bytes([1]) * 32) for k in keys), keys
+
+
+def test_absence_proof_round_trip_and_edges() -> None:
+    from verifiable_mu._sorted_tree import AbsenceProof
+
+    for n in (0, 1, 2, 5, 64, 100):
+        tree, keys = _tree(n, seed=n)
+        probe = [b"\x00" * 32, b"\xff" * 32] + [bytes([k[0]]) + k[1:31] + bytes([k[31] ^ 1]) for k in keys[:5]]
+        probe = [p for p in probe if p not in keys]
+        proof = AbsenceProof.from_json(tree.absence_proof(probe).to_json())
+        proof.verify(root=tree.root, size=n, keys=probe)
+        assert len(proof.records) <= 2 * len(probe)
+
+
+def test_absence_proof_rejects() -> None:
+    import dataclasses
+
+    import pytest
+
+    from verifiable_mu._errors import NonMembershipProofFailed
+    from verifiable_mu._sorted_tree import AbsenceProof
+
+    tree, keys = _tree(50)
+    with pytest.raises(NonMembershipProofFailed, match="is in the tree"):
+        tree.absence_proof([keys[10]])
+    gap = keys[10][:31] + bytes([keys[10][31] ^ 1])  # a key next to keys[10]
+    gap = gap if gap not in keys else keys[10][:30] + b"\x00\x00"
+    proof = tree.absence_proof([gap])
+    with pytest.raises(NonMembershipProofFailed, match="not 49"):
+        proof.verify(root=tree.root, size=49, keys=[gap])
+    # A present key asked about: the proof's neighbours cannot bracket it.
+    with pytest.raises(NonMembershipProofFailed, match="not adjacent|is in the tree"):
+        proof.verify(root=tree.root, size=50, keys=[keys[30]])
+    # Records two apart (one left out): not adjacent.
+    wide = tree.absence_proof([gap, keys[12][:31] + bytes([keys[12][31] ^ 1])])
+    ps = wide.proof.positions if wide.proof else ()
+    keep = [i for i in range(len(ps)) if ps[i] != ps[1]]
+    thin = AbsenceProof(tree_size=50, records=tuple(wide.records[i] for i in keep),
+                        proof=tree.multi_proof([ps[i] for i in keep]))
+    with pytest.raises(NonMembershipProofFailed, match="not adjacent"):
+        thin.verify(root=tree.root, size=50, keys=[gap])
+    # Records that are not the tree's at those positions.
+    bad = dataclasses.replace(proof, records=((proof.records[0][0], b"\x02" * 32), *proof.records[1:]))
+    with pytest.raises(NonMembershipProofFailed, match="not in the tree"):
+        bad.verify(root=tree.root, size=50, keys=[gap])
+
+
+def test_assignment_within_a_shard_matches_the_prover() -> None:
+    """The verifier's per-shard rebuild of sha256-rank-v1 (its own keys only) agrees with the
+    prover's global assignment, for every shard."""
+    import random
+
+    from prover._sisa import assign
+    from verifiable_mu._seeds import assigned_slices, derive_slices, shard_size
+
+    rnd = random.Random(3)
+    keys = [rnd.randbytes(32) for _ in range(203)]
+    S, R, seed = 5, 4, 99
+    shard, slc = assign(keys, seed=seed, shards=S, slices=R)
+    for s in range(S):
+        mine = [k for k, x in zip(keys, shard, strict=True) if x == s]
+        assert len(mine) == shard_size(len(keys), S, s)
+        want = {k: int(j) for k, x, j in zip(keys, shard, slc, strict=True) if x == s}
+        assert assigned_slices(seed, mine, R) == want
+        trees = [SortedTree.build((k, k) for k in mine if want[k] == j) for j in range(R)]
+        got = derive_slices(seed, [(k, k) for k in mine], [len(t) for t in trees])
+        assert [t.root for t in got] == [t.root for t in trees]
+        # one record of the last slice missing: the earlier slices still rebuild, the last cannot
+        last = next(k for k in mine if want[k] == R - 1)
+        got = derive_slices(seed, [(k, k) for k in mine if k != last], [len(t) for t in trees])
+        assert [t.root for t in got[: R - 1]] == [t.root for t in trees[: R - 1]]
+        assert len(got) == R - 1

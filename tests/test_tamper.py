@@ -138,55 +138,79 @@ def _unsort_slice_records(m: dict[str, bytes]) -> None:
 
 
 def _drop_slice_records(m: dict[str, bytes]) -> None:
+    """No slice records, and no training openings to rebuild generation-0 slices from."""
     for n in [n for n in m if n.startswith("slices/") and n.endswith(".records")]:
         del m[n]
+    op = json.loads(m["records/openings.json"])
+    op["training"] = []
+    m["records/openings.json"] = json.dumps(op).encode()
 
 
-def _unaffected_lists_to_proofs(m: dict[str, bytes]) -> None:
-    """Replace the generation-0 slice records of the shards no request retrains by non-membership
-    proofs of the deleted keys (an honest alternative: both show the keys absent)."""
-    from verifiable_mu._records import record_key
-    from verifiable_mu._sorted_tree import SortedTree
-
-    runs = json.loads(m["log/entries.json"])["runs"]
-    affected = {s for r in runs for e in r["entries"] if e["kind"] == "deletion" for s in e["body"]["shards"]}
-    roots = {e["body"]["root"] for e in runs[0]["entries"] if e["kind"] == "slice" and e["body"]["shard"] not in affected}
-    keys = sorted(record_key(o["id"]) for o in json.loads(m["records/openings.json"])["deleted"])
-    doc = json.loads(m["slices/absence.json"])
-    known = {x["root"] for x in doc["slices"]}
-    for n in [n for n in m if n.startswith("slices/") and n[7:-8] in roots]:
-        data = m.pop(n)
-        tree = SortedTree.build((data[i : i + 32], data[i + 32 : i + 64]) for i in range(0, len(data), 64))
-        if n[7:-8] not in known:
-            doc["slices"].append({"root": n[7:-8], "proofs": [tree.non_membership_proof(k).to_json() for k in keys]})
-    assert doc["slices"]
-    m["slices/absence.json"] = json.dumps(doc).encode()
+def _absence_doc(m: dict[str, bytes]) -> dict[str, Any]:
+    d = json.loads(m["slices/absence.json"])
+    assert d["slices"]
+    return d
 
 
-def _all_segments(h: Honest) -> bytes:
+def _no_sample(h: Honest) -> dict[str, bytes]:
+    """The honest bundle without uniform draws: no original step is disclosed, so the shards no
+    request retrains are shown clean by absence proofs."""
     from conftest_verifier import bundle_for
 
-    return bundle_for(h.ws_dir, replay=10_000)[0]
+    return members_of(bundle_for(h.ws_dir, replay=0)[0])
 
 
-def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
-    m = members_of(_all_segments(h))
-    _unaffected_lists_to_proofs(m)
-    return rezip(m), _opts()
+def _absence_edit(fn: Callable[[dict[str, bytes]], None]) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
+    def make(h: Honest) -> tuple[bytes, VerifyOptions]:
+        m = _no_sample(h)
+        fn(m)
+        return rezip(m), _opts()
+
+    return make
 
 
 def _drop_absence(m: dict[str, bytes]) -> None:
-    _unaffected_lists_to_proofs(m)
+    _absence_doc(m)
     del m["slices/absence.json"]
 
 
 def _corrupt_absence(m: dict[str, bytes]) -> None:
-    _unaffected_lists_to_proofs(m)
-    d = json.loads(m["slices/absence.json"])
-    p = d["slices"][0]["proofs"][0]
-    side = p["left"] or p["right"]
-    side["inclusion"]["path"][0] = _flip_hex(side["inclusion"]["path"][0])
+    d = _absence_doc(m)
+    path = d["slices"][0]["proof"]["proof"]["path"]
+    path[0] = _flip_hex(path[0])
     m["slices/absence.json"] = json.dumps(d).encode()
+
+
+def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """Every segment disclosed, but one opening of the last slice of a shard no request retrains
+    is withheld: that slice can neither be rebuilt from the openings nor is it listed, so the
+    batches of its shard's last stage cannot be recomputed (its absence proof is supplied)."""
+    from conftest_verifier import bundle_for
+
+    from prover import Workspace
+    from verifiable_mu._sorted_tree import SortedTree
+
+    m = members_of(bundle_for(h.ws_dir, replay=10_000)[0])
+    runs = json.loads(m["log/entries.json"])["runs"]
+    affected = {s for r in runs for e in r["entries"] if e["kind"] == "deletion" for s in e["body"]["shards"]}
+    shard = min(set(range(3)) - affected)
+    with Workspace.open(h.ws_dir) as ws:
+        db = ws._db()
+        pairs = sorted(db.execute("SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=?",
+                                  (shard, SLICES - 1)).fetchall())
+        keys = [k for (k,) in db.execute("SELECT key FROM p_records WHERE deleted_by IS NOT NULL")]
+    tree = SortedTree.build(pairs)
+    assert f"slices/{tree.root.hex()}.records" not in m
+    op = json.loads(m["records/openings.json"])
+    from verifiable_mu._records import RecordOpening
+
+    withheld = pairs[0][1]
+    op["training"] = [o for o in op["training"] if RecordOpening.from_json(o).commitment() != withheld]
+    m["records/openings.json"] = json.dumps(op).encode()
+    doc = json.loads(m["slices/absence.json"])
+    doc["slices"].append({"root": tree.root.hex(), "proof": tree.absence_proof(keys).to_json()})
+    m["slices/absence.json"] = json.dumps(doc).encode()
+    return rezip(m), _opts()
 
 
 def _truncate_ckpt(m: dict[str, bytes]) -> None:
@@ -451,6 +475,12 @@ def _deleted_features(d: dict[str, Any]) -> None:
 
 
 def _clear_training(m: dict[str, bytes]) -> None:
+    """Withhold every training opening; the generation-0 slices the verifier rebuilt from them
+    (specs/08 section 4b) are listed as slice records instead, so only step 17 misses them."""
+    v = verify(rezip(m), _opts(residual=False))
+    assert v.exit_code == 0, repr(v.failure)
+    for root, (keys, commits) in v.derived_slices.items():
+        m[f"slices/{root.hex()}.records"] = b"".join(k + c for k, c in zip(keys, commits, strict=True))
     d = json.loads(m["records/openings.json"])
     d["training"].clear()
     m["records/openings.json"] = canonical_json(d)
@@ -577,10 +607,10 @@ CASES: dict[str, Case] = {
                                           _forged(_f_dataset_after_request)),
     "step_11_slice_records_missing": Case(11, 1, "SegmentMissing", "does not disclose the records of slice",
                                           _members_op(_drop_slice_records)),
-    "step_11_absence_proofs_missing": Case(11, 1, "DeletionClaimFailed", "does not prove deleted record key",
-                                           _members_op(_drop_absence)),
+    "step_11_absence_proofs_missing": Case(11, 1, "DeletionClaimFailed", "does not prove the deleted record keys absent",
+                                           _absence_edit(_drop_absence)),
     "step_11_absence_proof_corrupted": Case(11, 1, "DeletionClaimFailed", "not proven absent",
-                                              _members_op(_corrupt_absence)),
+                                              _absence_edit(_corrupt_absence)),
     # 12. ordering
     "step_12_rollback_after_first_use": Case(12, 1, "OrderingViolation", "rollback", _forged(pred=_p_rollback_later)),
     "step_12_first_use_without_record": Case(12, 1, "OrderingViolation", "does not use record|first used",

@@ -30,7 +30,7 @@ from verifiable_mu._multiproof import MultiProof
 from verifiable_mu._proofs import ConsistencyProof
 from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
-from verifiable_mu._sorted_tree import NonMembershipProof, SortedTree
+from verifiable_mu._sorted_tree import AbsenceProof, SortedTree
 from verifiable_mu._tags import TAG_CHECKPOINT
 
 from ._entries import _wrap
@@ -367,8 +367,8 @@ class Bundle:
     slice_records: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
     # slice-tree root -> its records' keys in key order (the same members)
     slice_keys: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
-    # slice-tree root -> deleted key -> its non-membership proof in that tree (slices/absence.json)
-    absence: Mapping[bytes, Mapping[bytes, NonMembershipProof]] = field(repr=False, default_factory=dict)
+    # slice-tree root -> the absence proof of the deleted keys in that tree (slices/absence.json)
+    absence: Mapping[bytes, AbsenceProof] = field(repr=False, default_factory=dict)
 
 
 def _json(members: Mapping[str, bytes], name: str, limits: Limits) -> Any:
@@ -551,30 +551,24 @@ def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limit
     )
 
 
-def _parse_absence(d: Any) -> dict[bytes, Mapping[bytes, NonMembershipProof]]:
-    """``slices/absence.json``: non-membership proofs of deleted keys in slices whose records the
-    bundle does not disclose (specs/08-bundle.md section 4b)."""
+def _parse_absence(d: Any) -> dict[bytes, AbsenceProof]:
+    """``slices/absence.json``: one absence proof of the deleted keys per slice tree whose records
+    the bundle does not disclose (specs/08-bundle.md section 4b)."""
     if not isinstance(d, dict):
         raise InvalidBundle(f"{ABSENCE} must be a JSON object")
     _version(d, ABSENCE, "vmu.bundle-absence")
     _obj(d, ABSENCE, {"type", "version", "slices"})
     if not isinstance(d["slices"], list):
         raise InvalidBundle(f"{ABSENCE} slices must be a list")
-    out: dict[bytes, Mapping[bytes, NonMembershipProof]] = {}
+    out: dict[bytes, AbsenceProof] = {}
     for i, item in enumerate(d["slices"]):
         what = f"{ABSENCE} slices[{i}]"
-        if not isinstance(item, dict) or set(item) != {"root", "proofs"} or not isinstance(item["proofs"], list):
-            raise InvalidBundle(f"{what} must be an object with exactly root and proofs (a list)")
+        if not isinstance(item, dict) or set(item) != {"root", "proof"}:
+            raise InvalidBundle(f"{what} must be an object with exactly root and proof")
         root = hex32(item["root"], what=f"{what} root", exc=InvalidBundle)
         if root in out:
             raise InvalidBundle(f"{what}: root {root.hex()[:16]}... is listed twice")
-        proofs: dict[bytes, NonMembershipProof] = {}
-        for j, pj in enumerate(item["proofs"]):
-            p = _wrap(f"{what} proofs[{j}]", NonMembershipProof.from_json, pj)
-            if p.key in proofs:
-                raise InvalidBundle(f"{what}: two proofs for key {p.key.hex()[:16]}...")
-            proofs[p.key] = p
-        out[root] = MappingProxyType(proofs)
+        out[root] = _wrap(f"{what} proof", AbsenceProof.from_json, item["proof"])
     return out
 
 

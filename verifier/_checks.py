@@ -68,7 +68,7 @@ from verifiable_mu._sampling import (
     sample_segments,
     transcript_digest,
 )
-from verifiable_mu._seeds import assigned_slices, epoch_order, shard_size, step_seed
+from verifiable_mu._seeds import assigned_slices, derive_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
@@ -211,6 +211,7 @@ class Verification:
     config: ConfigBody | None = None
     slices0: dict[tuple[int, int], SliceBody] = field(default_factory=dict)
     slices_now: dict[tuple[int, int], SliceBody] = field(default_factory=dict)  # after the last request
+    derived_slices: dict[bytes, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = field(default_factory=dict)
     audit: AuditBody | None = None
     lineages: list[_Lineage] = field(default_factory=list)
     openings: dict[bytes, RecordOpening] = field(default_factory=dict)
@@ -327,7 +328,8 @@ def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> Non
 def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: str) -> tuple[bytes, ...]:
     """The commitments of stage ``stage``'s records in the order epoch ``epoch`` visits them:
     slices 0..stage-1 as the lineage trained on them (records in key order, from the bundle's
-    slice members, whose roots step 3 checked), permuted by the committed epoch seed."""
+    slice members, whose roots step 3 checked, or rebuilt from the openings in step 11), permuted
+    by the committed epoch seed."""
     got = lin.orders.get((stage, epoch))
     if got is not None:
         return got
@@ -336,11 +338,11 @@ def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: s
     rows: list[bytes] = []
     for j in range(stage):
         root = lin.slice_roots[j]
-        recs = b.slice_records.get(root)
-        if recs is None:
+        found = _records_of(v, root)
+        if found is None:
             raise SegmentMissing(f"{what}: the bundle does not disclose the records of slice {j} (root "
                                  f"{root.hex()[:16]}...), which fix the batches of stage {stage}")
-        rows += recs
+        rows += found[1]
     if len(rows) != lin.stage_n[stage]:
         raise BatchNotCommitted(f"{what}: stage {stage} trains on {lin.stage_n[stage]} records, its slices hold {len(rows)}")
     perm = epoch_order(cfg.seed, shard=lin.shard, generation=lin.generation, stage=stage, epoch=epoch, n=len(rows))
@@ -560,16 +562,48 @@ def _current(v: Verification, shard: int) -> list[_Lineage]:
     return [lin for lin in v.lineages if lin.shard == shard]
 
 
-def _slice_pairs(v: Verification, sb: SliceBody, what: str) -> list[tuple[bytes, bytes]]:
-    """The ``(key, commitment)`` records of the slice entry ``sb``, from the bundle's slice-records
-    member of its root (step 3 rebuilt the root from them)."""
+def _records_of(v: Verification, root: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    """The keys and commitments (key order) of the slice tree ``root``: from the bundle's
+    slice-records member (step 3 rebuilt its root), or derived from the openings (step 11)."""
     b = v.bundle
     assert b is not None
-    keys, commits = b.slice_keys.get(sb.root), b.slice_records.get(sb.root)
-    if keys is None or commits is None:
+    keys, commits = b.slice_keys.get(root), b.slice_records.get(root)
+    if keys is not None and commits is not None:
+        return keys, commits
+    return v.derived_slices.get(root)
+
+
+def _derive_original_slices(v: Verification) -> None:
+    """Generation-0 slices the bundle need not list: a shard's records that its disclosed original
+    steps use and the bundle opens (key = hash of the id, commitment = hash of the opening), put in
+    their slices by rank (:func:`verifiable_mu._seeds.derive_slices`); kept only where the rebuilt
+    root is the committed one."""
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    opened = {o.commitment(): o for o in (*b.openings.deleted, *b.openings.training)}
+    used: dict[int, set[bytes]] = {}
+    for e in v.entries.values():
+        if e.kind == "step":
+            st = StepBody.parse(e)
+            if st.generation == 0:
+                used.setdefault(st.shard, set()).update(st.batch)
+    for s, commits in used.items():
+        if not 0 <= s < cfg.shards:
+            continue
+        pairs = [(record_key(opened[c].id), c) for c in commits if c in opened]
+        sizes = [v.slices0[(s, j)].size for j in range(cfg.slices)]
+        for j, tree in enumerate(derive_slices(cfg.seed, pairs, sizes)):
+            if tree.root == v.slices0[(s, j)].root:
+                v.derived_slices[tree.root] = (tuple(k for k, _ in tree), tuple(c for _, c in tree))
+
+
+def _slice_pairs(v: Verification, sb: SliceBody, what: str) -> list[tuple[bytes, bytes]]:
+    """The ``(key, commitment)`` records of the slice entry ``sb`` (:func:`_records_of`)."""
+    got = _records_of(v, sb.root)
+    if got is None:
         raise SegmentMissing(f"{what}: the bundle does not disclose the records of slice ({sb.shard}, {sb.slice}) "
                              f"(root {sb.root.hex()[:16]}...)")
-    return list(zip(keys, commits, strict=True))
+    return list(zip(*got, strict=True))
 
 
 def _check_assignment(v: Verification, shard: int, what: str) -> None:
@@ -599,6 +633,7 @@ def _step_11(v: Verification) -> None:
     cfg = v.config
     assert cfg is not None
     S, R = cfg.shards, cfg.slices
+    _derive_original_slices(v)
     cur: dict[tuple[int, int], SliceBody] = dict(v.slices0)  # the current slice entry of every (shard, slice)
     gens: dict[int, int] = dict.fromkeys(range(S), 0)
     assigned: set[int] = set()
@@ -711,25 +746,21 @@ def _check_absent_everywhere(v: Verification, deleted: set[bytes]) -> None:
     b = v.bundle
     assert b is not None
     for (s, j), sb in sorted(v.slices_now.items()):
-        keys = b.slice_keys.get(sb.root)
-        if keys is not None:
-            kept = deleted.intersection(keys)
+        got = _records_of(v, sb.root)
+        if got is not None:
+            kept = deleted.intersection(got[0])
             if kept:
                 raise DeletionClaimFailed(f"deleted record key {min(kept).hex()[:16]}... is still in slice ({s}, {j}) "
                                           f"(entry {sb.index})")
             continue
-        proofs = b.absence.get(sb.root, {})
-        desc = SliceDescriptor(shard=s, slice=j, size=sb.size, root=sb.root)
-        for k in sorted(deleted):
-            p = proofs.get(k)
-            if p is None:
-                raise DeletionClaimFailed(f"the bundle does not prove deleted record key {k.hex()[:16]}... absent from "
-                                          f"slice ({s}, {j}) (entry {sb.index})")
-            try:
-                desc.verify_non_membership(p, key=k)
-            except VerificationFailed as e:
-                raise DeletionClaimFailed(f"deleted record key {k.hex()[:16]}... is not proven absent from slice "
-                                          f"({s}, {j}): {e}") from e
+        proof = b.absence.get(sb.root)
+        if proof is None:
+            raise DeletionClaimFailed(f"the bundle does not prove the deleted record keys absent from slice ({s}, {j}) "
+                                      f"(entry {sb.index})")
+        try:
+            proof.verify(root=sb.root, size=sb.size, keys=sorted(deleted))
+        except VerificationFailed as e:
+            raise DeletionClaimFailed(f"the deleted record keys are not proven absent from slice ({s}, {j}): {e}") from e
 
 
 def _step_12(v: Verification) -> None:
