@@ -439,6 +439,52 @@ def _original_batches_swapped(h: Honest) -> tuple[bytes, VerifyOptions]:
     return forge(h, mutate, replay=10_000), _opts()
 
 
+def _p_generation_skips(n: int, pred: dict[str, Any], disclose: Any) -> None:
+    if n == 1:
+        pred["shards"][0]["generation"] += 1
+
+
+def _misplaced_original_step(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """An original step of shard 1 relabelled as shard 2's (every segment disclosed)."""
+
+    def mutate(ctx: Any) -> None:
+        i = _find(ctx.entries, "step", shard=1, generation=0, stage=2)[0]
+        ctx.entries[i][1]["shard"] = 2
+
+    return forge(h, mutate, replay=10_000), _opts()
+
+
+def _misassigned_slices(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """Two generation-0 slices of a retrained shard trade a record (sizes and data-set roots kept
+    consistent, the slices' records disclosed): not the committed assignment."""
+    from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
+
+    extra: dict[str, bytes] = {}
+
+    def mutate(ctx: Any) -> None:
+        db = ctx.ws._db()
+        c = bytes.fromhex(_deleted(ctx)[0])
+        shard, slc = db.execute("SELECT shard, slice FROM p_records WHERE commitment=?", (c,)).fetchone()
+        j1, j2 = [j for j in range(SLICES) if j != slc][:2]
+        p1, p2 = (sorted(db.execute("SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=?",
+                                    (shard, j)).fetchall()) for j in (j1, j2))
+        p1, p2 = sorted([p2[0], *p1[1:]]), sorted([p1[0], *p2[1:]])
+        for j, prs in ((j1, p1), (j2, p2)):
+            tree = SortedTree.build(prs)
+            ctx.entries[1 + shard * SLICES + j][1]["root"] = tree.root.hex()
+            extra[f"slices/{tree.root.hex()}.records"] = b"".join(k + x for k, x in prs)
+        cur: dict[tuple[int, int], dict[str, Any]] = {}
+        for k, e in ctx.entries:
+            if k == "slice":
+                cur[(e["shard"], e["slice"])] = e
+            elif k == "dataset":
+                e["root"] = dataset_root([SliceDescriptor(shard=s, slice=r, size=int(z["size"]), root=bytes.fromhex(z["root"]))
+                                          for (s, r), z in sorted(cur.items())]).hex()
+
+    data = forge(h, mutate)
+    return rezip({**members_of(data), **extra}), _opts()
+
+
 def _fabricated_last_segment(h: Honest) -> tuple[bytes, VerifyOptions]:
     """Request 2's only retraining segment (always sampled) ends in a fabricated checkpoint."""
     from conftest_verifier import train_segment
@@ -605,6 +651,10 @@ CASES: dict[str, Case] = {
                                                 _forged(_f_recommit_order)),
     "step_11_dataset_after_request": Case(11, 1, "DeletionClaimFailed", "not the root over the current slices",
                                           _forged(_f_dataset_after_request)),
+    "step_11_generation_skipped": Case(11, 1, "DeletionClaimFailed", "retraining is generation 2, the shard's lineage",
+                                       _forged(pred=_p_generation_skips)),
+    "step_11_not_the_committed_assignment": Case(11, 1, "DeletionClaimFailed", "committed assignment \\(sha256-rank-v1\\) puts it",
+                                                 _misassigned_slices),
     "step_11_slice_records_missing": Case(11, 1, "SegmentMissing", "does not disclose the records of slice",
                                           _members_op(_drop_slice_records)),
     "step_11_absence_proofs_missing": Case(11, 1, "DeletionClaimFailed", "does not prove the deleted record keys absent",
@@ -629,6 +679,8 @@ CASES: dict[str, Case] = {
                                         _forged(_f_swap_batches)),
     "step_14_original_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
                                                    _original_slice_records_missing),
+    "step_14_original_step_misplaced": Case(14, 1, "ScheduleViolation", "is not where the shard's lineage has its step",
+                                            _misplaced_original_step),
     "step_14_original_batch_not_committed": Case(14, 1, "BatchNotCommitted", "original training of shard 1.*committed batch",
                                                  _original_batches_swapped),
     # 15. models
