@@ -601,6 +601,8 @@ CASES: dict[str, Case] = {
                                           _members_op(_truncate_slice_records)),
     "step_03_slice_records_unsorted": Case(3, 2, "InvalidBundle", "strictly ascending key order",
                                            _members_op(_unsort_slice_records)),
+    "step_03_absence_malformed": Case(3, 2, "InvalidBundle", "absence.json slices must be a list",
+                                      _edit_json("slices/absence.json", lambda d: d.update(slices={}))),
     "step_03_checkpoint_truncated": Case(3, 2, "InvalidBundle", "does not fit|trailing|too short", _members_op(_truncate_ckpt)),
     "step_03_opening_bad_label": Case(3, 2, "InvalidBundle", "label must be a canonical decimal",
                                       _opening_edit(lambda d: d["audit"][0].update(label="07"))),
