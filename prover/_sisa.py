@@ -116,7 +116,16 @@ class StepRecord:
 
 
 def step_body_json(
-    *, shard: int, generation: int, stage: int, epoch: int, step: int, seed: int, lr_json: bytes, batch_hex: bytes
+    *,
+    shard: int,
+    generation: int,
+    stage: int,
+    epoch: int,
+    step: int,
+    seed: int,
+    lr_json: bytes,
+    batch_hex: bytes,
+    hints: Sequence[tuple[int, int, int]] | None = None,
 ) -> bytes:
     """The RFC 8785 bytes of a ``step`` log entry's body (specs/06-training.md section 5),
     written out directly: the stdlib encoder escapes the 2 KB batch string character by
@@ -124,10 +133,12 @@ def step_body_json(
     ``lr_json`` is ``canonical_json(lr)``; ``batch_hex`` is the batch's commitments as lowercase
     hex, concatenated, which needs no escaping. Tests check the output against
     :func:`verifiable_mu._canonical.canonical_json`."""
-    return b'{"batch":"%s","epoch":%d,"generation":%d,"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
+    hints_json = b"" if hints is None else b'"hints":[%s],' % b",".join(b"[%d,%d,%d]" % h for h in hints)
+    return b'{"batch":"%s","epoch":%d,"generation":%d,%s"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
         batch_hex,
         epoch,
         generation,
+        hints_json,
         lr_json,
         seed,
         shard,
@@ -189,10 +200,11 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         configure_determinism,
         load_checkpoint,
         load_into_model,
+        prepare_model,
         resolve_device,
         save_checkpoint,
-        sgd_step,
         step_seed,
+        train_step,
     )
 
     configure_determinism(task.threads)
@@ -201,7 +213,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         _check_platform(task.platform, device, task.threads)
     spec = ModelSpec.from_json(task.model)
     hyper = Hyper.from_json(task.hyper)
-    model = build_model(spec, init_seed=0).to(device)
+    model = prepare_model(build_model(spec, init_seed=0), hyper).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
     X_all, y_all = _load_data(task.data_path)
@@ -232,7 +244,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                     task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, step=step
                 )
                 ti = torch.from_numpy(idx).to(device)
-                sgd_step(model, momentum, X[ti], y[ti], hyper, seed)
+                hints = train_step(model, momentum, X[ti], y[ti], hyper, seed)
                 step += 1
                 in_stage += 1
                 if task.record:
@@ -245,6 +257,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                         seed=seed,
                         lr_json=lr_json,
                         batch_hex=commits[idx].tobytes(),
+                        hints=hints if hyper.portable else None,
                     )
                     res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:

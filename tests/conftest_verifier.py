@@ -258,7 +258,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     spec = T.ModelSpec.from_json(cfg["model"])
     hyper = T.Hyper.from_json(cfg["hyper"])
     T.configure_determinism(int(cfg["platform"]["threads"]))
-    model = T.build_model(spec, init_seed=0)
+    model = T.prepare_model(T.build_model(spec, init_seed=0), hyper)
     ck = T.load_checkpoint(os.path.join(ws.store, start_digest.hex() + ".safetensors"))
     mom = T.load_into_model(model, ck, torch.device("cpu"))
     ds = ws.data
@@ -269,7 +269,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
             pos, c = substitute[j]
             batch[pos] = c
         rows = np.asarray([row_of[bytes.fromhex(c)] for c in batch], dtype=np.int64)
-        T.sgd_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
+        T.train_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
     if noise:
         g = torch.Generator().manual_seed(1234)
         with torch.no_grad():

@@ -9,8 +9,10 @@ start-up.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,8 +135,9 @@ _TRAIN = """
 import os, sys
 from prover import Workspace, WorkspaceConfig
 from prover._bundle import write_bundle
-ws_dir, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = WorkspaceConfig(shards=3, slices=2, epochs=4, model="logreg", threads=threads, workers=1, device="cpu")
+ws_dir, out, threads, arithmetic, model = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+cfg = WorkspaceConfig(shards=3, slices=2, epochs=4, model=model, hidden=32, threads=threads, workers=1, device="cpu",
+                      arithmetic=arithmetic)
 with Workspace.create(ws_dir, data="digits", config=cfg) as ws:
     ws.progress = False
     ws.train(workers=1)
@@ -160,20 +163,23 @@ TRAIN_SETTINGS: list[tuple[dict[str, str], int]] = [
     ({"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}, 1),
 ]
 
-_BUNDLES: dict[int, tuple[str, dict[str, Any]]] = {}
+_BUNDLES: dict[tuple[int, str, str], tuple[str, dict[str, Any]]] = {}
 
 
-def _bundle(i: int) -> tuple[str, dict[str, Any]]:
-    """The honest bundle trained under TRAIN_SETTINGS[i], and that process's fingerprint."""
-    if i not in _BUNDLES:
+def _train_bundle(i: int, arithmetic: str = "float32", model: str = "logreg") -> tuple[str, dict[str, Any]]:
+    """The honest bundle trained under TRAIN_SETTINGS[i] (the workspace beside it, in ws/), and
+    that process's fingerprint."""
+    key = (i, arithmetic, model)
+    if key not in _BUNDLES:
         settings, threads = TRAIN_SETTINGS[i]
         root = tempfile.mkdtemp(prefix="vmu-platform-")
+        atexit.register(shutil.rmtree, root, True)
         out = os.path.join(root, "b.vmu")
-        r = subprocess.run([sys.executable, "-c", _TRAIN, os.path.join(root, "ws"), out, str(threads)],
-                           capture_output=True, text=True, env=_env(**settings), cwd=ROOT, timeout=600)  # fmt: skip
+        argv = [sys.executable, "-c", _TRAIN, os.path.join(root, "ws"), out, str(threads), arithmetic, model]
+        r = subprocess.run(argv, capture_output=True, text=True, env=_env(**settings), cwd=ROOT, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
-        _BUNDLES[i] = (out, dict(_probe(**settings), threads=threads))
-    return _BUNDLES[i]
+        _BUNDLES[key] = (out, dict(_probe(**settings), threads=threads))
+    return _BUNDLES[key]
 
 
 def _verify(bundle: str, *args: str, **settings: str) -> tuple[int, dict[str, Any], str]:
@@ -192,7 +198,7 @@ def _verify(bundle: str, *args: str, **settings: str) -> tuple[int, dict[str, An
 @pytest.mark.parametrize("train", range(len(TRAIN_SETTINGS)), ids=["native-2threads", "default-compatible"])
 @pytest.mark.parametrize("where", VERIFY_SETTINGS, ids=lambda s: "+".join(f"{k}={v}" for k, v in s.items()) or "native")
 def test_honest_float32_bundle_verifies_on_every_simulated_platform(train: int, where: dict[str, str]) -> None:
-    bundle, trained_on = _bundle(train)
+    bundle, trained_on = _train_bundle(train)
     code, report, out = _verify(bundle, **where)
     assert code == 0, out
     replay = report["replay"]
@@ -210,7 +216,7 @@ def test_honest_float32_bundle_verifies_on_every_simulated_platform(train: int, 
 def test_the_fingerprint_is_needed_bits_differ_across_simulated_platforms() -> None:
     """What made honest bundles fail on other CPUs: forced bit-exact replay under other kernels is
     rejected at step 18, so 'auto' must not pick it there."""
-    bundle, _ = _bundle(1)  # trained with DEFAULT kernels and MKL's COMPATIBLE path
+    bundle, _ = _train_bundle(1)  # trained with DEFAULT kernels and MKL's COMPATIBLE path
     code, report, out = _verify(bundle, "--replay-mode", "exact")  # verified natively
     assert code == 1 and "step 18" in out and "bit-exact digest differs" in out, out
 
@@ -219,7 +225,7 @@ def test_the_fingerprint_is_needed_bits_differ_across_simulated_platforms() -> N
 def test_prover_refuses_to_extend_a_log_on_another_platform(tmp_path: Any) -> None:
     """An honest owner who moves a workspace to another machine is stopped before it logs steps
     that no replay on the logged platform would reproduce."""
-    bundle, _ = _bundle(0)
+    bundle, _ = _train_bundle(0)
     ws_dir = os.path.join(os.path.dirname(bundle), "ws")
     code = (
         "import sys\nfrom prover import Workspace\n"

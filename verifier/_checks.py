@@ -877,6 +877,7 @@ def _step_18(v: Verification) -> None:
         work.append(_replay.SegmentWork(
             ref=r,
             steps=tuple((s.seed, s.batch) for s in steps),
+            hints=tuple(s.hints for s in steps),
             start_file=b.checkpoints[start.digest],
             start_digest=start.digest,
             end_file=b.checkpoints[end.digest],

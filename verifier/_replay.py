@@ -62,6 +62,7 @@ _MAX_PARAMS = 1 << 28
 class SegmentWork:
     ref: SegmentRef
     steps: tuple[tuple[int, tuple[bytes, ...]], ...]  # (seed, batch commitments) in log order
+    hints: tuple[tuple[tuple[int, int, int], ...] | None, ...] = ()  # per step: its rounding hints (portable)
     start_file: bytes
     start_digest: bytes
     end_file: bytes
@@ -171,7 +172,7 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
     hyper = training.Hyper.from_json(dict(sp.hyper))
     training.configure_determinism(sp.threads)
     device = torch.device("cpu")
-    model = training.build_model(spec, init_seed=0)
+    model = training.prepare_model(training.build_model(spec, init_seed=0), hyper)
     w = sp.work
     where = _where(w.ref)
     try:
@@ -183,14 +184,25 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
     ops = [sp.openings[c] for c in commits]
     X = torch.from_numpy(np.ascontiguousarray(np.stack([o.features for o in ops]), dtype=np.float32)) if ops else None
     y = torch.from_numpy(np.asarray([o.label for o in ops], dtype=np.int64))
-    for seed, batch in w.steps:
+    hints = w.hints or (None,) * len(w.steps)
+    if len(hints) != len(w.steps):
+        raise MalformedInput(f"{where}: {len(hints)} hint lists for {len(w.steps)} steps")
+    bad_hint = None
+    for j, ((seed, batch), h) in enumerate(zip(w.steps, hints, strict=True)):
         idx = torch.from_numpy(np.asarray([pos[c] for c in batch], dtype=np.int64))
-        training.sgd_step(model, momentum, X[idx], y[idx], hyper, seed)  # type: ignore[index]
+        if hyper.portable and h is None:
+            bad_hint = f"step {j + 1} of the segment carries no rounding hints, which a portable-v1 step must"
+            break
+        try:
+            training.train_step(model, momentum, X[idx], y[idx], hyper, seed, h)  # type: ignore[index]
+        except training.RoundingHintInvalid as e:
+            bad_hint = f"step {j + 1} of the segment: {e}"
+            break
     got = training.checkpoint_from_model(model, momentum)
     digest = training.checkpoint_digest(got)
     dist = training.checkpoint_distance(got, _load(w.end_file, f"{where} end checkpoint"))
-    exact = digest == w.end_digest
-    ok = exact if sp.mode == "exact" else dist <= DISTANCE_THRESHOLD
+    exact = digest == w.end_digest and bad_hint is None
+    ok = exact if sp.mode == "exact" else (dist <= DISTANCE_THRESHOLD and bad_hint is None)
     return {
         "shard": w.ref.shard,
         "generation": w.ref.generation,
@@ -201,14 +213,17 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
         "bit_exact": exact,
         "distance": dist,
         "match": ok,
+        "hint_error": bad_hint,
         "seconds": time.perf_counter() - t0,
     }
 
 
 def _mismatch(sp: SegmentPlan, seg: Mapping[str, Any]) -> ReplayMismatch:
     how = (
-        "bit-exact digest differs" if sp.mode == "exact" else f"distance {seg['distance']:.3g} > {DISTANCE_THRESHOLD:g}"
-    )
+        f"rounding hint rejected: {seg['hint_error']}" if seg.get("hint_error")
+        else "bit-exact digest differs" if sp.mode == "exact"
+        else f"distance {seg['distance']:.3g} > {DISTANCE_THRESHOLD:g}"
+    )  # fmt: skip
     return ReplayMismatch(
         f"{_where(sp.work.ref)}: replaying {seg['steps']} steps does not reproduce the logged checkpoint ({how})"
     )
@@ -239,9 +254,10 @@ def replay(
     training.configure_determinism(threads)
     differences = platform_differences(plan.platform)
     match = not differences
+    portable = training.Hyper.from_json(dict(plan.hyper)).portable
     mode = plan.mode
     if mode == "auto":
-        mode = "exact" if match else "distance"
+        mode = "exact" if match or portable else "distance"
     warning = None
     if mode == "distance":
         why = "; ".join(differences) if differences else "distance mode was asked for"
@@ -279,6 +295,7 @@ def replay(
         "mode": mode,
         "platform_match": match,
         "platform_differences": differences,
+        "arithmetic": "portable-v1" if portable else "float32",
         "threshold": DISTANCE_THRESHOLD if mode == "distance" else None,
         "torch": torch.__version__,
         "threads": threads,
