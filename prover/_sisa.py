@@ -8,6 +8,7 @@ the log is the same whatever backend ran the worker.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import time
@@ -188,6 +189,26 @@ def _check_platform(logged: dict, device: object, threads: int) -> None:
         )
 
 
+def _diverged(task: ShardTask, stage: int, step: int, why: str) -> Exception:
+    from ._errors import TrainingDiverged
+
+    return TrainingDiverged(
+        f"training diverged in shard {task.shard}, stage {stage}, at step {step} ({why}); nothing of this stage "
+        f"was committed. Lower the learning rate (--lr, now {task.hyper['lr']}) or scale the features, in a new "
+        "workspace: the committed configuration cannot change"
+    )
+
+
+def _finite(ckpt: dict, task: ShardTask, stage: int, step: int) -> dict:
+    """``ckpt`` if every weight and momentum value is finite; else the divergence error."""
+    import torch
+
+    for name, t in ckpt.items():
+        if not bool(torch.isfinite(t).all()):
+            raise _diverged(task, stage, step, f"{name} is not finite")
+    return ckpt
+
+
 def train_shard(task: ShardTask) -> list[StageResult]:
     """Run the task's stages from its start checkpoint; return what the driver must log."""
     import torch
@@ -244,7 +265,12 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                     task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, step=step
                 )
                 ti = torch.from_numpy(idx).to(device)
-                hints = train_step(model, momentum, X[ti], y[ti], hyper, seed)
+                try:
+                    loss, hints = train_step(model, momentum, X[ti], y[ti], hyper, seed)
+                except FloatingPointError as e:  # a portable step's gradient went non-finite
+                    raise _diverged(task, st.stage, step, str(e)) from e
+                if not math.isfinite(loss):
+                    raise _diverged(task, st.stage, step, f"the batch loss is {loss}")
                 step += 1
                 in_stage += 1
                 if task.record:
@@ -261,10 +287,10 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                     )
                     res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
-                        d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
-                        res.checkpoints.append((step, d))
+                        ck = _finite(checkpoint_from_model(model, momentum), task, st.stage, step)
+                        res.checkpoints.append((step, save_checkpoint(ck, task.store)))
         if task.record:
-            d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
+            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store)
             res.checkpoints.append((step, d))
         else:
             # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.

@@ -614,12 +614,12 @@ def portable_step(
     hyper: Hyper,
     seed: int,
     hints: Iterable[Hint] | None = None,
-) -> list[Hint]:
+) -> tuple[float, list[Hint]]:
     """One portable-v1 step (specs/06 section 3a) on a float64 ``model`` whose values are all
     float32-representable; the update uses only correctly rounded element-wise operations, so the
     only platform-dependent value, the gradient, is rounded to a grid with hints. ``hints`` None:
     as the prover, return the hints the step needs; else (the verifier) apply them, raising
-    :class:`RoundingHintInvalid` for one that does not fit."""
+    :class:`RoundingHintInvalid` for one that does not fit. Returns the batch loss and the hints."""
     torch.default_generator.manual_seed(seed)
     if xb.is_cuda:
         torch.cuda.manual_seed(seed)
@@ -649,7 +649,7 @@ def portable_step(
             buf.copy_(buf.to(torch.float32))
             p.sub_(buf * lr)
             p.copy_(p.to(torch.float32))
-    return out
+    return float(loss.detach()), out
 
 
 def train_step(
@@ -660,15 +660,14 @@ def train_step(
     hyper: Hyper,
     seed: int,
     hints: Iterable[Hint] | None = None,
-) -> list[Hint]:
-    """One step in the log's arithmetic (``hyper.arithmetic``); returns the rounding hints (none
-    for float32)."""
+) -> tuple[float, list[Hint]]:
+    """One step in the log's arithmetic (``hyper.arithmetic``); returns the batch loss and the
+    rounding hints (none for float32)."""
     if hyper.portable:
         return portable_step(model, momentum, xb, yb, hyper, seed, hints)
     if hints:
         raise RoundingHintInvalid("a float32 step carries rounding hints")
-    sgd_step(model, momentum, xb, yb, hyper, seed)
-    return []
+    return sgd_step(model, momentum, xb, yb, hyper, seed), []
 
 
 def prepare_model(model: nn.Module, hyper: Hyper) -> nn.Module:

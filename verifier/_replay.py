@@ -198,6 +198,9 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
         except training.RoundingHintInvalid as e:
             bad_hint = f"step {j + 1} of the segment: {e}"
             break
+        except FloatingPointError as e:  # a portable step's gradient is not finite: nothing to round
+            bad_hint = f"step {j + 1} of the segment: {e}"
+            break
     got = training.checkpoint_from_model(model, momentum)
     digest = training.checkpoint_digest(got)
     dist = training.checkpoint_distance(got, _load(w.end_file, f"{where} end checkpoint"))
