@@ -279,7 +279,8 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
 
 
 def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 8) -> tuple[bytes, tuple[int, ...]]:
-    """Write a bundle of an existing (possibly forged) workspace; return it and its sample."""
+    """Write a bundle of an existing (possibly forged) workspace; return it and the end indices of the
+    segments it discloses for replay (the deletion lineage, then the uniform draws)."""
     from prover import Workspace
     from prover._bundle import write_bundle
 
@@ -289,7 +290,7 @@ def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 8) 
     with open(out, "rb") as f:
         data = f.read()
     os.unlink(out)
-    return data, info.sampled
+    return data, info.complete + info.sampled  # every segment the verifier replays: the deletion lineage, then the draws
 
 
 def lineage_map(ctx: ForgeContext) -> dict[int, int]:
