@@ -17,6 +17,7 @@ honest continuation of the forged one), so the only evidence is the replay of fo
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -62,28 +63,45 @@ def _challenges_verdicts(ws_dir: str, forged: set[int], k: int = 3) -> list[Any]
     return out
 
 
-def test_cheater_a_deleted_record_kept_in_retraining_batches() -> None:
-    """A retraining segment trains on a deleted record while logging the clean batch. The retraining
-    is part of the deletion lineage, replayed in full: rejected at step 18 whatever the challenge."""
+def _deleted_record_trained_at(pick: Callable[[Any], int], step: int) -> tuple[str, set[int]]:
+    """Forge the segment ending at checkpoint ``pick(ctx)``: its step ``step`` trains on a record
+    deleted by request 1 (batch position 0) while the log keeps the clean batch."""
 
     def mutate(ctx: Any) -> dict[str, Any]:
         d1 = _entries_of(ctx, "deletion", request="1")[0]
         deleted = ctx.entries[d1][1]["commitments"][0]
-        m1 = _entries_of(ctx, "model", request="1")[0]
-        ck = [i for i in _entries_of(ctx, "checkpoint") if d1 < i < m1]
-        target = ck[0]
-        # train step 2 of that segment with the deleted record in place of batch position 0
-        changed = cheat(ctx, {target: {"substitute": {2: (0, deleted)}}})
-        assert target in changed
+        target = pick(ctx)
+        assert target in cheat(ctx, {target: {"substitute": {step: (0, deleted)}}})
         return {"forged": {target}}
 
     ws_dir, st = _forge_keep(mutate)
-    forged = st["forged"]
+    return ws_dir, st["forged"]
+
+
+def _always_rejected_at_replay(ws_dir: str, forged: set[int]) -> None:
+    """Three challenges and Fiat-Shamir reject at step 18 naming the forged segment, every earlier
+    step passing (the proofs are valid); so does --replay 0 (no sampled draws at all)."""
     for v in _challenges_verdicts(ws_dir, forged):
         assert v.exit_code == 1 and v.failed_step == 18, repr(v.failure)
         assert "does not reproduce" in str(v.failure) and f"entry {min(forged)}" in str(v.failure)
-        # every earlier step passed: the manifests are clean, the proofs valid
         assert all(r.status == "pass" for r in v.results if r.step < 18)
+        assert {r.end_index for r in v.complete} >= forged
+    data, _ = bundle_for(ws_dir, replay=0)
+    v = verify(data, VerifyOptions(replay=0, residual=False))
+    assert v.exit_code == 1 and v.failed_step == 18 and f"entry {min(forged)}" in str(v.failure)
+
+
+def test_cheater_a_deleted_record_kept_in_retraining_batches() -> None:
+    """A retraining segment trains on a deleted record while logging the clean batch. The retraining
+    is part of the deletion lineage, replayed in full: rejected at step 18 whatever the challenge."""
+
+    def first_retraining_checkpoint(ctx: Any) -> int:
+        d1 = _entries_of(ctx, "deletion", request="1")[0]
+        m1 = _entries_of(ctx, "model", request="1")[0]
+        return [i for i in _entries_of(ctx, "checkpoint") if d1 < i < m1][0]
+
+    ws_dir, forged = _deleted_record_trained_at(first_retraining_checkpoint, 2)
+    _always_rejected_at_replay(ws_dir, forged)
     # the calibrated distance mode (other platforms) catches the one substituted record too
     data, _ = bundle_for(ws_dir, replay=0)
     v = verify(data, VerifyOptions(replay=0, replay_mode="distance", residual=False))
@@ -96,26 +114,13 @@ def test_cheater_e_forged_original_segment_before_the_rollback_always_caught() -
     The whole lineage up to the rollback point is replayed: rejected at step 18 whatever the
     challenge, Fiat-Shamir included, and even with --replay 0 (no sampled draws)."""
 
-    def mutate(ctx: Any) -> dict[str, Any]:
-        d1 = _entries_of(ctx, "deletion", request="1")[0]
-        deleted = ctx.entries[d1][1]["commitments"][0]
+    def gen0_rollback(ctx: Any) -> int:
         targets = [i for i in _rollbacks(ctx)[1] if ctx.entries[i][1]["stage"] >= 1 and ctx.entries[i][1]["generation"] == 0]
         assert targets, "request 1 must roll back past stage 0 for this test"
-        target = targets[0]
-        changed = cheat(ctx, {target: {"substitute": {0: (0, deleted)}}})
-        assert target in changed
-        return {"forged": {target}}
+        return targets[0]
 
-    ws_dir, st = _forge_keep(mutate)
-    forged = st["forged"]
-    for v in _challenges_verdicts(ws_dir, forged):
-        assert v.exit_code == 1 and v.failed_step == 18, repr(v.failure)
-        assert "does not reproduce" in str(v.failure) and f"entry {min(forged)}" in str(v.failure)
-        assert all(r.status == "pass" for r in v.results if r.step < 18)
-        assert any(r.end_index in forged and r.generation == 0 for r in v.complete)
-    data, _ = bundle_for(ws_dir, replay=0)
-    v = verify(data, VerifyOptions(replay=0, residual=False))
-    assert v.exit_code == 1 and v.failed_step == 18 and f"entry {min(forged)}" in str(v.failure)
+    ws_dir, forged = _deleted_record_trained_at(gen0_rollback, 0)
+    _always_rejected_at_replay(ws_dir, forged)
 
 
 def test_cheater_d_chooses_its_own_batches_always_caught() -> None:
