@@ -924,8 +924,9 @@ def _step_17(v: Verification) -> None:
     if v.options.unsafe_no_replay:
         return
     lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
+    complete_ends = {r.end_index for r in complete}
     for r in [*complete, *drawn]:
-        kind = "segment of the deletion lineage" if r in complete else "sampled segment"
+        kind = "segment of the deletion lineage" if r.end_index in complete_ends else "sampled segment"
         w = f"{kind} ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
         lin = lin_of[(r.shard, r.generation)]
         for j in range(r.steps):
