@@ -98,7 +98,7 @@ def measure(rounds: int = 3) -> dict[str, float]:
 DELETION_TARGET = 1.5
 
 
-def measure_deletion(rounds: int = 3) -> list[dict[str, Any]]:
+def measure_deletion(rounds: int = 7) -> list[dict[str, Any]]:
     """(4): per slice position j of shard 0, delete one record of slice j on ``rounds`` fresh copies
     of one trained 5x4 workspace, timing ``forget`` and then ``verify`` of that deletion's bundle
     (``--replay 0``: proof checks plus the complete deletion lineage), alternating."""

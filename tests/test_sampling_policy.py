@@ -166,7 +166,8 @@ def test_interactive_seed_binds_the_request_prefix(honest_fixture) -> None:  # n
     v = verify(prefix, VerifyOptions(challenge=CH, requests=(2,), residual=False))
     assert v.exit_code == 1 and v.failed_step == 7 and type(v.failure).__name__ == "HeadMismatch"
     assert "holds requests 1..1" in str(v.failure) and "expects 2 request(s)" in str(v.failure)
-    assert verify(full, VerifyOptions(challenge=CH, requests=(2,), residual=False)).exit_code == 0
+    v = verify(full, VerifyOptions(challenge=CH, requests=(2,), residual=False))
+    assert v.exit_code == 0 and not any("UNPINNED REQUESTS" in w for w in v.warnings)
 
 
 def test_step_05_expect_head(honest_fixture, tmp_path) -> None:  # noqa: F811
@@ -178,6 +179,7 @@ def test_step_05_expect_head(honest_fixture, tmp_path) -> None:  # noqa: F811
     ok = verify(data, VerifyOptions(challenge=CH, expect_head=ExpectedHead(root=ck.root_hash, size=ck.size,
                                                                             origin=ck.origin), residual=False))
     assert ok.exit_code == 0 and not any("UNPINNED HEAD" in w for w in ok.warnings)
+    assert any("UNPINNED REQUESTS" in w for w in ok.warnings)
     for bad in (ExpectedHead(root=bytes(32)), ExpectedHead(root=ck.root_hash, size=ck.size - 1),
                 ExpectedHead(root=ck.root_hash, origin="other.example/log")):
         v = verify(data, VerifyOptions(challenge=CH, expect_head=bad, residual=False))

@@ -886,6 +886,9 @@ def _step_17(v: Verification) -> None:
         if v.options.expect_head is None:
             v.warnings.append("UNPINNED HEAD: the owner could pick the final tree head after seeing the challenge "
                               "(one new head per retry); pass --expect-head with the head you saw before the challenge")
+        if v.options.requests is None:
+            v.warnings.append("UNPINNED REQUESTS: the owner could pick how many requests the bundle holds after seeing "
+                              "the challenge; pass --requests with the count you expect")
     else:
         if m.challenge_mode == "interactive":
             raise ChallengeMismatch("the bundle answers an interactive challenge; pass the challenge you issued with --challenge")
