@@ -132,6 +132,7 @@ def test_fiat_shamir_verdicts_say_sampled_by_the_owner(honest_fixture) -> None: 
 
     text = render_text(v)
     assert "SAMPLED BY THE OWNER" in text and "one new tree head" in text
+    assert "SAMPLED BY THE OWNER" in text.splitlines()[-1]  # the verdict line (all that --quiet prints)
     rep = to_json(v)
     assert rep["challenge"]["sampled_by"] == rep["sampling"]["sampled_by"] == "owner"
     assert "SAMPLED BY THE OWNER" in rep["sampling"]["statement"] and "g tries" in rep["sampling"]["statement"]

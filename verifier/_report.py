@@ -119,6 +119,10 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
     verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
     if v.exit_code == 0 and v.inconclusive:
         verdict = "ACCEPTED (residual tests inconclusive)"
+    if v.exit_code == 0 and v.sampled_by == "owner":
+        verdict += " [SAMPLED BY THE OWNER: offline bundle, the sample outside the deletion lineage bounds nothing]"
+    if v.exit_code == 0 and v.options.unsafe_no_replay:
+        verdict += " [UNSAFE NO REPLAY]"
     reason = ""
     if v.failure is not None and v.failed_step is not None:
         reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}"
