@@ -103,6 +103,7 @@ class ShardTask:
     store: str  # checkpoint directory every worker can read and write
     data_path: str  # the workspace's data.npz
     record: bool = True  # False: the same schedule without commitments, logging or checkpoints
+    platform: dict | None = None  # the logged config's platform: a worker that differs refuses to train
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,26 @@ def _load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     return hit
 
 
+def _check_platform(logged: dict, device: object, threads: int) -> None:
+    """Refuse to add steps that a replay on the logged platform would not reproduce bit for bit:
+    a worker (a pool process, a Ray node) whose kernels, BLAS path or libraries differ from the
+    workspace's logged platform (specs/06-training.md section 5)."""
+    from verifiable_mu._platform import platform_differences
+    from verifiable_mu.training import platform_info
+
+    from ._errors import WorkspaceError
+
+    here = platform_info(device, threads)  # type: ignore[arg-type]
+    # A log written before the fingerprint lacks its fields: only what it logged can be held to.
+    diffs = platform_differences({**here, **logged}, here)
+    if diffs:
+        raise WorkspaceError(
+            "this machine would not reproduce the workspace's logged training bit for bit ("
+            + "; ".join(diffs)
+            + "): train and forget where the workspace was created, with the same environment"
+        )
+
+
 def train_shard(task: ShardTask) -> list[StageResult]:
     """Run the task's stages from its start checkpoint; return what the driver must log."""
     import torch
@@ -176,6 +197,8 @@ def train_shard(task: ShardTask) -> list[StageResult]:
 
     configure_determinism(task.threads)
     device = resolve_device(task.device)
+    if task.record and task.platform is not None:
+        _check_platform(task.platform, device, task.threads)
     spec = ModelSpec.from_json(task.model)
     hyper = Hyper.from_json(task.hyper)
     model = build_model(spec, init_seed=0).to(device)

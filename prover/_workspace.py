@@ -199,6 +199,7 @@ class Workspace:
         self._log = log
         self._lock_fd = lock_fd
         self._data: Dataset | None = None
+        self._platform_cache: dict[str, Any] | None = None
         self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
 
@@ -585,7 +586,17 @@ class Workspace:
             store=self.store,
             data_path=self.data_path,
             record=record,
+            platform=self._logged_platform() if record else None,
         )
+
+    def _logged_platform(self) -> dict[str, Any]:
+        """The ``platform`` of the workspace's logged config (entry 0)."""
+        if self._platform_cache is None:
+            entry = self._log.entry(0)
+            if entry.kind != "config":
+                raise WorkspaceError("the log does not start with the config entry")
+            self._platform_cache = dict(entry.body["platform"])
+        return self._platform_cache
 
     def _commit_stage(self, task: _sisa.ShardTask, res: _sisa.StageResult) -> int:
         """Append one stage's steps and checkpoints and move the shard's state, atomically."""

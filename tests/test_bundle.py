@@ -155,6 +155,7 @@ def test_single_segment_escape_and_grinding_note() -> None:
     assert single_escape(10, 12) == 0.0 and single_escape(0, 3) == 0.0
     note = grinding_note(10, 3)
     assert "SAMPLED BY THE OWNER" in note and "0.7" in note and "one signature" in note
+    assert "not checked at all" in grinding_note(10, 0) and "left nothing out" in grinding_note(10, 10)
 
 
 def test_seed_stream_uniform_and_unbiased() -> None:

@@ -232,6 +232,9 @@ def single_escape(population: int, k: int) -> float:
 def grinding_note(population: int, k: int) -> str:
     """What an offline (Fiat-Shamir) sample is worth against an owner who re-draws it."""
     p = single_escape(population, k)
+    if k <= 0 or population <= 0:
+        return ("SAMPLED BY THE OWNER (Fiat-Shamir); no segment outside the deletion lineage was drawn, so those "
+                "segments are not checked at all")
     if p == 0.0:
         return ("SAMPLED BY THE OWNER (Fiat-Shamir), but all of the segments outside the deletion lineage were "
                 "drawn, so the owner's choice of seed left nothing out")

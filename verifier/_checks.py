@@ -285,7 +285,8 @@ class Verification:
             return "no sample was drawn"
         n, k = self.sampled_population, self.uniform_replayed
         shards = sorted({r.shard for r in self.complete})
-        done = "replayed in full" if self.replayed else "NOT replayed (--unsafe-no-replay)"
+        done = ("NOT replayed (--unsafe-no-replay)" if self.options.unsafe_no_replay else "replayed in full"
+                if self.replayed else "not replayed (verification stopped before step 18)")
         text = (f"deletion lineage of shard(s) {shards} ({len(self.complete)} segments) {done}; "
                 f"{k} of the {n} other segments sampled and replayed: one forged segment among them "
                 f"escapes with probability {self.single_escape():.3g} (1 - k/N)")

@@ -16,6 +16,7 @@ from typing import Any
 from verifiable_mu._canonical import hex32
 from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
 from verifiable_mu._log import LogEntry
+from verifiable_mu._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
 from verifiable_mu._sorted_tree import MembershipProof, NonMembershipProof
 
@@ -141,7 +142,10 @@ class ConfigBody:
         shape = model.d["input_shape"]
         if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(type(x) is int and 0 < x < 2**24 for x in shape):
             raise InvalidBundle(f"{what} model: input_shape must be a list of positive integers")
-        platform = _Body(f"{what} platform", b.obj("platform"), {"torch", "device", "threads", "deterministic", "dtype"})
+        platform = _Body(f"{what} platform", b.obj("platform"), set(PLATFORM_FIELDS), set(FINGERPRINT_FIELDS))
+        for k in FINGERPRINT_FIELDS:
+            if k in platform.d:
+                platform.str(k, 128)
         platform.str("torch", 64)
         platform.str("device", 16)
         platform.int("threads", 1, 256)

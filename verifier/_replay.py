@@ -25,6 +25,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from verifiable_mu import _platform
 from verifiable_mu._errors import InvalidBundle, MalformedInput
 from verifiable_mu._records import RecordOpening
 from verifiable_mu._sampling import SegmentRef
@@ -38,6 +39,7 @@ __all__ = [
     "ReplayPlan",
     "SegmentPlan",
     "SegmentWork",
+    "platform_differences",
     "platform_matches",
     "replay",
     "replay_segment",
@@ -90,10 +92,18 @@ class SegmentPlan:
     openings: Mapping[bytes, RecordOpening]  # exactly the records this segment's batches use
 
 
-def platform_matches(platform: Mapping[str, Any]) -> bool:
+def platform_differences(platform: Mapping[str, Any]) -> list[str]:
+    """The bit-relevant platform fields on which the bundle's logged ``platform`` differs from
+    this machine replaying on the CPU with the logged thread count (empty: bit-exact expected)."""
     import torch
 
-    return platform.get("torch") == torch.__version__ and platform.get("device") == "cpu"
+    training = importlib.import_module("verifiable_mu.training")
+    here = training.platform_info(torch.device("cpu"), int(platform["threads"]))
+    return _platform.platform_differences(platform, here)
+
+
+def platform_matches(platform: Mapping[str, Any]) -> bool:
+    return not platform_differences(platform)
 
 
 def _load(data: bytes, what: str) -> dict[str, Any]:
@@ -227,16 +237,17 @@ def replay(
     training.Hyper.from_json(dict(plan.hyper))
     threads = int(plan.platform["threads"])
     training.configure_determinism(threads)
-    match = platform_matches(plan.platform)
+    differences = platform_differences(plan.platform)
+    match = not differences
     mode = plan.mode
     if mode == "auto":
         mode = "exact" if match else "distance"
     warning = None
     if mode == "distance":
+        why = "; ".join(differences) if differences else "distance mode was asked for"
         warning = (
-            f"DISTANCE REPLAY: the bundle was trained on {plan.platform.get('device')} with torch "
-            f"{plan.platform.get('torch')}; this verifier runs torch {torch.__version__} on cpu, so segments are "
-            f"compared within relative distance {DISTANCE_THRESHOLD:g}, not bit for bit"
+            f"DISTANCE REPLAY: segments are compared within relative distance {DISTANCE_THRESHOLD:g}, not bit for "
+            f"bit ({why})"
         )
     plans = segment_plans(plan, mode)
     segs = []
@@ -255,11 +266,19 @@ def replay(
             segs.append(seg)
             total_steps += seg["steps"]
             if not seg["match"]:
-                raise _mismatch(sp, seg)
+                err = _mismatch(sp, seg)
+                if mode == "distance" and differences:
+                    err = ReplayMismatch(
+                        f"{err}; the log was written on another platform ({'; '.join(differences)}), and float32 "
+                        "drift between platforms can exceed the threshold over long segments: verify on the logged "
+                        "platform, or ask the owner for a portable log (specs/09, step 18)"
+                    )
+                raise err
     secs = time.perf_counter() - t_all
     return {
         "mode": mode,
         "platform_match": match,
+        "platform_differences": differences,
         "threshold": DISTANCE_THRESHOLD if mode == "distance" else None,
         "torch": torch.__version__,
         "threads": threads,
