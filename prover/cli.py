@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._sampling import DEFAULT_REPLAY
 
 from ._errors import BadInput
 
@@ -95,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HEX",
         help="the verifier's challenge (32 to 128 hex digits); without it the sample is drawn by Fiat-Shamir",
     )
-    b.add_argument("--replay", type=int, default=8, metavar="K", help="segments to disclose for replay (default 8)")
+    b.add_argument(
+        "--replay", type=int, default=DEFAULT_REPLAY, metavar="K",
+        help=f"uniform draws to disclose for replay besides the deletion lineage, which is always disclosed in full "
+             f"(default {DEFAULT_REPLAY}; a verifier asking for more rejects the bundle)",
+    )
 
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")

@@ -186,7 +186,8 @@ def _verify(bundle: str, *args: str, **settings: str) -> tuple[int, dict[str, An
     fd, report = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
-        r = subprocess.run([sys.executable, "-m", "verifier.cli", bundle, "--no-residual", "--json", report, *args],
+        r = subprocess.run([sys.executable, "-m", "verifier.cli", bundle, "--no-residual", "--replay", "2", "--json", report,
+                            *args],
                            capture_output=True, text=True, env=_env(**settings), cwd=ROOT, timeout=600)  # fmt: skip
         with open(report, encoding="utf-8") as f:
             data = f.read()
