@@ -17,6 +17,8 @@ whatever the verifier's challenge.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from conftest_verifier import SLICES, bundle_for, cheat, forge, honest, lineage_map, members_of, rezip, trained_copy
@@ -50,24 +52,26 @@ def _pairs(db: Any, shard: int, slc: int) -> list[tuple[bytes, bytes]]:
                              (shard, slc)).fetchall())
 
 
-def _record_in_slice(db: Any, slc: int) -> tuple[str, int, bytes, bytes]:
-    rid, shard, key, c = db.execute("SELECT id, shard, key, commitment FROM p_records WHERE role='train' AND slice=? "
-                                    "ORDER BY row LIMIT 1", (slc,)).fetchone()
-    return rid, shard, key, c
+@contextmanager
+def _cheater_workspace(name: str) -> Iterator[tuple[str, Any, Any, tuple[str, int, bytes, bytes]]]:
+    """A trained, not yet forgotten copy of the honest workspace, open; with record X, the first
+    record of a slice 0: (id, shard, key, commitment)."""
+    from prover import Workspace
+
+    ws_dir = trained_copy(honest(), name)
+    with Workspace.open(ws_dir) as ws:
+        ws.progress = False
+        db = ws._db()
+        x = db.execute("SELECT id, shard, key, commitment FROM p_records WHERE role='train' AND slice=0 "
+                       "ORDER BY row LIMIT 1").fetchone()
+        yield ws_dir, ws, db, x
 
 
 def test_cheater_relabelled_slices_rejected_by_lineage() -> None:
     """Issue 10 item 1: two extra generation-0 slice entries, appended at deletion time, claim X
     was in slice R-1 all along; the prover's forget then rolls back only to stage R-1 (which trained
     on X). The transcript's old_slice is not the current entry of the shard's slice lineage."""
-    from prover import Workspace
-
-    h = honest()
-    ws_dir = trained_copy(h, "relabel")
-    with Workspace.open(ws_dir) as ws:
-        ws.progress = False
-        db = ws._db()
-        rid, shard, key, c = _record_in_slice(db, 0)
+    with _cheater_workspace("relabel") as (ws_dir, ws, db, (rid, shard, key, c)):
         moved = {SLICES - 1: [*_pairs(db, shard, SLICES - 1), (key, c)], 0: [p for p in _pairs(db, shard, 0) if p[0] != key]}
         with ws.log.transaction():
             for slc, prs in moved.items():
@@ -86,14 +90,7 @@ def test_cheater_copy_under_new_id_rejected_by_slice_content() -> None:
     """Issue 10 item 6: at deletion time an unused record (standing for a copy of X under a new
     id) joins slice R-1 of X's shard; forget re-commits slice R-1 with it and the retraining trains
     on it. Slice R-1 held no deleted record, so its content must not change."""
-    from prover import Workspace
-
-    h = honest()
-    ws_dir = trained_copy(h, "copy")
-    with Workspace.open(ws_dir) as ws:
-        ws.progress = False
-        db = ws._db()
-        rid, shard, _, _ = _record_in_slice(db, 0)
+    with _cheater_workspace("copy") as (ws_dir, ws, db, (rid, shard, _, _)):
         committed = _pairs(db, shard, SLICES - 1)  # slice R-1 as the commit block logs it
         (row,) = db.execute("SELECT row FROM p_records WHERE role='test' ORDER BY row LIMIT 1").fetchone()
         db.execute("UPDATE p_records SET role='train', shard=?, slice=? WHERE row=?", (shard, SLICES - 1, row))
