@@ -14,6 +14,7 @@ __all__ = [
     "ChallengeMismatch",
     "CommitBlockInvalid",
     "DeletionClaimFailed",
+    "EntryKindMismatch",
     "HeadMismatch",
     "ManifestContainsDeleted",
     "ModelMismatch",
@@ -41,6 +42,11 @@ class CommitBlockInvalid(VerificationFailed):
 
 class DeletionClaimFailed(VerificationFailed):
     """A deletion transcript's claims (records, slices, shards) do not hold."""
+
+
+class EntryKindMismatch(VerificationFailed):
+    """A claim names a proven log entry as one kind (a step, a checkpoint, a slice...) and the
+    entry is of another kind: a false claim about signed content (exit 1), not malformed input."""
 
 
 class OrderingViolation(VerificationFailed):

@@ -123,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     try:
         v = verify(args.bundle, opts)
+    except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: error: out of memory reading {args.bundle} ({e or 'MemoryError'}): unusable input",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     except Exception as e:  # a bug: still one line unless --verbose
         if args.verbose:
             traceback.print_exc()
