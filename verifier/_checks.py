@@ -1075,17 +1075,19 @@ def _out_of_memory(step: int, e: BaseException) -> InvalidBundle:
     The bounds of specs/09 ("Resource bounds") keep honest and hostile bundles below them; this
     is the last line for a machine with less memory than they assume."""
     what = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    return InvalidBundle(f"step {step} ({_NAMES[step]}) ran out of memory on this bundle ({what}); "
+    return InvalidBundle(f"{_NAMES[step]} ran out of memory on this bundle ({what}); "
                          "the bundle asks for more memory than this machine can give")
 
 
 def _is_oom(e: BaseException) -> bool:
-    """MemoryError, or torch's CPU allocator failing (a RuntimeError naming the allocation)."""
+    """MemoryError; torch's CPU allocator failing (a RuntimeError naming the allocation); or a
+    library (torch, numpy) that cannot be mapped into the address space left (an ImportError)."""
     if isinstance(e, MemoryError):
         return True
     msg = str(e)
-    return isinstance(e, RuntimeError) and ("DefaultCPUAllocator" in msg or "can't allocate memory" in msg
-                                            or "not enough memory" in msg)
+    if isinstance(e, RuntimeError):
+        return "DefaultCPUAllocator" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+    return isinstance(e, ImportError) and ("failed to map segment" in msg or "Cannot allocate memory" in msg)
 
 
 def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> bool:
@@ -1093,7 +1095,7 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
     try:
         try:
             fn(v, *args)
-        except (MemoryError, RuntimeError) as oom:
+        except (MemoryError, RuntimeError, ImportError) as oom:
             if not _is_oom(oom):
                 raise
             raise _out_of_memory(step, oom) from oom
