@@ -27,6 +27,7 @@ from ._errors import (
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
+    WitnessQuorumMissing,
 )
 from ._html import overall_verdict, render_html
 from ._report import REPORT_VERSION, render_text, to_json
@@ -64,6 +65,7 @@ __all__ = [
     "ScheduleViolation",
     "SegmentMissing",
     "UntrustedKey",
+    "WitnessQuorumMissing",
     "Verification",
     "VerifyOptions",
     "read_bundle",

@@ -446,6 +446,8 @@ class Bundle:
     member_bytes: Mapping[str, int] = field(repr=False)
     # slice-tree root (from the name, rebuilt from the content) -> its records' commitments in key order
     slice_records: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
+    # consistency proofs from heads the verifier named to the prover (--known-head) to the final head
+    known: tuple[ConsistencyProof, ...] = ()
 
 
 def _json(members: Mapping[str, bytes], name: str, limits: Limits, budget: JsonBudget | None) -> Any:
@@ -453,11 +455,11 @@ def _json(members: Mapping[str, bytes], name: str, limits: Limits, budget: JsonB
                               max_memory=limits.max_json_memory, budget=budget)
 
 
-def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...]]:
+def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...], tuple[ConsistencyProof, ...]]:
     if not isinstance(d, dict):
         raise InvalidBundle(f"{LOG} must be a JSON object")
     _version(d, LOG, "vmu.bundle-log")
-    _obj(d, LOG, {"type", "version", "runs", "consistency"})
+    _obj(d, LOG, {"type", "version", "runs", "consistency"}, {"known"})
     runs_j = d["runs"]
     if not isinstance(runs_j, list) or not runs_j:
         raise InvalidBundle(f"{LOG} runs must be a non-empty list")
@@ -481,7 +483,11 @@ def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...]
     if not isinstance(cons_j, list):
         raise InvalidBundle(f"{LOG} consistency must be a list")
     cons = tuple(_wrap(f"{LOG} consistency proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(cons_j))
-    return tuple(runs), cons
+    known_j = d.get("known", [])
+    if not isinstance(known_j, list) or len(known_j) > 64:
+        raise InvalidBundle(f"{LOG} known must be a list of at most 64 consistency proofs")
+    known = tuple(_wrap(f"{LOG} known proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(known_j))
+    return tuple(runs), cons, known
 
 
 def _parse_openings(d: Any) -> Openings:
@@ -638,7 +644,7 @@ def parse_large_members(bundle: Bundle, members: Mapping[str, bytes], limits: Li
                         budget: JsonBudget | None = None) -> Bundle:
     """Step 3, second part (run after the signatures of steps 4 to 6 verified): the log runs, the
     openings, the checkpoint files and the slice-records members."""
-    runs, cons = _parse_log(_json(members, LOG, limits, budget))
+    runs, cons, known = _parse_log(_json(members, LOG, limits, budget))
     if len(cons) != len(bundle.transcripts):
         raise InvalidBundle(f"{LOG} must hold one consistency proof per transcript ({len(bundle.transcripts)}), "
                             f"it has {len(cons)}")
@@ -660,6 +666,7 @@ def parse_large_members(bundle: Bundle, members: Mapping[str, bytes], limits: Li
         bundle,
         runs=runs,
         consistency=cons,
+        known=known,
         openings=openings,
         checkpoints=MappingProxyType(ckpts),
         slice_records=MappingProxyType(slices),

@@ -67,6 +67,7 @@ from verifiable_mu._sampling import (
 from verifiable_mu._seeds import epoch_order, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
+from verifiable_mu._witness import Cosignature, WitnessKey, strip_cosignatures, verify_cosignatures
 
 from ._bounds import check_model_fits
 from ._bundle import (
@@ -110,6 +111,7 @@ from ._errors import (
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
+    WitnessQuorumMissing,
 )
 
 __all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "Verification", "VerifyOptions", "step_seed", "verify"]
@@ -163,6 +165,12 @@ class VerifyOptions:
     require_residual: bool = False  # an inconclusive step 19 rejects instead of warning
     backend: str = "local"  # replay backend: local | ray
     ray_address: str | None = None
+    # Split-view defences (specs/09, steps 5 and 7): witnesses whose cosignatures the final head
+    # must carry (threshold: how many; None: all of them), and signed heads of this log the
+    # verifier saw before, which the bundle's history must extend.
+    witnesses: tuple[WitnessKey, ...] = ()
+    witness_threshold: int | None = None
+    known_heads: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -208,6 +216,7 @@ class Verification:
     key: VerifyingKey | None = None
     note_verifier: NoteVerifier | None = None
     final: Checkpoint | None = None
+    cosignatures: list[Cosignature] = field(default_factory=list)
     transcripts: list[Transcript] = field(default_factory=list)
     heads: list[tuple[Checkpoint, Checkpoint]] = field(default_factory=list)
     entries: dict[int, LogEntry] = field(default_factory=dict)
@@ -429,8 +438,24 @@ def _open_head(v: Verification, note: bytes, what: str) -> Checkpoint:
 
 
 def _step_05(v: Verification) -> None:
-    assert v.bundle is not None
+    assert v.bundle is not None and v.note_verifier is not None
     v.final = _open_head(v, v.bundle.final_head, "final signed tree head")
+    ws = v.options.witnesses
+    k = len(ws) if v.options.witness_threshold is None else v.options.witness_threshold
+    if not ws and v.options.witness_threshold is None:
+        return
+    if not ws or not 1 <= k <= len(ws) or len({(w.name, w.key_id) for w in ws}) != len(ws):
+        raise MalformedInput(f"the witness threshold must be between 1 and the number of distinct witnesses ({len(ws)}), "
+                             f"not {k}")
+    try:
+        v.cosignatures = verify_cosignatures(v.bundle.final_head, v.note_verifier, ws)
+    except SignatureFailed as e:
+        raise SignatureFailed(f"final signed tree head: {e}") from e
+    if len(v.cosignatures) < k:
+        raise WitnessQuorumMissing(
+            f"the final signed tree head carries valid cosignatures of {len(v.cosignatures)} of the {len(ws)} given "
+            f"witnesses, {k} needed: no quorum of witnesses vouches that this is the one history of the log"
+        )
 
 
 def _step_06(v: Verification) -> None:
@@ -494,6 +519,38 @@ def _step_07(v: Verification) -> None:
         c.verify(old_root=after.root_hash, new_root=v.final.root_hash)
         v.heads.append((before, after))
         prev_after = after.size
+    _known_heads(v)
+
+
+def _known_heads(v: Verification) -> None:
+    """Each ``--known-head`` (a signed head of this log the verifier saw before) must be part of
+    the history the bundle proves: same root where the bundle has a head of its size, else a
+    consistency proof to the final head (``known`` in log/entries.json); never newer than it."""
+    b, final = v.bundle, v.final
+    assert b is not None and final is not None
+    roots = {final.size: final.root_hash}
+    for before, after in v.heads:
+        roots.setdefault(before.size, before.root_hash)
+        roots.setdefault(after.size, after.root_hash)
+    for i, note in enumerate(v.options.known_heads):
+        w = f"known head {i + 1}"
+        k = _open_head(v, note, w)
+        if k.size > final.size:
+            raise HeadMismatch(f"{w} has size {k.size}, the bundle's final head only {final.size}: the bundle shows an "
+                               "older state of the log than one already seen")
+        if k.size in roots:
+            if roots[k.size] != k.root_hash:
+                raise HeadMismatch(f"{w} (size {k.size}) has another root than the bundle's head of that size: two "
+                                   "signed histories of one log (split view)")
+            continue
+        proof = next((c for c in b.known if c.old_size == k.size and c.new_size == final.size), None)
+        if proof is None:
+            raise SegmentMissing(f"{w} (size {k.size}) is not a head of the bundle and the bundle carries no consistency "
+                                 f"proof from size {k.size} to its final head (vmu bundle --known-head)")
+        try:
+            proof.verify(old_root=k.root_hash, new_root=final.root_hash)
+        except VerificationFailed as e:
+            raise HeadMismatch(f"{w} (size {k.size}) is not a prefix of the bundle's history (split view): {e}") from e
 
 
 def _step_08(v: Verification) -> None:
@@ -854,7 +911,10 @@ def _step_17(v: Verification) -> None:
     else:
         if m.challenge_mode == "interactive":
             raise ChallengeMismatch("the bundle answers an interactive challenge; pass the challenge you issued with --challenge")
-        v.seed = fiat_shamir_seed([transcript_digest(t.payload) for t in v.transcripts], b.final_head)
+        # Witness cosignatures (added after the prover drew its sample) are not part of the seed.
+        assert v.note_verifier is not None
+        head = strip_cosignatures(b.final_head, v.note_verifier)
+        v.seed = fiat_shamir_seed([transcript_digest(t.payload) for t in v.transcripts], head)
     pop: list[SegmentRef] = []
     for lin in v.lineages:
         chain = [lin.start, *lin.checkpoints]

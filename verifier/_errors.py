@@ -25,6 +25,7 @@ __all__ = [
     "ScheduleViolation",
     "SegmentMissing",
     "UntrustedKey",
+    "WitnessQuorumMissing",
 ]
 
 
@@ -88,3 +89,8 @@ class ReplayMismatch(VerificationFailed):
 class ResidualTraceFound(VerificationFailed):
     """Step 19: the deleted records (or their canary trigger) still leave a measurable trace,
     or the residual tests were inconclusive while --require-residual was given."""
+
+
+class WitnessQuorumMissing(VerificationFailed):
+    """The final head lacks the cosignatures of as many of the verifier's witnesses as its
+    threshold asks (split-view defence, c2sp.org/tlog-cosignature)."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._keys import VerifyingKey
+from verifiable_mu._witness import WitnessKey
 
 from ._checks import VerifyOptions, verify
 from ._report import render_text, to_json
@@ -49,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-' for stdout)")
     p.add_argument("--trust-key", metavar="PUBKEY", help="the owner's Ed25519 public key (PEM) to pin")
     p.add_argument(
+        "--witness", action="append", default=[], metavar="VKEY",
+        help="a witness (C2SP tlog-cosignature vkey <name>+<id>+<base64>, or a file holding one) whose cosignature "
+             "the final head must carry; repeatable",
+    )
+    p.add_argument(
+        "--witness-threshold", type=int, default=None, metavar="N",
+        help="how many of the --witness keys must have cosigned the final head (default: all)",
+    )
+    p.add_argument(
+        "--known-head", action="append", default=[], metavar="NOTE",
+        help="a signed head of this log seen before (a file): the bundle's history must extend it; repeatable",
+    )
+    p.add_argument(
         "--replay-mode", choices=("auto", "exact", "distance"), default="auto",
         help="auto: bit-exact when the platform matches, else distance (default auto)",
     )
@@ -74,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _witness(arg: str) -> WitnessKey:
+    """A --witness argument: a vkey, or the path of a file holding one."""
+    text = arg
+    if os.path.isfile(arg):
+        try:
+            with open(arg, encoding="utf-8") as f:
+                text = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MalformedInput(f"cannot read --witness {arg}: {e}") from e
+    try:
+        return WitnessKey.from_vkey(text)
+    except MalformedInput as e:
+        raise MalformedInput(f"--witness {arg[:80]!r}: {e}") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -93,6 +122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key = VerifyingKey.load(args.trust_key)
             except OSError as e:
                 raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
+        witnesses = tuple(_witness(w) for w in args.witness)
+        if args.witness_threshold is not None and not 1 <= args.witness_threshold <= len(witnesses):
+            raise MalformedInput(f"--witness-threshold must be between 1 and the number of --witness keys ({len(witnesses)})")
+        if len({(w.name, w.key_id) for w in witnesses}) != len(witnesses):
+            raise MalformedInput("a --witness key is given twice")
+        known = []
+        for path in args.known_head:
+            try:
+                with open(path, "rb") as f:
+                    known.append(f.read(1 << 20))
+            except OSError as e:
+                raise MalformedInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
         if not 0 < args.alpha < 1:
             raise MalformedInput("--alpha must be between 0 and 1")
         if args.bootstrap < 100:
@@ -114,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust_key=key, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
             allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
             require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
-            backend=args.backend, ray_address=args.ray_address,
+            backend=args.backend, ray_address=args.ray_address, witnesses=witnesses,
+            witness_threshold=args.witness_threshold, known_heads=tuple(known),
         )
     except VmuError as e:
         if args.verbose:
