@@ -121,6 +121,11 @@ def test_step_05_cosigned_head_verifies() -> None:
         assert v.exit_code == 0, (v.failed_step, repr(v.failure))
     v = verify(data, _opts(witnesses=(W1.key, W2.key)))
     assert sorted(c.name for c in v.cosignatures) == [W1.name, W2.name]
+    from verifier import to_json
+
+    trust = to_json(v, path="x")["trust"]
+    assert (trust["witnesses"], trust["witness_threshold"], trust["known_heads"]) == (2, 2, 0)
+    assert sorted(c["name"] for c in trust["cosigned_by"]) == [W1.name, W2.name]
 
 
 def test_step_05_witness_quorum_missing() -> None:
