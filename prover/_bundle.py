@@ -7,16 +7,18 @@ it. What goes in:
   transcripts of requests 1..N (all of them by default);
 * log entries with range proofs against the final head: the commit block at the start of the log
   (config, slice trees, data-set root, audit set, initial checkpoints), every checkpoint entry of
-  the original training, every entry of every retraining, and the steps of each sampled segment;
+  the original training, every entry of every retraining, and the steps of each replayed segment;
   plus a consistency proof from each transcript's head to the final head;
-* the final constituent models and the start and end checkpoints of each sampled segment;
+* the final constituent models and the start and end checkpoints of each replayed segment;
 * record openings (id, features, label, salt) of the deleted records, the audit set, and the
-  records used by the sampled segments -- and of no other record;
+  records used by the replayed segments -- and of no other record;
 * the (key, commitment) pairs of every slice a retraining trained on (no features, no labels,
   no salts), from which the verifier recomputes each retraining batch.
 
-Which segments are sampled is decided by the verifier's challenge (``challenge=``) or, offline,
-by Fiat-Shamir from the transcripts and the final head (:mod:`verifiable_mu._sampling`).
+The replayed segments are the deletion lineage of every retrained shard (all of it: its original
+training up to the rollback and every retraining) and ``replay`` uniform draws from the other
+segments, decided by the verifier's challenge (``challenge=``) or, offline, by Fiat-Shamir from the
+deletion entries and the final head's body (:mod:`verifiable_mu._sampling`).
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from verifiable_mu._range import RangeProof, range_path
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
+    DEFAULT_REPLAY,
     SegmentRef,
     challenge_seed,
     fiat_shamir_seed,
+    head_body,
     sample_audit,
     sample_segments,
-    transcript_digest,
+    split_population,
 )
 from verifiable_mu._sorted_tree import SortedTree
 
@@ -55,7 +59,6 @@ __all__ = ["BUNDLE_VERSION", "DEFAULT_REPLAY", "BundleInfo", "write_bundle"]
 
 BUNDLE_VERSION = 1
 BUNDLE_TYPE = "vmu.bundle"
-DEFAULT_REPLAY = 8
 MANIFEST = "manifest.json"
 PUBKEY = "keys/signing-key.pub.pem"
 FINAL_HEAD = "heads/final.note"
@@ -70,10 +73,11 @@ class BundleInfo:
     transcripts: tuple[int, ...]
     segments: int
     population: int
-    sampled: tuple[int, ...]  # end-checkpoint log indices, draw order
+    sampled: tuple[int, ...]  # end-checkpoint log indices of the uniform draws, draw order
     bytes_total: int
     bytes_without_checkpoints: int
     openings: int
+    complete: tuple[int, ...] = ()  # end-checkpoint log indices of the deletion lineage (replayed in full)
 
 
 def _payload(env_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
@@ -220,18 +224,27 @@ def write_bundle(
             segments += lineage_segments(ck, shard=s, generation=g, stratum=t)
             retrain_ranges.append((a, b))
     segments.sort(key=lambda r: r.end_index)
-    strata: list[list[int]] = [[] for _ in preds]
-    for i, r in enumerate(segments):
-        if r.stratum is not None:
-            strata[r.stratum].append(i)
+    # The deletion lineage of every retrained shard is replayed in full by the verifier; the
+    # other segments are sampled (specs/08-bundle.md section 5).
+    gen0_rollback: dict[int, int] = {}
+    for pred in preds:
+        for sh in pred["shards"]:
+            rb = sh["rollback"]["entry"]
+            if int(rb["body"]["generation"]) == 0:
+                rs = int(sh["shard"])
+                gen0_rollback[rs] = max(gen0_rollback.get(rs, -1), int(rb["index"]))
+    complete, rest = split_population(segments, gen0_rollback)
 
+    deletions = [log.entry(int(pred["request"]["deletion"]["entry"]["index"])).leaf_hash for pred in preds]
+    final_body = head_body(log.origin, size, head.root_hash)
     if challenge is not None:
-        seed = challenge_seed(challenge)
+        seed = challenge_seed(challenge, deletions, final_body)
         ch = {"mode": "interactive", "challenge": challenge.hex()}
     else:
-        seed = fiat_shamir_seed([transcript_digest(p) for p in payloads], head.note)
+        seed = fiat_shamir_seed(deletions, final_body)
         ch = {"mode": "fiat-shamir"}
-    picked = [segments[i] for i in sample_segments(len(segments), strata, replay, seed)]
+    drawn = [rest[i] for i in sample_segments(len(rest), replay, seed)]
+    picked = complete + drawn
 
     # Log entries to disclose.
     intervals = [(0, commit_end)] + retrain_ranges
@@ -372,7 +385,7 @@ def write_bundle(
         "transcripts": [name for name, _ in envs],
         "challenge": ch,
         "replay": replay,
-        "sample": [str(r.end_index) for r in picked],
+        "sample": [str(r.end_index) for r in drawn],
         "original": original,
         "members": {name: hashlib.sha256(data).hexdigest() for name, data in members},
     }
@@ -398,7 +411,8 @@ def write_bundle(
         transcripts=tuple(requests),
         segments=len(picked),
         population=len(segments),
-        sampled=tuple(r.end_index for r in picked),
+        sampled=tuple(r.end_index for r in drawn),
+        complete=tuple(r.end_index for r in complete),
         bytes_total=total,
         bytes_without_checkpoints=total - ck_bytes,
         openings=len(audit) + len(deleted) + len(training),

@@ -65,7 +65,7 @@ def _new_ws(root: str, **config: Any) -> str:
 
 def build_honest(root: str, **config: Any) -> Honest:
     """Train a workspace in ``root`` (``config`` overrides the defaults), carry out two deletion
-    requests and write the honest bundle (Fiat-Shamir, replay 6)."""
+    requests and write the honest bundle (Fiat-Shamir, the default 8 draws)."""
     from prover import Workspace
     from prover._bundle import write_bundle
 
@@ -81,7 +81,7 @@ def build_honest(root: str, **config: Any) -> Honest:
         second = [sorted(cand, key=int)[0]]
         ws.forget(second, workers=1)
         path = os.path.join(root, "honest.vmu.zip")
-        write_bundle(ws, path, replay=6)
+        write_bundle(ws, path)
     with open(path, "rb") as f:
         data = f.read()
     key = SigningKey.load(os.path.join(ws_dir, "signing-key.pem"))
@@ -156,7 +156,7 @@ def forge(
     *,
     mutate_predicate: Callable[[int, dict[str, Any], Callable[[int], dict[str, Any]]], None] | None = None,
     challenge: bytes | None = None,
-    replay: int = 6,
+    replay: int = 8,
     name: str = "forged",
     keep: list[str] | None = None,
 ) -> bytes:
@@ -258,7 +258,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     spec = T.ModelSpec.from_json(cfg["model"])
     hyper = T.Hyper.from_json(cfg["hyper"])
     T.configure_determinism(int(cfg["platform"]["threads"]))
-    model = T.build_model(spec, init_seed=0)
+    model = T.prepare_model(T.build_model(spec, init_seed=0), hyper)
     ck = T.load_checkpoint(os.path.join(ws.store, start_digest.hex() + ".safetensors"))
     mom = T.load_into_model(model, ck, torch.device("cpu"))
     ds = ws.data
@@ -269,7 +269,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
             pos, c = substitute[j]
             batch[pos] = c
         rows = np.asarray([row_of[bytes.fromhex(c)] for c in batch], dtype=np.int64)
-        T.sgd_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
+        T.train_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
     if noise:
         g = torch.Generator().manual_seed(1234)
         with torch.no_grad():
@@ -278,8 +278,9 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     return T.save_checkpoint(T.checkpoint_from_model(model, mom), ws.store)
 
 
-def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 6) -> tuple[bytes, tuple[int, ...]]:
-    """Write a bundle of an existing (possibly forged) workspace; return it and its sample."""
+def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 8) -> tuple[bytes, tuple[int, ...]]:
+    """Write a bundle of an existing (possibly forged) workspace; return it and the end indices of the
+    segments it discloses for replay (the deletion lineage, then the uniform draws)."""
     from prover import Workspace
     from prover._bundle import write_bundle
 
@@ -289,7 +290,7 @@ def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 6) 
     with open(out, "rb") as f:
         data = f.read()
     os.unlink(out)
-    return data, info.sampled
+    return data, info.complete + info.sampled  # every segment the verifier replays: the deletion lineage, then the draws
 
 
 def lineage_map(ctx: ForgeContext) -> dict[int, int]:

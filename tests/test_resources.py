@@ -350,7 +350,7 @@ def _honest_5x4(root: str) -> str:
         ws.progress = False
         ws.forget(["17"], workers=1)
         path = os.path.join(root, "honest54.vmu")
-        write_bundle(ws, path, replay=6)
+        write_bundle(ws, path)
     return path
 
 

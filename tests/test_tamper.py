@@ -356,6 +356,13 @@ def _fabricated_last_segment(h: Honest) -> tuple[bytes, VerifyOptions]:
     return forge(h, mutate), _opts(replay=2)
 
 
+def _bundle_with(h: Honest, **kw: Any) -> bytes:
+    """An honest bundle of the same workspace written with other ``write_bundle`` options."""
+    from conftest_verifier import bundle_for
+
+    return bundle_for(h.ws_dir, **kw)[0]
+
+
 def _opening_edit(fn: Callable[[dict[str, Any]], None]) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
     return _edit_json("records/openings.json", fn)
 
@@ -515,8 +522,8 @@ CASES: dict[str, Case] = {
     "step_16_deleted_opening_swapped": Case(16, 1, "OpeningMismatch", "deleted-record openings",
                                             _opening_edit(lambda d: d["deleted"].__setitem__(0, d["audit"].pop()))),
     # 17. sampling
-    "step_17_sample_chosen_by_prover": Case(17, 1, "ChallengeMismatch", "not the ones the challenge selects",
-                                            _edit_json("manifest.json", lambda d: d["sample"].reverse())),
+    "step_17_fewer_draws_than_the_verifier_asks": Case(17, 1, "SegmentMissing", "sampled segment ending at entry",
+                                                       lambda h: (_bundle_with(h, replay=2), _opts(replay=8))),
     "step_17_claims_interactive": Case(17, 1, "ChallengeMismatch", "pass the challenge", _edit_json(
         "manifest.json", lambda d: d.update(challenge={"mode": "interactive", "challenge": "ab" * 16}))),
     "step_17_training_opening_removed": Case(17, 1, "SegmentMissing", "does not open record",

@@ -39,7 +39,9 @@ FINAL = "heads/final.note"
 
 
 def _opts(**kw: Any) -> VerifyOptions:
-    return VerifyOptions(replay=kw.pop("replay", 0), residual=False, **kw)
+    """Heads and signatures only: nothing replayed (steps 1-17 run in full), no residual tests."""
+    return VerifyOptions(replay=kw.pop("replay", 0), unsafe_no_replay=kw.pop("unsafe_no_replay", True), residual=False,
+                         **kw)
 
 
 def _cosigned(data: bytes, *witnesses: WitnessSigner, ts: int = 1_795_000_000) -> bytes:
@@ -115,8 +117,8 @@ def test_step_05_cosigned_head_verifies() -> None:
     policy: cosignatures do not change the Fiat-Shamir sample (step 17)."""
     h = honest()
     data = _cosigned(h.bundle, W1, W2)
-    for opts in (_opts(), _opts(witnesses=(W1.key, W2.key)), _opts(replay=6, witnesses=(W1.key, W2.key),
-                                                                       witness_threshold=1)):
+    for opts in (_opts(), _opts(witnesses=(W1.key, W2.key)), _opts(replay=2, unsafe_no_replay=False,
+                                                                       witnesses=(W1.key, W2.key), witness_threshold=1)):
         v = verify(data, opts)
         assert v.exit_code == 0, (v.failed_step, repr(v.failure))
     v = verify(data, _opts(witnesses=(W1.key, W2.key)))
@@ -169,7 +171,7 @@ def test_cli_witness_flags(tmp_path: Any, capsys: pytest.CaptureFixture[str]) ->
     path.write_bytes(_cosigned(h.bundle, W1))
     vk = tmp_path / "w2.vkey"
     vk.write_text(W2.key.vkey + "\n")
-    base = [str(path), "--replay", "0", "--no-residual", "--quiet"]
+    base = [str(path), "--unsafe-no-replay", "--no-residual", "--quiet"]
     assert cli_main([*base, "--witness", W1.key.vkey]) == 0
     capsys.readouterr()
     assert cli_main([*base, "--witness", W1.key.vkey, "--witness", str(vk)]) == 1
@@ -200,7 +202,7 @@ def _fork(h: Honest, tag: str, third: int, known: list[str] | None = None) -> tu
             "SELECT id FROM p_records WHERE role='train' AND deleted_by IS NULL")), key=int)
         ws.forget([ids[third]], workers=1)
         sizes = [known_head_size(ws, k) for k in known or []]
-        write_bundle(ws, path, replay=6, known_sizes=sizes)
+        write_bundle(ws, path, known_sizes=sizes)
     with open(path, "rb") as f:
         return f.read(), ws_dir
 
@@ -315,7 +317,7 @@ def test_cli_known_head(tmp_path: Any) -> None:
     a.write_bytes(s["a"])
     b.write_bytes(s["b"])
     known = _known(tmp_path, members_of(s["a"])[FINAL])
-    base = ["--replay", "0", "--no-residual", "--quiet", "--known-head", known]
+    base = ["--unsafe-no-replay", "--no-residual", "--quiet", "--known-head", known]
     assert cli_main([str(a), *base]) == 0
     assert cli_main([str(b), *base]) == 1
     assert cli_main([str(a), "--known-head", str(tmp_path / "missing.note")]) == 2

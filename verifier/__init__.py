@@ -10,7 +10,7 @@ It imports the shared core (:mod:`verifiable_mu`) and never the prover. Importin
 
 from ._bundle import Bundle, Limits, Manifest, read_bundle
 from ._canary import CanaryReport, canary_test
-from ._checks import STEPS, CheckResult, Verification, VerifyOptions, verify
+from ._checks import STEPS, CheckResult, ExpectedHead, Verification, VerifyOptions, verify
 from ._errors import (
     BatchNotCommitted,
     ChallengeMismatch,
@@ -53,6 +53,7 @@ __all__ = [
     "CommitBlockInvalid",
     "DeletionClaimFailed",
     "EntryKindMismatch",
+    "ExpectedHead",
     "HeadMismatch",
     "Limits",
     "Manifest",

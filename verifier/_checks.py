@@ -22,8 +22,10 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
                        seed gives
 15. models             model entries chain; final constituent weights match the final model
 16. openings           openings match their commitments, the request digests and the audit root
-17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
-18. replay             replaying each sampled segment reproduces its logged end checkpoint
+17. sampling           the deletion lineage of every retrained shard (complete) and the verifier's own
+                       sample of the other segments (k from the verifier's policy, never the
+                       manifest) are fully disclosed
+18. replay             replaying every segment of step 17 reproduces its logged end checkpoint
 19. residual           deleted records look like never-seen records (membership inference with a
                        positive control; canaries with --canary); inconclusive never counts as a pass
 
@@ -56,18 +58,22 @@ from verifiable_mu._note import Checkpoint, NoteVerifier, open_checkpoint
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
+    DEFAULT_REPLAY,
     SegmentRef,
     challenge_seed,
     escape_probability,
     fiat_shamir_seed,
+    grinding_note,
+    head_body,
     sample_audit,
     sample_segments,
-    transcript_digest,
+    single_escape,
+    split_population,
 )
 from verifiable_mu._seeds import epoch_order, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
-from verifiable_mu._witness import Cosignature, WitnessKey, strip_cosignatures, verify_cosignatures
+from verifiable_mu._witness import Cosignature, WitnessKey, verify_cosignatures
 
 from ._bounds import check_model_fits
 from ._bundle import (
@@ -114,7 +120,7 @@ from ._errors import (
     WitnessQuorumMissing,
 )
 
-__all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "Verification", "VerifyOptions", "step_seed", "verify"]
+__all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "ExpectedHead", "Verification", "VerifyOptions", "step_seed", "verify"]
 
 STEPS: tuple[tuple[int, str, str], ...] = (
     (1, "archive", "the file is a safe, readable zip archive"),
@@ -133,8 +139,8 @@ STEPS: tuple[tuple[int, str, str], ...] = (
     (14, "clean-manifests", "no retraining step uses a deleted record"),
     (15, "models", "model entries chain; final weights match the final model"),
     (16, "openings", "openings match commitments, request digests and the audit root"),
-    (17, "sampling", "the sampled segments are the ones the challenge selects, fully disclosed"),
-    (18, "replay", "replayed segments reproduce their logged end checkpoints"),
+    (17, "sampling", "the deletion lineage and the verifier's sample are fully disclosed"),
+    (18, "replay", "the deletion lineage and the sampled segments reproduce their logged end checkpoints"),
     (19, "residual", "deleted records look like never-seen records; canaries no longer fire (statistical)"),
 )
 ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
@@ -151,10 +157,25 @@ class CheckResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExpectedHead:
+    """The final tree head the verifier expects (``--expect-head``): a root, and when taken from a
+    note also its origin and size."""
+
+    root: bytes
+    size: int | None = None
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyOptions:
     trust_key: VerifyingKey | None = None
     challenge: bytes | None = None
-    replay: int | None = None  # None: as many as the bundle discloses
+    # Uniform draws from the sampled population (the verifier's policy; the manifest's ``replay``
+    # is ignored). The deletion lineage is replayed in full on top of them.
+    replay: int = DEFAULT_REPLAY
+    unsafe_no_replay: bool = False  # step 18 replays nothing (warning UNSAFE NO REPLAY)
+    requests: tuple[int, ...] | None = None  # the request counts the verifier accepts (step 7)
+    expect_head: ExpectedHead | None = None  # the final head the verifier expects (step 5)
     replay_mode: str = "auto"  # auto | exact | distance
     allow_factories: tuple[str, ...] = ()
     limits: Limits = Limits()
@@ -226,8 +247,9 @@ class Verification:
     lineages: list[_Lineage] = field(default_factory=list)
     openings: dict[bytes, RecordOpening] = field(default_factory=dict)
     population: list[SegmentRef] = field(default_factory=list)
-    sample: list[SegmentRef] = field(default_factory=list)
-    stratum_draws: int = 0
+    complete: list[SegmentRef] = field(default_factory=list)  # the deletion lineage, replayed in full
+    sampled_population: int = 0  # the segments the uniform draws come from
+    sample: list[SegmentRef] = field(default_factory=list)  # the uniform draws, in draw order
     seed: bytes = b""
     replay_report: dict[str, Any] | None = None
     residual_report: dict[str, Any] | None = None
@@ -253,10 +275,42 @@ class Verification:
     @property
     def uniform_replayed(self) -> int:
         """Replayed segments that came from the uniform draws (the k of (1-f)^k)."""
-        return max(0, self.replayed - self.stratum_draws) if self.replayed else 0
+        return len(self.sample) if self.replayed else 0
+
+    @property
+    def sampled_by(self) -> str | None:
+        """Who chose the sample: the verifier (its own challenge) or the owner (Fiat-Shamir)."""
+        if not self.seed:
+            return None
+        return "verifier" if self.options.challenge is not None else "owner"
 
     def escape(self) -> dict[str, float]:
+        """``(1-f)^k`` for the uniform draws replayed (an upper bound for a verifier-chosen seed)."""
         return {str(f): escape_probability(f, self.uniform_replayed) for f in ESCAPE_FRACTIONS}
+
+    def single_escape(self) -> float:
+        """The chance that one forged segment of the sampled population escapes the draws replayed
+        (``1 - k/N``); 1 when nothing was replayed."""
+        if not self.replayed:
+            return 1.0 if self.sampled_population else 0.0
+        return single_escape(self.sampled_population, self.uniform_replayed)
+
+    def sampling_statement(self) -> str:
+        """One honest sentence on what the replay covered, for every verdict."""
+        if not self.seed:
+            return "no sample was drawn"
+        n, k = self.sampled_population, self.uniform_replayed
+        shards = sorted({r.shard for r in self.complete})
+        done = ("NOT replayed (--unsafe-no-replay)" if self.options.unsafe_no_replay else "replayed in full"
+                if self.replayed else "not replayed (verification stopped before step 18)")
+        text = (f"deletion lineage of shard(s) {shards} ({len(self.complete)} segments) {done}; "
+                f"{k} of the {n} other segments sampled and replayed: one forged segment among them "
+                f"escapes with probability {self.single_escape():.3g} (1 - k/N)")
+        if self.sampled_by == "owner":
+            text += "; " + grinding_note(n, k)
+        else:
+            text += "; sampled by the verifier (its challenge)"
+        return text
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -439,7 +493,12 @@ def _open_head(v: Verification, note: bytes, what: str) -> Checkpoint:
 
 def _step_05(v: Verification) -> None:
     assert v.bundle is not None and v.note_verifier is not None
-    v.final = _open_head(v, v.bundle.final_head, "final signed tree head")
+    v.final = f = _open_head(v, v.bundle.final_head, "final signed tree head")
+    want = v.options.expect_head
+    if want is not None and (f.root_hash != want.root or want.size not in (None, f.size)
+                             or want.origin not in (None, f.origin)):
+        raise HeadMismatch(f"the final tree head (size {f.size}, root {f.root_hash.hex()[:16]}...) is not the head the "
+                           f"verifier expects (--expect-head: size {want.size}, root {want.root.hex()[:16]}...)")
     ws = v.options.witnesses
     k = len(ws) if v.options.witness_threshold is None else v.options.witness_threshold
     if not ws and v.options.witness_threshold is None:
@@ -499,6 +558,10 @@ def _check_statement(stmt: Any, what: str) -> None:
 def _step_07(v: Verification) -> None:
     b = v.bundle
     assert b is not None and v.final is not None
+    allowed = v.options.requests
+    if allowed is not None and len(v.transcripts) not in allowed:
+        raise HeadMismatch(f"the bundle holds requests 1..{len(v.transcripts)}; the verifier expects "
+                           f"{_counts(allowed)} (--requests)")
     prev_after = 0
     for i, (name, t) in enumerate(zip(b.manifest.transcripts, v.transcripts, strict=False)):
         if t.request != i + 1:
@@ -551,6 +614,13 @@ def _known_heads(v: Verification) -> None:
             proof.verify(old_root=k.root_hash, new_root=final.root_hash)
         except VerificationFailed as e:
             raise HeadMismatch(f"{w} (size {k.size}) is not a prefix of the bundle's history (split view): {e}") from e
+
+
+def _counts(allowed: Sequence[int]) -> str:
+    a = sorted(set(allowed))
+    if len(a) > 2 and a == list(range(a[0], a[-1] + 1)):
+        return f"{a[0]} to {a[-1]} requests"
+    return " or ".join(str(x) for x in a) + " request(s)"
 
 
 def _step_08(v: Verification) -> None:
@@ -903,18 +973,25 @@ def _step_17(v: Verification) -> None:
     assert b is not None and v.final is not None
     m = b.manifest
     want = v.options.challenge
+    # The seed binds the requests (their deletion entries, fixed by the log) and the final head's
+    # body: not the free timestamp/extension lines or signatures the owner can redo for free.
+    deletions = [t.deletion.entry.leaf_hash for t in v.transcripts]
+    body = head_body(v.final.origin, v.final.size, v.final.root_hash)
     if want is not None:
         if m.challenge_mode != "interactive" or m.challenge != want:
             raise ChallengeMismatch("the bundle does not answer this verifier's challenge (it was built for "
                                     f"{'Fiat-Shamir' if m.challenge is None else 'challenge ' + m.challenge.hex()[:16] + '...'})")
-        v.seed = challenge_seed(want)
+        v.seed = challenge_seed(want, deletions, body)
+        if v.options.expect_head is None:
+            v.warnings.append("UNPINNED HEAD: the owner could pick the final tree head after seeing the challenge "
+                              "(one new head per retry); pass --expect-head with the head you saw before the challenge")
+        if v.options.requests is None:
+            v.warnings.append("UNPINNED REQUESTS: the owner could pick how many requests the bundle holds after seeing "
+                              "the challenge; pass --requests with the count you expect")
     else:
         if m.challenge_mode == "interactive":
             raise ChallengeMismatch("the bundle answers an interactive challenge; pass the challenge you issued with --challenge")
-        # Witness cosignatures (added after the prover drew its sample) are not part of the seed.
-        assert v.note_verifier is not None
-        head = strip_cosignatures(b.final_head, v.note_verifier)
-        v.seed = fiat_shamir_seed([transcript_digest(t.payload) for t in v.transcripts], head)
+        v.seed = fiat_shamir_seed(deletions, body)
     pop: list[SegmentRef] = []
     for lin in v.lineages:
         chain = [lin.start, *lin.checkpoints]
@@ -923,10 +1000,14 @@ def _step_17(v: Verification) -> None:
                                   end_index=c.index, start_step=a.step, end_step=c.step, stratum=lin.stratum))
     pop.sort(key=lambda r: r.end_index)
     v.population = pop
-    strata: list[list[int]] = [[] for _ in v.transcripts]
-    for i, r in enumerate(pop):
-        if r.stratum is not None:
-            strata[r.stratum].append(i)
+    gen0_rollback: dict[int, int] = {}
+    for t in v.transcripts:
+        for sc in t.shards:
+            rb = CheckpointBody.parse(sc.rollback.entry)
+            if rb.generation == 0:
+                gen0_rollback[sc.shard] = max(gen0_rollback.get(sc.shard, -1), rb.index)
+    complete, rest = split_population(pop, gen0_rollback)
+    v.complete, v.sampled_population = complete, len(rest)
     op = b.openings
     if op.audit_proof is not None:
         assert v.audit is not None
@@ -934,16 +1015,21 @@ def _step_17(v: Verification) -> None:
         if list(op.audit_proof.positions) != want_audit:
             raise ChallengeMismatch("the bundle's audit-set sample is not the one the challenge selects "
                                     f"({len(op.audit_proof.positions)} records disclosed, {len(want_audit)} selected)")
-    drawn = [pop[i] for i in sample_segments(len(pop), strata, m.replay, v.seed)]
-    if tuple(r.end_index for r in drawn) != m.sample:
-        raise ChallengeMismatch("the bundle's sampled segments are not the ones the challenge selects "
-                                f"(bundle: {list(m.sample)[:4]}..., verifier: {[r.end_index for r in drawn][:4]}...)")
-    k = m.replay if v.options.replay is None else v.options.replay
-    drawn = [pop[i] for i in sample_segments(len(pop), strata, k, v.seed)] if k > 0 else []
-    v.stratum_draws = len([s for s in strata if s]) if drawn else 0
+    # k is the verifier's policy (VerifyOptions.replay); the manifest's replay/sample are ignored.
+    drawn = [rest[i] for i in sample_segments(len(rest), v.options.replay, v.seed)]
+    v.sample = drawn
+    if v.sampled_by == "owner":
+        v.warnings.append(grinding_note(v.sampled_population, 0 if v.options.unsafe_no_replay else len(drawn)))
+    if not drawn and rest and not v.options.unsafe_no_replay:
+        v.warnings.append(f"NO SAMPLED REPLAY: none of the {len(rest)} segments outside the deletion lineage is "
+                          "replayed (--replay 0)")
+    if v.options.unsafe_no_replay:
+        return
     lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
-    for r in drawn:
-        w = f"sampled segment ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
+    complete_ends = {r.end_index for r in complete}
+    for r in [*complete, *drawn]:
+        kind = "segment of the deletion lineage" if r.end_index in complete_ends else "sampled segment"
+        w = f"{kind} ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
         lin = lin_of[(r.shard, r.generation)]
         for j in range(r.steps):
             idx = r.end_index - r.steps + j
@@ -955,15 +1041,15 @@ def _step_17(v: Verification) -> None:
                 if rec not in v.openings:
                     raise SegmentMissing(f"{w}: the bundle does not open record {rec.hex()[:16]}... used by step {idx}")
         for idx in (r.start_index, r.end_index):
-            dg = CheckpointBody.parse(v.entries[idx]).digest
+            dg = CheckpointBody.parse(_entry(v, idx, w)).digest
             if dg not in b.checkpoints:
                 raise SegmentMissing(f"{w}: the bundle lacks checkpoint {dg.hex()[:16]}... (entry {idx})")
-    v.sample = drawn
 
 
 def _step_18(v: Verification) -> None:
-    if not v.sample:
-        v.warnings.append("NO REPLAY: no segment was replayed; only the proofs were checked")
+    if v.options.unsafe_no_replay:
+        v.warnings.append("UNSAFE NO REPLAY: no segment was replayed (--unsafe-no-replay); the training, the "
+                          "retraining included, was not checked, only the proofs")
         v.replay_report = {"segments": [], "mode": None}
         return
     from . import _replay  # torch is imported here, and only here
@@ -971,13 +1057,14 @@ def _step_18(v: Verification) -> None:
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None
     work = []
-    for r in v.sample:
+    for r in [*v.complete, *v.sample]:
         steps = [StepBody.parse(v.entries[r.end_index - r.steps + j]) for j in range(r.steps)]
         start = CheckpointBody.parse(v.entries[r.start_index])
         end = CheckpointBody.parse(v.entries[r.end_index])
         work.append(_replay.SegmentWork(
             ref=r,
             steps=tuple((s.seed, s.batch) for s in steps),
+            hints=tuple(s.hints for s in steps),
             start_file=b.checkpoints[start.digest],
             start_digest=start.digest,
             end_file=b.checkpoints[end.digest],
@@ -1175,6 +1262,11 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
     status, detail = "pass", ""
     if step == 19 and not v.options.residual:
         status, detail = "skipped", "turned off (--no-residual)"
+    elif step == 18 and v.options.unsafe_no_replay:
+        status, detail = "skipped", "turned off (--unsafe-no-replay)"
+    elif step == 18:
+        detail = (f"{len(v.complete)} segments of the deletion lineage (complete) and {len(v.sample)} of "
+                  f"{v.sampled_population} other segments (sampled by the {v.sampled_by}) reproduce")
     elif step == 19 and v.inconclusive:
         status, detail = "inconclusive", v.inconclusive
     v.results.append(CheckResult(step, _NAMES[step], status, detail, time.perf_counter() - t0))
