@@ -140,6 +140,26 @@ def lineage_segments(
     return out
 
 
+def known_head_size(ws: Workspace, path: str) -> int:
+    """The size of a signed head of this workspace's log that a verifier holds (``vmu bundle
+    --known-head``), after checking it is one: signed by the log's key, with the root the log
+    has at that size."""
+    from verifiable_mu._errors import MalformedInput, VerificationFailed
+    from verifiable_mu._note import NoteVerifier, open_checkpoint
+
+    try:
+        with open(path, "rb") as f:
+            note = f.read(1 << 20)
+        cp = open_checkpoint(note, [NoteVerifier.from_vkey(ws.note_vkey)], origin=ws.log_origin)
+    except OSError as e:
+        raise BadInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
+    except (MalformedInput, VerificationFailed) as e:
+        raise BadInput(f"--known-head {path} is not a signed head of this log: {e}") from e
+    if cp.size > ws.log.size or ws.log.root(cp.size) != cp.root_hash:
+        raise BadInput(f"--known-head {path} (size {cp.size}) is not a head of this log's history")
+    return cp.size
+
+
 def write_bundle(
     ws: Workspace,
     out: str | os.PathLike[str],
@@ -148,8 +168,12 @@ def write_bundle(
     challenge: bytes | None = None,
     replay: int = DEFAULT_REPLAY,
     audit_max: int = AUDIT_DISCLOSE_MAX,
+    known_sizes: Sequence[int] = (),
 ) -> BundleInfo:
-    """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``."""
+    """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``.
+
+    ``known_sizes``: sizes of heads the verifier saw before (``--known-head``); the bundle carries a
+    consistency proof from each to its final head (specs/08 section 3)."""
     if replay < 0:
         raise BadInput("--replay must be >= 0")
     if not ws.trained:
@@ -263,7 +287,12 @@ def write_bundle(
         after = pred["log"]["head_after"].encode("utf-8")
         old_size = int(after.decode().split("\n")[1])
         consistency.append(log.consistency_proof(old_size, size).to_json())
-    log_doc = {"type": "vmu.bundle-log", "version": 1, "runs": runs, "consistency": consistency}
+    log_doc: dict[str, Any] = {"type": "vmu.bundle-log", "version": 1, "runs": runs, "consistency": consistency}
+    known = sorted({int(k) for k in known_sizes})
+    if any(not 0 < k <= size for k in known) or len(known) > 64:
+        raise BadInput(f"a known head must have a size between 1 and the final head's {size} (at most 64 of them)")
+    if known:
+        log_doc["known"] = [log.consistency_proof(k, size).to_json() for k in known if k < size]
 
     # Checkpoint files: final model + both ends of every sampled segment.
     model_body = preds[-1]["model_after"]["entry"]["body"]

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"uniform draws to disclose for replay besides the deletion lineage, which is always disclosed in full "
              f"(default {DEFAULT_REPLAY}; a verifier asking for more rejects the bundle)",
     )
+    b.add_argument(
+        "--known-head", action="append", default=[], metavar="NOTE",
+        help="a signed head of this log the verifier already holds: the bundle proves its history extends it",
+    )
 
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")
@@ -179,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"transcript: {frep.transcript_path}")
         return EXIT_OK
     if args.command == "bundle":
-        from ._bundle import write_bundle
+        from ._bundle import known_head_size, write_bundle
 
         challenge = None
         if args.challenge is not None:
@@ -188,8 +192,10 @@ def _run(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise BadInput(f"--challenge must be hex: {e}") from e
         with Workspace.open(args.dir) as ws:
+            known = [known_head_size(ws, path) for path in args.known_head]
             info = write_bundle(
-                ws, args.out, transcript=None if args.all else args.transcript, challenge=challenge, replay=args.replay
+                ws, args.out, transcript=None if args.all else args.transcript, challenge=challenge, replay=args.replay,
+                known_sizes=known,
             )
         print(
             f"wrote {info.path}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "

@@ -226,7 +226,7 @@ def test_step_18_rejects_a_rounding_hint_that_does_not_fit() -> None:
                 body["hints"] = [[0, 0, 1 << 30]] + [x for x in body["hints"] if (x[0], x[1]) > (0, 0)]
 
     data = forge(h, mutate, replay=2, name="bad-hint")
-    v = verify(data, VerifyOptions(residual=False))
+    v = verify(data, VerifyOptions(residual=False, replay=2))  # the retraining lineage is replayed in full
     assert v.exit_code == 1 and v.failed_step == 18, repr(v.failure)
     assert type(v.failure).__name__ == "ReplayMismatch"
     assert "rounding hint rejected" in str(v.failure) and "not near a grid midpoint" in str(v.failure)
@@ -241,7 +241,7 @@ def test_step_18_rejects_a_portable_step_without_hints() -> None:
                 del body["hints"]
 
     data = forge(h, mutate, replay=2, name="no-hints")
-    v = verify(data, VerifyOptions(residual=False))
+    v = verify(data, VerifyOptions(residual=False, replay=2))
     assert v.exit_code == 1 and v.failed_step == 18, repr(v.failure)
     assert "carries no rounding hints" in str(v.failure)
 

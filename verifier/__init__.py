@@ -16,6 +16,7 @@ from ._errors import (
     ChallengeMismatch,
     CommitBlockInvalid,
     DeletionClaimFailed,
+    EntryKindMismatch,
     HeadMismatch,
     ManifestContainsDeleted,
     ModelMismatch,
@@ -26,6 +27,7 @@ from ._errors import (
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
+    WitnessQuorumMissing,
 )
 from ._html import overall_verdict, render_html
 from ._report import REPORT_VERSION, render_text, to_json
@@ -50,6 +52,7 @@ __all__ = [
     "CheckResult",
     "CommitBlockInvalid",
     "DeletionClaimFailed",
+    "EntryKindMismatch",
     "ExpectedHead",
     "HeadMismatch",
     "Limits",
@@ -63,6 +66,7 @@ __all__ = [
     "ScheduleViolation",
     "SegmentMissing",
     "UntrustedKey",
+    "WitnessQuorumMissing",
     "Verification",
     "VerifyOptions",
     "read_bundle",

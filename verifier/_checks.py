@@ -43,7 +43,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._dsse import IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE, verify_envelope
@@ -77,16 +77,21 @@ from verifiable_mu._sampling import (
 from verifiable_mu._seeds import assigned_slices, derive_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
+from verifiable_mu._witness import Cosignature, WitnessKey, verify_cosignatures
 
+from ._bounds import check_model_fits
 from ._bundle import (
+    Archive,
     Bundle,
+    JsonBudget,
     Limits,
     Manifest,
     load_file,
+    open_archive,
     open_manifest,
-    parse_bundle,
     parse_json_bounded,
-    read_members,
+    parse_large_members,
+    parse_signed_members,
 )
 from ._entries import (
     PREDICATE_DELETION,
@@ -106,6 +111,7 @@ from ._errors import (
     ChallengeMismatch,
     CommitBlockInvalid,
     DeletionClaimFailed,
+    EntryKindMismatch,
     HeadMismatch,
     ManifestContainsDeleted,
     ModelMismatch,
@@ -115,6 +121,7 @@ from ._errors import (
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
+    WitnessQuorumMissing,
 )
 
 __all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "ExpectedHead", "Verification", "VerifyOptions", "step_seed", "verify"]
@@ -183,6 +190,12 @@ class VerifyOptions:
     require_residual: bool = False  # an inconclusive step 19 rejects instead of warning
     backend: str = "local"  # replay backend: local | ray
     ray_address: str | None = None
+    # Split-view defences (specs/09, steps 5 and 7): witnesses whose cosignatures the final head
+    # must carry (threshold: how many; None: all of them), and signed heads of this log the
+    # verifier saw before, which the bundle's history must extend.
+    witnesses: tuple[WitnessKey, ...] = ()
+    witness_threshold: int | None = None
+    known_heads: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -221,11 +234,14 @@ class Verification:
     bundle: Bundle | None = None
     sha256: str = ""
     # filled as the steps run
+    archive: Archive | None = None
     members: dict[str, bytes] = field(default_factory=dict)
+    json_budget: JsonBudget | None = None
     manifest: Manifest | None = None
     key: VerifyingKey | None = None
     note_verifier: NoteVerifier | None = None
     final: Checkpoint | None = None
+    cosignatures: list[Cosignature] = field(default_factory=list)
     transcripts: list[Transcript] = field(default_factory=list)
     heads: list[tuple[Checkpoint, Checkpoint]] = field(default_factory=list)
     entries: dict[int, LogEntry] = field(default_factory=dict)
@@ -313,15 +329,35 @@ def _entry(v: Verification, index: int, what: str) -> LogEntry:
     return e
 
 
+_B = TypeVar("_B")
+
+
+def _claimed(parse: Callable[[LogEntry], _B], e: LogEntry, what: str, exc: type[VerificationFailed]) -> _B:
+    """Parse a proven entry a claim names, failing with the claiming step's error (``exc``) when
+    the entry is of another kind (steps 12 and 13 run as one unit, told apart by error type)."""
+    try:
+        return parse(e)
+    except EntryKindMismatch as x:
+        raise exc(f"{what}: {x}") from x
+
+
 def _model_digest(shards: Sequence[bytes]) -> bytes:
     return tagged_hash(TAG_MODEL, b"".join(shards))
 
 
-def _stage_plan(v: Verification, start_step: int, stages: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, int]]:
+def _stage_plan(
+    v: Verification, start_step: int, stages: list[tuple[int, int]], what: str = "schedule"
+) -> tuple[list[tuple[int, int]], dict[int, int]]:
     """Expected (stage, step) of every checkpoint after the start, and each stage's base step."""
     cfg = v.config
     assert cfg is not None
     B, E, K = cfg.batch_size, cfg.stage_epochs, cfg.checkpoint_every
+    # The signed config sizes this list: bound it by what the bundle discloses before building it
+    # (every planned checkpoint must be a disclosed log entry of its own).
+    planned = sum((max(E * -(-n // B) - 1, 0) // K if K else 0) + 1 for _, n in stages)
+    if planned > len(v.entries):
+        raise ScheduleViolation(f"{what}: the committed schedule has {planned} checkpoints, more than the "
+                                f"{len(v.entries)} log entries the bundle discloses")
     out: list[tuple[int, int]] = []
     base: dict[int, int] = {}
     step = start_step
@@ -410,16 +446,26 @@ def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: s
 def _step_01(v: Verification, source: str | bytes) -> None:
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else load_file(source, v.options.limits)
     v.sha256 = hashlib.sha256(data).hexdigest()
-    v.members = read_members(data, v.options.limits)
+    v.archive = open_archive(data, v.options.limits)
 
 
 def _step_02(v: Verification) -> None:
-    v.manifest = open_manifest(v.members, v.options.limits)
+    assert v.archive is not None
+    v.manifest, v.members = open_manifest(v.archive, v.options.limits)
+    v.archive = None
 
 
 def _step_03(v: Verification) -> None:
+    """First part: the members steps 4-6 check signatures on (key, final head, envelopes)."""
     assert v.manifest is not None
-    v.bundle = parse_bundle(v.members, v.manifest, v.options.limits)
+    v.json_budget = JsonBudget(v.options.limits)
+    v.bundle = parse_signed_members(v.members, v.manifest, v.options.limits, v.json_budget)
+
+
+def _step_03_large(v: Verification) -> None:
+    """Second part, run once the signatures of steps 4-6 verified: the large members."""
+    assert v.bundle is not None
+    v.bundle = parse_large_members(v.bundle, v.members, v.options.limits, v.json_budget)
     v.members = {}
 
 
@@ -453,13 +499,29 @@ def _open_head(v: Verification, note: bytes, what: str) -> Checkpoint:
 
 
 def _step_05(v: Verification) -> None:
-    assert v.bundle is not None
+    assert v.bundle is not None and v.note_verifier is not None
     v.final = f = _open_head(v, v.bundle.final_head, "final signed tree head")
     want = v.options.expect_head
     if want is not None and (f.root_hash != want.root or want.size not in (None, f.size)
                              or want.origin not in (None, f.origin)):
         raise HeadMismatch(f"the final tree head (size {f.size}, root {f.root_hash.hex()[:16]}...) is not the head the "
                            f"verifier expects (--expect-head: size {want.size}, root {want.root.hex()[:16]}...)")
+    ws = v.options.witnesses
+    k = len(ws) if v.options.witness_threshold is None else v.options.witness_threshold
+    if not ws and v.options.witness_threshold is None:
+        return
+    if not ws or not 1 <= k <= len(ws) or len({(w.name, w.key_id) for w in ws}) != len(ws):
+        raise MalformedInput(f"the witness threshold must be between 1 and the number of distinct witnesses ({len(ws)}), "
+                             f"not {k}")
+    try:
+        v.cosignatures = verify_cosignatures(v.bundle.final_head, v.note_verifier, ws)
+    except SignatureFailed as e:
+        raise SignatureFailed(f"final signed tree head: {e}") from e
+    if len(v.cosignatures) < k:
+        raise WitnessQuorumMissing(
+            f"the final signed tree head carries valid cosignatures of {len(v.cosignatures)} of the {len(ws)} given "
+            f"witnesses, {k} needed: no quorum of witnesses vouches that this is the one history of the log"
+        )
 
 
 def _step_06(v: Verification) -> None:
@@ -474,7 +536,8 @@ def _step_06(v: Verification) -> None:
         except MalformedInput as e:
             raise InvalidBundle(f"{name}: {e}") from e
         stmt = parse_json_bounded(payload, what=f"{name} statement", max_bytes=v.options.limits.max_json_bytes,
-                                  max_depth=v.options.limits.max_json_depth)
+                                  max_depth=v.options.limits.max_json_depth,
+                                  max_memory=v.options.limits.max_json_memory, budget=v.json_budget)
         _check_statement(stmt, name)
         t = Transcript.parse(stmt, env.payload, name)
         if t.origin != b.manifest.origin:
@@ -526,6 +589,38 @@ def _step_07(v: Verification) -> None:
         c.verify(old_root=after.root_hash, new_root=v.final.root_hash)
         v.heads.append((before, after))
         prev_after = after.size
+    _known_heads(v)
+
+
+def _known_heads(v: Verification) -> None:
+    """Each ``--known-head`` (a signed head of this log the verifier saw before) must be part of
+    the history the bundle proves: same root where the bundle has a head of its size, else a
+    consistency proof to the final head (``known`` in log/entries.json); never newer than it."""
+    b, final = v.bundle, v.final
+    assert b is not None and final is not None
+    roots = {final.size: final.root_hash}
+    for before, after in v.heads:
+        roots.setdefault(before.size, before.root_hash)
+        roots.setdefault(after.size, after.root_hash)
+    for i, note in enumerate(v.options.known_heads):
+        w = f"known head {i + 1}"
+        k = _open_head(v, note, w)
+        if k.size > final.size:
+            raise HeadMismatch(f"{w} has size {k.size}, the bundle's final head only {final.size}: the bundle shows an "
+                               "older state of the log than one already seen")
+        if k.size in roots:
+            if roots[k.size] != k.root_hash:
+                raise HeadMismatch(f"{w} (size {k.size}) has another root than the bundle's head of that size: two "
+                                   "signed histories of one log (split view)")
+            continue
+        proof = next((c for c in b.known if c.old_size == k.size and c.new_size == final.size), None)
+        if proof is None:
+            raise SegmentMissing(f"{w} (size {k.size}) is not a head of the bundle and the bundle carries no consistency "
+                                 f"proof from size {k.size} to its final head (vmu bundle --known-head)")
+        try:
+            proof.verify(old_root=k.root_hash, new_root=final.root_hash)
+        except VerificationFailed as e:
+            raise HeadMismatch(f"{w} (size {k.size}) is not a prefix of the bundle's history (split view): {e}") from e
 
 
 def _counts(allowed: Sequence[int]) -> str:
@@ -594,7 +689,7 @@ def _step_10(v: Verification) -> None:
 
 
 def _lineage_checkpoints(v: Verification, lin: _Lineage, stages: list[tuple[int, int]], what: str) -> list[tuple[int, int]]:
-    expected, base = _stage_plan(v, lin.start.step, stages)
+    expected, base = _stage_plan(v, lin.start.step, stages, what)
     lin.stage_base = base
     lin.stage_n = dict(stages)
     return expected
@@ -843,10 +938,10 @@ def _step_12(v: Verification) -> None:
         d = t.deletion.entry.index
         if not before.size <= d < after.size:
             raise OrderingViolation(f"{w}: the deletion entry {d} is not between head_before ({before.size}) and head_after")
-        for r in t.records:
-            fu = StepBody.parse(r.first_use.entry)
+        for i, r in enumerate(t.records):
+            fu = _claimed(StepBody.parse, r.first_use.entry, f"{w} records[{i}] first_use", OrderingViolation)
             sc = next(x for x in t.shards if x.shard == r.shard)
-            rb = CheckpointBody.parse(sc.rollback.entry)
+            rb = _claimed(CheckpointBody.parse, sc.rollback.entry, f"{w} shard {sc.shard} rollback", OrderingViolation)
             if r.commitment not in fu.batch:
                 raise OrderingViolation(f"{w}: the first-use step {fu.index} does not use record {r.commitment.hex()[:16]}")
             if fu.shard != r.shard or fu.stage != r.slice + 1:
@@ -857,7 +952,7 @@ def _step_12(v: Verification) -> None:
                                         f"precede the first use {fu.index} (step {fu.step}) of {r.commitment.hex()[:16]}")
         for sc in t.shards:
             ws = f"{w} shard {sc.shard}"
-            rb = CheckpointBody.parse(sc.rollback.entry)
+            rb = _claimed(CheckpointBody.parse, sc.rollback.entry, f"{ws} rollback", OrderingViolation)
             if rb.shard != sc.shard or rb.stage != sc.from_stage - 1:
                 raise OrderingViolation(f"{ws}: rollback checkpoint {rb.index} is shard {rb.shard} stage {rb.stage}, "
                                         f"expected stage {sc.from_stage - 1}")
@@ -994,6 +1089,9 @@ def _step_15(v: Verification) -> None:
     for s, d in enumerate(ModelBody.parse(prev.entry).shards):
         if d not in b.checkpoints:
             raise ModelMismatch(f"the bundle lacks the weights of shard {s} of the final model ({d.hex()[:16]}...)")
+    # The config's model, sized by its signed fields, must be the one the checkpoint files hold,
+    # checked here, before steps 18-19 build any model (specs/09, "Resource bounds").
+    check_model_fits(cfg.model, b.checkpoints)
 
 
 def _step_16(v: Verification) -> None:
@@ -1291,10 +1389,35 @@ _ORDER: tuple[tuple[int, Callable[..., None]], ...] = (
 )
 
 
+def _out_of_memory(step: int, e: BaseException) -> InvalidBundle:
+    """An allocation the bundle asked for failed: unusable input (exit 2), never an internal error.
+    The bounds of specs/09 ("Resource bounds") keep honest and hostile bundles below them; this
+    is the last line for a machine with less memory than they assume."""
+    what = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    return InvalidBundle(f"{_NAMES[step]} ran out of memory on this bundle ({what}); "
+                         "the bundle asks for more memory than this machine can give")
+
+
+def _is_oom(e: BaseException) -> bool:
+    """MemoryError; torch's CPU allocator failing (a RuntimeError naming the allocation); or a
+    library (torch, numpy) that cannot be mapped into the address space left (an ImportError)."""
+    if isinstance(e, MemoryError):
+        return True
+    msg = str(e)
+    if isinstance(e, RuntimeError):
+        return "DefaultCPUAllocator" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+    return isinstance(e, ImportError) and ("failed to map segment" in msg or "Cannot allocate memory" in msg)
+
+
 def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> bool:
     t0 = time.perf_counter()
     try:
-        fn(v, *args)
+        try:
+            fn(v, *args)
+        except (MemoryError, RuntimeError, ImportError) as oom:
+            if not _is_oom(oom):
+                raise
+            raise _out_of_memory(step, oom) from oom
     except VmuError as e:
         if step == 13 and isinstance(e, OrderingViolation):
             step = 12
@@ -1336,7 +1459,14 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         and _run(v, 3, _step_03)
     )
     if ok:
+        # Step 3 parsed only the signed members; it ends with the large members, after step 6.
+        part1 = v.results.pop()
         for step, fn in _ORDER:
+            if step == 7:
+                ok3 = _run(v, 3, _step_03_large)
+                v.results[-1].seconds += part1.seconds
+                if not ok3:
+                    break
             if step == 18:
                 v.timings["proof_checks_s"] = time.perf_counter() - t0
             if step == 19:
@@ -1348,6 +1478,10 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         v.timings["proof_checks_s"] = time.perf_counter() - t0
     v.timings["total_s"] = time.perf_counter() - t0
     done = {r.step for r in v.results}
+    if ok and 3 not in done:  # stopped in steps 4-6: only the signed members were parsed
+        v.results.append(CheckResult(3, _NAMES[3], "pass", "signed members only: the large members are parsed after "
+                                     "steps 4-6 pass", part1.seconds))
+        done.add(3)
     for n, name, _ in STEPS:
         if n not in done:
             v.results.append(CheckResult(n, name, "skipped", "not run: an earlier step failed"))

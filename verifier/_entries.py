@@ -20,6 +20,8 @@ from verifiable_mu._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
 from verifiable_mu._sorted_tree import MembershipProof, NonMembershipProof
 
+from ._errors import EntryKindMismatch
+
 __all__ = [
     "PREDICATE_DELETION",
     "AuditBody",
@@ -90,8 +92,10 @@ class _Body:
 
 
 def _expect(e: LogEntry, kind: str) -> str:
+    # Bodies are parsed only after steps 8-9 proved the entry under a signed head: an entry of
+    # another kind than the claim says is a false claim (exit 1), named by the step that made it.
     if e.kind != kind:
-        raise InvalidBundle(f"log entry {e.index} is of kind {e.kind!r}, expected {kind!r}")
+        raise EntryKindMismatch(f"log entry {e.index} is of kind {e.kind!r}, the claim says {kind!r}")
     return f"log entry {e.index} ({kind})"
 
 

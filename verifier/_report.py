@@ -32,6 +32,11 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "trust": {
             "pinned": v.options.trust_key is not None,
             "key_id": v.key.key_id if v.key else None,
+            "witnesses": len(v.options.witnesses),
+            "witness_threshold": (len(v.options.witnesses) if v.options.witness_threshold is None
+                                  else v.options.witness_threshold) if v.options.witnesses else None,
+            "cosigned_by": [{"name": c.name, "timestamp": c.timestamp} for c in v.cosignatures],
+            "known_heads": len(v.options.known_heads),
         },
         "checks": [
             {"step": r.step, "name": r.name, "status": r.status, "detail": r.detail, "seconds": round(r.seconds, 6)}

@@ -18,6 +18,7 @@ from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._note import Checkpoint
 from verifiable_mu._sampling import DEFAULT_REPLAY
+from verifiable_mu._witness import WitnessKey
 
 from ._checks import ExpectedHead, VerifyOptions, verify
 from ._report import render_text, to_json
@@ -64,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-' for stdout)")
     p.add_argument("--trust-key", metavar="PUBKEY", help="the owner's Ed25519 public key (PEM) to pin")
+    p.add_argument(
+        "--witness", action="append", default=[], metavar="VKEY",
+        help="a witness (C2SP tlog-cosignature vkey <name>+<id>+<base64>, or a file holding one) whose cosignature "
+             "the final head must carry; repeatable",
+    )
+    p.add_argument(
+        "--witness-threshold", type=int, default=None, metavar="N",
+        help="how many of the --witness keys must have cosigned the final head (default: all)",
+    )
+    p.add_argument(
+        "--known-head", action="append", default=[], metavar="NOTE",
+        help="a signed head of this log seen before (a file): the bundle's history must extend it; repeatable",
+    )
     p.add_argument(
         "--replay-mode", choices=("auto", "exact", "distance"), default="auto",
         help="auto: bit-exact when the platform matches, else distance (default auto)",
@@ -122,6 +136,21 @@ def _parse_head(text: str) -> ExpectedHead:
     return ExpectedHead(root=ck.root_hash, size=ck.size, origin=ck.origin)
 
 
+def _witness(arg: str) -> WitnessKey:
+    """A --witness argument: a vkey, or the path of a file holding one."""
+    text = arg
+    if os.path.isfile(arg):
+        try:
+            with open(arg, encoding="utf-8") as f:
+                text = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MalformedInput(f"cannot read --witness {arg}: {e}") from e
+    try:
+        return WitnessKey.from_vkey(text)
+    except MalformedInput as e:
+        raise MalformedInput(f"--witness {arg[:80]!r}: {e}") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -145,6 +174,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key = VerifyingKey.load(args.trust_key)
             except OSError as e:
                 raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
+        witnesses = tuple(_witness(w) for w in args.witness)
+        if args.witness_threshold is not None and not 1 <= args.witness_threshold <= len(witnesses):
+            raise MalformedInput(f"--witness-threshold must be between 1 and the number of --witness keys ({len(witnesses)})")
+        if len({(w.name, w.key_id) for w in witnesses}) != len(witnesses):
+            raise MalformedInput("a --witness key is given twice")
+        known = []
+        for path in args.known_head:
+            try:
+                with open(path, "rb") as f:
+                    known.append(f.read(1 << 20))
+            except OSError as e:
+                raise MalformedInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
         if not 0 < args.alpha < 1:
             raise MalformedInput("--alpha must be between 0 and 1")
         if args.bootstrap < 100:
@@ -167,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             unsafe_no_replay=args.unsafe_no_replay, requests=requests, expect_head=expect_head,
             allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
             require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
-            backend=args.backend, ray_address=args.ray_address,
+            backend=args.backend, ray_address=args.ray_address, witnesses=witnesses,
+            witness_threshold=args.witness_threshold, known_heads=tuple(known),
         )
     except VmuError as e:
         if args.verbose:
@@ -176,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     try:
         v = verify(args.bundle, opts)
+    except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: error: out of memory reading {args.bundle} ({e or 'MemoryError'}): unusable input",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     except Exception as e:  # a bug: still one line unless --verbose
         if args.verbose:
             traceback.print_exc()
