@@ -740,12 +740,15 @@ def _records_of(v: Verification, root: bytes) -> tuple[tuple[bytes, ...], tuple[
 
 def _derive_original_slices(v: Verification) -> None:
     """Generation-0 slices the bundle need not list: a shard's records that its disclosed original
-    steps use and the bundle opens (key = hash of the id, commitment = hash of the opening), put in
-    their slices by rank (:func:`verifiable_mu._seeds.derive_slices`); kept only where the rebuilt
+    steps use and the bundle opens (key = hash of the id, commitment = hash of the opening) or
+    deletes (key and commitment from the transcript), put in their slices by rank (:func:`verifiable_mu._seeds.derive_slices`); kept only where the rebuilt
     root is the committed one."""
     cfg, b = v.config, v.bundle
     assert cfg is not None and b is not None
-    opened = {o.commitment(): o for o in (*b.openings.deleted, *b.openings.training)}
+    # Keys of the records the bundle opens for training, and of the deleted records (their keys
+    # and commitments are the transcripts' own: a damaged deleted opening is step 16's finding).
+    key_of = {o.commitment(): record_key(o.id) for o in b.openings.training}
+    key_of.update((r.commitment, r.key) for t in v.transcripts for r in t.records)
     used: dict[int, set[bytes]] = {}
     for e in v.entries.values():
         if e.kind == "step":
@@ -755,7 +758,7 @@ def _derive_original_slices(v: Verification) -> None:
     for s, commits in used.items():
         if not 0 <= s < cfg.shards:
             continue
-        pairs = [(record_key(opened[c].id), c) for c in commits if c in opened]
+        pairs = [(key_of[c], c) for c in commits if c in key_of]
         sizes = [v.slices0[(s, j)].size for j in range(cfg.slices)]
         for j, tree in enumerate(derive_slices(cfg.seed, pairs, sizes)):
             if tree.root == v.slices0[(s, j)].root:
