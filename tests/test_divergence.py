@@ -50,3 +50,36 @@ def test_cli_reports_divergence_in_one_line(tmp_path: os.PathLike) -> None:
     assert r.returncode == 1
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "training diverged in shard " in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_step_15_flags_a_non_finite_constituent() -> None:
+    """An owner running other code signs a model whose weights are NaN: the proofs hold (the
+    deletion may be carried out as logged), but every verdict says the model is unusable."""
+    from conftest_verifier import cheat, forge, honest
+
+    from verifiable_mu import training as T
+    from verifier import VerifyOptions, verify
+
+    h = honest()
+    assert verify(h.bundle, VerifyOptions(residual=False)).nonfinite_shards == []
+    state: dict[str, int] = {}
+
+    def mutate(ctx) -> None:  # type: ignore[no-untyped-def]
+        touched = {s for k, b in ctx.entries if k == "deletion" for s in b["shards"]}
+        shard = min(set(range(ctx.entries[0][1]["shards"])) - touched)
+        last = max(i for i, (k, b) in enumerate(ctx.entries) if k == "checkpoint" and b["shard"] == shard)
+        ck = T.load_checkpoint(os.path.join(ctx.ws.store, ctx.entries[last][1]["digest"] + ".safetensors"))
+        name = sorted(k for k in ck if k.startswith("param/"))[0]
+        ck[name] = ck[name].clone()
+        ck[name].view(-1)[0] = float("nan")
+        cheat(ctx, {last: {"digest": T.save_checkpoint(ck, ctx.ws.store).hex()}})
+        state["shard"] = shard
+
+    data = forge(h, mutate, name="nan-model")
+    v = verify(data, VerifyOptions(residual=False, replay=0))  # the NaN segment lies outside the deletion lineage
+    assert v.exit_code == 0, repr(v.failure)
+    assert v.nonfinite_shards == [state["shard"]]
+    assert any(w.startswith("NON-FINITE MODEL") and f"shard(s) {state['shard']}" in w for w in v.warnings), v.warnings
+    from verifier._report import to_json
+
+    assert to_json(v)["nonfinite_shards"] == [state["shard"]]

@@ -79,7 +79,7 @@ from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 from verifiable_mu._witness import Cosignature, WitnessKey, verify_cosignatures
 
-from ._bounds import check_model_fits
+from ._bounds import check_model_fits, checkpoint_is_finite
 from ._bundle import (
     Archive,
     Bundle,
@@ -262,6 +262,7 @@ class Verification:
     canary_report: dict[str, Any] | None = None
     temporal_reports: list[dict[str, Any]] = field(default_factory=list)
     inconclusive: str | None = None
+    nonfinite_shards: list[int] = field(default_factory=list)  # final constituents with NaN or inf weights
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -1095,6 +1096,14 @@ def _step_15(v: Verification) -> None:
     # The config's model, sized by its signed fields, must be the one the checkpoint files hold,
     # checked here, before steps 18-19 build any model (specs/09, "Resource bounds").
     check_model_fits(cfg.model, b.checkpoints)
+    final_shards = ModelBody.parse(prev.entry).shards
+    v.nonfinite_shards = [s for s, d in enumerate(final_shards) if not checkpoint_is_finite(b.checkpoints[d])]
+    if v.nonfinite_shards:
+        v.warnings.append(
+            f"NON-FINITE MODEL: the final constituent(s) of shard(s) {', '.join(map(str, v.nonfinite_shards))} hold NaN "
+            "or infinite weights; the deletion may be carried out as logged, but the model is unusable (training "
+            "diverged; the prover refuses to commit such a stage, so this log was not written by it as released)"
+        )
 
 
 def _step_16(v: Verification) -> None:

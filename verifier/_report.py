@@ -74,6 +74,7 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "canary": v.canary_report,
         "temporal": v.temporal_reports,
         "inconclusive": v.inconclusive,
+        "nonfinite_shards": list(v.nonfinite_shards),
         "escape_probability": v.escape(),
         "timing": {k: round(x, 6) for k, x in v.timings.items()},
     }
