@@ -92,6 +92,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--overhead-only", action="store_true", help="skip the accuracy and speed-up parts")
     ap.add_argument("--portable", action="store_true", help="only portable mode's own cost (specs/06 section 3a)")
+    ap.add_argument("--log-bytes", action="store_true", help="only log bytes per step, format 1 against format 2")
     args = ap.parse_args()
     T.configure_determinism(args.threads)
     root = tempfile.mkdtemp(prefix="vmu-bench-")
@@ -99,6 +100,9 @@ def main() -> int:
         print(f"torch {T.torch.__version__}, intra-op threads pinned to {args.threads}, cores {os.cpu_count()}")
         if args.portable:
             portable_cost(root, args)
+            return 0
+        if args.log_bytes:
+            log_bytes(root, args)
             return 0
         if not args.overhead_only:
             accuracy_and_speedup(root, args)
@@ -197,6 +201,25 @@ def portable_cost(root: str, args: argparse.Namespace) -> None:
               f"{bytes_step['f32']:.0f}, portable {bytes_step['portable']:.0f} (hints "
               f"{bytes_step['portable'] - bytes_step['f32']:+.0f}); test accuracy float32 "
               f"{100 * statistics.mean(acc['f32']):.1f}%, portable {100 * statistics.mean(acc['portable']):.1f}%")
+
+
+def log_bytes(root: str, args: argparse.Namespace) -> None:
+    """Log bytes per step, format 1 (step entries list their batch) against format 2 (the committed
+    order fixes it), on the default digits 5x4: the step entry's canonical JSON, and the whole
+    state database per step."""
+    out = {}
+    for fmt in (1, 2):
+        w = _fresh(root, f"lb{fmt}", threads=args.threads, log_format=fmt)
+        w.train()
+        steps = [e for e in w.log.entries(0, w.log.size) if e.kind == "step"]
+        entry = statistics.mean(len(canonical_json(e.body)) for e in steps)
+        w.log.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db = os.path.getsize(os.path.join(w.path, "state.db")) / len(steps)
+        out[fmt] = (entry, db)
+        w.close()
+    print(f"log bytes per step (digits 5x4): step entry {out[1][0]:.0f} B (format 1) -> {out[2][0]:.0f} B (format 2), "
+          f"{out[1][0] / out[2][0]:.1f}x smaller; state.db per step {out[1][1]:.0f} B -> {out[2][1]:.0f} B, "
+          f"{out[1][1] / out[2][1]:.1f}x smaller")
 
 
 def overhead(root: str, args: argparse.Namespace) -> None:

@@ -67,7 +67,7 @@ def main() -> int:
         n = int(entries[end].body["step"]) - int(entries[start].body["step"])
         for j, i in enumerate(range(end - n, end)):
             b = entries[i].body
-            cs = [bytes.fromhex(b["batch"][q : q + 64]) for q in range(0, len(b["batch"]), 64)]
+            cs = ws.batch_of(entries[i])
             rows = [row_of[c] for c in cs]
             if sub is not None and j == sub:
                 rows[0] = int(rng.choice([r for r in all_train if r not in rows]))

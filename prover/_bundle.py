@@ -58,7 +58,6 @@ from verifiable_mu._seeds import derive_slices
 from verifiable_mu._sorted_tree import SortedTree
 
 from ._errors import BadInput, WorkspaceError
-from ._sisa import batch_commitments
 
 if TYPE_CHECKING:
     from ._workspace import Workspace
@@ -278,7 +277,7 @@ def write_bundle(
         for e in disclosed:
             if e.kind == "step" and int(e.body["generation"]) == 0:
                 original_stages.add((int(e.body["shard"]), int(e.body["stage"])))
-                original_used[int(e.body["shard"])] |= {bytes.fromhex(c) for c in batch_commitments(e.body["batch"])}
+                original_used[int(e.body["shard"])] |= set(ws.batch_of(e))
         entries = [e.to_json() for e in disclosed]
         proof = RangeProof(start=a, end=b, tree_size=size, path=tuple(range_path(log.mth, a, b, size)))
         runs.append({"entries": entries, "proof": proof.to_json()})
@@ -327,7 +326,7 @@ def write_bundle(
     for r in picked:
         for e in log.entries(min(max(0, r.end_index - r.steps), r.end_index), r.end_index):
             if e.kind == "step":
-                used_c |= {bytes.fromhex(c) for c in batch_commitments(e.body["batch"])}
+                used_c |= set(ws.batch_of(e))
     ds = ws.data
     rows = {c: (row, role, salt) for row, role, salt, c in db.execute("SELECT row, role, salt, commitment FROM p_records")}
 
@@ -395,7 +394,10 @@ def write_bundle(
     key_of = {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
     opened_c = used_c | deleted_c
     derived: set[str] = set()
-    for s, used in original_used.items():
+    # (A format-2 log lists no batches, so the verifier cannot tell which opened records a shard
+    # trained on before it has the slices: every such slice is listed.)
+    compact = int(log.entry(0).body["format"]) >= 2
+    for s, used in ({} if compact else original_used).items():
         sizes = [int(log.entry(1 + s * slices + j).body["size"]) for j in range(slices)]
         pairs = [(key_of[c], c) for c in used if c in opened_c]
         for j, tree in enumerate(derive_slices(seed_cfg, pairs, sizes)):

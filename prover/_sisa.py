@@ -101,6 +101,7 @@ class ShardTask:
     device: str
     threads: int
     checkpoint_every: int
+    log_format: int  # 2: step entries without batch lists (specs/06 section 5)
     store: str  # checkpoint directory every worker can read and write
     data_path: str  # the workspace's data.npz
     record: bool = True  # False: the same schedule without commitments, logging or checkpoints
@@ -114,6 +115,7 @@ class StepRecord:
     step: int
     seed: int
     body: bytes  # the step log entry's canonical JSON body, from step_body_json
+    rows: bytes = b""  # the batch's data rows, little-endian int32 (the prover's own record)
 
 
 def step_body_json(
@@ -125,7 +127,7 @@ def step_body_json(
     step: int,
     seed: int,
     lr_json: bytes,
-    batch_hex: bytes,
+    batch_hex: bytes | None,
     hints: Sequence[tuple[int, int, int]] | None = None,
 ) -> bytes:
     """The RFC 8785 bytes of a ``step`` log entry's body (specs/06-training.md section 5),
@@ -135,8 +137,9 @@ def step_body_json(
     hex, concatenated, which needs no escaping. Tests check the output against
     :func:`verifiable_mu._canonical.canonical_json`."""
     hints_json = b"" if hints is None else b'"hints":[%s],' % b",".join(b"[%d,%d,%d]" % h for h in hints)
-    return b'{"batch":"%s","epoch":%d,"generation":%d,%s"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
-        batch_hex,
+    batch_json = b"" if batch_hex is None else b'"batch":"%s",' % batch_hex
+    return b'{%s"epoch":%d,"generation":%d,%s"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
+        batch_json,
         epoch,
         generation,
         hints_json,
@@ -282,10 +285,10 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                         step=step - 1,
                         seed=seed,
                         lr_json=lr_json,
-                        batch_hex=commits[idx].tobytes(),
+                        batch_hex=commits[idx].tobytes() if task.log_format == 1 else None,
                         hints=hints if hyper.portable else None,
                     )
-                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body))
+                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body, rows[idx].astype("<i4").tobytes()))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
                         ck = _finite(checkpoint_from_model(model, momentum), task, st.stage, step)
                         res.checkpoints.append((step, save_checkpoint(ck, task.store)))

@@ -52,9 +52,6 @@ __all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMA
 
 FORMAT_VERSION = 2  # 2: the config may name its arithmetic; version 1 workspaces are float32
 _READS_VERSIONS = (1, 2)
-#: The log's config ``format`` (specs/06 section 5): 1 float32 steps, 2 portable-v1 steps with hints.
-LOG_FORMAT_FLOAT32 = 1
-LOG_FORMAT_PORTABLE = 2
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 #: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
 AUTO_PARALLEL_STEPS = 20_000
@@ -91,6 +88,10 @@ class WorkspaceConfig:
     #: "float32" (replay is bit-exact on the same platform only) or "portable" (float64 gradients
     #: rounded to a grid with logged hints: bit-exact on any platform; specs/06 section 3a)
     arithmetic: str = "float32"
+    #: the log's format (specs/06 section 5): 2, step entries carry no batch list (the committed
+    #: order fixes every batch); 1, the earlier format whose step entries list their batch (kept
+    #: for logs written before, and for tests that forge batch lists)
+    log_format: int = 2
 
     def __post_init__(self) -> None:
         checks = [
@@ -106,6 +107,8 @@ class WorkspaceConfig:
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.arithmetic in ("float32", "portable"), "--arithmetic must be float32 or portable"),
+            (self.log_format in (1, 2), "the log format must be 1 or 2"),
+            (self.log_format == 2 or self.arithmetic == "float32", "portable arithmetic needs log format 2"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -133,7 +136,7 @@ class WorkspaceConfig:
             "momentum": repr(float(self.momentum)),
             "weight_decay": repr(float(self.weight_decay)),
             "batch_size": self.batch_size,
-            **({"arithmetic": "portable-v1"} if self.portable else {}),
+            **({"arithmetic": "portable-v1" if self.portable else "float32"} if self.log_format == 2 else {}),
         }
 
     @property
@@ -179,6 +182,7 @@ CREATE TABLE IF NOT EXISTS p_slices(
     size INTEGER NOT NULL, log_index INTEGER NOT NULL, PRIMARY KEY(shard, slice, generation));
 CREATE TABLE IF NOT EXISTS p_shards(
     shard INTEGER PRIMARY KEY, generation INTEGER NOT NULL, target_from INTEGER);
+CREATE TABLE IF NOT EXISTS p_batches(idx INTEGER PRIMARY KEY, rows BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS p_requests(
     n INTEGER PRIMARY KEY, ids TEXT NOT NULL, status TEXT NOT NULL, deletion_index INTEGER NOT NULL,
     size_before INTEGER NOT NULL, head_before BLOB NOT NULL, started REAL NOT NULL, seconds REAL,
@@ -213,6 +217,7 @@ class Workspace:
         self._lock_fd = lock_fd
         self._data: Dataset | None = None
         self._platform_cache: dict[str, Any] | None = None
+        self._commit_of_row: dict[int, bytes] | None = None
         self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
 
@@ -469,7 +474,7 @@ class Workspace:
                 (
                     "config",
                     {
-                        "format": LOG_FORMAT_PORTABLE if cfg.portable else LOG_FORMAT_FLOAT32,
+                        "format": cfg.log_format,
                         "shards": cfg.shards,
                         "slices": cfg.slices,
                         "epochs": cfg.epochs,
@@ -597,12 +602,25 @@ class Workspace:
             device=self._device(),
             threads=cfg.threads,
             checkpoint_every=cfg.checkpoint_every,
+            log_format=cfg.log_format,
             store=self.store,
             data_path=self.data_path,
             record=record,
             # A float32 log replays bit for bit only on its own platform; a portable one anywhere.
             platform=self._logged_platform() if record and not cfg.portable else None,
         )
+
+    def batch_of(self, entry: Any) -> list[bytes]:
+        """The record commitments of a step entry's batch, in batch order: listed in a format-1
+        entry, else from the prover's own table of batch rows."""
+        if "batch" in entry.body:
+            return [bytes.fromhex(c) for c in _sisa.batch_commitments(entry.body["batch"])]
+        got = self._db().execute("SELECT rows FROM p_batches WHERE idx=?", (entry.index,)).fetchone()
+        if got is None:
+            raise WorkspaceError(f"the prover has no batch for step entry {entry.index}: the workspace is damaged")
+        if self._commit_of_row is None:
+            self._commit_of_row = dict(self._db().execute("SELECT row, commitment FROM p_records"))
+        return [self._commit_of_row[int(r)] for r in np.frombuffer(got[0], dtype="<i4")]
 
     def _logged_platform(self) -> dict[str, Any]:
         """The ``platform`` of the workspace's logged config (entry 0)."""
@@ -654,6 +672,10 @@ class Workspace:
             rng = log.append_many(items)
             kinds = [k for k, _ in items]
             step_idx = [rng.start + i for i, k in enumerate(kinds) if k == "step"]
+            # The prover's own record of each step's batch (data rows): the log's format-2 step
+            # entries do not list it, and bundles and rollbacks need it.
+            db.executemany("INSERT OR REPLACE INTO p_batches(idx, rows) VALUES(?,?)",
+                           zip(step_idx, (s.rows for s in res.steps), strict=True))  # fmt: skip
             first, last = (step_idx[0], step_idx[-1]) if step_idx else (None, None)
             end_step, end_digest = res.checkpoints[-1]
             ckpt_index = rng.start + len(items) - 1
@@ -933,7 +955,7 @@ class Workspace:
             hexc = commitment.hex()
             found = None
             for e in self._log.entries(first, last + 1):
-                if e.kind == "step" and hexc in _sisa.batch_commitments(e.body["batch"]):
+                if e.kind == "step" and commitment in self.batch_of(e):
                     found = e.index
                     break
             if found is None:

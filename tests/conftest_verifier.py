@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -93,13 +94,29 @@ def build_honest(root: str, **config: Any) -> Honest:
                   trained_dir=trained_dir)
 
 
+#: Extra WorkspaceConfig fields of the cached honest workspaces (the golden generator sets it).
+HONEST_CONFIG: dict[str, Any] = {}
+
+
 def honest() -> Honest:
     if "h" in _CACHE:
         return _CACHE["h"]
     root = tempfile.mkdtemp(prefix="vmu-verifier-tests-")
     atexit.register(shutil.rmtree, root, True)
-    h = build_honest(root)
+    h = build_honest(root, **HONEST_CONFIG)
     _CACHE["h"] = h
+    return h
+
+
+def honest_v1() -> Honest:
+    """The honest workspace in log format 1, whose step entries list their batches: what the
+    cheaters that log batches of their own choosing need (format 2 cannot express them)."""
+    if "h1" in _CACHE:
+        return _CACHE["h1"]
+    root = tempfile.mkdtemp(prefix="vmu-verifier-tests-v1-")
+    atexit.register(shutil.rmtree, root, True)
+    h = build_honest(root, log_format=1, **HONEST_CONFIG)
+    _CACHE["h1"] = h
     return h
 
 
@@ -256,7 +273,7 @@ def resign_members(h: Honest, members: dict[str, bytes], mutate_predicate: Calla
 
 
 def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, substitute: dict[int, tuple[int, str]] | None = None,
-                  noise: float = 0.0) -> bytes:
+                  noise: float = 0.0, indices: list[int] | None = None) -> bytes:
     """Run logged step bodies from a stored checkpoint; save and return the end digest.
 
     ``substitute[j] = (pos, commitment_hex)`` trains step ``j`` with the record of that commitment
@@ -278,7 +295,11 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     ds = ws.data
     row_of = {c: r for r, c in ws._db().execute("SELECT row, commitment FROM p_records")}
     for j, st in enumerate(steps):
-        batch = [st["batch"][i : i + 64] for i in range(0, len(st["batch"]), 64)]
+        if "batch" in st:
+            batch = [st["batch"][i : i + 64] for i in range(0, len(st["batch"]), 64)]
+        else:  # a format-2 step: the prover's own record of the batch (log indices as logged)
+            assert indices is not None, "a format-2 step needs its log index"
+            batch = [c.hex() for c in ws.batch_of(SimpleNamespace(index=indices[j], body=st))]
         if substitute and j in substitute:
             pos, c = substitute[j]
             batch[pos] = c
@@ -357,7 +378,8 @@ def cheat(ctx: ForgeContext, plan: dict[int, dict[str, Any]]) -> dict[int, str]:
             n = int(b["step"]) - int(entries[s][1]["step"])
             steps = [entries[j][1] for j in range(i - n, i)]
             assert all(entries[j][0] == "step" for j in range(i - n, i))
-            new = train_segment(ctx.ws, bytes.fromhex(entries[s][1]["digest"]), steps, **plan.get(i, {})).hex()
+            new = train_segment(ctx.ws, bytes.fromhex(entries[s][1]["digest"]), steps, indices=list(range(i - n, i)),
+                                **plan.get(i, {})).hex()
         if new != b["digest"]:
             changed[i] = new
             old_to_new[b["digest"]] = new

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest_verifier import bundle_for, cheat, forge, honest, skip_retraining
+from conftest_verifier import bundle_for, cheat, forge, honest, honest_v1, skip_retraining
 
 from verifiable_mu._sampling import escape_probability
 from verifier import VerifyOptions, verify
@@ -31,8 +31,10 @@ def _entries_of(ctx: Any, kind: str, **m: Any) -> list[int]:
     return [i for i, (k, b) in enumerate(ctx.entries) if k == kind and all(b.get(x) == y for x, y in m.items())]
 
 
-def _forge_keep(mutate: Any) -> tuple[str, dict[str, Any]]:
-    h = honest()
+def _forge_keep(mutate: Any, *, v1: bool = False) -> tuple[str, dict[str, Any]]:
+    """Forge a copy of the honest workspace (``v1``: the format-1 one, for cheaters that log
+    batches of their own choosing, which format 2 cannot express)."""
+    h = honest_v1() if v1 else honest()
     keep: list[str] = []
     state: dict[str, Any] = {}
 
@@ -142,7 +144,7 @@ def test_cheater_d_chooses_its_own_batches_always_caught() -> None:
         assert target in changed
         return {"forged": {target}}
 
-    ws_dir, st = _forge_keep(mutate)
+    ws_dir, st = _forge_keep(mutate, v1=True)
     for v in _challenges_verdicts(ws_dir, st["forged"]):
         assert v.exit_code == 1 and v.failed_step == 14, repr(v.failure)
         assert type(v.failure).__name__ == "BatchNotCommitted" and "committed batch" in str(v.failure)

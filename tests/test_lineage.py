@@ -21,7 +21,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from conftest_verifier import SLICES, bundle_for, cheat, forge, honest, lineage_map, members_of, rezip, trained_copy
+from conftest_verifier import (
+    SLICES,
+    bundle_for,
+    cheat,
+    forge,
+    honest,
+    honest_v1,
+    lineage_map,
+    members_of,
+    rezip,
+    trained_copy,
+)
 
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifier import VerifyOptions, verify
@@ -132,7 +143,7 @@ def test_cheater_trains_deleted_record_in_another_shard() -> None:
         assert end in cheat(ctx, {end: {}})  # B honestly trained on the logged batch, X included
         state["forged"] = end
 
-    forge(honest(), mutate, keep=keep, replay=1)
+    forge(honest_v1(), mutate, keep=keep, replay=1)  # format 1: the cheater logs B's batch with X in it
     ws_dir = keep[0]
     _verify_all(ws_dir, step=14, error="BatchNotCommitted", match="committed batch", replay=10_000)
     # A small sample: rejected exactly when the forged segment is drawn, at step 14.

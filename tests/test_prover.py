@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from prover import BadInput, Workspace, WorkspaceConfig, WorkspaceLocked, from_arrays, load_digits_dataset
-from prover._sisa import batch_commitments
 from prover.cli import main as vmu_main
 from tests._transcript_check import check_transcript
 from tests.conftest import ROOT, SMALL
 from verifiable_mu import MalformedKey, SigningKey
+from verifiable_mu._canonical import canonical_json
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -45,7 +45,7 @@ def _forget_and_check(path: str, ids: list[str]) -> dict:
         for sh in pred["shards"]:
             for e in ws.log.entries(int(sh["retraining"]["start"]), int(sh["retraining"]["end"])):
                 if e.kind == "step":
-                    assert not deleted & set(batch_commitments(e.body["batch"]))
+                    assert not deleted & {c.hex() for c in ws.batch_of(e)}
         assert ws.log.check_integrity() == ws.log.size
         return pred
 
@@ -77,9 +77,13 @@ def test_train_commits_everything_before_the_first_step(trained_template: str) -
         for k in ("seed", "hyper", "platform", "model", "stage_epochs"):
             assert k in cfg
         assert cfg["platform"]["threads"] == 1
-        # every step carries its seed, learning rate and batch manifest
+        # every step carries its seed and learning rate; in format 2 no batch list (the committed
+        # order fixes it), and the prover keeps its own record of the batch
+        assert cfg["format"] == 2 and cfg["hyper"]["arithmetic"] == "float32"
         for e in ws.log.entries(first_step, first_step + 5):
-            assert e.kind == "step" and {"seed", "lr", "batch", "step"} <= set(e.body)
+            assert e.kind == "step" and {"seed", "lr", "step"} <= set(e.body) and "batch" not in e.body
+            assert 0 < len(ws.batch_of(e)) <= ws.config.batch_size
+        assert len(canonical_json(ws.log.entry(first_step).body)) < 200
         assert ws.trained and ws.log.check_integrity() == ws.log.size
         key_mode = stat.S_IMODE(os.stat(os.path.join(ws.path, "signing-key.pem")).st_mode)
         assert key_mode == 0o600

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest_verifier import SLICES, Honest, forge, honest, members_of, resign_members, rezip
+from conftest_verifier import SLICES, Honest, forge, honest, honest_v1, members_of, resign_members, rezip
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._keys import SigningKey
@@ -181,7 +181,7 @@ def _corrupt_absence(m: dict[str, bytes]) -> None:
     m["slices/absence.json"] = json.dumps(d).encode()
 
 
-def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
+def _original_slice_records_missing(h: Honest, *, compact: bool = False) -> tuple[bytes, VerifyOptions]:
     """Every segment disclosed, but one opening of the last slice of a shard no request retrains
     is withheld: that slice can neither be rebuilt from the openings nor is it listed, so the
     batches of its shard's last stage cannot be recomputed (its absence proof is supplied)."""
@@ -190,6 +190,7 @@ def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
     from prover import Workspace
     from verifiable_mu._sorted_tree import SortedTree
 
+    h = h if compact else honest_v1()
     m = members_of(bundle_for(h.ws_dir, replay=10_000)[0])
     runs = json.loads(m["log/entries.json"])["runs"]
     affected = {s for r in runs for e in r["entries"] if e["kind"] == "deletion" for s in e["body"]["shards"]}
@@ -200,13 +201,17 @@ def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
                                   (shard, SLICES - 1)).fetchall())
         keys = [k for (k,) in db.execute("SELECT key FROM p_records WHERE deleted_by IS NOT NULL")]
     tree = SortedTree.build(pairs)
-    assert f"slices/{tree.root.hex()}.records" not in m
-    op = json.loads(m["records/openings.json"])
-    from verifiable_mu._records import RecordOpening
+    name = f"slices/{tree.root.hex()}.records"
+    if compact:  # format 2 lists every slice a disclosed step needs: leave this one out
+        del m[name]
+    else:  # format 1 rebuilds it from the openings: withhold one
+        assert name not in m
+        op = json.loads(m["records/openings.json"])
+        from verifiable_mu._records import RecordOpening
 
-    withheld = pairs[0][1]
-    op["training"] = [o for o in op["training"] if RecordOpening.from_json(o).commitment() != withheld]
-    m["records/openings.json"] = json.dumps(op).encode()
+        withheld = pairs[0][1]
+        op["training"] = [o for o in op["training"] if RecordOpening.from_json(o).commitment() != withheld]
+        m["records/openings.json"] = json.dumps(op).encode()
     doc = json.loads(m["slices/absence.json"])
     doc["slices"].append({"root": tree.root.hex(), "proof": tree.absence_proof(keys).to_json()})
     m["slices/absence.json"] = json.dumps(doc).encode()
@@ -274,6 +279,24 @@ def _flip_hex(s: str) -> str:
 
 
 # --- forgeries -------------------------------------------------------------------------------
+
+
+def _forged_v1(mutate: Any, **opts: Any) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
+    """A forgery of batch lists: made from the format-1 honest workspace (format 2 lists none)."""
+
+    def make(h: Honest) -> tuple[bytes, VerifyOptions]:
+        return forge(honest_v1(), mutate), _opts(**opts)
+
+    return make
+
+
+def _f_batch_listed(ctx: Any) -> None:
+    """A format-2 step entry that lists a batch anyway (its own, committed one)."""
+    from types import SimpleNamespace
+
+    i = _retrain_steps(ctx)[0]
+    batch = ctx.ws.batch_of(SimpleNamespace(index=i, body=ctx.entries[i][1]))
+    ctx.entries[i][1]["batch"] = "".join(c.hex() for c in batch)
 
 
 def _forged(mutate: Any = None, pred: Any = None, **opts: Any) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
@@ -436,7 +459,7 @@ def _original_batches_swapped(h: Honest) -> tuple[bytes, VerifyOptions]:
         bi, bj = ctx.entries[i][1], ctx.entries[j][1]
         bi["batch"], bj["batch"] = bj["batch"][:64] + bi["batch"][64:], bi["batch"][:64] + bj["batch"][64:]
 
-    return forge(h, mutate, replay=10_000), _opts()
+    return forge(honest_v1(), mutate, replay=10_000), _opts()
 
 
 def _p_generation_skips(n: int, pred: dict[str, Any], disclose: Any) -> None:
@@ -498,8 +521,9 @@ def _fabricated_last_segment(h: Honest) -> tuple[bytes, VerifyOptions]:
         body = ctx.entries[ck][1]
         start = max(j for j in _find(ctx.entries, "checkpoint", shard=body["shard"]) if j < d2 and
                     ctx.entries[j][1]["stage"] == body["stage"] - 1)
-        steps = [ctx.entries[j][1] for j in range(d2, ck) if ctx.entries[j][0] == "step"]
-        new = train_segment(ctx.ws, bytes.fromhex(ctx.entries[start][1]["digest"]), steps, noise=1e-3)
+        idx = [j for j in range(d2, ck) if ctx.entries[j][0] == "step"]
+        steps = [ctx.entries[j][1] for j in idx]
+        new = train_segment(ctx.ws, bytes.fromhex(ctx.entries[start][1]["digest"]), steps, noise=1e-3, indices=idx)
         old = body["digest"]
         body["digest"] = new.hex()
         mb = ctx.entries[m2][1]
@@ -677,17 +701,21 @@ CASES: dict[str, Case] = {
     "step_12_rollback_to_stale_generation": Case(12, 1, "OrderingViolation", "current lineage", _p_stale_rollback),
     # 13. schedule
     "step_13_step_seed": Case(13, 1, "ScheduleViolation", "seed", _forged(_f_seed)),
-    "step_13_short_batch": Case(13, 1, "ScheduleViolation", "batch of", _forged(_f_short_batch)),
+    "step_13_short_batch": Case(13, 1, "ScheduleViolation", "batch of", _forged_v1(_f_short_batch)),
+    "step_13_batch_listed_in_format_2": Case(13, 1, "ScheduleViolation", "lists a batch, which a format-2 log",
+                                             _forged(_f_batch_listed)),
     "step_13_checkpoint_counter": Case(13, 1, "ScheduleViolation", "expected stage", _forged(_f_ckpt_step)),
     "step_13_original_lineage_gap": Case(13, 1, "ScheduleViolation", "committed schedule",
                                          _edit_json("manifest.json", lambda d: d["original"][0]["checkpoints"].pop(1))),
     # 14. clean manifests
     "step_14_deleted_record_in_retraining": Case(14, 1, "ManifestContainsDeleted", "uses deleted record",
-                                                 _forged(_f_dirty_manifest)),
+                                                 _forged_v1(_f_dirty_manifest)),
     "step_14_batch_not_committed": Case(14, 1, "BatchNotCommitted", "does not train on its committed batch",
-                                        _forged(_f_swap_batches)),
+                                        _forged_v1(_f_swap_batches)),
     "step_14_original_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
                                                    _original_slice_records_missing),
+    "step_14_original_slice_list_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
+                                                 lambda h: _original_slice_records_missing(h, compact=True)),
     "step_14_original_step_misplaced": Case(14, 1, "ScheduleViolation", "is not where the shard's lineage has its step",
                                             _misplaced_original_step),
     "step_14_original_batch_not_committed": Case(14, 1, "BatchNotCommitted", "original training of shard 1.*committed batch",

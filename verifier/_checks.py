@@ -390,9 +390,14 @@ def _check_step(v: Verification, st: StepBody, lin: _Lineage, counter: int, what
     if st.epoch != epoch:
         raise ScheduleViolation(f"{what}: step entry {st.index} is in epoch {st.epoch}, expected {epoch}")
     want = min(cfg.batch_size, n - b * cfg.batch_size)
-    if len(st.batch) != want:
+    if cfg.compact != (st.batch is None):
+        raise ScheduleViolation(
+            f"{what}: step entry {st.index} " + ("lists a batch, which a format-2 log's steps do not" if cfg.compact
+                                                 else "lacks its batch list, which a format-1 log's steps carry")
+        )  # fmt: skip
+    if st.batch is not None and len(st.batch) != want:
         raise ScheduleViolation(f"{what}: step entry {st.index} has a batch of {len(st.batch)} records, expected {want}")
-    if len(set(st.batch)) != len(st.batch):
+    if st.batch is not None and len(set(st.batch)) != len(st.batch):
         raise ScheduleViolation(f"{what}: step entry {st.index} uses a record twice in one batch")
     if st.lr != cfg.lr:
         raise ScheduleViolation(f"{what}: step entry {st.index} logs learning rate {st.lr}, the config says {cfg.lr}")
@@ -401,15 +406,38 @@ def _check_step(v: Verification, st: StepBody, lin: _Lineage, counter: int, what
         raise ScheduleViolation(f"{what}: step entry {st.index} has seed {st.seed}, the committed derivation gives {seed}")
 
 
-def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> None:
-    """A retraining step that passed :func:`_check_step` trains on exactly the batch the committed
-    seed and the stage's slice records fix (step 14; step 17 again for sampled retraining steps)."""
+def _committed_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> tuple[bytes, ...]:
+    """The batch the committed seed and the stage's slice records fix for a step that passed
+    :func:`_check_step` (its position: batch ``b`` of epoch ``st.epoch`` of its stage)."""
     cfg = v.config
     assert cfg is not None
     j = st.step - lin.stage_base[st.stage]
     b = j - st.epoch * -(-lin.stage_n[st.stage] // cfg.batch_size)
     order = _epoch_order(v, lin, st.stage, st.epoch, what)
-    if tuple(st.batch) != order[b * cfg.batch_size : (b + 1) * cfg.batch_size]:
+    return order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+
+
+def _batch_of(v: Verification, st: StepBody, what: str) -> tuple[bytes, ...]:
+    """A step's batch: listed in a format-1 entry; recomputed from the committed order for a
+    format-2 entry, whose lineage steps 11-13 have built (specs/06 section 5)."""
+    if st.batch is not None:
+        return st.batch
+    lin = next((x for x in v.lineages if (x.shard, x.generation) == (st.shard, st.generation)), None)
+    if lin is None or st.stage not in lin.stage_base:
+        raise ScheduleViolation(f"{what}: step entry {st.index} (shard {st.shard}, generation {st.generation}, stage "
+                                f"{st.stage}) lies in no lineage the bundle establishes")
+    return _committed_batch(v, st, lin, what)
+
+
+def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> None:
+    """A step that passed :func:`_check_step` trains on exactly the batch the committed seed and
+    the stage's slice records fix (step 14; step 17 again for sampled steps). A format-2 step has
+    no other batch: this checks that the bundle holds the slice records that fix it."""
+    committed = _committed_batch(v, st, lin, what)
+    if st.batch is not None and tuple(st.batch) != committed:
+        cfg = v.config
+        assert cfg is not None
+        b = st.step - lin.stage_base[st.stage] - st.epoch * -(-lin.stage_n[st.stage] // cfg.batch_size)
         raise BatchNotCommitted(
             f"{what}: step entry {st.index} does not train on its committed batch (batch {b} of epoch {st.epoch} of "
             f"stage {st.stage}, fixed by the committed seed and the stage's slice records)"
@@ -754,7 +782,7 @@ def _derive_original_slices(v: Verification) -> None:
     for e in v.entries.values():
         if e.kind == "step":
             st = StepBody.parse(e)
-            if st.generation == 0:
+            if st.generation == 0 and st.batch is not None:  # format 2: the bundle lists the slices instead
                 used.setdefault(st.shard, set()).update(st.batch)
     for s, commits in used.items():
         if not 0 <= s < cfg.shards:
@@ -946,7 +974,7 @@ def _step_12(v: Verification) -> None:
             fu = _claimed(StepBody.parse, r.first_use.entry, f"{w} records[{i}] first_use", OrderingViolation)
             sc = next(x for x in t.shards if x.shard == r.shard)
             rb = _claimed(CheckpointBody.parse, sc.rollback.entry, f"{w} shard {sc.shard} rollback", OrderingViolation)
-            if r.commitment not in fu.batch:
+            if r.commitment not in _batch_of(v, fu, f"{w} records[{i}] first_use"):
                 raise OrderingViolation(f"{w}: the first-use step {fu.index} does not use record {r.commitment.hex()[:16]}")
             if fu.shard != r.shard or fu.stage != r.slice + 1:
                 raise OrderingViolation(f"{w}: record {r.commitment.hex()[:16]} of slice {r.slice} is first used in "
@@ -1028,7 +1056,7 @@ def _step_14(v: Verification) -> None:
                 e = v.entries[i]
                 if e.kind == "step":
                     st = StepBody.parse(e)
-                    bad = deleted.intersection(st.batch)
+                    bad = deleted.intersection(_batch_of(v, st, w))
                     if bad:
                         raise ManifestContainsDeleted(
                             f"request {t.request}: retraining step entry {i} of shard {sc.shard} uses deleted record "
@@ -1221,7 +1249,7 @@ def _step_17(v: Verification) -> None:
             st = StepBody.parse(_entry(v, idx, w))
             _check_step(v, st, lin, r.start_step + j, w)
             _check_batch(v, st, lin, w)  # original training too: its slices' records are in the bundle
-            for rec in st.batch:
+            for rec in _batch_of(v, st, w):
                 if rec not in v.openings:
                     raise SegmentMissing(f"{w}: the bundle does not open record {rec.hex()[:16]}... used by step {idx}")
         for idx in (r.start_index, r.end_index):
@@ -1247,7 +1275,7 @@ def _step_18(v: Verification) -> None:
         end = CheckpointBody.parse(v.entries[r.end_index])
         work.append(_replay.SegmentWork(
             ref=r,
-            steps=tuple((s.seed, s.batch) for s in steps),
+            steps=tuple((s.seed, _batch_of(v, s, "replay")) for s in steps),
             hints=tuple(s.hints for s in steps),
             start_file=b.checkpoints[start.digest],
             start_digest=start.digest,
@@ -1295,7 +1323,7 @@ def _step_19(v: Verification) -> None:
     for e in v.entries.values():
         if e.kind == "step":
             st = StepBody.parse(e)
-            for c in st.batch:
+            for c in _batch_of(v, st, "residual"):
                 retained_shard.setdefault(c, st.shard)
     retained = [o for o in op.training if o.commitment() in retained_shard and o.commitment() not in shard_of]
 

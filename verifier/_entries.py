@@ -122,6 +122,7 @@ class ConfigBody:
     platform: dict[str, Any]
     n_train: int
     portable: bool = False
+    compact: bool = False  # format 2: step entries carry no batch list (specs/06 section 5)
 
     @classmethod
     def parse(cls, e: LogEntry) -> ConfigBody:
@@ -134,15 +135,15 @@ class ConfigBody:
         )
         fmt = b.d["format"]
         if fmt not in (1, 2) or type(fmt) is not int:
-            raise UnsupportedVersion(f"{what}: log format {str(fmt)[:20]!r} is not supported (1: float32, 2: portable-v1)")
+            raise UnsupportedVersion(f"{what}: log format {str(fmt)[:20]!r} is not supported (only 1 and 2)")
         if b.d["assignment"] != "sha256-rank-v1":
             raise UnsupportedVersion(f"{what}: assignment {str(b.d['assignment'])[:40]!r} is not supported")
         hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"}, {"arithmetic"})
         arithmetic = hyper.d.get("arithmetic")
-        if (fmt, arithmetic) not in ((1, None), (2, "portable-v1")):
+        if (fmt, arithmetic) not in ((1, None), (2, "float32"), (2, "portable-v1")):
             raise UnsupportedVersion(
                 f"{what}: log format {fmt} with arithmetic {str(arithmetic)[:40]!r} is not supported (format 1 has "
-                "no arithmetic field and float32 steps; format 2 has arithmetic 'portable-v1')"
+                "no arithmetic field and float32 steps; format 2 has arithmetic 'float32' or 'portable-v1')"
             )
         for k in ("lr", "momentum", "weight_decay"):
             _float_str(hyper, k)
@@ -178,7 +179,8 @@ class ConfigBody:
             hyper=hyper.d,
             platform=platform.d,
             n_train=b.int("n_train", 0, 2**40),
-            portable=fmt == 2,
+            portable=arithmetic == "portable-v1",
+            compact=fmt == 2,
         )
 
 
@@ -261,16 +263,16 @@ class StepBody:
     step: int
     seed: int
     lr: str
-    batch: tuple[bytes, ...]
+    batch: tuple[bytes, ...] | None  # format 1 only; format 2's batches follow from the committed order
     hints: tuple[tuple[int, int, int], ...] | None = None  # portable-v1 steps only
 
     @classmethod
     def parse(cls, e: LogEntry) -> StepBody:
-        b = _Body(_expect(e, "step"), e.body, {"shard", "generation", "stage", "epoch", "step", "seed", "lr", "batch"},
-                  {"hints"})
+        b = _Body(_expect(e, "step"), e.body, {"shard", "generation", "stage", "epoch", "step", "seed", "lr"},
+                  {"hints", "batch"})
         return cls(index=e.index, shard=b.int("shard"), generation=b.int("generation"), stage=b.int("stage"),
                    epoch=b.int("epoch"), step=b.dec("step"), seed=b.dec("seed"), lr=b.str("lr", 64),
-                   batch=_batch(b), hints=_hints(b) if "hints" in b.d else None)
+                   batch=_batch(b) if "batch" in b.d else None, hints=_hints(b) if "hints" in b.d else None)
 
 
 #: At most this many rounding hints in one step (an honest step has about one per 2^13 gradient
