@@ -285,7 +285,7 @@ def test_report_json_is_canonical_and_complete(synth: dict[str, Any]) -> None:
     rep = residual_tests(**kwargs(synth))
     j = rep.to_json()
     canonical_json(j)  # no NaN, no infinity
-    assert j["type"] == "vmu.residual-report" and j["version"] == 1
+    assert j["type"] == "vmu.residual-report" and j["version"] == 2
     assert j["verdict"] == "pass" and j["correction"] == "holm"
     assert j["n"] == {"deleted": 40, "audit": N_AUDIT, "retained": len(synth["retained"])}
     assert [r["attack"] for r in j["post"]] == list(ATTACKS) == [r["attack"] for r in j["pre"]]
