@@ -2,9 +2,14 @@
 
 After an honest deletion the deleted records must look like records the model never saw. This
 module scores every deleted record, every record of the audit set (committed at training time,
-never trained on) and a sample of retained training records with four attacks, compares deleted
-against audit with a one-sided Mann-Whitney test per attack, corrects the family with Holm's
-procedure, and runs the same attacks against the pre-deletion models as a positive control:
+never trained on) and a sample of retained training records with four attacks, and compares each
+deleted record with audit records *of its own label*, attacked on the same shard: a stratified
+permutation test (strata = label x shard; aligned ranks; exact enumeration when the strata admit
+few arrangements, else Monte Carlo re-labellings shared by all attacks), the family corrected by
+the Westfall-Young step-down maxT over the same re-labellings. A deletion correlated with the label
+(one person's photos, one class) therefore meets never-seen records of its kind under the null,
+and how the deletion was split into requests does not enter. The same attacks against the
+pre-deletion models are the positive control:
 
 * ``loss`` (Yeom et al. 2018): log-probability of the true class under the aggregated model.
 * ``confidence`` (Salem et al. 2019): negative entropy of the aggregated model's prediction.
@@ -15,10 +20,12 @@ procedure, and runs the same attacks against the pre-deletion models as a positi
   probability on the shard constituent over its mean on the references (offline parameter a = 1),
   turned into the fraction of audit-set records it dominates.
 
-Only lira and rmia decide (Holm over the two); loss and confidence are reported. Verdicts:
-``fail`` when a deciding attack's adjusted p-value on the post-deletion models is at most
-alpha; otherwise ``inconclusive`` when the positive control does not reject at the same alpha and
-correction ("power too low"), or cannot run; otherwise ``pass``.
+Only lira and rmia decide; loss and confidence are reported. Verdicts: ``fail`` when a deciding
+attack's adjusted p-value on the post-deletion models is at most alpha; ``inconclusive`` ("too few
+references or records") when no calibrated attack can run, no audit record shares a label with the
+deleted records, or even a complete separation could not reach alpha; ``inconclusive`` ("power
+too low") when the positive control does not reject, or the test after deletion could not see an
+effect as large as the control's; otherwise ``pass``.
 
 Models come in as callables ``predict_proba(X) -> (n, k)`` array of class probabilities; this
 module needs numpy, scipy and scikit-learn's metrics only and never imports torch itself.
@@ -46,6 +53,10 @@ __all__ = [
     "ResidualReport",
     "residual_tests",
     "holm",
+    "allocate_audit",
+    "matched_auc",
+    "Permutations",
+    "Calibration",
     "bootstrap_metrics",
     "tpr_at_fpr",
     "auc_score",
@@ -55,15 +66,19 @@ RESIDUAL_REPORT_TYPE = "vmu.residual-report"
 RESIDUAL_REPORT_VERSION = 2
 CORRECTION = "westfall-young step-down maxT over the shared permutations"
 TEST_DESCRIPTION = (
-    "stratified permutation test, one-sided: deleted records against audit records of the same label "
-    "attacked on the same shard (label-matched AUC)"
+    "own-shard rank test, one-sided and exact: is each deleted record's own shard constituent more confident on "
+    "it than its sibling constituents, beyond the uniform rank every constituent has for a record none of them "
+    "saw (lira and rmia: stratified permutation test against audit records of the same label, reported)"
 )
-ATTACKS = ("loss", "confidence", "lira", "rmia")
+ATTACKS = ("loss", "confidence", "lira", "rmia", "shard")
 # The decision family: attacks calibrated per example on reference models. The population attacks
 # (loss, confidence) are reported but do not decide: they measure how easy a record is, not
 # whether it was trained on, and fail honest deletions of easy records (specs/10-residual.md).
-DECISION_ATTACKS = ("lira", "rmia")
+DECISION_ATTACKS = ("shard",)
 ATTACK_INFO = {
+    "shard": "own-shard rank (SISA): rank of the record's own shard constituent among all constituents by the "
+    "rescaled logit of the true class; tested against the uniform rank every constituent has for a record none "
+    "of them saw (exact)",
     "loss": "Yeom et al. 2018: log-probability of the true class under the aggregated model (mean of softmax)",
     "confidence": "Salem et al. 2019: negative entropy of the aggregated model's prediction (label-free)",
     "lira": "offline LiRA (Carlini et al. 2022): shard constituent's rescaled logit of the true class, "
@@ -75,6 +90,10 @@ FPR_LEVELS = (0.01, 0.001)
 DEFAULT_RMIA_A = 1.0  # a < 1 favours records easy for every model: false alarms (spec)
 DEFAULT_GAMMA = 1.0
 CONTROL_POWER = 0.8
+# Policy: no "fail" (and no "pass") on fewer deleted records. The own-shard test is exact at any
+# size, but on a handful of records its verdict rests on where those few records happened to be
+# sharded, and records of one person or class share effects (specs/10-residual.md section 4).
+MIN_RECORDS = 10
 _TINY = 1e-300
 _MAX_RECORDS = 1_000_000
 
@@ -248,10 +267,12 @@ class Calibration:
     refs_per_record: int
     labels: tuple[int, ...]
     strata: tuple[tuple[int, int, int, int], ...]  # (label, shard, deleted, audit)
+    on_audit: bool = False  # the deciding attacks compare with audit records (else: own-shard test)
+    shards: int = 0
 
     @property
     def can_reject(self) -> bool:
-        return self.matched > 0 and self.smallest_p <= self.level
+        return self.matched >= MIN_RECORDS and self.smallest_p <= self.level
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -260,7 +281,9 @@ class Calibration:
             "smallest_p": _r(self.smallest_p),
             "level": _r(self.level),
             "can_reject": self.can_reject,
+            "min_records": MIN_RECORDS,
             "method": "exact" if self.exact else f"monte carlo, {self.n_perm} permutations",
+            "compared_with": "audit records of the same label" if self.on_audit else "the other shards' constituents",
             "references_per_record": self.refs_per_record,
             "labels": list(self.labels),
             "strata": [{"label": c, "shard": t, "deleted": k, "audit": n} for c, t, k, n in self.strata],
@@ -439,6 +462,15 @@ def _phase_scores(
         out["loss"] = np.log(np.maximum(agg[rows, y], _TINY))
     if "confidence" in attacks:
         out["confidence"] = (agg * np.log(np.maximum(agg, _TINY))).sum(axis=1)
+    if "shard" in attacks:
+        from scipy.stats import rankdata
+
+        # Rank of every constituent among all S for each record (midranks), scaled to [0, 1]: the
+        # record's score is its own shard's; "shard:null" keeps the S values it could have had.
+        ranks = np.asarray(rankdata(_rescaled_logit(P, y), axis=0, method="average"), dtype=np.float64)
+        cand = ((ranks - 1.0) / max(S - 1, 1)).T  # (n, S)
+        out["shard"] = cand[rows, target]
+        out["shard:null"] = cand
     if "lira" not in attacks and "rmia" not in attacks:
         return out
     py_all = _true_prob(P, y)  # (S, n)
@@ -673,6 +705,28 @@ class Permutations:
         return exact if self.exact else max(exact, 1.0 / (1 + self.n_perm))
 
 
+def own_shard_p(cand: np.ndarray, own: np.ndarray) -> float:
+    """Exact one-sided p-value of the own-shard test: ``cand`` (n, S) holds each deleted record's
+    scaled rank under every constituent, ``own`` the one of its own shard. Under H0 every
+    constituent is equally likely to be the record's own (none saw it; SISA assigns shards
+    uniformly), independently across records: P(sum of draws >= sum of ``own``), by convolution."""
+    S = cand.shape[1]
+    scale = 2 * max(S - 1, 1)  # midranks are multiples of 1/2, scaled ranks of 1/(2(S-1))
+    k = np.rint(cand * scale).astype(np.int64)
+    dist = np.ones(1)
+    for row in k:
+        pmf = np.bincount(row, minlength=scale + 1) / S
+        dist = np.convolve(dist, pmf)
+    obs = int(np.rint(own * scale).sum())
+    return float(min(1.0, dist[obs:].sum()))
+
+
+def own_shard_smallest_p(cand: np.ndarray) -> float:
+    """The smallest p-value the own-shard test can give these records: every record at its top."""
+    top = cand.max(axis=1, keepdims=True)
+    return float(np.prod((cand >= top - 1e-12).sum(axis=1) / cand.shape[1]))
+
+
 def matched_null_sd(strata: Strata) -> float:
     """Standard deviation of the matched AUC under H0 (no ties): strata independent, each AUC with
     variance (N_s + 1) / (12 k_s n_s), weighted by k_s / m."""
@@ -694,7 +748,7 @@ def matched_bootstrap(pos: np.ndarray, neg: np.ndarray, strata: Strata, n_boot: 
     if m == 0:
         return out + 0.5
     for i in strata.usable():
-        d, a = pos[strata.deleted[i]], neg[strata.audit[i]]
+        d, a = np.sort(pos[strata.deleted[i]]), np.sort(neg[strata.audit[i]])
         k, n = len(d), len(a)
         D = d[rng.integers(0, k, (n_boot, k))]
         A = np.sort(a[rng.integers(0, n, (n_boot, n))], axis=1)
@@ -730,17 +784,31 @@ def _evaluate(
     stat = {a: scores.get(f"{a}:ratio", scores[a]) for a in attacks}
     dists = [perms.distribution(stat[a][d_idx], stat[a][a_idx]) for a in attacks]
     ps = [perms.tail(perm, obs) for obs, perm in dists]
+    if "shard" in attacks:
+        ps[attacks.index("shard")] = own_shard_p(scores["shard:null"][d_idx], scores["shard"][d_idx])
     dec = [i for i, a in enumerate(attacks) if a in deciding]
     adj: list[float | None] = [None] * len(attacks)
-    for i, q in zip(dec, perms.max_t([dists[i] for i in dec]) if dec else [], strict=True):
+    # One shared re-labelling for the matched attacks: Westfall-Young; with the own-shard test
+    # (another null distribution) in the family: Holm, valid under any dependence.
+    shared = "shard" not in deciding
+    family = perms.max_t([dists[i] for i in dec]) if shared else holm([ps[i] for i in dec])
+    for i, q in zip(dec, family if dec else [], strict=True):
         adj[i] = q
     results = []
     ph = 0 if phase == "post" else 1
     for i, a in enumerate(attacks):
         s = scores[a]
         pos, neg = s[d_idx], s[a_idx]
-        boot = bootstrap_metrics(pos, neg, n_boot=n_boot, rng=np.random.default_rng([seed, i, ph]))
-        mboot = matched_bootstrap(stat[a][d_idx], stat[a][a_idx], strata, n_boot, np.random.default_rng([seed, i, ph, 2]))
+        # sorted first: the intervals do not depend on the order the records came in
+        boot = bootstrap_metrics(np.sort(pos), np.sort(neg), n_boot=n_boot, rng=np.random.default_rng([seed, i, ph]))
+        mrng = np.random.default_rng([seed, i, ph, 2])
+        if a == "shard":  # the mean own-shard score over resampled deleted records
+            own = np.sort(s[d_idx])
+            mboot = own[mrng.integers(0, len(own), (n_boot, len(own)))].mean(axis=1)
+            effect = float(own.mean())
+        else:
+            mboot = matched_bootstrap(stat[a][d_idx], stat[a][a_idx], strata, n_boot, mrng)
+            effect = matched_auc(stat[a][d_idx], stat[a][a_idx], strata)
 
         def ci(v: np.ndarray) -> tuple[float, float]:
             return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
@@ -752,7 +820,7 @@ def _evaluate(
                 phase=phase,
                 auc=auc_score(pos, neg),
                 auc_ci=ci(boot["auc"]),
-                matched_auc=matched_auc(stat[a][d_idx], stat[a][a_idx], strata),
+                matched_auc=effect,
                 matched_auc_ci=ci(mboot),
                 tpr_1pct=tpr_at_fpr(pos, neg, 0.01),
                 tpr_1pct_ci=ci(boot["tpr@0.01"]),
@@ -896,7 +964,9 @@ def residual_tests(
     n_refs = S - 1 + n_extra_used
     run_attacks = []
     for a in attacks:
-        if a == "lira" and n_refs < 2:
+        if a == "shard" and S < 2:
+            skipped.append((a, "needs at least 2 shard constituents, has 1"))
+        elif a == "lira" and n_refs < 2:
             skipped.append((a, f"needs at least 2 reference models per record, has {n_refs}"))
         elif a == "rmia" and n_refs < 1:
             skipped.append((a, "needs at least 1 reference model per record, has 0"))
@@ -912,10 +982,18 @@ def residual_tests(
     control = None if pre_models is None else any(r.reject for r in pre)
     level = alpha  # an adjusted p-value is never below the raw one: above alpha nothing rejects
     mde_level = alpha / max(1, len(deciding))  # Bonferroni: a lower bound on the power
-    mde = min(1.0, 0.5 + (_z(1 - mde_level) + _z(CONTROL_POWER)) * matched_null_sd(strata))
+    on_audit = "shard" not in deciding  # the own-shard test needs no audit record
+    if not on_audit:
+        level = alpha / len(deciding)  # Holm's first threshold
+        smallest = min(float(S) ** -nd if a == "shard" else perms.smallest_p() for a in deciding)
+        null_sd = math.sqrt((S + 1) / (12.0 * max(S - 1, 1) * nd))
+    else:
+        smallest, null_sd = perms.smallest_p(), matched_null_sd(strata)
+    mde = min(1.0, 0.5 + (_z(1 - mde_level) + _z(CONTROL_POWER)) * null_sd)
     calib = Calibration(
-        matched=strata.n_matched, unmatched=strata.unmatched, smallest_p=perms.smallest_p(), level=level,
-        exact=perms.exact, n_perm=n_perm, refs_per_record=n_refs,
+        matched=nd if not on_audit else strata.n_matched, unmatched=0 if not on_audit else strata.unmatched,
+        smallest_p=smallest, level=level, exact=perms.exact or not on_audit, n_perm=n_perm, refs_per_record=n_refs,
+        on_audit=on_audit, shards=S,
         labels=tuple(sorted({k[0] for k in strata.keys})),
         strata=tuple((k[0], k[1], len(d), len(a)) for k, d, a in zip(strata.keys, strata.deleted, strata.audit, strict=True)),
     )
@@ -944,8 +1022,20 @@ def residual_tests(
     )
 
 
+def _effect(r: AttackResult) -> str:
+    return "own-shard score" if r.attack == "shard" else "label-matched AUC"
+
+
 def _what_to_do(c: Calibration, alpha: float) -> str:
     labels = ", ".join(str(x) for x in c.labels)
+    if not c.on_audit:
+        need = math.ceil(math.log(1 / c.level) / math.log(max(c.shards, 2)))
+        return (
+            f"{c.matched} deleted record(s) of label(s) {labels} were each compared with their {c.refs_per_record} "
+            f"sibling constituents; to get a decision: verify more deleted records together (at least "
+            f"{max(need, MIN_RECORDS)}, more for small effects) or use more shards; use --require-residual only "
+            f"where the report shows power"
+        )
     need = math.ceil(1 / c.level) - 1
     return (
         f"{c.matched} deleted record(s) of label(s) {labels} were compared with {sum(n for *_, n in c.strata)} audit "
@@ -966,11 +1056,37 @@ def _decide(
     calib: Calibration,
 ) -> tuple[str, str]:
     rejected = [r for r in post if r.reject]
+    best_post = _best(post)
+    if best_post is not None and not calib.can_reject and (not calib.on_audit or calib.matched > 0):
+        few = calib.matched < MIN_RECORDS
+        return "inconclusive", (
+            "too few references or records: "
+            + (f"{calib.matched} deleted record(s), fewer than the {MIN_RECORDS} the verifier needs before it decides "
+               f"(on a handful of records the verdict rests on where they happened to be sharded)"
+               if few else
+               f"even a complete separation of the deleted records from never-seen records would give "
+               f"p = {calib.smallest_p:.2g} > {calib.level:.2g}, so this test cannot hold alpha and decide")
+            + (f" (after deletion: {best_post.attack} {_effect(best_post)} {best_post.matched_auc:.3f}, p = "
+               f"{best_post.p_value:.2g}; not a verdict)" if few else "")
+            + f"; {_what_to_do(calib, alpha)}"
+        )
+    if rejected and control is not True:
+        # A residual after deletion is at most the membership signal before it: a rejection the
+        # positive control does not confirm (or cannot, without pre-deletion models) is no
+        # evidence of a residual, and the verifier does not accuse on it.
+        worst = min(rejected, key=lambda r: r.p_adj)  # type: ignore[arg-type,return-value]
+        return "inconclusive", (
+            f"unconfirmed: the test after deletion rejects ({worst.attack} {_effect(worst)} {worst.matched_auc:.3f}, "
+            f"adjusted p = {worst.p_adj:.2g}), but the positive control "
+            + ("could not run (no pre-deletion models)" if control is None else "does not detect the same records in "
+               "the pre-deletion models")
+            + f"; a residual cannot exceed the membership it is left from, so this is no evidence either way. "
+            f"{_what_to_do(calib, alpha)}"
+        )
     if rejected:
         worst = min(rejected, key=lambda r: r.p_adj)  # type: ignore[arg-type,return-value]
         return "fail", (
-            f"the deleted records are distinguishable from never-seen audit records of the same label: {worst.attack} "
-            f"attack, label-matched AUC {worst.matched_auc:.3f} (95% CI {worst.matched_auc_ci[0]:.3f}-"
+            f"the deleted records are still singled out by the models: {worst.attack} attack, {_effect(worst)} {worst.matched_auc:.3f} (95% CI {worst.matched_auc_ci[0]:.3f}-"
             f"{worst.matched_auc_ci[1]:.3f}), adjusted p = {worst.p_adj:.2g} <= alpha = {alpha:g} over {m} "
             f"attacks ({calib.matched} deleted records of label(s) {', '.join(str(x) for x in calib.labels)}, "
             f"{calib.refs_per_record} reference models per record). An honest deletion fails with probability at "
@@ -982,17 +1098,11 @@ def _decide(
             "too few references or records: no calibrated attack could run (lira and rmia need sibling "
             "constituents or extra reference models); more shards give more reference models"
         )
-    if calib.matched == 0:
+    if calib.on_audit and calib.matched == 0:
         return "inconclusive", (
             f"too few references or records: no audit record shares a label with the deleted records (labels "
             f"{', '.join(str(x) for x in calib.labels)}), so they cannot be compared with never-seen records of "
             f"their kind; {_what_to_do(calib, alpha)}"
-        )
-    if not calib.can_reject:
-        return "inconclusive", (
-            f"too few references or records: even a complete separation of the deleted records from the audit records "
-            f"of their label would give p = {calib.smallest_p:.2g} > alpha = {calib.level:.2g}, so this test "
-            f"cannot hold alpha and decide; {_what_to_do(calib, alpha)}"
         )
     if control is None:
         return "inconclusive", (
@@ -1003,7 +1113,7 @@ def _decide(
     if not control:
         return "inconclusive", (
             f"power too low: the positive control did not detect membership of the deleted records in the "
-            f"pre-deletion models (best: {best_pre.attack} label-matched AUC {best_pre.matched_auc:.3f}, 95% CI "
+            f"pre-deletion models (best: {best_pre.attack} {_effect(best_pre)} {best_pre.matched_auc:.3f}, 95% CI "
             f"{best_pre.matched_auc_ci[0]:.3f}-{best_pre.matched_auc_ci[1]:.3f}, adjusted p = "
             f"{best_pre.p_adj:.2g} > alpha = {alpha:g}), so the same test on the post-deletion models is no "
             f"evidence; the smallest AUC it detects with 80% power is {mde:.3f}. {_what_to_do(calib, alpha)}"
@@ -1011,16 +1121,16 @@ def _decide(
     if mde > best_pre.matched_auc_ci[1]:
         return "inconclusive", (
             f"power too low: the positive control detects the deleted records before deletion ({best_pre.attack} "
-            f"label-matched AUC {best_pre.matched_auc:.3f}, 95% CI {best_pre.matched_auc_ci[0]:.3f}-"
+            f"{_effect(best_pre)} {best_pre.matched_auc:.3f}, 95% CI {best_pre.matched_auc_ci[0]:.3f}-"
             f"{best_pre.matched_auc_ci[1]:.3f}), but with this few records the test after deletion detects, with 80% "
             f"power, only an AUC of {mde:.3f} or more -- above every effect size the control is consistent with. "
             f"{_what_to_do(calib, alpha)}"
         )
     return "pass", (
-        f"no attack distinguishes the deleted records from never-seen audit records of the same label (smallest "
+        f"no attack singles out the deleted records (smallest "
         f"adjusted p = {best_post.p_adj:.2g} > alpha = {alpha:g} over {m} attacks, {best_post.attack} "
-        f"label-matched AUC {best_post.matched_auc:.3f}); the positive control detects them before deletion "
-        f"({best_pre.attack} label-matched AUC {best_pre.matched_auc:.3f}, 95% CI {best_pre.matched_auc_ci[0]:.3f}-"
+        f"{_effect(best_post)} {best_post.matched_auc:.3f}); the positive control detects them before deletion "
+        f"({best_pre.attack} {_effect(best_pre)} {best_pre.matched_auc:.3f}, 95% CI {best_pre.matched_auc_ci[0]:.3f}-"
         f"{best_pre.matched_auc_ci[1]:.3f}, adjusted p = {best_pre.p_adj:.2g}); smallest AUC this test "
         f"detects with 80% power: {mde:.3f}"
     )
