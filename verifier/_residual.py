@@ -330,7 +330,7 @@ class ResidualReport:
             "reason": self.reason,
             "alpha": self.alpha,
             "test": TEST_DESCRIPTION,
-            "correction": CORRECTION,
+            "correction": "holm" if "shard" in self.decision_attacks else CORRECTION,
             "attacks": list(self.attacks),
             "decision_attacks": list(self.decision_attacks),
             "attack_descriptions": {a: ATTACK_INFO[a] for a in self.attacks},
@@ -1092,7 +1092,6 @@ def _decide(
             f"{calib.refs_per_record} reference models per record). An honest deletion fails with probability at "
             f"most alpha; check that the retrained shards never saw these records"
         )
-    best_post = _best(post)
     if best_post is None:
         return "inconclusive", (
             "too few references or records: no calibrated attack could run (lira and rmia need sibling "
