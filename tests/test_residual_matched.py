@@ -116,13 +116,13 @@ def test_a_deletion_of_one_class_on_a_class_skilled_shard_is_not_rejected() -> N
     """The issue's failure: deleted records of one class against audit records of every class.
     The pooled comparison sees the class, not membership; the matched test does not."""
     fails = 0
-    for seed in range(10):
+    for seed in range(20):
         w = skilled_world(seed)
         rep = residual_tests(**kwargs(w, shard_of_deleted=w["shard"][w["deleted"]], deleted_X=w["X"][w["deleted"]],
                                       deleted_y=w["y"][w["deleted"]]))
         fails += rep.verdict == "fail"
         assert rep.calibration.labels == (0,)
-    assert fails <= 1  # alpha = 0.05 over 10 honest deletions
+    assert fails <= 3  # alpha = 0.05 over 20 honest deletions: P(4 or more) = 1.6% (measured: 2)
     w = skilled_world(0)
     cheat = residual_tests(**kwargs(w, post_models=w["pre"], shard_of_deleted=w["shard"][w["deleted"]],
                                     deleted_X=w["X"][w["deleted"]], deleted_y=w["y"][w["deleted"]]))
@@ -204,7 +204,11 @@ def test_own_shard_p_value_equals_enumeration_of_the_shards() -> None:
     cand = (rankdata(phi, axis=1, method="average") - 1) / (S - 1)
     own = cand[np.arange(n), [0, 2, 1, 0]]
     every = [cand[np.arange(n), list(t)].sum() for t in itertools.product(range(S), repeat=n)]
-    assert own_shard_p(cand, own) == pytest.approx(np.mean(np.array(every) >= own.sum() - 1e-12))
+    want = np.mean(np.array(every) >= own.sum() - 1e-12)
+    assert own_shard_p(cand, own, 9999, np.random.default_rng(0)) == pytest.approx(want)  # 81 assignments: exact
+    # Monte Carlo (fewer draws than assignments) lands near it and never below 1 / (1 + draws)
+    mc = own_shard_p(cand, own, 99, np.random.default_rng(0))
+    assert mc >= 1 / 100 and abs(mc - want) < 0.15
 
 
 def clustered_world(seed: int, S: int = 4, n_del: int = 20, spread: float = 2.0) -> dict[str, Any]:
@@ -244,7 +248,7 @@ def test_records_of_one_writer_do_not_break_the_own_shard_test() -> None:
         rep = residual_tests(**clustered_world(seed))
         own += rep.result("shard").p_value <= 0.05
         matched += rep.result("rmia").p_value <= 0.05
-    assert own <= 6  # 60 x 0.05 = 3 expected (measured: 4)
+    assert own <= 6  # 60 x 0.05 = 3 expected (measured: 3)
     assert matched >= 9  # measured: 11 of 60, about 3.7 alpha
 
 
