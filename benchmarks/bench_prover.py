@@ -37,6 +37,7 @@ from prover import (  # noqa: E402
     _sisa,  # noqa: E402
     expected_speedup,
 )
+from verifiable_mu._canonical import canonical_json
 
 
 def _fresh(root: str, name: str, **kw: object) -> Workspace:
@@ -90,11 +91,15 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--overhead-only", action="store_true", help="skip the accuracy and speed-up parts")
+    ap.add_argument("--portable", action="store_true", help="only portable mode's own cost (specs/06 section 3a)")
     args = ap.parse_args()
     T.configure_determinism(args.threads)
     root = tempfile.mkdtemp(prefix="vmu-bench-")
     try:
         print(f"torch {T.torch.__version__}, intra-op threads pinned to {args.threads}, cores {os.cpu_count()}")
+        if args.portable:
+            portable_cost(root, args)
+            return 0
         if not args.overhead_only:
             accuracy_and_speedup(root, args)
         overhead(root, args)
@@ -151,6 +156,47 @@ def accuracy_and_speedup(root: str, args: argparse.Namespace) -> None:
         f"expected {exp:.2f}x = {100 * mean / exp:.0f}% (bar: >= 80%)"
     )
     ws.close()
+
+
+def portable_cost(root: str, args: argparse.Namespace) -> None:
+    """Portable mode's own cost (specs/06 section 3a): verifiable portable training against plain
+    float32 SISA (the same schedule, no commitments, no logging), and against verifiable float32
+    training, alternating sides round by round; log bytes per step and accuracy of both."""
+    for model in ("mlp", "cnn"):
+        times: dict[str, list[float]] = {"plain": [], "f32": [], "portable": []}
+        rounds = args.rounds if model != "cnn" else max(3, args.rounds // 3)
+        bytes_step: dict[str, float] = {}
+        acc: dict[str, list[float]] = {}
+        for r in range(rounds):
+            twin = _fresh(root, f"pc{model}_{r}p", threads=args.threads, model=model)
+            twin.commit()
+            p_task = [twin._shard_task(s, record=False, from_scratch=True) for s in range(twin.config.shards)]
+            twin.close()
+            ws = {
+                "f32": _fresh(root, f"pc{model}_{r}f", threads=args.threads, model=model),
+                "portable": _fresh(root, f"pc{model}_{r}v", threads=args.threads, model=model, arithmetic="portable"),
+            }
+            order = ["plain", "f32", "portable"]
+            for side in order[r % 3 :] + order[: r % 3]:
+                _sisa._DATA_CACHE.clear()
+                if side == "plain":
+                    times["plain"].append(plain_sisa_seconds(p_task))
+                    continue
+                t0 = time.perf_counter()
+                ws[side].train()
+                times[side].append(time.perf_counter() - t0)
+            for side, w in ws.items():
+                sizes = [len(canonical_json(e.body)) for e in w.log.entries(0, w.log.size) if e.kind == "step"]
+                bytes_step[side] = statistics.mean(sizes)
+                acc.setdefault(side, []).append(w.evaluate() or float("nan"))
+                w.close()
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"portable cost ({model}, {rounds} alternating rounds, medians): verifiable portable / plain float32 "
+              f"SISA {med['portable'] / med['plain']:.2f}x; verifiable float32 / plain float32 {med['f32'] / med['plain']:.2f}x; "
+              f"portable / float32, both verifiable {med['portable'] / med['f32']:.2f}x; step entry bytes: float32 "
+              f"{bytes_step['f32']:.0f}, portable {bytes_step['portable']:.0f} (hints "
+              f"{bytes_step['portable'] - bytes_step['f32']:+.0f}); test accuracy float32 "
+              f"{100 * statistics.mean(acc['f32']):.1f}%, portable {100 * statistics.mean(acc['portable']):.1f}%")
 
 
 def overhead(root: str, args: argparse.Namespace) -> None:

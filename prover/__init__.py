@@ -11,7 +11,7 @@ Typical use::
 """
 
 from ._data import Dataset, from_arrays, from_torch_dataset, load_digits_dataset, load_npz
-from ._errors import BadInput, ProverError, UnsupportedWorkspace, WorkspaceError, WorkspaceLocked
+from ._errors import BadInput, ProverError, TrainingDiverged, UnsupportedWorkspace, WorkspaceError, WorkspaceLocked
 from ._sisa import expected_speedup, stage_epochs
 from ._workspace import FORMAT_VERSION, PREDICATE_DELETION, ForgetReport, TrainReport, Workspace, WorkspaceConfig
 
@@ -32,6 +32,7 @@ __all__ = [
     "ProverError",
     "BadInput",
     "WorkspaceError",
+    "TrainingDiverged",
     "WorkspaceLocked",
     "UnsupportedWorkspace",
 ]

@@ -7,16 +7,25 @@ it. What goes in:
   transcripts of requests 1..N (all of them by default);
 * log entries with range proofs against the final head: the commit block at the start of the log
   (config, slice trees, data-set root, audit set, initial checkpoints), every checkpoint entry of
-  the original training, every entry of every retraining, and the steps of each sampled segment;
+  the original training, every entry of every retraining, and the steps of each replayed segment;
   plus a consistency proof from each transcript's head to the final head;
-* the final constituent models and the start and end checkpoints of each sampled segment;
+* the final constituent models and the start and end checkpoints of each replayed segment;
 * record openings (id, features, label, salt) of the deleted records, the audit set, and the
-  records used by the sampled segments -- and of no other record;
-* the (key, commitment) pairs of every slice a retraining trained on (no features, no labels,
-  no salts), from which the verifier recomputes each retraining batch.
+  records used by the replayed segments -- and of no other record;
+* the (key, commitment) pairs (no features, no labels, no salts) of every slice a retraining
+  trained on, of every generation-0 slice of a retrained shard, and of the generation-0 slices
+  each disclosed original step trained on that the openings do not already rebuild: the
+  verifier recomputes every disclosed batch, the committed assignment of the retrained shards
+  and each re-committed slice from them;
+* each request's re-commit block (deletion entry, new slice entries, data-set entry), from which
+  the verifier rebuilds every shard's slice lineage;
+* absence proofs of every deleted key in every current slice whose records the verifier does
+  not otherwise see (``slices/absence.json``).
 
-Which segments are sampled is decided by the verifier's challenge (``challenge=``) or, offline,
-by Fiat-Shamir from the transcripts and the final head (:mod:`verifiable_mu._sampling`).
+The replayed segments are the deletion lineage of every retrained shard (all of it: its original
+training up to the rollback and every retraining) and ``replay`` uniform draws from the other
+segments, decided by the verifier's challenge (``challenge=``) or, offline, by Fiat-Shamir from the
+deletion entries and the final head's body (:mod:`verifiable_mu._sampling`).
 """
 
 from __future__ import annotations
@@ -36,13 +45,16 @@ from verifiable_mu._range import RangeProof, range_path
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
+    DEFAULT_REPLAY,
     SegmentRef,
     challenge_seed,
     fiat_shamir_seed,
+    head_body,
     sample_audit,
     sample_segments,
-    transcript_digest,
+    split_population,
 )
+from verifiable_mu._seeds import derive_slices
 from verifiable_mu._sorted_tree import SortedTree
 
 from ._errors import BadInput, WorkspaceError
@@ -55,13 +67,13 @@ __all__ = ["BUNDLE_VERSION", "DEFAULT_REPLAY", "BundleInfo", "write_bundle"]
 
 BUNDLE_VERSION = 1
 BUNDLE_TYPE = "vmu.bundle"
-DEFAULT_REPLAY = 8
 MANIFEST = "manifest.json"
 PUBKEY = "keys/signing-key.pub.pem"
 FINAL_HEAD = "heads/final.note"
 LOG = "log/entries.json"
 OPENINGS = "records/openings.json"
 SLICES_DIR = "slices/"
+ABSENCE = "slices/absence.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +82,11 @@ class BundleInfo:
     transcripts: tuple[int, ...]
     segments: int
     population: int
-    sampled: tuple[int, ...]  # end-checkpoint log indices, draw order
+    sampled: tuple[int, ...]  # end-checkpoint log indices of the uniform draws, draw order
     bytes_total: int
     bytes_without_checkpoints: int
     openings: int
+    complete: tuple[int, ...] = ()  # end-checkpoint log indices of the deletion lineage (replayed in full)
 
 
 def _payload(env_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
@@ -127,6 +140,26 @@ def lineage_segments(
     return out
 
 
+def known_head_size(ws: Workspace, path: str) -> int:
+    """The size of a signed head of this workspace's log that a verifier holds (``vmu bundle
+    --known-head``), after checking it is one: signed by the log's key, with the root the log
+    has at that size."""
+    from verifiable_mu._errors import MalformedInput, VerificationFailed
+    from verifiable_mu._note import NoteVerifier, open_checkpoint
+
+    try:
+        with open(path, "rb") as f:
+            note = f.read(1 << 20)
+        cp = open_checkpoint(note, [NoteVerifier.from_vkey(ws.note_vkey)], origin=ws.log_origin)
+    except OSError as e:
+        raise BadInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
+    except (MalformedInput, VerificationFailed) as e:
+        raise BadInput(f"--known-head {path} is not a signed head of this log: {e}") from e
+    if cp.size > ws.log.size or ws.log.root(cp.size) != cp.root_hash:
+        raise BadInput(f"--known-head {path} (size {cp.size}) is not a head of this log's history")
+    return cp.size
+
+
 def write_bundle(
     ws: Workspace,
     out: str | os.PathLike[str],
@@ -135,8 +168,12 @@ def write_bundle(
     challenge: bytes | None = None,
     replay: int = DEFAULT_REPLAY,
     audit_max: int = AUDIT_DISCLOSE_MAX,
+    known_sizes: Sequence[int] = (),
 ) -> BundleInfo:
-    """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``."""
+    """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``.
+
+    ``known_sizes``: sizes of heads the verifier saw before (``--known-head``); the bundle carries a
+    consistency proof from each to its final head (specs/08 section 3)."""
     if replay < 0:
         raise BadInput("--replay must be >= 0")
     if not ws.trained:
@@ -173,7 +210,7 @@ def write_bundle(
 
     # Checkpoint entries of the whole signed log, grouped by lineage.
     cfg = log.entry(0).body
-    shards, slices = int(cfg["shards"]), int(cfg["slices"])
+    shards, slices, seed_cfg = int(cfg["shards"]), int(cfg["slices"]), int(cfg["seed"])
     commit_end = 1 + shards * slices + 2 + shards
     by_lineage: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for e in log.entries(0, size):
@@ -196,29 +233,53 @@ def write_bundle(
             segments += lineage_segments(ck, shard=s, generation=g, stratum=t)
             retrain_ranges.append((a, b))
     segments.sort(key=lambda r: r.end_index)
-    strata: list[list[int]] = [[] for _ in preds]
-    for i, r in enumerate(segments):
-        if r.stratum is not None:
-            strata[r.stratum].append(i)
+    # The deletion lineage of every retrained shard is replayed in full by the verifier; the
+    # other segments are sampled (specs/08-bundle.md section 5).
+    gen0_rollback: dict[int, int] = {}
+    for pred in preds:
+        for sh in pred["shards"]:
+            rb = sh["rollback"]["entry"]
+            if int(rb["body"]["generation"]) == 0:
+                rs = int(sh["shard"])
+                gen0_rollback[rs] = max(gen0_rollback.get(rs, -1), int(rb["index"]))
+    complete, rest = split_population(segments, gen0_rollback)
 
+    deletions = [log.entry(int(pred["request"]["deletion"]["entry"]["index"])).leaf_hash for pred in preds]
+    final_body = head_body(log.origin, size, head.root_hash)
     if challenge is not None:
-        seed = challenge_seed(challenge)
+        seed = challenge_seed(challenge, deletions, final_body)
         ch = {"mode": "interactive", "challenge": challenge.hex()}
     else:
-        seed = fiat_shamir_seed([transcript_digest(p) for p in payloads], head.note)
+        seed = fiat_shamir_seed(deletions, final_body)
         ch = {"mode": "fiat-shamir"}
-    picked = [segments[i] for i in sample_segments(len(segments), strata, replay, seed)]
+    drawn = [rest[i] for i in sample_segments(len(rest), replay, seed)]
+    picked = complete + drawn
 
     # Log entries to disclose.
     intervals = [(0, commit_end)] + retrain_ranges
+    # Each request's re-commit block: its deletion entry, the new slice entries and the dataset
+    # entry (specs/06 section 5), from which the verifier rebuilds every shard's slice lineage.
+    for pred in preds:
+        del_idx = int(pred["request"]["deletion"]["entry"]["index"])
+        end = del_idx + 1
+        while end < size and log.entry(end).kind != "dataset":
+            end += 1
+        intervals.append((del_idx, min(end + 1, size)))
     for lin in original:
         intervals += [(int(i), int(i) + 1) for i in lin["checkpoints"]]
     for r in picked:
         intervals.append((min(max(0, r.end_index - r.steps), r.end_index), r.end_index + 1))
         intervals.append((r.start_index, r.start_index + 1))
     runs = []
+    original_stages: set[tuple[int, int]] = set()  # (shard, stage) of every disclosed original step
+    original_used: dict[int, set[bytes]] = defaultdict(set)  # shard -> commitments its disclosed original steps use
     for a, b in _merge(intervals):
-        entries = [e.to_json() for e in log.entries(a, b)]
+        disclosed = list(log.entries(a, b))
+        for e in disclosed:
+            if e.kind == "step" and int(e.body["generation"]) == 0:
+                original_stages.add((int(e.body["shard"]), int(e.body["stage"])))
+                original_used[int(e.body["shard"])] |= {bytes.fromhex(c) for c in batch_commitments(e.body["batch"])}
+        entries = [e.to_json() for e in disclosed]
         proof = RangeProof(start=a, end=b, tree_size=size, path=tuple(range_path(log.mth, a, b, size)))
         runs.append({"entries": entries, "proof": proof.to_json()})
     consistency = []
@@ -226,7 +287,12 @@ def write_bundle(
         after = pred["log"]["head_after"].encode("utf-8")
         old_size = int(after.decode().split("\n")[1])
         consistency.append(log.consistency_proof(old_size, size).to_json())
-    log_doc = {"type": "vmu.bundle-log", "version": 1, "runs": runs, "consistency": consistency}
+    log_doc: dict[str, Any] = {"type": "vmu.bundle-log", "version": 1, "runs": runs, "consistency": consistency}
+    known = sorted({int(k) for k in known_sizes})
+    if any(not 0 < k <= size for k in known) or len(known) > 64:
+        raise BadInput(f"a known head must have a size between 1 and the final head's {size} (at most 64 of them)")
+    if known:
+        log_doc["known"] = [log.consistency_proof(k, size).to_json() for k in known if k < size]
 
     # Checkpoint files: final model + both ends of every sampled segment.
     model_body = preds[-1]["model_after"]["entry"]["body"]
@@ -295,8 +361,7 @@ def write_bundle(
     # Slice records: the (key, commitment) pairs of every slice a retraining trained on, so the
     # verifier can recompute each epoch's committed visiting order and check every retraining
     # batch against it (specs/08-bundle.md section 4a): all slices of every retrained shard as of
-    # its request. (Not the original training's: 64 bytes a record of every sampled shard would
-    # take the bundle past 1 MiB at 80 shards; specs/09 lists this under "not verified".)
+    # its request.
     slice_members: dict[str, bytes] = {}
 
     def add_slice(shard: int, slc: int, n: int, root_hex: str) -> None:
@@ -320,6 +385,55 @@ def write_bundle(
         for sh in pred["shards"]:
             for j, item in enumerate(sh["slices"]):
                 add_slice(int(sh["shard"]), j, n, item["slice"]["entry"]["body"]["root"])
+    # The generation-0 slices (as the commit block logs them) of every affected shard, whole (the
+    # verifier rebuilds the shard's committed assignment and each re-committed slice from them),
+    # and slices 0..r-1 of every shard with a disclosed step of original stage r (its batches are
+    # checked against the committed order too).
+    # A generation-0 slice whose records the opened records of the shard's disclosed original
+    # steps already rebuild (verifiable_mu._seeds.derive_slices; the verifier does the same) is
+    # not listed again.
+    key_of = {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
+    opened_c = used_c | deleted_c
+    derived: set[str] = set()
+    for s, used in original_used.items():
+        sizes = [int(log.entry(1 + s * slices + j).body["size"]) for j in range(slices)]
+        pairs = [(key_of[c], c) for c in used if c in opened_c]
+        for j, tree in enumerate(derive_slices(seed_cfg, pairs, sizes)):
+            if tree.root.hex() == log.entry(1 + s * slices + j).body["root"]:
+                derived.add(tree.root.hex())
+    gen0: set[tuple[int, int]] = {(s, j) for s in affected for j in range(slices)}
+    gen0 |= {(s, j) for s, r in original_stages for j in range(r)}
+    for s, j in sorted(gen0):
+        root_hex = log.entry(1 + s * slices + j).body["root"]
+        if root_hex not in derived:
+            add_slice(s, j, 0, root_hex)
+
+    # Absence of every deleted key from every shard's slices as they are after the last bundled
+    # request (specs/08 section 4b): a non-membership proof per key and slice, for the slices whose
+    # records the bundle does not disclose anyway.
+    final_slices: dict[tuple[int, int], dict[str, Any]] = {
+        (s, j): log.entry(1 + s * slices + j).body for s in range(shards) for j in range(slices)
+    }
+    for pred in preds:
+        for sh in pred["shards"]:
+            for j, item in enumerate(sh["slices"]):
+                final_slices[(int(sh["shard"]), j)] = item["slice"]["entry"]["body"]
+    deleted_keys = sorted(bytes.fromhex(r["key"]) for pred in preds for r in pred["records"])
+    absence: dict[str, dict[str, Any]] = {}
+    for (s, j), body in sorted(final_slices.items()):
+        root_hex = body["root"]
+        if f"{SLICES_DIR}{root_hex}.records" in slice_members or root_hex in derived or root_hex in absence:
+            continue
+        pairs = db.execute(
+            "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+            "AND (deleted_by IS NULL OR deleted_by > ?)",
+            (s, j, last),
+        ).fetchall()
+        tree = SortedTree.build(pairs)
+        if tree.root.hex() == root_hex:  # else left out: the verifier rejects the bundle
+            absence[root_hex] = tree.absence_proof(deleted_keys).to_json()
+    absence_doc = {"type": "vmu.bundle-absence", "version": 1,
+                   "slices": [{"root": r, "proof": p} for r, p in sorted(absence.items())]}
 
     members: list[tuple[str, bytes]] = [
         (PUBKEY, ws.public_key.to_pem()),
@@ -328,6 +442,7 @@ def write_bundle(
         (LOG, canonical_json(log_doc)),
         (OPENINGS, canonical_json(openings_doc)),
         *sorted(slice_members.items()),
+        (ABSENCE, canonical_json(absence_doc)),
     ]
     ckpt_members = []
     for d in sorted(digests):
@@ -343,7 +458,7 @@ def write_bundle(
         "transcripts": [name for name, _ in envs],
         "challenge": ch,
         "replay": replay,
-        "sample": [str(r.end_index) for r in picked],
+        "sample": [str(r.end_index) for r in drawn],
         "original": original,
         "members": {name: hashlib.sha256(data).hexdigest() for name, data in members},
     }
@@ -369,7 +484,8 @@ def write_bundle(
         transcripts=tuple(requests),
         segments=len(picked),
         population=len(segments),
-        sampled=tuple(r.end_index for r in picked),
+        sampled=tuple(r.end_index for r in drawn),
+        complete=tuple(r.end_index for r in complete),
         bytes_total=total,
         bytes_without_checkpoints=total - ck_bytes,
         openings=len(audit) + len(deleted) + len(training),

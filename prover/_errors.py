@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from verifiable_mu._errors import MalformedInput, UnsupportedVersion, VmuError
 
-__all__ = ["ProverError", "BadInput", "WorkspaceError", "WorkspaceLocked", "UnsupportedWorkspace"]
+__all__ = ["ProverError", "BadInput", "WorkspaceError", "WorkspaceLocked", "UnsupportedWorkspace", "TrainingDiverged"]
 
 
 class ProverError(VmuError):
@@ -25,3 +25,7 @@ class WorkspaceLocked(WorkspaceError):
 
 class UnsupportedWorkspace(UnsupportedVersion):
     """The workspace was written by a newer (or unknown) format version (exit code 2)."""
+
+
+class TrainingDiverged(WorkspaceError):
+    """A loss, gradient or weight went non-finite; the stage was not committed."""

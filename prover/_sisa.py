@@ -8,6 +8,7 @@ the log is the same whatever backend ran the worker.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import time
@@ -103,6 +104,7 @@ class ShardTask:
     store: str  # checkpoint directory every worker can read and write
     data_path: str  # the workspace's data.npz
     record: bool = True  # False: the same schedule without commitments, logging or checkpoints
+    platform: dict | None = None  # the logged config's platform: a worker that differs refuses to train
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,16 @@ class StepRecord:
 
 
 def step_body_json(
-    *, shard: int, generation: int, stage: int, epoch: int, step: int, seed: int, lr_json: bytes, batch_hex: bytes
+    *,
+    shard: int,
+    generation: int,
+    stage: int,
+    epoch: int,
+    step: int,
+    seed: int,
+    lr_json: bytes,
+    batch_hex: bytes,
+    hints: Sequence[tuple[int, int, int]] | None = None,
 ) -> bytes:
     """The RFC 8785 bytes of a ``step`` log entry's body (specs/06-training.md section 5),
     written out directly: the stdlib encoder escapes the 2 KB batch string character by
@@ -123,10 +134,12 @@ def step_body_json(
     ``lr_json`` is ``canonical_json(lr)``; ``batch_hex`` is the batch's commitments as lowercase
     hex, concatenated, which needs no escaping. Tests check the output against
     :func:`verifiable_mu._canonical.canonical_json`."""
-    return b'{"batch":"%s","epoch":%d,"generation":%d,"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
+    hints_json = b"" if hints is None else b'"hints":[%s],' % b",".join(b"[%d,%d,%d]" % h for h in hints)
+    return b'{"batch":"%s","epoch":%d,"generation":%d,%s"lr":%s,"seed":"%d","shard":%d,"stage":%d,"step":"%d"}' % (
         batch_hex,
         epoch,
         generation,
+        hints_json,
         lr_json,
         seed,
         shard,
@@ -156,6 +169,46 @@ def _load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     return hit
 
 
+def _check_platform(logged: dict, device: object, threads: int) -> None:
+    """Refuse to add steps that a replay on the logged platform would not reproduce bit for bit:
+    a worker (a pool process, a Ray node) whose kernels, BLAS path or libraries differ from the
+    workspace's logged platform (specs/06-training.md section 5)."""
+    from verifiable_mu._platform import platform_differences
+    from verifiable_mu.training import platform_info
+
+    from ._errors import WorkspaceError
+
+    here = platform_info(device, threads)  # type: ignore[arg-type]
+    # A log written before the fingerprint lacks its fields: only what it logged can be held to.
+    diffs = platform_differences({**here, **logged}, here)
+    if diffs:
+        raise WorkspaceError(
+            "this machine would not reproduce the workspace's logged training bit for bit ("
+            + "; ".join(diffs)
+            + "): train and forget where the workspace was created, with the same environment"
+        )
+
+
+def _diverged(task: ShardTask, stage: int, step: int, why: str) -> Exception:
+    from ._errors import TrainingDiverged
+
+    return TrainingDiverged(
+        f"training diverged in shard {task.shard}, stage {stage}, at step {step} ({why}); nothing of this stage "
+        f"was committed. Lower the learning rate (--lr, now {task.hyper['lr']}) or scale the features, in a new "
+        "workspace: the committed configuration cannot change"
+    )
+
+
+def _finite(ckpt: dict, task: ShardTask, stage: int, step: int) -> dict:
+    """``ckpt`` if every weight and momentum value is finite; else the divergence error."""
+    import torch
+
+    for name, t in ckpt.items():
+        if not bool(torch.isfinite(t).all()):
+            raise _diverged(task, stage, step, f"{name} is not finite")
+    return ckpt
+
+
 def train_shard(task: ShardTask) -> list[StageResult]:
     """Run the task's stages from its start checkpoint; return what the driver must log."""
     import torch
@@ -168,17 +221,20 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         configure_determinism,
         load_checkpoint,
         load_into_model,
+        prepare_model,
         resolve_device,
         save_checkpoint,
-        sgd_step,
         step_seed,
+        train_step,
     )
 
     configure_determinism(task.threads)
     device = resolve_device(task.device)
+    if task.record and task.platform is not None:
+        _check_platform(task.platform, device, task.threads)
     spec = ModelSpec.from_json(task.model)
     hyper = Hyper.from_json(task.hyper)
-    model = build_model(spec, init_seed=0).to(device)
+    model = prepare_model(build_model(spec, init_seed=0), hyper).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
     X_all, y_all = _load_data(task.data_path)
@@ -209,7 +265,12 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                     task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, step=step
                 )
                 ti = torch.from_numpy(idx).to(device)
-                sgd_step(model, momentum, X[ti], y[ti], hyper, seed)
+                try:
+                    loss, hints = train_step(model, momentum, X[ti], y[ti], hyper, seed)
+                except FloatingPointError as e:  # a portable step's gradient went non-finite
+                    raise _diverged(task, st.stage, step, str(e)) from e
+                if not math.isfinite(loss):
+                    raise _diverged(task, st.stage, step, f"the batch loss is {loss}")
                 step += 1
                 in_stage += 1
                 if task.record:
@@ -222,13 +283,14 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                         seed=seed,
                         lr_json=lr_json,
                         batch_hex=commits[idx].tobytes(),
+                        hints=hints if hyper.portable else None,
                     )
                     res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
-                        d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
-                        res.checkpoints.append((step, d))
+                        ck = _finite(checkpoint_from_model(model, momentum), task, st.stage, step)
+                        res.checkpoints.append((step, save_checkpoint(ck, task.store)))
         if task.record:
-            d = save_checkpoint(checkpoint_from_model(model, momentum), task.store)
+            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store)
             res.checkpoints.append((step, d))
         else:
             # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.

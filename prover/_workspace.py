@@ -50,7 +50,11 @@ from ._errors import BadInput, UnsupportedWorkspace, WorkspaceError, WorkspaceLo
 
 __all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMAT_VERSION", "PREDICATE_DELETION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the config may name its arithmetic; version 1 workspaces are float32
+_READS_VERSIONS = (1, 2)
+#: The log's config ``format`` (specs/06 section 5): 1 float32 steps, 2 portable-v1 steps with hints.
+LOG_FORMAT_FLOAT32 = 1
+LOG_FORMAT_PORTABLE = 2
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 #: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
 AUTO_PARALLEL_STEPS = 20_000
@@ -84,6 +88,9 @@ class WorkspaceConfig:
     audit_fraction: float = 0.1
     workers: int = 0  # 0: min(cores, shards)
     data_source: str = "digits"
+    #: "float32" (replay is bit-exact on the same platform only) or "portable" (float64 gradients
+    #: rounded to a grid with logged hints: bit-exact on any platform; specs/06 section 3a)
+    arithmetic: str = "float32"
 
     def __post_init__(self) -> None:
         checks = [
@@ -98,6 +105,7 @@ class WorkspaceConfig:
             (0 <= self.test_fraction < 0.9 and 0 <= self.audit_fraction < 0.9, "split fractions must be in [0, 0.9)"),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
             (self.workers >= 0, "--workers must be >= 0"),
+            (self.arithmetic in ("float32", "portable"), "--arithmetic must be float32 or portable"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -125,7 +133,12 @@ class WorkspaceConfig:
             "momentum": repr(float(self.momentum)),
             "weight_decay": repr(float(self.weight_decay)),
             "batch_size": self.batch_size,
+            **({"arithmetic": "portable-v1"} if self.portable else {}),
         }
+
+    @property
+    def portable(self) -> bool:
+        return self.arithmetic == "portable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +212,7 @@ class Workspace:
         self._log = log
         self._lock_fd = lock_fd
         self._data: Dataset | None = None
+        self._platform_cache: dict[str, Any] | None = None
         self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
 
@@ -271,9 +285,10 @@ class Workspace:
         except (OSError, ValueError) as e:
             raise WorkspaceError(f"cannot read {cfg_path}: {e}") from e
         version = cfg.get("format_version") if isinstance(cfg, dict) else None
-        if version != FORMAT_VERSION:
+        if version not in _READS_VERSIONS or type(version) is not int:
             raise UnsupportedWorkspace(
-                f"workspace format version {version!r} is not supported by this vmu (it reads version {FORMAT_VERSION})"
+                f"workspace format version {version!r} is not supported by this vmu (it reads versions "
+                f"{', '.join(map(str, _READS_VERSIONS))})"
             )
         config = WorkspaceConfig.from_json(cfg["config"])
         lock_fd = _take_lock(path)
@@ -454,7 +469,7 @@ class Workspace:
                 (
                     "config",
                     {
-                        "format": FORMAT_VERSION,
+                        "format": LOG_FORMAT_PORTABLE if cfg.portable else LOG_FORMAT_FLOAT32,
                         "shards": cfg.shards,
                         "slices": cfg.slices,
                         "epochs": cfg.epochs,
@@ -585,7 +600,18 @@ class Workspace:
             store=self.store,
             data_path=self.data_path,
             record=record,
+            # A float32 log replays bit for bit only on its own platform; a portable one anywhere.
+            platform=self._logged_platform() if record and not cfg.portable else None,
         )
+
+    def _logged_platform(self) -> dict[str, Any]:
+        """The ``platform`` of the workspace's logged config (entry 0)."""
+        if self._platform_cache is None:
+            entry = self._log.entry(0)
+            if entry.kind != "config":
+                raise WorkspaceError("the log does not start with the config entry")
+            self._platform_cache = dict(entry.body["platform"])
+        return self._platform_cache
 
     def _commit_stage(self, task: _sisa.ShardTask, res: _sisa.StageResult) -> int:
         """Append one stage's steps and checkpoints and move the shard's state, atomically."""

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._sampling import DEFAULT_REPLAY
 
 from ._errors import BadInput
 
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--lr", type=float, default=0.05)
     i.add_argument("--batch-size", type=int, default=32)
     i.add_argument("--workers", type=int, default=0, help="shard processes (0: min(cores, shards))")
+    i.add_argument(
+        "--arithmetic",
+        default="float32",
+        choices=("float32", "portable"),
+        help="float32: replay is bit-exact on the same platform only; portable: float64 gradients rounded "
+        "with logged hints, bit-exact on any CPU or GPU (slower steps; specs/06 section 3a) (default float32)",
+    )
 
     t = sub.add_parser("train", help="train every shard and print the signed tree head")
     t.add_argument("dir", metavar="DIR")
@@ -88,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HEX",
         help="the verifier's challenge (32 to 128 hex digits); without it the sample is drawn by Fiat-Shamir",
     )
-    b.add_argument("--replay", type=int, default=8, metavar="K", help="segments to disclose for replay (default 8)")
+    b.add_argument(
+        "--replay", type=int, default=DEFAULT_REPLAY, metavar="K",
+        help=f"uniform draws to disclose for replay besides the deletion lineage, which is always disclosed in full "
+             f"(default {DEFAULT_REPLAY}; a verifier asking for more rejects the bundle)",
+    )
+    b.add_argument(
+        "--known-head", action="append", default=[], metavar="NOTE",
+        help="a signed head of this log the verifier already holds: the bundle proves its history extends it",
+    )
 
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")
@@ -130,12 +146,20 @@ def _run(args: argparse.Namespace) -> int:
             lr=args.lr,
             batch_size=args.batch_size,
             workers=args.workers,
+            arithmetic=args.arithmetic,
         )
         with Workspace.create(args.dir, data=args.data, config=cfg) as ws:
             print(f"created workspace {ws.path}")
             print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices")
             print(f"  signing key id: {ws.public_key.key_id}")
             print(f"  note verifier key: {ws.note_vkey}")
+            if cfg.arithmetic == "float32" and ws._device() == "cuda":
+                print(
+                    "  warning: float32 steps on CUDA replay bit for bit only on the same GPU and libraries; an "
+                    "agency replaying on its CPUs compares within a distance that longer segments can exceed. "
+                    "--arithmetic portable makes replay bit-exact anywhere (slower steps; specs/06 section 3a)",
+                    file=sys.stderr,
+                )
         return EXIT_OK
     if args.command == "train":
         with Workspace.open(args.dir) as ws:
@@ -159,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"transcript: {frep.transcript_path}")
         return EXIT_OK
     if args.command == "bundle":
-        from ._bundle import write_bundle
+        from ._bundle import known_head_size, write_bundle
 
         challenge = None
         if args.challenge is not None:
@@ -168,8 +192,10 @@ def _run(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise BadInput(f"--challenge must be hex: {e}") from e
         with Workspace.open(args.dir) as ws:
+            known = [known_head_size(ws, path) for path in args.known_head]
             info = write_bundle(
-                ws, args.out, transcript=None if args.all else args.transcript, challenge=challenge, replay=args.replay
+                ws, args.out, transcript=None if args.all else args.transcript, challenge=challenge, replay=args.replay,
+                known_sizes=known,
             )
         print(
             f"wrote {info.path}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "

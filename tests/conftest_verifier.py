@@ -31,7 +31,7 @@ from verifiable_mu._dsse import sign_statement
 from verifiable_mu._keys import SigningKey
 from verifiable_mu._note import Checkpoint, sign_checkpoint
 
-__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_fixture", "members_of", "rezip", "train_segment"]
+__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_fixture", "members_of", "rezip", "train_segment", "trained_copy"]
 
 SHARDS, SLICES, EPOCHS = 3, 3, 6
 FIRST_IDS = ["17", "42"]
@@ -47,6 +47,7 @@ class Honest:
     pub_pem: str
     first_ids: list[str]
     second_ids: list[str]
+    trained_dir: str = ""  # a copy of the workspace after training, before any deletion
 
 
 _CACHE: dict[str, Honest] = {}
@@ -65,11 +66,13 @@ def _new_ws(root: str, **config: Any) -> str:
 
 def build_honest(root: str, **config: Any) -> Honest:
     """Train a workspace in ``root`` (``config`` overrides the defaults), carry out two deletion
-    requests and write the honest bundle (Fiat-Shamir, replay 6)."""
+    requests and write the honest bundle (Fiat-Shamir, the default 8 draws)."""
     from prover import Workspace
     from prover._bundle import write_bundle
 
     ws_dir = _new_ws(root, **config)
+    trained_dir = os.path.join(root, "trained")
+    shutil.copytree(ws_dir, trained_dir, ignore=shutil.ignore_patterns(".lock"))
     with Workspace.open(ws_dir) as ws:
         ws.progress = False
         ws.forget(FIRST_IDS, workers=1)
@@ -81,12 +84,13 @@ def build_honest(root: str, **config: Any) -> Honest:
         second = [sorted(cand, key=int)[0]]
         ws.forget(second, workers=1)
         path = os.path.join(root, "honest.vmu.zip")
-        write_bundle(ws, path, replay=6)
+        write_bundle(ws, path)
     with open(path, "rb") as f:
         data = f.read()
     key = SigningKey.load(os.path.join(ws_dir, "signing-key.pem"))
     return Honest(root=root, ws_dir=ws_dir, bundle_path=path, bundle=data, key=key,
-                  pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second)
+                  pub_pem=os.path.join(ws_dir, "signing-key.pub.pem"), first_ids=FIRST_IDS, second_ids=second,
+                  trained_dir=trained_dir)
 
 
 def honest() -> Honest:
@@ -156,7 +160,7 @@ def forge(
     *,
     mutate_predicate: Callable[[int, dict[str, Any], Callable[[int], dict[str, Any]]], None] | None = None,
     challenge: bytes | None = None,
-    replay: int = 6,
+    replay: int = 8,
     name: str = "forged",
     keep: list[str] | None = None,
 ) -> bytes:
@@ -227,6 +231,16 @@ def forge(
         return f.read()
 
 
+def trained_copy(h: Honest, name: str) -> str:
+    """A private copy of the honest workspace as it was after training, before any deletion (for
+    cheaters who edit the workspace and then run the prover's own ``forget``)."""
+    d = tempfile.mkdtemp(prefix=f"vmu-{name}-", dir=h.root)
+    ws_dir = os.path.join(d, "ws")
+    shutil.copytree(h.trained_dir, ws_dir, ignore=shutil.ignore_patterns(".lock", "checkpoints"))
+    shutil.copytree(os.path.join(h.trained_dir, "checkpoints"), os.path.join(ws_dir, "checkpoints"), copy_function=os.link)
+    return ws_dir
+
+
 def resign_members(h: Honest, members: dict[str, bytes], mutate_predicate: Callable[[dict[str, Any]], None],
                    which: str = "transcripts/000001.dsse.json") -> dict[str, bytes]:
     """Edit one transcript's predicate inside a bundle and re-sign it (no log change)."""
@@ -258,7 +272,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     spec = T.ModelSpec.from_json(cfg["model"])
     hyper = T.Hyper.from_json(cfg["hyper"])
     T.configure_determinism(int(cfg["platform"]["threads"]))
-    model = T.build_model(spec, init_seed=0)
+    model = T.prepare_model(T.build_model(spec, init_seed=0), hyper)
     ck = T.load_checkpoint(os.path.join(ws.store, start_digest.hex() + ".safetensors"))
     mom = T.load_into_model(model, ck, torch.device("cpu"))
     ds = ws.data
@@ -269,7 +283,7 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
             pos, c = substitute[j]
             batch[pos] = c
         rows = np.asarray([row_of[bytes.fromhex(c)] for c in batch], dtype=np.int64)
-        T.sgd_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
+        T.train_step(model, mom, torch.from_numpy(ds.X[rows]), torch.from_numpy(ds.y[rows]), hyper, int(st["seed"]))
     if noise:
         g = torch.Generator().manual_seed(1234)
         with torch.no_grad():
@@ -278,8 +292,9 @@ def train_segment(ws: Any, start_digest: bytes, steps: list[dict[str, Any]], *, 
     return T.save_checkpoint(T.checkpoint_from_model(model, mom), ws.store)
 
 
-def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 6) -> tuple[bytes, tuple[int, ...]]:
-    """Write a bundle of an existing (possibly forged) workspace; return it and its sample."""
+def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 8) -> tuple[bytes, tuple[int, ...]]:
+    """Write a bundle of an existing (possibly forged) workspace; return it and the end indices of the
+    segments it discloses for replay (the deletion lineage, then the uniform draws)."""
     from prover import Workspace
     from prover._bundle import write_bundle
 
@@ -289,7 +304,7 @@ def bundle_for(ws_dir: str, *, challenge: bytes | None = None, replay: int = 6) 
     with open(out, "rb") as f:
         data = f.read()
     os.unlink(out)
-    return data, info.sampled
+    return data, info.complete + info.sampled  # every segment the verifier replays: the deletion lineage, then the draws
 
 
 def lineage_map(ctx: ForgeContext) -> dict[int, int]:

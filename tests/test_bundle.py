@@ -26,8 +26,11 @@ from verifiable_mu._sampling import (
     challenge_seed,
     escape_probability,
     fiat_shamir_seed,
+    grinding_note,
+    head_body,
     sample_segments,
-    transcript_digest,
+    single_escape,
+    split_population,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,20 +107,55 @@ def test_range_proof_json_round_trip_and_strictness() -> None:
 # --- sampling -------------------------------------------------------------------------------
 
 
+_D1, _D2 = b"\x01" * 32, b"\x02" * 32
+_BODY = head_body("o", 3, b"\x03" * 32)
+
+
 def test_challenge_seed_bounds() -> None:
     with pytest.raises(MalformedInput, match="16 to 64 bytes"):
-        challenge_seed(b"short")
+        challenge_seed(b"short", [_D1], _BODY)
     with pytest.raises(MalformedInput, match="16 to 64 bytes"):
-        challenge_seed(b"x" * 65)
-    assert challenge_seed(b"a" * 16) != challenge_seed(b"a" * 17)
+        challenge_seed(b"x" * 65, [_D1], _BODY)
+    with pytest.raises(MalformedInput, match="32 bytes"):
+        challenge_seed(b"a" * 16, [b"short"], _BODY)
+    with pytest.raises(MalformedInput, match="32-byte root"):
+        head_body("o", 3, b"\x03" * 31)
+    assert challenge_seed(b"a" * 16, [_D1], _BODY) != challenge_seed(b"a" * 17, [_D1], _BODY)
 
 
-def test_fiat_shamir_binds_transcripts_and_head() -> None:
-    d1, d2 = transcript_digest(b"one"), transcript_digest(b"two")
-    base = fiat_shamir_seed([d1, d2], b"head")
-    assert base != fiat_shamir_seed([d2, d1], b"head")
-    assert base != fiat_shamir_seed([d1, d2], b"head2")
-    assert base != fiat_shamir_seed([d1], b"head")
+@pytest.mark.parametrize("seed", [fiat_shamir_seed, lambda d, b: challenge_seed(b"c" * 16, d, b)])
+def test_seeds_bind_requests_and_head_body(seed) -> None:
+    """Both seeds change with the request prefix, the deletion entries and the head's body."""
+    base = seed([_D1, _D2], _BODY)
+    assert base != seed([_D2, _D1], _BODY)
+    assert base != seed([_D1], _BODY)  # a shorter request prefix draws another sample
+    assert base != seed([_D1, _D2], head_body("o", 4, b"\x03" * 32))
+    assert base != seed([_D1, _D2], head_body("o", 3, b"\x04" * 32))
+    assert base != seed([_D1, _D2], head_body("p", 3, b"\x03" * 32))
+    assert base != fiat_shamir_seed([_D1, _D2], _BODY) or seed is fiat_shamir_seed
+
+
+def test_split_population_complete_deletion_lineage() -> None:
+    """Shard 1 was retrained after a rollback to entry 20: its original segments up to entry 20 and
+    its retraining are complete; its later original segments and every other shard are sampled."""
+    from verifiable_mu._sampling import SegmentRef
+
+    def seg(shard: int, gen: int, end: int) -> SegmentRef:
+        return SegmentRef(shard=shard, generation=gen, stage=1, start_index=end - 1, end_index=end, start_step=0, end_step=1)
+
+    pop = [seg(0, 0, 10), seg(1, 0, 11), seg(1, 0, 20), seg(1, 0, 30), seg(0, 0, 31), seg(1, 1, 40), seg(1, 2, 50)]
+    complete, rest = split_population(pop, {1: 20})
+    assert [r.end_index for r in complete] == [11, 20, 40, 50]
+    assert [r.end_index for r in rest] == [10, 30, 31]
+    assert split_population(pop, {}) == ([], pop)
+
+
+def test_single_segment_escape_and_grinding_note() -> None:
+    assert single_escape(10, 3) == pytest.approx(0.7)
+    assert single_escape(10, 12) == 0.0 and single_escape(0, 3) == 0.0
+    note = grinding_note(10, 3)
+    assert "SAMPLED BY THE OWNER" in note and "0.7" in note and "one signature" in note
+    assert "not checked at all" in grinding_note(10, 0) and "left nothing out" in grinding_note(10, 10)
 
 
 def test_seed_stream_uniform_and_unbiased() -> None:
@@ -129,21 +167,19 @@ def test_seed_stream_uniform_and_unbiased() -> None:
         rng.below(0)
 
 
-def test_sample_prefix_property_and_strata() -> None:
+def test_sample_prefix_property() -> None:
     seed = b"\x07" * 32
-    strata = [[3, 4], [9]]
-    full = sample_segments(12, strata, 8, seed)
-    assert len(full) == len(set(full)) == 10  # 2 stratum draws + 8 uniform draws
-    assert full[0] in (3, 4) and full[1] == 9
+    full = sample_segments(12, 8, seed)
+    assert len(full) == len(set(full)) == 8
     for k in range(8):
-        assert sample_segments(12, strata, k, seed) == full[: 2 + k]
-    assert sorted(sample_segments(12, strata, 100, seed)) == list(range(12))
+        assert sample_segments(12, k, seed) == full[:k]
+    assert sorted(sample_segments(12, 100, seed)) == list(range(12))
 
 
 def test_sample_is_uniform_over_the_rest() -> None:
     hits = Counter()
     for i in range(3000):
-        s = sample_segments(10, [], 1, i.to_bytes(32, "big"))
+        s = sample_segments(10, 1, i.to_bytes(32, "big"))
         hits[s[0]] += 1
     assert all(230 < c < 370 for c in hits.values())
 
@@ -169,7 +205,10 @@ def test_bundle_layout_and_manifest(honest_fixture) -> None:  # noqa: F811
     assert man["challenge"] == {"mode": "fiat-shamir"}
     assert set(man["members"]) == set(m) - {"manifest.json"}
     assert {"keys/signing-key.pub.pem", "heads/final.note", "log/entries.json", "records/openings.json"} <= set(m)
-    assert len(man["sample"]) == 8  # one per deletion + 6 uniform
+    from verifier import verify
+
+    v = verify(honest_fixture.bundle)  # the manifest's sample is informative: the verifier draws its own
+    assert [str(r.end_index) for r in v.sample] == man["sample"] and len(man["sample"]) == min(8, v.sampled_population)
 
 
 def test_bundle_reveals_only_needed_records(honest_fixture) -> None:  # noqa: F811
@@ -183,7 +222,9 @@ def test_bundle_reveals_only_needed_records(honest_fixture) -> None:  # noqa: F8
     v = verify(honest_fixture.bundle, VerifyOptions())
     assert v.exit_code == 0
     used = set()
-    for r in v.sample:
+    assert v.complete and {r.shard for r in v.complete} == {t.shard for t in v.transcripts[0].shards} | {
+        t.shard for t in v.transcripts[1].shards}
+    for r in [*v.complete, *v.sample]:
         for i in range(r.end_index - r.steps, r.end_index):
             from verifier._entries import StepBody
 
@@ -256,19 +297,20 @@ def _spec_vectors() -> dict[str, str]:
 
 def test_spec_08_vectors() -> None:
     v = _spec_vectors()
-    assert set(v) == {"range-5-root", "range-5-1-3", "challenge-seed", "transcript-digest", "fiat-shamir-seed", "sample"}
+    assert set(v) == {"range-5-root", "range-5-1-3", "head-body", "challenge-seed", "fiat-shamir-seed", "sample"}
     leaves = [leaf_hash(bytes([i])) for i in range(5)]
     t = MerkleTree(leaves)
     assert t.root().hex() == v["range-5-root"].strip()
     path = range_path(t.mth, 1, 3, 5)
     assert [h.hex() for h in path] == v["range-5-1-3"].split()
     assert root_from_range(leaves[1:3], 1, 5, path) == t.root()
-    assert challenge_seed(bytes(range(16))).hex() == v["challenge-seed"].strip()
-    d = transcript_digest(b"{}")
-    assert d.hex() == v["transcript-digest"].strip()
-    fs = fiat_shamir_seed([d], b"note\n")
+    body = head_body("vmu.example/log", 7, b"\x22" * 32)
+    assert body.decode() == v["head-body"] + "\n"
+    d = [b"\x11" * 32]
+    assert challenge_seed(bytes(range(16)), d, body).hex() == v["challenge-seed"].strip()
+    fs = fiat_shamir_seed(d, body)
     assert fs.hex() == v["fiat-shamir-seed"].strip()
-    assert sample_segments(10, [[2, 3]], 4, fs) == [int(x) for x in v["sample"].split()]
+    assert sample_segments(10, 4, fs) == [int(x) for x in v["sample"].split()]
 
 
 def test_spec_09_steps_match_code() -> None:

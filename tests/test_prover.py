@@ -262,11 +262,11 @@ def test_newer_workspace_version_is_refused(trained_ws: str, capsys: pytest.Capt
     p = os.path.join(trained_ws, "vmu-workspace.json")
     with open(p) as f:
         cfg = json.load(f)
-    cfg["format_version"] = 2
+    cfg["format_version"] = 3
     with open(p, "w") as f:
         json.dump(cfg, f)
     assert vmu_main(["status", trained_ws]) == 2
-    assert "format version 2 is not supported" in capsys.readouterr().err
+    assert "format version 3 is not supported" in capsys.readouterr().err
 
 
 def test_missing_wrong_or_exposed_key(trained_ws: str, capsys: pytest.CaptureFixture) -> None:

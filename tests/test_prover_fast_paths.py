@@ -24,9 +24,14 @@ _lr = st.floats(min_value=1e-6, max_value=10.0, allow_nan=False) | st.sampled_fr
 _batch = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40).map(lambda cs: "".join(c.hex() for c in cs))
 
 
+_hints = st.none() | st.lists(
+    st.tuples(st.integers(0, 2**16 - 1), st.integers(-1, 2**40), st.integers(-(2**31), 2**31 - 1)), max_size=5
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(_small, _small, _small, _small, _u63, _u63, _lr, _batch)
-def test_step_body_json_is_canonical_json(shard, generation, stage, epoch, step, seed, lr, batch) -> None:
+@given(_small, _small, _small, _small, _u63, _u63, _lr, _batch, _hints)
+def test_step_body_json_is_canonical_json(shard, generation, stage, epoch, step, seed, lr, batch, hints) -> None:
     body = {
         "shard": shard,
         "generation": generation,
@@ -37,6 +42,8 @@ def test_step_body_json_is_canonical_json(shard, generation, stage, epoch, step,
         "lr": lr,
         "batch": batch,
     }
+    if hints is not None:
+        body["hints"] = [list(h) for h in hints]
     got = step_body_json(
         shard=shard,
         generation=generation,
@@ -46,6 +53,7 @@ def test_step_body_json_is_canonical_json(shard, generation, stage, epoch, step,
         seed=seed,
         lr_json=canonical_json(lr),
         batch_hex=batch.encode("ascii"),
+        hints=hints,
     )
     assert got == canonical_json(body)
 

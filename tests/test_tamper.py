@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest_verifier import Honest, forge, honest, members_of, resign_members, rezip
+from conftest_verifier import SLICES, Honest, forge, honest, members_of, resign_members, rezip
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._keys import SigningKey
@@ -120,7 +120,7 @@ def _rename_ckpt(m: dict[str, bytes]) -> None:
 
 
 def _slice_names(m: dict[str, bytes]) -> list[str]:
-    return sorted(n for n in m if n.startswith("slices/") and len(m[n]) >= 128)
+    return sorted(n for n in m if n.startswith("slices/") and n.endswith(".records") and len(m[n]) >= 128)
 
 
 def _rename_slice_records(m: dict[str, bytes]) -> None:
@@ -138,8 +138,79 @@ def _unsort_slice_records(m: dict[str, bytes]) -> None:
 
 
 def _drop_slice_records(m: dict[str, bytes]) -> None:
-    for n in [n for n in m if n.startswith("slices/")]:
+    """No slice records, and no training openings to rebuild generation-0 slices from."""
+    for n in [n for n in m if n.startswith("slices/") and n.endswith(".records")]:
         del m[n]
+    op = json.loads(m["records/openings.json"])
+    op["training"] = []
+    m["records/openings.json"] = json.dumps(op).encode()
+
+
+def _absence_doc(m: dict[str, bytes]) -> dict[str, Any]:
+    d = json.loads(m["slices/absence.json"])
+    assert d["slices"]
+    return d
+
+
+def _no_sample(h: Honest) -> dict[str, bytes]:
+    """The honest bundle without uniform draws: no original step is disclosed, so the shards no
+    request retrains are shown clean by absence proofs."""
+    from conftest_verifier import bundle_for
+
+    return members_of(bundle_for(h.ws_dir, replay=0)[0])
+
+
+def _absence_edit(fn: Callable[[dict[str, bytes]], None]) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
+    def make(h: Honest) -> tuple[bytes, VerifyOptions]:
+        m = _no_sample(h)
+        fn(m)
+        return rezip(m), _opts()
+
+    return make
+
+
+def _drop_absence(m: dict[str, bytes]) -> None:
+    _absence_doc(m)
+    del m["slices/absence.json"]
+
+
+def _corrupt_absence(m: dict[str, bytes]) -> None:
+    d = _absence_doc(m)
+    path = d["slices"][0]["proof"]["proof"]["path"]
+    path[0] = _flip_hex(path[0])
+    m["slices/absence.json"] = json.dumps(d).encode()
+
+
+def _original_slice_records_missing(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """Every segment disclosed, but one opening of the last slice of a shard no request retrains
+    is withheld: that slice can neither be rebuilt from the openings nor is it listed, so the
+    batches of its shard's last stage cannot be recomputed (its absence proof is supplied)."""
+    from conftest_verifier import bundle_for
+
+    from prover import Workspace
+    from verifiable_mu._sorted_tree import SortedTree
+
+    m = members_of(bundle_for(h.ws_dir, replay=10_000)[0])
+    runs = json.loads(m["log/entries.json"])["runs"]
+    affected = {s for r in runs for e in r["entries"] if e["kind"] == "deletion" for s in e["body"]["shards"]}
+    shard = min(set(range(3)) - affected)
+    with Workspace.open(h.ws_dir) as ws:
+        db = ws._db()
+        pairs = sorted(db.execute("SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=?",
+                                  (shard, SLICES - 1)).fetchall())
+        keys = [k for (k,) in db.execute("SELECT key FROM p_records WHERE deleted_by IS NOT NULL")]
+    tree = SortedTree.build(pairs)
+    assert f"slices/{tree.root.hex()}.records" not in m
+    op = json.loads(m["records/openings.json"])
+    from verifiable_mu._records import RecordOpening
+
+    withheld = pairs[0][1]
+    op["training"] = [o for o in op["training"] if RecordOpening.from_json(o).commitment() != withheld]
+    m["records/openings.json"] = json.dumps(op).encode()
+    doc = json.loads(m["slices/absence.json"])
+    doc["slices"].append({"root": tree.root.hex(), "proof": tree.absence_proof(keys).to_json()})
+    m["slices/absence.json"] = json.dumps(doc).encode()
+    return rezip(m), _opts()
 
 
 def _truncate_ckpt(m: dict[str, bytes]) -> None:
@@ -332,6 +403,88 @@ def _p_drop_nonmembership(n: int, pred: dict[str, Any], disclose: Any) -> None:
         pred["shards"][0]["slices"][0]["non_membership"] = []
 
 
+def _p_old_slice_stale(n: int, pred: dict[str, Any], disclose: Any) -> None:
+    """Request 2's record points at its slice's generation-0 entry, which request 1 re-committed."""
+    if n == 2:
+        r = pred["records"][0]
+        r["old_slice"] = disclose(1 + r["shard"] * SLICES + r["slice"])
+
+
+def _p_slices_not_current(n: int, pred: dict[str, Any], disclose: Any) -> None:
+    if n == 1:
+        sc = pred["shards"][0]
+        sc["slices"][SLICES - 1]["slice"] = disclose(1 + sc["shard"] * SLICES + SLICES - 1)
+
+
+def _f_recommit_order(ctx: Any) -> None:
+    """Two slice entries of request 1's re-commit block trade places."""
+    d = _find(ctx.entries, "deletion", request="1")[0]
+    assert ctx.entries[d + 1][0] == ctx.entries[d + 2][0] == "slice"
+    ctx.entries[d + 1], ctx.entries[d + 2] = ctx.entries[d + 2], ctx.entries[d + 1]
+
+
+def _f_dataset_after_request(ctx: Any) -> None:
+    i = _find(ctx.entries, "dataset", version=1)[0]
+    ctx.entries[i][1]["root"] = _flip_hex(ctx.entries[i][1]["root"])
+
+
+def _original_batches_swapped(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """Two original-training steps of one epoch trade a record (every segment disclosed)."""
+
+    def mutate(ctx: Any) -> None:
+        i, j = _find(ctx.entries, "step", shard=1, generation=0, stage=1, epoch=0)[:2]
+        bi, bj = ctx.entries[i][1], ctx.entries[j][1]
+        bi["batch"], bj["batch"] = bj["batch"][:64] + bi["batch"][64:], bi["batch"][:64] + bj["batch"][64:]
+
+    return forge(h, mutate, replay=10_000), _opts()
+
+
+def _p_generation_skips(n: int, pred: dict[str, Any], disclose: Any) -> None:
+    if n == 1:
+        pred["shards"][0]["generation"] += 1
+
+
+def _misplaced_original_step(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """An original step of shard 1 relabelled as shard 2's (every segment disclosed)."""
+
+    def mutate(ctx: Any) -> None:
+        i = _find(ctx.entries, "step", shard=1, generation=0, stage=2)[0]
+        ctx.entries[i][1]["shard"] = 2
+
+    return forge(h, mutate, replay=10_000), _opts()
+
+
+def _misassigned_slices(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """Two generation-0 slices of a retrained shard trade a record (sizes and data-set roots kept
+    consistent, the slices' records disclosed): not the committed assignment."""
+    from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
+
+    extra: dict[str, bytes] = {}
+
+    def mutate(ctx: Any) -> None:
+        db = ctx.ws._db()
+        c = bytes.fromhex(_deleted(ctx)[0])
+        shard, slc = db.execute("SELECT shard, slice FROM p_records WHERE commitment=?", (c,)).fetchone()
+        j1, j2 = [j for j in range(SLICES) if j != slc][:2]
+        p1, p2 = (sorted(db.execute("SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=?",
+                                    (shard, j)).fetchall()) for j in (j1, j2))
+        p1, p2 = sorted([p2[0], *p1[1:]]), sorted([p1[0], *p2[1:]])
+        for j, prs in ((j1, p1), (j2, p2)):
+            tree = SortedTree.build(prs)
+            ctx.entries[1 + shard * SLICES + j][1]["root"] = tree.root.hex()
+            extra[f"slices/{tree.root.hex()}.records"] = b"".join(k + x for k, x in prs)
+        cur: dict[tuple[int, int], dict[str, Any]] = {}
+        for k, e in ctx.entries:
+            if k == "slice":
+                cur[(e["shard"], e["slice"])] = e
+            elif k == "dataset":
+                e["root"] = dataset_root([SliceDescriptor(shard=s, slice=r, size=int(z["size"]), root=bytes.fromhex(z["root"]))
+                                          for (s, r), z in sorted(cur.items())]).hex()
+
+    data = forge(h, mutate)
+    return rezip({**members_of(data), **extra}), _opts()
+
+
 def _fabricated_last_segment(h: Honest) -> tuple[bytes, VerifyOptions]:
     """Request 2's only retraining segment (always sampled) ends in a fabricated checkpoint."""
     from conftest_verifier import train_segment
@@ -356,6 +509,13 @@ def _fabricated_last_segment(h: Honest) -> tuple[bytes, VerifyOptions]:
     return forge(h, mutate), _opts(replay=2)
 
 
+def _bundle_with(h: Honest, **kw: Any) -> bytes:
+    """An honest bundle of the same workspace written with other ``write_bundle`` options."""
+    from conftest_verifier import bundle_for
+
+    return bundle_for(h.ws_dir, **kw)[0]
+
+
 def _opening_edit(fn: Callable[[dict[str, Any]], None]) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
     return _edit_json("records/openings.json", fn)
 
@@ -368,6 +528,12 @@ def _deleted_features(d: dict[str, Any]) -> None:
 
 
 def _clear_training(m: dict[str, bytes]) -> None:
+    """Withhold every training opening; the generation-0 slices the verifier rebuilt from them
+    (specs/08 section 4b) are listed as slice records instead, so only step 17 misses them."""
+    v = verify(rezip(m), _opts(residual=False))
+    assert v.exit_code == 0, repr(v.failure)
+    for root, (keys, commits) in v.derived_slices.items():
+        m[f"slices/{root.hex()}.records"] = b"".join(k + c for k, c in zip(keys, commits, strict=True))
     d = json.loads(m["records/openings.json"])
     d["training"].clear()
     m["records/openings.json"] = canonical_json(d)
@@ -442,6 +608,8 @@ CASES: dict[str, Case] = {
                                           _members_op(_truncate_slice_records)),
     "step_03_slice_records_unsorted": Case(3, 2, "InvalidBundle", "strictly ascending key order",
                                            _members_op(_unsort_slice_records)),
+    "step_03_absence_malformed": Case(3, 2, "InvalidBundle", "absence.json slices must be a list",
+                                      _edit_json("slices/absence.json", lambda d: d.update(slices={}))),
     "step_03_checkpoint_truncated": Case(3, 2, "InvalidBundle", "does not fit|trailing|too short", _members_op(_truncate_ckpt)),
     "step_03_opening_bad_label": Case(3, 2, "InvalidBundle", "label must be a canonical decimal",
                                       _opening_edit(lambda d: d["audit"][0].update(label="07"))),
@@ -482,8 +650,26 @@ CASES: dict[str, Case] = {
     "step_11_membership_proof": Case(11, 1, "DeletionClaimFailed", "was not in its slice", _forged(pred=_p_membership)),
     "step_11_non_membership_dropped": Case(11, 1, "DeletionClaimFailed", "lacks a non-membership proof",
                                            _forged(pred=_p_drop_nonmembership)),
-    "step_11_deleted_record_still_in_slice": Case(11, 1, "DeletionClaimFailed", "shrank|still in slice",
+    "step_11_deleted_record_still_in_slice": Case(11, 1, "DeletionClaimFailed", "minus exactly the 2 deleted",
                                                   _forged(_f_stale_slice)),
+    "step_11_old_slice_not_current": Case(11, 1, "DeletionClaimFailed", "not the current entry of slice",
+                                          _forged(pred=_p_old_slice_stale)),
+    "step_11_slices_not_current": Case(11, 1, "DeletionClaimFailed", r"slices\[2\] is slice entry .* not the current",
+                                       _forged(pred=_p_slices_not_current)),
+    "step_11_recommit_block_out_of_order": Case(11, 1, "DeletionClaimFailed", "of the re-commit block is slice",
+                                                _forged(_f_recommit_order)),
+    "step_11_dataset_after_request": Case(11, 1, "DeletionClaimFailed", "not the root over the current slices",
+                                          _forged(_f_dataset_after_request)),
+    "step_11_generation_skipped": Case(11, 1, "DeletionClaimFailed", "retraining is generation 2, the shard's lineage",
+                                       _forged(pred=_p_generation_skips)),
+    "step_11_not_the_committed_assignment": Case(11, 1, "DeletionClaimFailed", "committed assignment \\(sha256-rank-v1\\) puts it",
+                                                 _misassigned_slices),
+    "step_11_slice_records_missing": Case(11, 1, "SegmentMissing", "does not disclose the records of slice",
+                                          _members_op(_drop_slice_records)),
+    "step_11_absence_proofs_missing": Case(11, 1, "DeletionClaimFailed", "does not prove the deleted record keys absent",
+                                           _absence_edit(_drop_absence)),
+    "step_11_absence_proof_corrupted": Case(11, 1, "DeletionClaimFailed", "not proven absent",
+                                              _absence_edit(_corrupt_absence)),
     # 12. ordering
     "step_12_rollback_after_first_use": Case(12, 1, "OrderingViolation", "rollback", _forged(pred=_p_rollback_later)),
     "step_12_first_use_without_record": Case(12, 1, "OrderingViolation", "does not use record|first used",
@@ -500,8 +686,12 @@ CASES: dict[str, Case] = {
                                                  _forged(_f_dirty_manifest)),
     "step_14_batch_not_committed": Case(14, 1, "BatchNotCommitted", "does not train on its committed batch",
                                         _forged(_f_swap_batches)),
-    "step_14_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
-                                          _members_op(_drop_slice_records)),
+    "step_14_original_slice_records_missing": Case(14, 1, "SegmentMissing", "does not disclose the records of slice",
+                                                   _original_slice_records_missing),
+    "step_14_original_step_misplaced": Case(14, 1, "ScheduleViolation", "is not where the shard's lineage has its step",
+                                            _misplaced_original_step),
+    "step_14_original_batch_not_committed": Case(14, 1, "BatchNotCommitted", "original training of shard 1.*committed batch",
+                                                 _original_batches_swapped),
     # 15. models
     "step_15_model_constituents": Case(15, 1, "ModelMismatch", "constituents", _forged(_f_model_shards)),
     "step_15_model_digest": Case(15, 1, "ModelMismatch", "not the hash of its constituents|model_before", _forged(_f_model_digest)),
@@ -515,8 +705,8 @@ CASES: dict[str, Case] = {
     "step_16_deleted_opening_swapped": Case(16, 1, "OpeningMismatch", "deleted-record openings",
                                             _opening_edit(lambda d: d["deleted"].__setitem__(0, d["audit"].pop()))),
     # 17. sampling
-    "step_17_sample_chosen_by_prover": Case(17, 1, "ChallengeMismatch", "not the ones the challenge selects",
-                                            _edit_json("manifest.json", lambda d: d["sample"].reverse())),
+    "step_17_fewer_draws_than_the_verifier_asks": Case(17, 1, "SegmentMissing", "sampled segment ending at entry",
+                                                       lambda h: (_bundle_with(h, replay=2), _opts(replay=8))),
     "step_17_claims_interactive": Case(17, 1, "ChallengeMismatch", "pass the challenge", _edit_json(
         "manifest.json", lambda d: d.update(challenge={"mode": "interactive", "challenge": "ab" * 16}))),
     "step_17_training_opening_removed": Case(17, 1, "SegmentMissing", "does not open record",

@@ -30,7 +30,8 @@ def test_end_to_end_cli_accepts_with_replay(honest_fixture, tmp_path) -> None:  
     assert "verdict: ACCEPTED" in r.stdout
     for n, name, _ in STEPS:
         assert f"{n:2d}. {name}" in r.stdout
-    assert "escape probability (1-f)^k with k=6 uniformly drawn segments (+2" in r.stdout and "f=5%" in r.stdout
+    assert "escape probability outside the deletion lineage per owner try (SAMPLED BY THE OWNER)" in r.stdout
+    assert "k=8, N=8" in r.stdout and "f=5%" in r.stdout
     rep = json.loads(out.read_text())
     assert rep["type"] == "vmu.verification-report" and rep["version"] == 1
     assert rep["verdict"] == "accepted" and rep["exit_code"] == 0 and rep["failure"] is None
@@ -41,18 +42,21 @@ def test_end_to_end_cli_accepts_with_replay(honest_fixture, tmp_path) -> None:  
     assert rep["residual"]["verdict"] in ("pass", "inconclusive")
     assert (rep["checks"][18]["status"] == "inconclusive") == (rep["residual"]["verdict"] == "inconclusive")
     assert rep["trust"]["pinned"] is True
-    assert rep["replay"]["mode"] == "exact" and len(rep["replay"]["segments"]) == 8
+    samp = rep["sampling"]
+    assert rep["replay"]["mode"] == "exact" and len(rep["replay"]["segments"]) == samp["complete"] + 8
     assert all(s["bit_exact"] for s in rep["replay"]["segments"])
     assert set(rep["escape_probability"]) == {"0.01", "0.05", "0.1"}
-    assert abs(rep["escape_probability"]["0.1"] - 0.9**6) < 1e-12
-    # every deletion's retraining is sampled
-    assert {s["retraining_of_request"] for s in rep["sampling"]["segments"]} >= {1, 2}
+    assert abs(rep["escape_probability"]["0.1"] - 0.9**8) < 1e-12
+    assert rep["challenge"]["sampled_by"] == samp["sampled_by"] == "owner" and "SAMPLED BY THE OWNER" in samp["statement"]
+    # every deletion's retraining is replayed in full (complete), with the original lineage before it
+    comp = [s for s in samp["segments"] if s["complete"]]
+    assert {s["retraining_of_request"] for s in comp} == {None, 1, 2}  # None: the original lineage before it
 
 
 def test_unpinned_key_warns(honest_fixture) -> None:  # noqa: F811
-    r = _cli(honest_fixture.bundle_path, "--replay", "0")
+    r = _cli(honest_fixture.bundle_path, "--replay", "0", "--no-residual")
     assert r.returncode == 0
-    assert "UNPINNED KEY" in r.stdout and "NO REPLAY" in r.stdout
+    assert "UNPINNED KEY" in r.stdout and "NO SAMPLED REPLAY" in r.stdout
 
 
 def test_step_04_pinned_key_mismatch_rejected(honest_fixture, tmp_path) -> None:  # noqa: F811
@@ -75,12 +79,8 @@ def test_unusable_inputs_exit_2(tmp_path) -> None:
 
 
 def test_fewer_replays_than_disclosed(honest_fixture) -> None:  # noqa: F811
-    v = verify(honest_fixture.bundle, VerifyOptions(replay=2))
-    assert v.exit_code == 0 and v.replayed == 4 and v.uniform_replayed == 2
-    # more than disclosed: the bundle lacks what the verifier draws
-    v = verify(honest_fixture.bundle, VerifyOptions(replay=9))
-    assert v.exit_code == 1 and v.failed_step == 17
-    assert "not disclosed" in str(v.failure) or "does not open" in str(v.failure) or "lacks" in str(v.failure)
+    v = verify(honest_fixture.bundle, VerifyOptions(replay=2, residual=False))
+    assert v.exit_code == 0 and v.replayed == len(v.complete) + 2 and v.uniform_replayed == 2
 
 
 def test_step_17_interactive_challenge(honest_fixture, tmp_path) -> None:  # noqa: F811
@@ -91,7 +91,8 @@ def test_step_17_interactive_challenge(honest_fixture, tmp_path) -> None:  # noq
     path = str(tmp_path / "inter.zip")
     with Workspace.open(honest_fixture.ws_dir) as ws:
         write_bundle(ws, path, challenge=ch, replay=4)
-    assert verify(path, VerifyOptions(challenge=ch)).exit_code == 0
+    v = verify(path, VerifyOptions(challenge=ch, replay=4, residual=False))
+    assert v.exit_code == 0 and v.sampled_by == "verifier" and any("UNPINNED HEAD" in w for w in v.warnings)
     v = verify(path, VerifyOptions(challenge=bytes(32)))
     assert v.exit_code == 1 and v.failed_step == 17 and "does not answer this verifier's challenge" in str(v.failure)
     v = verify(path)

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_SIGNATURES",
     "MAX_NOTE_BYTES",
     "key_id",
+    "ed25519_verifies",
     "is_valid_key_name",
     "NoteSigner",
     "NoteVerifier",
@@ -119,6 +120,17 @@ def _b64_strict(text: str, what: str, exc: type[Exception]) -> bytes:
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def ed25519_verifies(key: Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
+    """True iff ``signature`` (64 bytes) is a valid Ed25519 signature of ``message`` by ``key``."""
+    if len(signature) != 64:
+        return False
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _check_text(text: str, what: str) -> None:
@@ -194,13 +206,7 @@ class NoteVerifier:
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """True iff ``signature`` is a valid Ed25519 signature of ``message`` by this key."""
-        if len(signature) != 64:
-            return False
-        try:
-            self.public_key.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
+        return ed25519_verifies(self.public_key, message, signature)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

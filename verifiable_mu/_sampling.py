@@ -1,38 +1,48 @@
-"""Which training segments a verifier replays: challenge, Fiat-Shamir and uniform sampling.
+"""Which training segments a verifier replays: the deletion lineage in full, the rest sampled.
 
-Both the bundle writer (prover) and the verifier import this module, so the two sides draw the
-same sample from the same seed; the verifier never takes the sample from the bundle, it only
-checks that the bundle holds what it drew (specs/09-verification.md, step 14).
+Both the bundle writer (prover) and the verifier import this module, so the two sides compute the
+same complete set and draw the same sample from the same seed; the verifier never takes either
+from the bundle (the manifest is unsigned), it only checks that the bundle discloses what it needs
+(specs/09-verification.md, step 17). specs/08-bundle.md section 5 is the normative text.
 
-* **Seed.** Interactive: ``SHA-256(TAG_CHALLENGE || "interactive" || 0x00 || u32be(len c) || c)``
-  for the verifier's challenge ``c`` (16 to 64 random bytes). Offline (Fiat-Shamir):
-  ``SHA-256(TAG_CHALLENGE || "fiat-shamir" || 0x00 || u32be(T) || d_1 || ... || d_T ||
-  u64be(len h) || h)`` where ``d_i = SHA-256(TAG_TRANSCRIPT || payload_i)`` is the digest of the
-  i-th deletion transcript's signed DSSE payload and ``h`` the bytes of the final signed tree head.
+* **Complete set.** Every segment of the *deletion lineage* of every shard a bundled request
+  retrains: its original (generation-0) segments up to the latest generation-0 rollback checkpoint
+  of that shard, and every segment of every retraining of it. These are always replayed; no
+  sampling is involved (:func:`split_population`).
+* **Sampled population.** Every other segment, in ascending order of its end checkpoint's log
+  index.
+* **Binding.** ``u32be(T) || e_1 || ... || e_T || u32be(len b) || b``: ``T`` the number of bundled
+  requests, ``e_i`` the leaf hash of request ``i``'s ``deletion`` log entry, ``b`` the final signed
+  tree head's checkpoint *body* (origin, size and root lines; not the timestamp, extension or
+  signature lines, which the owner can rewrite for free).
+* **Seed.** Interactive: ``SHA-256(TAG_CHALLENGE || "interactive" || 0x00 || u32be(len c) || c ||
+  binding)`` for the verifier's challenge ``c`` (16 to 64 random bytes). Offline (Fiat-Shamir):
+  ``SHA-256(TAG_CHALLENGE || "fiat-shamir" || 0x00 || binding)``; the owner can re-draw it by
+  producing another tree head (append an entry, sign), so an offline sample is *sampled by the
+  owner* (:func:`grinding_note`).
 * **Stream.** Block ``j`` is ``SHA-256(TAG_CHALLENGE || "stream" || 0x00 || seed || u64be(j))``;
   each block gives four big-endian u64 words, used in order. ``below(n)`` takes the next word
   ``w`` and returns ``w mod n`` unless ``w >= 2^64 - (2^64 mod n)`` (then it takes another word):
   exact uniformity, no modulo bias.
-* **Sample.** The population is a list of segments in ascending order of their end checkpoint's
-  log index. First, for each stratum in order (a stratum is one deletion request's retraining), one
-  of its segments not yet chosen is drawn uniformly ("stratum draws"). Then ``k`` more segments are
-  drawn uniformly without replacement from all segments not yet chosen (or all that are left):
-  the "uniform draws", which the escape bound ``(1-f)^k`` counts. The result is in draw order;
-  the sample for ``k`` is a prefix of the sample for any ``k' > k`` drawn from the same seed, so a
-  verifier may ask for fewer segments than a bundle discloses.
+* **Sample.** ``k`` positions drawn uniformly without replacement from the sampled population
+  (or all of it when it has at most ``k``), in draw order; the sample for ``k`` is a prefix of the
+  sample for any ``k' > k`` from the same seed, so a bundle that discloses ``k'`` draws serves a
+  verifier who asks for ``k``.
 """
 
 from __future__ import annotations
 
+import base64
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._errors import MalformedInput
-from ._tags import TAG_CHALLENGE, TAG_TRANSCRIPT, tagged_hash
+from ._tags import TAG_CHALLENGE, tagged_hash
 
 __all__ = [
     "AUDIT_DISCLOSE_MAX",
+    "DEFAULT_REPLAY",
     "MAX_CHALLENGE_BYTES",
     "MIN_CHALLENGE_BYTES",
     "SAMPLING_VERSION",
@@ -41,14 +51,20 @@ __all__ = [
     "challenge_seed",
     "escape_probability",
     "fiat_shamir_seed",
+    "grinding_note",
+    "head_body",
     "sample_audit",
     "sample_segments",
-    "transcript_digest",
+    "single_escape",
+    "split_population",
 ]
 
-SAMPLING_VERSION = 1
+SAMPLING_VERSION = 2
 MIN_CHALLENGE_BYTES = 16
 MAX_CHALLENGE_BYTES = 64
+#: Uniform draws from the sampled population: what ``vmu bundle`` discloses and what
+#: ``vmu-verify`` replays unless told otherwise (the verifier's policy, never the manifest's).
+DEFAULT_REPLAY = 8
 _TWO64 = 1 << 64
 
 
@@ -74,8 +90,26 @@ class SegmentRef:
         return self.end_step - self.start_step
 
 
-def challenge_seed(challenge: bytes) -> bytes:
-    """The sampling seed for a verifier-supplied challenge (16 to 64 bytes)."""
+def head_body(origin: str, size: int, root: bytes) -> bytes:
+    """The checkpoint body a seed binds: ``origin\nsize\nbase64(root)\n`` (the first three lines of
+    a signed tree head; its timestamp, extension and signature lines are left out)."""
+    if not isinstance(root, bytes) or len(root) != 32 or not isinstance(size, int) or size < 0:
+        raise MalformedInput("a tree head body needs a size >= 0 and a 32-byte root")
+    return f"{origin}\n{size}\n{base64.b64encode(root).decode('ascii')}\n".encode()
+
+
+def _binding(deletions: Sequence[bytes], body: bytes) -> bytes:
+    for d in deletions:
+        if not isinstance(d, bytes) or len(d) != 32:
+            raise MalformedInput("deletion entry leaf hashes must be 32 bytes")
+    if not isinstance(body, bytes) or not body:
+        raise MalformedInput("the final tree head body must be non-empty bytes")
+    return b"".join([struct.pack(">I", len(deletions)), *deletions, struct.pack(">I", len(body)), body])
+
+
+def challenge_seed(challenge: bytes, deletions: Sequence[bytes], body: bytes) -> bytes:
+    """The sampling seed for a verifier-supplied challenge (16 to 64 bytes), bound to the bundled
+    requests' deletion entries (leaf hashes, in request order) and the final head's body."""
     if not isinstance(challenge, (bytes, bytearray)):
         raise MalformedInput("the challenge must be bytes")
     if not MIN_CHALLENGE_BYTES <= len(challenge) <= MAX_CHALLENGE_BYTES:
@@ -83,27 +117,34 @@ def challenge_seed(challenge: bytes) -> bytes:
             f"the challenge must be {MIN_CHALLENGE_BYTES} to {MAX_CHALLENGE_BYTES} bytes "
             f"({2 * MIN_CHALLENGE_BYTES} to {2 * MAX_CHALLENGE_BYTES} hex digits), got {len(challenge)}"
         )
-    return tagged_hash(TAG_CHALLENGE, b"interactive\x00", struct.pack(">I", len(challenge)), bytes(challenge))
+    return tagged_hash(TAG_CHALLENGE, b"interactive\x00", struct.pack(">I", len(challenge)), bytes(challenge),
+                       _binding(deletions, body))
 
 
-def transcript_digest(payload: bytes) -> bytes:
-    """``SHA-256(TAG_TRANSCRIPT || payload)`` of a deletion transcript's signed DSSE payload."""
-    return tagged_hash(TAG_TRANSCRIPT, bytes(payload))
+def fiat_shamir_seed(deletions: Sequence[bytes], body: bytes) -> bytes:
+    """The sampling seed of an offline bundle: the binding alone (chosen by the owner, see
+    :func:`grinding_note`)."""
+    return tagged_hash(TAG_CHALLENGE, b"fiat-shamir\x00", _binding(deletions, body))
 
 
-def fiat_shamir_seed(transcript_digests: Sequence[bytes], final_head_note: bytes) -> bytes:
-    """The sampling seed of an offline bundle, bound to its transcripts and final signed head."""
-    for d in transcript_digests:
-        if not isinstance(d, bytes) or len(d) != 32:
-            raise MalformedInput("transcript digests must be 32 bytes")
-    return tagged_hash(
-        TAG_CHALLENGE,
-        b"fiat-shamir\x00",
-        struct.pack(">I", len(transcript_digests)),
-        *transcript_digests,
-        struct.pack(">Q", len(final_head_note)),
-        bytes(final_head_note),
-    )
+def split_population(
+    population: Sequence[SegmentRef], gen0_rollback: Mapping[int, int]
+) -> tuple[list[SegmentRef], list[SegmentRef]]:
+    """``(complete, sampled population)``, both in the population's order.
+
+    ``gen0_rollback[s]`` is, for every shard a bundled request retrains, the largest log index of
+    a generation-0 checkpoint that one of its retrainings rolled back to. Complete: the segments
+    of such a shard that are a retraining (generation > 0) or original training ending at or
+    before that checkpoint (the deletion lineage); sampled population: every other segment.
+    """
+    complete, rest = [], []
+    for r in population:
+        cut = gen0_rollback.get(r.shard)
+        if cut is not None and (r.generation > 0 or r.end_index <= cut):
+            complete.append(r)
+        else:
+            rest.append(r)
+    return complete, rest
 
 
 class SeedStream:
@@ -136,32 +177,17 @@ class SeedStream:
                 return w % n
 
 
-def sample_segments(population_size: int, strata: Sequence[Sequence[int]], k: int, seed: bytes) -> list[int]:
-    """Draw segment positions (indices into the ordered population) as described above.
-
-    ``strata`` lists, per deletion request, the positions of its retraining segments. One position
-    per non-empty stratum is drawn first, then ``k`` uniform draws from the rest; the result has
-    ``(number of stratum draws) + min(k, what is left)`` positions.
-    """
+def sample_segments(population_size: int, k: int, seed: bytes) -> list[int]:
+    """``min(k, population_size)`` positions of ``[0, population_size)`` drawn uniformly without
+    replacement, in draw order: ``below(len(left))`` into the ascending list of positions not yet
+    chosen, which loses the chosen one."""
     if population_size < 0 or k < 0:
         raise ValueError("population size and k must be non-negative")
     rng = SeedStream(seed)
+    remaining = list(range(population_size))
     chosen: list[int] = []
-    taken: set[int] = set()
-    for stratum in strata:
-        avail = sorted(i for i in set(stratum) if i not in taken)
-        if any(not 0 <= i < population_size for i in avail):
-            raise ValueError("stratum position outside the population")
-        if not avail:
-            continue
-        j = avail[rng.below(len(avail))]
-        chosen.append(j)
-        taken.add(j)
-    remaining = [i for i in range(population_size) if i not in taken]
-    target = len(chosen) + k
-    while len(chosen) < target and remaining:
-        j = remaining.pop(rng.below(len(remaining)))
-        chosen.append(j)
+    while len(chosen) < k and remaining:
+        chosen.append(remaining.pop(rng.below(len(remaining))))
     return chosen
 
 
@@ -189,7 +215,33 @@ def sample_audit(seed: bytes, size: int, k: int = AUDIT_DISCLOSE_MAX) -> list[in
 
 
 def escape_probability(f: float, k: int) -> float:
-    """``(1 - f)^k``: the chance that none of ``k`` uniformly sampled segments is one of a
-    fraction ``f`` of forged segments (sampling with replacement; without replacement, and with
-    the extra stratum draws, the chance is lower, so this is an upper bound)."""
+    """``(1 - f)^k``: the chance that none of ``k`` uniform draws is one of a fraction ``f`` of
+    forged segments (with replacement; without replacement the chance is lower, so this is an
+    upper bound). Meaningful only when the verifier chose the seed (see :func:`grinding_note`)."""
     return float((1.0 - f) ** k)
+
+
+def single_escape(population: int, k: int) -> float:
+    """The chance that one forged segment of a sampled population of ``population`` escapes ``k``
+    draws without replacement: ``1 - min(k, N)/N`` (0 when every segment is drawn)."""
+    if population <= 0:
+        return 0.0
+    return 1.0 - min(k, population) / population
+
+
+def grinding_note(population: int, k: int) -> str:
+    """What an offline (Fiat-Shamir) sample is worth against an owner who re-draws it."""
+    p = single_escape(population, k)
+    if k <= 0 or population <= 0:
+        return ("SAMPLED BY THE OWNER (Fiat-Shamir); no segment outside the deletion lineage was drawn, so those "
+                "segments are not checked at all")
+    if p == 0.0:
+        return ("SAMPLED BY THE OWNER (Fiat-Shamir), but all of the segments outside the deletion lineage were "
+                "drawn, so the owner's choice of seed left nothing out")
+    return (
+        f"SAMPLED BY THE OWNER: the Fiat-Shamir seed is fixed by the owner's own deletion entries and final tree "
+        f"head; each retry costs the owner one new tree head (append one log entry, one signature: microseconds). "
+        f"A single forged segment among the {population} sampled segments escapes one try with probability "
+        f"{p:.3g} and g tries with 1 - {1 - p:.3g}^g, so against a grinding owner the sampled replay bounds "
+        f"nothing; the deletion lineage, replayed in full, is not affected. Use --challenge for a bound."
+    )

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ._tags import TAG_STEP_SEED, tagged_hash
+from ._sorted_tree import SortedTree
+from ._tags import TAG_ASSIGNMENT, TAG_STEP_SEED, tagged_hash
 
-__all__ = ["step_seed", "perm_seed", "epoch_order", "atomic_write"]
+__all__ = ["assigned_slices", "assignment_rank", "atomic_write", "derive_slices", "epoch_order", "perm_seed", "shard_size", "step_seed"]
 
 
 def step_seed(run_seed: int, *, shard: int, generation: int, stage: int, epoch: int, step: int) -> int:
@@ -51,3 +53,43 @@ def atomic_write(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def assignment_rank(run_seed: int, key: bytes) -> bytes:
+    """The sort key of a training record in the committed assignment ``sha256-rank-v1``
+    (specs/06-training.md section 1): ``SHA-256(TAG_ASSIGNMENT || u64be(seed) || key)``."""
+    return tagged_hash(TAG_ASSIGNMENT, struct.pack(">Q", run_seed), key)
+
+
+def shard_size(n_train: int, shards: int, shard: int) -> int:
+    """How many of ``n_train`` ranked records the assignment gives ``shard`` (ranks ``i`` with
+    ``i mod shards == shard``)."""
+    return max(0, (n_train - shard + shards - 1) // shards)
+
+
+def assigned_slices(run_seed: int, keys: list[bytes], slices: int) -> dict[bytes, int]:
+    """The slice the assignment gives each record of one shard, from the shard's keys alone: the
+    shard's record at position ``p`` of its ``n_s`` in rank order goes to slice ``p * R // n_s``
+    (ranks are global, but a shard holds every ``S``-th of them, so positions within the shard
+    follow from its own keys)."""
+    order = sorted(keys, key=lambda k: assignment_rank(run_seed, k))
+    n = len(order)
+    return {k: p * slices // n for p, k in enumerate(order)}
+
+
+def derive_slices(run_seed: int, pairs: Iterable[tuple[bytes, bytes]], sizes: Sequence[int]) -> list[SortedTree]:
+    """Candidate slice trees of one shard, from ``(key, commitment)`` pairs known to be in it and
+    the committed slice sizes: the assignment puts the shard's records in its slices by rank, in
+    contiguous runs, so slice ``j`` is the records of rank positions ``sizes[0] + ... + sizes[j-1]``
+    onward. Candidate ``j`` is right exactly when ``pairs`` holds all of slices ``0..j`` -- and
+    then, only then, its root is the committed one (the caller compares roots; a wrong candidate
+    never matches). Stops at the first slice the pairs cannot fill."""
+    order = sorted(set(pairs), key=lambda p: assignment_rank(run_seed, p[0]))
+    out: list[SortedTree] = []
+    start = 0
+    for n in sizes:
+        if start + n > len(order):
+            break
+        out.append(SortedTree.build(sorted(order[start : start + n])))
+        start += n
+    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import struct
 import sys
@@ -42,6 +43,13 @@ __all__ = [
     "platform_info",
     "step_seed",
     "sgd_step",
+    "portable_step",
+    "train_step",
+    "prepare_model",
+    "RoundingHintInvalid",
+    "FLOAT32",
+    "PORTABLE",
+    "ARITHMETICS",
     "run_steps",
     "checkpoint_digest",
     "checkpoint_from_model",
@@ -55,6 +63,22 @@ __all__ = [
 ]
 
 _BUILTIN_MODELS = ("mlp", "logreg", "cnn")
+
+FLOAT32 = "float32"
+PORTABLE = "portable-v1"
+ARITHMETICS = (FLOAT32, PORTABLE)
+#: portable-v1 (specs/06 section 3a): a gradient tensor is rounded to the grid 2^(E - GRID_BITS),
+#: E the exponent of its largest magnitude; the prover hints every element whose scaled value
+#: lies within HINT_ZONE of a grid midpoint, and the grid exponent when the largest magnitude lies
+#: within EXP_ZONE (relative) of a power of two; the verifier accepts a hint up to ACCEPT_ZONE /
+#: EXP_ACCEPT away.
+GRID_BITS = 24
+HINT_ZONE = 2.0**-14
+ACCEPT_ZONE = 2.0**-12
+EXP_ZONE = 2.0**-30
+EXP_ACCEPT = 2.0**-28
+#: A gradient tensor whose largest magnitude is below this rounds to zero.
+TINY = 2.0**-900
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,14 +126,28 @@ class Hyper:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 32
+    #: ``float32`` (bit-exact only on the same platform) or ``portable-v1`` (specs/06 section 3a:
+    #: float64 gradients on a fixed grid with rounding hints, bit-exact on any platform)
+    arithmetic: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.arithmetic not in ARITHMETICS:
+            raise MalformedInput(f"unknown arithmetic {self.arithmetic!r} (use {' or '.join(ARITHMETICS)})")
+
+    @property
+    def portable(self) -> bool:
+        return self.arithmetic == PORTABLE
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "lr": repr(self.lr),
             "momentum": repr(self.momentum),
             "weight_decay": repr(self.weight_decay),
             "batch_size": self.batch_size,
         }
+        if self.portable:  # float32 logs keep the fields they always had
+            d["arithmetic"] = self.arithmetic
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> Hyper:
@@ -119,8 +157,9 @@ class Hyper:
                 momentum=float(d["momentum"]),
                 weight_decay=float(d["weight_decay"]),
                 batch_size=int(d["batch_size"]),
+                arithmetic=str(d.get("arithmetic", FLOAT32)),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MalformedInput(f"hyper-parameters are not valid: {e}") from e
 
 
@@ -228,13 +267,86 @@ def resolve_device(name: str) -> torch.device:
 
 
 def platform_info(device: torch.device, threads: int) -> dict[str, Any]:
-    """What a bit-exact replay must match."""
-    return {
+    """What a bit-exact replay must match: the platform fields and the fingerprint of
+    :mod:`verifiable_mu._platform` for training on ``device`` with ``threads`` intra-op threads."""
+    out: dict[str, Any] = {
         "torch": torch.__version__,
         "device": device.type,
         "threads": threads,
         "deterministic": True,
         "dtype": "float32",
+    }
+    out.update(_cpu_fingerprint())
+    out.update(_cuda_fingerprint(device))
+    return out
+
+
+_CPU_FINGERPRINT: dict[str, str] = {}
+
+
+def _cpu_fingerprint() -> dict[str, str]:
+    """ATen's CPU kernel set, the BLAS and its code path, oneDNN and its ISA cap (fixed for the
+    life of a process: each is chosen from the CPU and the environment at start-up)."""
+    if not _CPU_FINGERPRINT:
+        import re
+
+        cap = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "none")()
+        config = torch.__config__.show()
+        blas, path, isa = _blas_fingerprint(config)
+        m = re.search(r"(?:MKL-DNN|oneDNN) v([0-9][0-9.]*)", config)
+        onednn = "none"
+        if m and torch.backends.mkldnn.is_available():
+            cap_env = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "default"
+            onednn = f"{m.group(1)} max_isa={cap_env.lower()}"
+        _CPU_FINGERPRINT.update(
+            cpu_capability=str(cap), cpu_isa=isa, blas=blas, blas_path=path, onednn=onednn
+        )  # fmt: skip
+    return dict(_CPU_FINGERPRINT)
+
+
+def _blas_fingerprint(config: str) -> tuple[str, str, str]:
+    """``(library and version, code path, the CPU's own ISA class)``. MKL's path is read from
+    MKL itself (its CBWR branch, or the branch its automatic dispatch picks on this CPU); a BLAS
+    whose path cannot be read reports ``unknown``, which never matches for a bit-exact replay."""
+    import ctypes
+    import re
+
+    from ._platform import mkl_branch_name
+
+    m = re.search(r"BLAS_INFO=([A-Za-z0-9_]+)", config)
+    lib_name = m.group(1) if m else "unknown"
+    if lib_name != "mkl":
+        return lib_name, "unknown", "unknown"
+    v = re.search(r"Math Kernel Library Version ([0-9][0-9.]*)", config)
+    blas = f"mkl {v.group(1) if v else 'unknown'}"
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        branch = int(lib.mkl_serv_cbwr_get(1))  # MKL_CBWR_BRANCH
+        auto = int(lib.mkl_serv_cbwr_get_auto_branch())
+    except (OSError, AttributeError):  # another build or OS: the path cannot be read
+        return blas, "unknown", "unknown"
+    path = auto if branch in (0, 1, 2) else branch  # OFF / BRANCH_OFF / AUTO: automatic dispatch
+    return blas, mkl_branch_name(path), mkl_branch_name(auto)
+
+
+def _cuda_fingerprint(device: torch.device) -> dict[str, str]:
+    if device.type != "cuda":
+        return {"cuda_device": "none", "cuda_libs": "none"}
+    import importlib.metadata
+
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(idx)
+    cublas = "unknown"
+    for pkg in ("nvidia-cublas-cu12", "nvidia-cublas-cu13", "nvidia-cublas-cu11", "nvidia-cublas"):
+        try:
+            cublas = importlib.metadata.version(pkg)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "cuda_device": f"{torch.cuda.get_device_name(idx)} sm_{major}{minor}",
+        "cuda_libs": f"cuda {torch.version.cuda} cublas {cublas} cudnn {cudnn or 'none'}",
     }
 
 
@@ -248,8 +360,9 @@ Checkpoint = dict[str, torch.Tensor]
 def checkpoint_from_model(model: nn.Module, momentum: Mapping[str, torch.Tensor]) -> Checkpoint:
     out: Checkpoint = {}
     for name, p in model.named_parameters():
-        out[f"param/{name}"] = p.detach().to("cpu", copy=True).contiguous()
-        out[f"momentum/{name}"] = momentum[name].detach().to("cpu", copy=True).contiguous()
+        # A portable model computes in float64 with float32-representable values: exact here.
+        out[f"param/{name}"] = p.detach().to("cpu", dtype=torch.float32, copy=True).contiguous()
+        out[f"momentum/{name}"] = momentum[name].detach().to("cpu", dtype=torch.float32, copy=True).contiguous()
     return out
 
 
@@ -263,10 +376,11 @@ def load_into_model(model: nn.Module, ckpt: Checkpoint, device: torch.device) ->
     with torch.no_grad():
         for n, p in model.named_parameters():
             src = ckpt[f"param/{n}"]
-            if src.shape != p.shape or src.dtype != p.dtype:
+            mom = ckpt[f"momentum/{n}"]
+            if src.shape != p.shape or mom.shape != p.shape or src.dtype != torch.float32 or mom.dtype != torch.float32:
                 raise MalformedInput(f"checkpoint tensor {n} has the wrong shape or dtype")
-            p.copy_(src.to(device))
-            momentum[n] = ckpt[f"momentum/{n}"].to(device).clone()
+            p.copy_(src.to(device))  # into a float32 model, or exactly into a portable (float64) one
+            momentum[n] = mom.to(device=device, dtype=p.dtype).clone()
     return momentum
 
 
@@ -419,6 +533,147 @@ def sgd_step(
             buf.mul_(mom).add_(g)
             p.add_(buf, alpha=-lr)
     return float(loss.detach())
+
+
+class RoundingHintInvalid(CommitmentMismatch):
+    """A portable step's logged rounding hint does not fit the value the replay computed."""
+
+
+Hint = tuple[int, int, int]
+"""``(tensor, element, value)``: tensor = index in the sorted parameter names; element = -1 for
+the grid exponent (value = E), else the flat index (value = the grid integer)."""
+
+
+def _grid_round(g: torch.Tensor, t: int, given: list[Hint] | None, out: list[Hint]) -> torch.Tensor:
+    """Round one float64 gradient tensor to its grid (specs/06 section 3a). ``given`` None: as the
+    prover, append the hints this rounding needs to ``out``; else apply and check those hints.
+
+    ``|s - round(s)|`` equals ``|s - floor(s) - 1/2|`` subtracted from 1/2, exactly (both are exact
+    in float64 for ``|s| < 2^25``), so the hint zone is tested on the former: one subtraction."""
+    flat = g.reshape(-1)
+    if flat.numel():
+        lo, hi = torch.aminmax(flat)
+        m = max(-float(lo), float(hi))
+    else:
+        m = 0.0
+    if not math.isfinite(m):
+        raise FloatingPointError(f"gradient of parameter {t} is not finite")
+    if m < TINY:  # flushed: far below anything training can resolve (and 2^(24-E) stays finite)
+        if given:
+            raise RoundingHintInvalid(f"rounding hint for parameter {t}, whose gradient is zero")
+        return torch.zeros_like(g)
+    e = math.frexp(m)[1]  # 2^(e-1) <= m < 2^e
+    hints = given or []
+    if given is None:
+        if m / 2.0 ** (e - 1) - 1.0 < EXP_ZONE or 1.0 - m / 2.0**e < EXP_ZONE:
+            out.append((t, -1, e))
+    elif hints and hints[0][1] == -1:
+        eh = hints[0][2]
+        if not -1000 < eh < 1000 or min(abs(m / 2.0 ** (eh - 1) - 1.0), abs(m / 2.0**eh - 1.0)) >= EXP_ACCEPT:
+            raise RoundingHintInvalid(f"grid-exponent hint {eh} of parameter {t} is not near its largest gradient")
+        e, hints = eh, hints[1:]
+    scale = 2.0 ** (GRID_BITS - e)
+    s = flat * scale  # exact: a power of two
+    q = torch.round(s)  # ties to even
+    if given is None:
+        off = s.sub_(q).abs_()  # |s - q| = 1/2 - |s - floor(s) - 1/2|
+        near = off > 0.5 - HINT_ZONE
+        if bool(near.any()):
+            out.extend((t, int(i), int(q[i])) for i in torch.nonzero(near).reshape(-1).tolist())
+    else:
+        n = flat.numel()
+        for _, i, v in hints:
+            if not 0 <= i < n:
+                raise RoundingHintInvalid(f"rounding hint for element {i} of parameter {t}, which has {n}")
+            si = float(s[i])
+            fl = math.floor(si)
+            if abs(si - fl - 0.5) >= ACCEPT_ZONE or v not in (fl, fl + 1):
+                raise RoundingHintInvalid(f"rounding hint for element {i} of parameter {t} is not near a grid midpoint")
+            q[i] = float(v)
+    return q.mul_(1.0 / scale).reshape(g.shape)
+
+
+def _hints_by_tensor(hints: Iterable[Hint], n_tensors: int) -> dict[int, list[Hint]]:
+    out: dict[int, list[Hint]] = {}
+    prev: Hint | None = None
+    for h in hints:
+        if prev is not None and (h[0], h[1]) <= (prev[0], prev[1]):
+            raise RoundingHintInvalid("rounding hints are not in strictly increasing (tensor, element) order")
+        if not 0 <= h[0] < n_tensors:
+            raise RoundingHintInvalid(f"rounding hint for parameter {h[0]}; the model has {n_tensors}")
+        out.setdefault(h[0], []).append(h)
+        prev = h
+    return out
+
+
+def portable_step(
+    model: nn.Module,
+    momentum: dict[str, torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    hyper: Hyper,
+    seed: int,
+    hints: Iterable[Hint] | None = None,
+) -> tuple[float, list[Hint]]:
+    """One portable-v1 step (specs/06 section 3a) on a float64 ``model`` whose values are all
+    float32-representable; the update uses only correctly rounded element-wise operations, so the
+    only platform-dependent value, the gradient, is rounded to a grid with hints. ``hints`` None:
+    as the prover, return the hints the step needs; else (the verifier) apply them, raising
+    :class:`RoundingHintInvalid` for one that does not fit. Returns the batch loss and the hints."""
+    torch.default_generator.manual_seed(seed)
+    if xb.is_cuda:
+        torch.cuda.manual_seed(seed)
+    model.train()
+    params = dict(model.named_parameters())
+    names = sorted(params)
+    for p in params.values():
+        p.grad = None
+    loss = nn.functional.cross_entropy(model(xb.to(torch.float64)), yb)
+    loss.backward()
+    given = None if hints is None else _hints_by_tensor(hints, len(names))
+    out: list[Hint] = []
+    lr, mom, wd = hyper.lr, hyper.momentum, hyper.weight_decay
+    with torch.no_grad():
+        for t, name in enumerate(names):
+            p = params[name]
+            if p.grad is None:
+                if given and t in given:
+                    raise RoundingHintInvalid(f"rounding hint for parameter {t}, which has no gradient")
+                continue
+            g = _grid_round(p.grad, t, None if given is None else given.get(t, []), out)
+            if wd:
+                g = g + p * wd
+            buf = momentum[name]
+            buf.mul_(mom)
+            buf.add_(g)
+            buf.copy_(buf.to(torch.float32))
+            p.sub_(buf * lr)
+            p.copy_(p.to(torch.float32))
+    return float(loss.detach()), out
+
+
+def train_step(
+    model: nn.Module,
+    momentum: dict[str, torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    hyper: Hyper,
+    seed: int,
+    hints: Iterable[Hint] | None = None,
+) -> tuple[float, list[Hint]]:
+    """One step in the log's arithmetic (``hyper.arithmetic``); returns the batch loss and the
+    rounding hints (none for float32)."""
+    if hyper.portable:
+        return portable_step(model, momentum, xb, yb, hyper, seed, hints)
+    if hints:
+        raise RoundingHintInvalid("a float32 step carries rounding hints")
+    return sgd_step(model, momentum, xb, yb, hyper, seed), []
+
+
+def prepare_model(model: nn.Module, hyper: Hyper) -> nn.Module:
+    """The model in the arithmetic the steps run in: float64 for portable-v1 (build the model,
+    load a float32 checkpoint, then call this; every value stays float32-representable)."""
+    return model.double() if hyper.portable else model
 
 
 def zero_momentum(model: nn.Module) -> dict[str, torch.Tensor]:

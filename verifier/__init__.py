@@ -10,12 +10,13 @@ It imports the shared core (:mod:`verifiable_mu`) and never the prover. Importin
 
 from ._bundle import Bundle, Limits, Manifest, read_bundle
 from ._canary import CanaryReport, canary_test
-from ._checks import STEPS, CheckResult, Verification, VerifyOptions, verify
+from ._checks import STEPS, CheckResult, ExpectedHead, Verification, VerifyOptions, verify
 from ._errors import (
     BatchNotCommitted,
     ChallengeMismatch,
     CommitBlockInvalid,
     DeletionClaimFailed,
+    EntryKindMismatch,
     HeadMismatch,
     ManifestContainsDeleted,
     ModelMismatch,
@@ -26,6 +27,7 @@ from ._errors import (
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
+    WitnessQuorumMissing,
 )
 from ._html import overall_verdict, render_html
 from ._report import REPORT_VERSION, render_text, to_json
@@ -50,6 +52,8 @@ __all__ = [
     "CheckResult",
     "CommitBlockInvalid",
     "DeletionClaimFailed",
+    "EntryKindMismatch",
+    "ExpectedHead",
     "HeadMismatch",
     "Limits",
     "Manifest",
@@ -62,6 +66,7 @@ __all__ = [
     "ScheduleViolation",
     "SegmentMissing",
     "UntrustedKey",
+    "WitnessQuorumMissing",
     "Verification",
     "VerifyOptions",
     "read_bundle",

@@ -8,9 +8,11 @@ message naming the member. It checks *form* only: no signature or proof is check
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import stat
 import struct
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from verifiable_mu._canonical import hex32, parse_json_strict
+from verifiable_mu._canonical import hex32
 from verifiable_mu._dsse import Envelope
 from verifiable_mu._errors import InvalidBundle, UnsupportedVersion
 from verifiable_mu._keys import VerifyingKey
@@ -30,26 +32,32 @@ from verifiable_mu._multiproof import MultiProof
 from verifiable_mu._proofs import ConsistencyProof
 from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
-from verifiable_mu._sorted_tree import SortedTree
+from verifiable_mu._sorted_tree import AbsenceProof, SortedTree
 from verifiable_mu._tags import TAG_CHECKPOINT
 
 from ._entries import _wrap
 
 __all__ = [
     "BUNDLE_VERSION",
+    "Archive",
     "Bundle",
+    "JsonBudget",
     "Limits",
     "LogRun",
     "Manifest",
     "Openings",
     "checkpoint_content_digest",
+    "checkpoint_shapes",
     "load_file",
+    "json_memory_estimate",
+    "open_archive",
     "open_manifest",
     "parse_bundle",
     "parse_envelope",
     "parse_json_bounded",
+    "parse_large_members",
+    "parse_signed_members",
     "read_bundle",
-    "read_members",
 ]
 
 BUNDLE_VERSION = 1
@@ -59,17 +67,21 @@ PUBKEY = "keys/signing-key.pub.pem"
 FINAL_HEAD = "heads/final.note"
 LOG = "log/entries.json"
 OPENINGS = "records/openings.json"
+ABSENCE = "slices/absence.json"
 
 _NAME_RE = re.compile(
     r"(manifest\.json|keys/signing-key\.pub\.pem|heads/final\.note|transcripts/[0-9]{6}\.dsse\.json"
-    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records)"
+    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records"
+    r"|slices/absence\.json)"
 )
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Resource bounds for reading an untrusted bundle (documented in specs/08-bundle.md)."""
+    """Resource bounds for reading an untrusted bundle (table in specs/09-verification.md,
+    "Resource bounds"). Every bound is checked on sizes the bundle states (the file's size, the
+    zip's central directory, a JSON text's token counts) *before* the memory is allocated."""
 
     max_archive_bytes: int = 4 * 1024**3
     max_members: int = 4096
@@ -77,8 +89,28 @@ class Limits:
     max_total_bytes: int = 1024**3
     max_ratio: int = 200  # uncompressed / compressed, for members over ratio_floor bytes
     ratio_floor: int = 1024**2
+    #: all members together expand to at most max_total_ratio x the archive's size + total_floor
+    max_total_ratio: int = 64
+    total_floor: int = 16 * 1024**2
+    max_manifest_bytes: int = 16 * 1024**2
     max_json_bytes: int = 256 * 1024**2
     max_json_depth: int = 32
+    #: estimated Python memory of one parsed JSON document, and of all documents of one bundle
+    max_json_memory: int = 256 * 1024**2
+    max_json_memory_total: int = 512 * 1024**2
+    max_safetensors_header: int = 1024**2
+
+
+_DEFAULT = Limits()
+
+
+class JsonBudget:
+    """What is left of :attr:`Limits.max_json_memory_total` for the JSON documents of one bundle."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limits: Limits) -> None:
+        self.left = limits.max_json_memory_total
 
 
 # --- the zip layer ------------------------------------------------------------------------
@@ -107,8 +139,34 @@ def _check_name(info: zipfile.ZipInfo) -> None:
         raise InvalidBundle(f"archive member {name!r} is not a member a bundle of version {BUNDLE_VERSION} can hold")
 
 
-def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
-    """Read every member of the zip in ``data``, refusing anything unsafe (step 1)."""
+@dataclass(frozen=True, slots=True)
+class Archive:
+    """A zip archive whose central directory passed step 1; nothing is inflated yet."""
+
+    zip: zipfile.ZipFile = field(repr=False)
+    infos: Mapping[str, zipfile.ZipInfo] = field(repr=False)
+    size: int
+
+    def read(self, name: str, limits: Limits, *, max_bytes: int | None = None) -> bytes:
+        """Inflate one member: never more than the size its central-directory entry states
+        (bounded in step 1), nor more than ``max_bytes``."""
+        info = self.infos[name]
+        if max_bytes is not None and info.file_size > max_bytes:
+            raise InvalidBundle(f"archive member {name!r} is {info.file_size} bytes (at most {max_bytes})")
+        try:
+            with self.zip.open(info) as f:
+                blob = f.read(info.file_size + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, NotImplementedError, struct.error) as e:
+            raise InvalidBundle(f"archive member {name!r} cannot be read (truncated or damaged): {e}") from e
+        if len(blob) != info.file_size:
+            raise InvalidBundle(f"archive member {name!r} does not have the size its header states")
+        return blob
+
+
+def open_archive(data: bytes, limits: Limits = Limits()) -> Archive:
+    """Step 1: open the zip in ``data`` and check its central directory: names, counts and the
+    sizes every member declares, against bounds derived from the archive's own size. Nothing is
+    inflated here; :meth:`Archive.read` never inflates a member beyond its declared size."""
     if len(data) > limits.max_archive_bytes:
         raise InvalidBundle(f"the bundle is {len(data)} bytes (at most {limits.max_archive_bytes})")
     if not data.startswith(b"PK"):
@@ -117,40 +175,35 @@ def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
         z = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
         raise InvalidBundle(f"not a readable zip archive (truncated or damaged): {e}") from e
-    with z:
-        infos = z.infolist()
-        if len(infos) > limits.max_members:
-            raise InvalidBundle(f"the archive has {len(infos)} members (at most {limits.max_members})")
-        seen: set[str] = set()
-        total = 0
-        for info in infos:
-            _check_name(info)
-            if info.filename in seen:
-                raise InvalidBundle(f"archive member {info.filename!r} appears twice (duplicate entry)")
-            seen.add(info.filename)
-            if info.file_size > limits.max_member_bytes:
-                raise InvalidBundle(
-                    f"archive member {info.filename!r} is {info.file_size} bytes (at most {limits.max_member_bytes})"
-                )
-            total += info.file_size
-            if total > limits.max_total_bytes:
-                raise InvalidBundle(f"the archive expands to more than {limits.max_total_bytes} bytes")
-            if info.file_size > limits.ratio_floor and info.file_size > limits.max_ratio * max(info.compress_size, 1):
-                raise InvalidBundle(
-                    f"archive member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}-fold "
-                    f"(at most {limits.max_ratio}; zip bomb?)"
-                )
-        out: dict[str, bytes] = {}
-        for info in infos:
-            try:
-                with z.open(info) as f:
-                    blob = f.read(info.file_size + 1)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, NotImplementedError, struct.error) as e:
-                raise InvalidBundle(f"archive member {info.filename!r} cannot be read (truncated or damaged): {e}") from e
-            if len(blob) != info.file_size:
-                raise InvalidBundle(f"archive member {info.filename!r} does not have the size its header states")
-            out[info.filename] = blob
-    return out
+    infos = z.infolist()
+    if len(infos) > limits.max_members:
+        raise InvalidBundle(f"the archive has {len(infos)} members (at most {limits.max_members})")
+    seen: dict[str, zipfile.ZipInfo] = {}
+    total = packed = 0
+    max_total = min(limits.max_total_bytes, limits.max_total_ratio * len(data) + limits.total_floor)
+    for info in infos:
+        _check_name(info)
+        if info.filename in seen:
+            raise InvalidBundle(f"archive member {info.filename!r} appears twice (duplicate entry)")
+        seen[info.filename] = info
+        if info.file_size > limits.max_member_bytes:
+            raise InvalidBundle(
+                f"archive member {info.filename!r} is {info.file_size} bytes (at most {limits.max_member_bytes})"
+            )
+        total += info.file_size
+        packed += info.compress_size
+        if total > max_total:
+            raise InvalidBundle(f"the archive expands to more than {max_total} bytes (at most {limits.max_total_ratio} "
+                                f"times its own size of {len(data)} bytes, plus {limits.total_floor}; zip bomb?)")
+        if info.file_size > limits.ratio_floor and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            raise InvalidBundle(
+                f"archive member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}-fold "
+                f"(at most {limits.max_ratio}; zip bomb?)"
+            )
+    if packed > len(data):
+        raise InvalidBundle(f"the archive's members claim {packed} compressed bytes in a file of {len(data)} "
+                            "(overlapping members; zip bomb?)")
+    return Archive(zip=z, infos=MappingProxyType(seen), size=len(data))
 
 
 # --- bounded JSON -------------------------------------------------------------------------
@@ -174,13 +227,41 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json_bounded(data: bytes, *, what: str, max_bytes: int, max_depth: int, exc: type[Exception] = InvalidBundle) -> Any:
-    """Strict JSON for untrusted bundle members: size and depth bounded, no duplicate keys, no
-    NaN/Infinity. Same rules as :func:`verifiable_mu._canonical.parse_json_strict`, but the depth
-    pre-scan runs at C speed (strings are cut out by a regular expression and only the brackets
-    left are counted), so multi-megabyte transcripts parse in tens of milliseconds."""
+def json_memory_estimate(data: bytes) -> int:
+    """An upper estimate of the Python memory :func:`parse_json_bounded` takes for the JSON text
+    ``data`` (its pre-scan and ``json.loads``), from token counts taken at C speed without
+    allocating: 3 bytes per byte of text, and per string, object, array, key and element what
+    the worst shapes took under tracemalloc (``[{},{},..]``, ``[[],[],..]``, many distinct keys,
+    short strings, numbers, one long string). Characters inside strings are counted as tokens
+    too, which only overestimates; honest members (hex and base64 strings) estimate 1-3x."""
+    return (3 * len(data) + 132 * data.count(b'"') + 96 * data.count(b"{") + 80 * data.count(b"[")
+            + 160 * data.count(b":") + 48 * data.count(b","))
+
+
+def parse_json_bounded(
+    data: bytes,
+    *,
+    what: str,
+    max_bytes: int,
+    max_depth: int,
+    exc: type[Exception] = InvalidBundle,
+    max_memory: int = _DEFAULT.max_json_memory,
+    budget: JsonBudget | None = None,
+) -> Any:
+    """Strict JSON for untrusted bundle members: size, memory and depth bounded, no duplicate keys,
+    no NaN/Infinity. Same rules as :func:`verifiable_mu._canonical.parse_json_strict`, but the
+    pre-scan runs at C speed (strings are cut out by a regular expression and only the tokens left
+    are counted), so multi-megabyte transcripts parse in tens of milliseconds. The memory the
+    parse would take (:func:`json_memory_estimate`) is checked against ``max_memory`` and against
+    what is left of ``budget`` before anything is parsed."""
     if len(data) > max_bytes:
         raise exc(f"{what} is too large ({len(data)} bytes > {max_bytes})")
+    est = json_memory_estimate(data)
+    cap = max_memory if budget is None else min(max_memory, budget.left)
+    if est > cap:
+        left = " left for this bundle" if budget is not None and budget.left < max_memory else ""
+        raise exc(f"{what} would take about {est >> 20} MiB of memory to parse ({len(data)} bytes of JSON; "
+                  f"at most {cap >> 20} MiB{left})")
     brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
     depth = 0
     for b in brackets:
@@ -190,15 +271,19 @@ def parse_json_bounded(data: bytes, *, what: str, max_bytes: int, max_depth: int
                 raise exc(f"{what} is nested deeper than {max_depth} levels")
         else:
             depth -= 1
+    del brackets
+    if budget is not None:
+        budget.left -= est
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise exc(f"{what} is not valid JSON: {str(e)[:200]}") from e
 
 
-def parse_envelope(data: bytes, what: str, limits: Limits) -> Envelope:
+def parse_envelope(data: bytes, what: str, limits: Limits, budget: JsonBudget | None = None) -> Envelope:
     """A DSSE envelope member (strict profile of verifiable_mu._dsse), parsed with the bounded parser."""
-    obj = parse_json_bounded(data, what=what, max_bytes=limits.max_json_bytes, max_depth=3)
+    obj = parse_json_bounded(data, what=what, max_bytes=limits.max_json_bytes, max_depth=3,
+                             max_memory=limits.max_json_memory, budget=budget)
     return _wrap(what, Envelope.from_json, obj)
 
 
@@ -363,17 +448,24 @@ class Bundle:
     member_bytes: Mapping[str, int] = field(repr=False)
     # slice-tree root (from the name, rebuilt from the content) -> its records' commitments in key order
     slice_records: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
+    # slice-tree root -> its records' keys in key order (the same members)
+    slice_keys: Mapping[bytes, tuple[bytes, ...]] = field(repr=False, default_factory=dict)
+    # slice-tree root -> the absence proof of the deleted keys in that tree (slices/absence.json)
+    absence: Mapping[bytes, AbsenceProof] = field(repr=False, default_factory=dict)
+    # consistency proofs from heads the verifier named to the prover (--known-head) to the final head
+    known: tuple[ConsistencyProof, ...] = ()
 
 
-def _json(members: Mapping[str, bytes], name: str, limits: Limits) -> Any:
-    return parse_json_bounded(members[name], what=name, max_bytes=limits.max_json_bytes, max_depth=limits.max_json_depth)
+def _json(members: Mapping[str, bytes], name: str, limits: Limits, budget: JsonBudget | None) -> Any:
+    return parse_json_bounded(members[name], what=name, max_bytes=limits.max_json_bytes, max_depth=limits.max_json_depth,
+                              max_memory=limits.max_json_memory, budget=budget)
 
 
-def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...]]:
+def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...], tuple[ConsistencyProof, ...]]:
     if not isinstance(d, dict):
         raise InvalidBundle(f"{LOG} must be a JSON object")
     _version(d, LOG, "vmu.bundle-log")
-    _obj(d, LOG, {"type", "version", "runs", "consistency"})
+    _obj(d, LOG, {"type", "version", "runs", "consistency"}, {"known"})
     runs_j = d["runs"]
     if not isinstance(runs_j, list) or not runs_j:
         raise InvalidBundle(f"{LOG} runs must be a non-empty list")
@@ -397,7 +489,11 @@ def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...]
     if not isinstance(cons_j, list):
         raise InvalidBundle(f"{LOG} consistency must be a list")
     cons = tuple(_wrap(f"{LOG} consistency proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(cons_j))
-    return tuple(runs), cons
+    known_j = d.get("known", [])
+    if not isinstance(known_j, list) or len(known_j) > 64:
+        raise InvalidBundle(f"{LOG} known must be a list of at most 64 consistency proofs")
+    known = tuple(_wrap(f"{LOG} known proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(known_j))
+    return tuple(runs), cons, known
 
 
 def _parse_openings(d: Any) -> Openings:
@@ -425,7 +521,7 @@ def _parse_openings(d: Any) -> Openings:
 _ST_DTYPES = {"F32": ("float32", 4)}
 
 
-def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint") -> bytes:
+def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint", max_header: int = _DEFAULT.max_safetensors_header) -> bytes:
     """The content digest of a safetensors checkpoint file, computed without torch.
 
     Same value as :func:`verifiable_mu.training.checkpoint_digest` of the loaded tensors:
@@ -436,9 +532,12 @@ def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint") -> bytes
     if len(data) < 8:
         raise InvalidBundle(f"{what} is not a safetensors file (too short)")
     (hlen,) = struct.unpack("<Q", data[:8])
-    if hlen > min(len(data) - 8, 16 * 1024**2):
+    if hlen > len(data) - 8:
         raise InvalidBundle(f"{what} has a safetensors header longer than the file")
-    header = parse_json_strict(data[8 : 8 + hlen], what=f"{what} header", exc=InvalidBundle, max_depth=8)
+    if hlen > max_header:
+        raise InvalidBundle(f"{what} has a safetensors header of {hlen} bytes (at most {max_header})")
+    header = parse_json_bounded(data[8 : 8 + hlen], what=f"{what} header", max_bytes=max_header, max_depth=8,
+                                max_memory=64 * max_header)
     if not isinstance(header, dict):
         raise InvalidBundle(f"{what} header must be a JSON object")
     body = memoryview(data)[8 + hlen :]
@@ -482,68 +581,134 @@ def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint") -> bytes
     return h.digest()
 
 
+def checkpoint_shapes(data: bytes, *, what: str = "checkpoint", max_header: int = _DEFAULT.max_safetensors_header) -> dict[str, tuple[int, ...]]:
+    """``name -> shape`` of the tensors of a safetensors file that step 3 accepted (no tensor is read)."""
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = parse_json_bounded(data[8 : 8 + hlen], what=f"{what} header", max_bytes=max_header, max_depth=8,
+                                max_memory=64 * max_header)
+    return {name: tuple(spec["shape"]) for name, spec in header.items() if name != "__metadata__"}
+
+
 # --- the bundle ------------------------------------------------------------------------------
 
 
-def open_manifest(members: Mapping[str, bytes], limits: Limits = Limits()) -> Manifest:
-    """Step 2: parse the manifest and check the member list and every member's SHA-256."""
-    if MANIFEST not in members:
+def open_manifest(archive: Archive, limits: Limits = Limits()) -> tuple[Manifest, dict[str, bytes]]:
+    """Step 2: inflate and parse the manifest (and nothing else before it), check the member list
+    against it, then inflate every other member (each bounded by its declared size, step 1) and
+    check its SHA-256. Returns the manifest and every member's bytes."""
+    if MANIFEST not in archive.infos:
         raise InvalidBundle("not a proof bundle: the archive has no manifest.json")
-    manifest = Manifest.from_json(_json(members, MANIFEST, limits))
-    names = set(members) - {MANIFEST}
+    raw = archive.read(MANIFEST, limits, max_bytes=limits.max_manifest_bytes)
+    manifest = Manifest.from_json(parse_json_bounded(raw, what=MANIFEST, max_bytes=limits.max_manifest_bytes,
+                                                     max_depth=limits.max_json_depth, max_memory=limits.max_json_memory))
+    names = set(archive.infos) - {MANIFEST}
     listed = set(manifest.members)
     if names - listed:
         raise InvalidBundle(f"archive member {sorted(names - listed)[0]!r} is not listed in the manifest")
     if listed - names:
         raise InvalidBundle(f"member {sorted(listed - names)[0]!r} listed in the manifest is missing from the archive")
-    for name in sorted(names):
-        if hashlib.sha256(members[name]).digest() != manifest.members[name]:
-            raise InvalidBundle(f"member {name!r} does not match its SHA-256 in the manifest")
     for required in (PUBKEY, FINAL_HEAD, LOG, OPENINGS, *manifest.transcripts):
-        if required not in members:
+        if required not in names:
             raise InvalidBundle(f"the bundle lacks the member {required!r}")
     extra_t = {n for n in names if n.startswith("transcripts/")} - set(manifest.transcripts)
     if extra_t:
         raise InvalidBundle(f"transcript {sorted(extra_t)[0]!r} is not listed in the manifest's transcripts")
-    return manifest
+    members = {MANIFEST: raw}
+    for name in sorted(names):
+        blob = archive.read(name, limits)
+        if hashlib.sha256(blob).digest() != manifest.members[name]:
+            raise InvalidBundle(f"member {name!r} does not match its SHA-256 in the manifest")
+        members[name] = blob
+    return manifest, members
 
 
-def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limits = Limits()) -> Bundle:
-    """Step 3: parse every member into validated objects (nothing is verified yet)."""
+#: Members parsed before the signatures are checked (steps 4-6 need them); the others, the large
+#: ones, are parsed only after step 6 (:func:`parse_large_members`).
+SIGNED_MEMBERS = (PUBKEY, FINAL_HEAD, "transcripts/")
+
+
+def parse_signed_members(members: Mapping[str, bytes], manifest: Manifest, limits: Limits = Limits(),
+                         budget: JsonBudget | None = None) -> Bundle:
+    """Step 3, first part: the public key, the final head and the transcripts' DSSE envelopes, the
+    members whose signatures steps 4 to 6 check. The large members are left unparsed (empty)."""
     key = _wrap(PUBKEY, VerifyingKey.from_pem, members[PUBKEY])
-    envs = tuple(parse_envelope(members[name], name, limits) for name in manifest.transcripts)
-    runs, cons = _parse_log(_json(members, LOG, limits))
-    if len(cons) != len(envs):
-        raise InvalidBundle(f"{LOG} must hold one consistency proof per transcript ({len(envs)}), it has {len(cons)}")
-    openings = _parse_openings(_json(members, OPENINGS, limits))
-    ckpts = {}
-    for name in sorted(members):
-        if name.startswith("checkpoints/"):
-            digest = bytes.fromhex(name[len("checkpoints/") : -len(".safetensors")])
-            got = checkpoint_content_digest(members[name], what=name)
-            if got != digest:
-                raise InvalidBundle(f"{name} holds a checkpoint whose content digest is {got.hex()[:16]}...")
-            ckpts[digest] = members[name]
-    slices = {}
-    for name in sorted(members):
-        if name.startswith("slices/"):
-            root = bytes.fromhex(name[len("slices/") : -len(".records")])
-            slices[root] = _parse_slice_records(members[name], root, name)
+    envs = tuple(parse_envelope(members[name], name, limits, budget) for name in manifest.transcripts)
     return Bundle(
         manifest=manifest,
         public_key=key,
         final_head=members[FINAL_HEAD],
         transcripts=envs,
-        runs=runs,
-        consistency=cons,
-        openings=openings,
-        checkpoints=MappingProxyType(ckpts),
+        runs=(),
+        consistency=(),
+        openings=Openings(deleted=(), audit=(), training=()),
+        checkpoints=MappingProxyType({}),
         member_bytes=MappingProxyType({n: len(b) for n, b in members.items()}),
-        slice_records=MappingProxyType(slices),
     )
 
 
-def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[bytes, ...]:
+def parse_large_members(bundle: Bundle, members: Mapping[str, bytes], limits: Limits = Limits(),
+                        budget: JsonBudget | None = None) -> Bundle:
+    """Step 3, second part (run after the signatures of steps 4 to 6 verified): the log runs, the
+    openings, the checkpoint files and the slice-records members."""
+    runs, cons, known = _parse_log(_json(members, LOG, limits, budget))
+    if len(cons) != len(bundle.transcripts):
+        raise InvalidBundle(f"{LOG} must hold one consistency proof per transcript ({len(bundle.transcripts)}), "
+                            f"it has {len(cons)}")
+    openings = _parse_openings(_json(members, OPENINGS, limits, budget))
+    ckpts = {}
+    for name in sorted(members):
+        if name.startswith("checkpoints/"):
+            digest = bytes.fromhex(name[len("checkpoints/") : -len(".safetensors")])
+            got = checkpoint_content_digest(members[name], what=name, max_header=limits.max_safetensors_header)
+            if got != digest:
+                raise InvalidBundle(f"{name} holds a checkpoint whose content digest is {got.hex()[:16]}...")
+            ckpts[digest] = members[name]
+    slices, slice_keys = {}, {}
+    for name in sorted(members):
+        if name.startswith("slices/") and name.endswith(".records"):
+            root = bytes.fromhex(name[len("slices/") : -len(".records")])
+            slice_keys[root], slices[root] = _parse_slice_records(members[name], root, name)
+    return dataclasses.replace(
+        bundle,
+        runs=runs,
+        consistency=cons,
+        known=known,
+        openings=openings,
+        checkpoints=MappingProxyType(ckpts),
+        slice_records=MappingProxyType(slices),
+        slice_keys=MappingProxyType(slice_keys),
+        absence=MappingProxyType(_parse_absence(_json(members, ABSENCE, limits, budget)) if ABSENCE in members else {}),
+    )
+
+
+def _parse_absence(d: Any) -> dict[bytes, AbsenceProof]:
+    """``slices/absence.json``: one absence proof of the deleted keys per slice tree whose records
+    the bundle does not disclose (specs/08-bundle.md section 4b)."""
+    if not isinstance(d, dict):
+        raise InvalidBundle(f"{ABSENCE} must be a JSON object")
+    _version(d, ABSENCE, "vmu.bundle-absence")
+    _obj(d, ABSENCE, {"type", "version", "slices"})
+    if not isinstance(d["slices"], list):
+        raise InvalidBundle(f"{ABSENCE} slices must be a list")
+    out: dict[bytes, AbsenceProof] = {}
+    for i, item in enumerate(d["slices"]):
+        what = f"{ABSENCE} slices[{i}]"
+        if not isinstance(item, dict) or set(item) != {"root", "proof"}:
+            raise InvalidBundle(f"{what} must be an object with exactly root and proof")
+        root = hex32(item["root"], what=f"{what} root", exc=InvalidBundle)
+        if root in out:
+            raise InvalidBundle(f"{what}: root {root.hex()[:16]}... is listed twice")
+        out[root] = _wrap(f"{what} proof", AbsenceProof.from_json, item["proof"])
+    return out
+
+
+def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limits = Limits()) -> Bundle:
+    """Step 3: parse every member into validated objects (nothing is verified yet)."""
+    budget = JsonBudget(limits)
+    return parse_large_members(parse_signed_members(members, manifest, limits, budget), members, limits, budget)
+
+
+def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """A ``slices/<root>.records`` member: 64-byte ``key || commitment`` records, strictly
     ascending by key, whose slice tree has the root the name says (specs/08-bundle.md 4a)."""
     if len(data) % 64:
@@ -555,14 +720,26 @@ def _parse_slice_records(data: bytes, root: bytes, name: str) -> tuple[bytes, ..
     tree = SortedTree.from_buffers(b"".join(keys), b"".join(commits))
     if tree.root != root:
         raise InvalidBundle(f"{name} holds records whose slice tree has root {tree.root.hex()[:16]}..., not its name")
-    return commits
+    return tuple(keys), commits
 
 
 def load_file(path: str, limits: Limits = Limits()) -> bytes:
-    """Read a bundle file with a bounded read."""
+    """Read a bundle file by its real size (never a read that reserves the largest allowed size)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(limits.max_archive_bytes + 1)
+            st = os.fstat(f.fileno())
+            if st.st_size > limits.max_archive_bytes:
+                raise InvalidBundle(f"the bundle is {st.st_size} bytes (at most {limits.max_archive_bytes})")
+            if stat.S_ISREG(st.st_mode):
+                data = f.read(st.st_size + 1)  # one byte more: a file that grew is noticed below
+            else:  # a pipe or device: no size to trust, so read in chunks up to the bound
+                buf = bytearray()
+                while len(buf) <= limits.max_archive_bytes:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    buf += chunk
+                data = bytes(buf)
     except OSError as e:
         raise InvalidBundle(f"cannot read {path}: {e.strerror or e}") from e
     if len(data) > limits.max_archive_bytes:
@@ -571,7 +748,7 @@ def load_file(path: str, limits: Limits = Limits()) -> bytes:
 
 
 def read_bundle(source: str | bytes, limits: Limits = Limits()) -> Bundle:
-    """Read and parse a bundle file (path) or its bytes (steps 1 to 3)."""
+    """Read and parse a bundle file (path) or its bytes (steps 1 to 3; no signature is checked)."""
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else load_file(source, limits)
-    members = read_members(data, limits)
-    return parse_bundle(members, open_manifest(members, limits), limits)
+    manifest, members = open_manifest(open_archive(data, limits), limits)
+    return parse_bundle(members, manifest, limits)

@@ -13,17 +13,23 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
  8. transcript-proofs  every entry a transcript discloses is included under its head_after
  9. log-runs           every disclosed run of entries is included under the final head
 10. commitments        commit block: config, slice trees, data-set root, audit set, initial checkpoints
-11. deletion-claims    deleted records were in their old slices; absent from every retrained slice
+11. deletion-claims    every slice claim is the current entry of the shard's slice lineage (commit
+                       block, then each request's re-commit block); deleted records were in their
+                       old slices, as the committed assignment places them; re-committed slices are
+                       the old ones minus exactly the deleted records; every deleted key is absent
+                       from every shard's current slices
 12. ordering           rollback checkpoint of the current lineage, before the first use of each record
 13. schedule           every lineage's checkpoints and steps follow the committed SISA schedule
 14. clean-manifests    no retraining step uses a record deleted by this or an earlier request, and
-                       every retraining step trains on its committed batch: the stage's slice
-                       records (disclosed, rebuilt to the logged roots) in the order the committed
-                       seed gives
+                       every disclosed step (retraining and original training) trains on its
+                       committed batch: the stage's slice records (disclosed, rebuilt to the logged
+                       roots) in the order the committed seed gives
 15. models             model entries chain; final constituent weights match the final model
 16. openings           openings match their commitments, the request digests and the audit root
-17. sampling           the sample is the one the challenge selects; every sampled segment is disclosed
-18. replay             replaying each sampled segment reproduces its logged end checkpoint
+17. sampling           the deletion lineage of every retrained shard (complete) and the verifier's own
+                       sample of the other segments (k from the verifier's policy, never the
+                       manifest) are fully disclosed
+18. replay             replaying every segment of step 17 reproduces its logged end checkpoint
 19. residual           deleted records look like never-seen records (membership inference with a
                        positive control; canaries with --canary); inconclusive never counts as a pass
 
@@ -37,7 +43,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._dsse import IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE, verify_envelope
@@ -56,27 +62,36 @@ from verifiable_mu._note import Checkpoint, NoteVerifier, open_checkpoint
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
+    DEFAULT_REPLAY,
     SegmentRef,
     challenge_seed,
     escape_probability,
     fiat_shamir_seed,
+    grinding_note,
+    head_body,
     sample_audit,
     sample_segments,
-    transcript_digest,
+    single_escape,
+    split_population,
 )
-from verifiable_mu._seeds import epoch_order, step_seed
+from verifiable_mu._seeds import assigned_slices, derive_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_CHALLENGE, TAG_MODEL, TAG_REQUEST, tagged_hash
+from verifiable_mu._witness import Cosignature, WitnessKey, verify_cosignatures
 
+from ._bounds import check_model_fits, checkpoint_is_finite
 from ._bundle import (
+    Archive,
     Bundle,
+    JsonBudget,
     Limits,
     Manifest,
     load_file,
+    open_archive,
     open_manifest,
-    parse_bundle,
     parse_json_bounded,
-    read_members,
+    parse_large_members,
+    parse_signed_members,
 )
 from ._entries import (
     PREDICATE_DELETION,
@@ -96,6 +111,7 @@ from ._errors import (
     ChallengeMismatch,
     CommitBlockInvalid,
     DeletionClaimFailed,
+    EntryKindMismatch,
     HeadMismatch,
     ManifestContainsDeleted,
     ModelMismatch,
@@ -105,9 +121,10 @@ from ._errors import (
     ScheduleViolation,
     SegmentMissing,
     UntrustedKey,
+    WitnessQuorumMissing,
 )
 
-__all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "Verification", "VerifyOptions", "step_seed", "verify"]
+__all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "ExpectedHead", "Verification", "VerifyOptions", "step_seed", "verify"]
 
 STEPS: tuple[tuple[int, str, str], ...] = (
     (1, "archive", "the file is a safe, readable zip archive"),
@@ -120,14 +137,14 @@ STEPS: tuple[tuple[int, str, str], ...] = (
     (8, "transcript-proofs", "transcript log entries are included under their heads"),
     (9, "log-runs", "disclosed log runs are included under the final head"),
     (10, "commitments", "config, slice trees, data-set root, audit set, initial checkpoints"),
-    (11, "deletion-claims", "deleted records were in their slices and are absent from retrained slices"),
+    (11, "deletion-claims", "slice claims follow the shards' slice lineage; deleted records are absent from every shard"),
     (12, "ordering", "rollback checkpoints precede the first use of each deleted record"),
     (13, "schedule", "checkpoints and steps follow the committed SISA schedule"),
-    (14, "clean-manifests", "no retraining step uses a deleted record"),
+    (14, "clean-manifests", "no retraining step uses a deleted record; every disclosed batch is the committed one"),
     (15, "models", "model entries chain; final weights match the final model"),
     (16, "openings", "openings match commitments, request digests and the audit root"),
-    (17, "sampling", "the sampled segments are the ones the challenge selects, fully disclosed"),
-    (18, "replay", "replayed segments reproduce their logged end checkpoints"),
+    (17, "sampling", "the deletion lineage and the verifier's sample are fully disclosed"),
+    (18, "replay", "the deletion lineage and the sampled segments reproduce their logged end checkpoints"),
     (19, "residual", "deleted records look like never-seen records; canaries no longer fire (statistical)"),
 )
 ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
@@ -144,10 +161,25 @@ class CheckResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExpectedHead:
+    """The final tree head the verifier expects (``--expect-head``): a root, and when taken from a
+    note also its origin and size."""
+
+    root: bytes
+    size: int | None = None
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyOptions:
     trust_key: VerifyingKey | None = None
     challenge: bytes | None = None
-    replay: int | None = None  # None: as many as the bundle discloses
+    # Uniform draws from the sampled population (the verifier's policy; the manifest's ``replay``
+    # is ignored). The deletion lineage is replayed in full on top of them.
+    replay: int = DEFAULT_REPLAY
+    unsafe_no_replay: bool = False  # step 18 replays nothing (warning UNSAFE NO REPLAY)
+    requests: tuple[int, ...] | None = None  # the request counts the verifier accepts (step 7)
+    expect_head: ExpectedHead | None = None  # the final head the verifier expects (step 5)
     replay_mode: str = "auto"  # auto | exact | distance
     allow_factories: tuple[str, ...] = ()
     limits: Limits = Limits()
@@ -158,6 +190,12 @@ class VerifyOptions:
     require_residual: bool = False  # an inconclusive step 19 rejects instead of warning
     backend: str = "local"  # replay backend: local | ray
     ray_address: str | None = None
+    # Split-view defences (specs/09, steps 5 and 7): witnesses whose cosignatures the final head
+    # must carry (threshold: how many; None: all of them), and signed heads of this log the
+    # verifier saw before, which the bundle's history must extend.
+    witnesses: tuple[WitnessKey, ...] = ()
+    witness_threshold: int | None = None
+    known_heads: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -196,28 +234,35 @@ class Verification:
     bundle: Bundle | None = None
     sha256: str = ""
     # filled as the steps run
+    archive: Archive | None = None
     members: dict[str, bytes] = field(default_factory=dict)
+    json_budget: JsonBudget | None = None
     manifest: Manifest | None = None
     key: VerifyingKey | None = None
     note_verifier: NoteVerifier | None = None
     final: Checkpoint | None = None
+    cosignatures: list[Cosignature] = field(default_factory=list)
     transcripts: list[Transcript] = field(default_factory=list)
     heads: list[tuple[Checkpoint, Checkpoint]] = field(default_factory=list)
     entries: dict[int, LogEntry] = field(default_factory=dict)
     config: ConfigBody | None = None
     slices0: dict[tuple[int, int], SliceBody] = field(default_factory=dict)
+    slices_now: dict[tuple[int, int], SliceBody] = field(default_factory=dict)  # after the last request
+    derived_slices: dict[bytes, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = field(default_factory=dict)
     audit: AuditBody | None = None
     lineages: list[_Lineage] = field(default_factory=list)
     openings: dict[bytes, RecordOpening] = field(default_factory=dict)
     population: list[SegmentRef] = field(default_factory=list)
-    sample: list[SegmentRef] = field(default_factory=list)
-    stratum_draws: int = 0
+    complete: list[SegmentRef] = field(default_factory=list)  # the deletion lineage, replayed in full
+    sampled_population: int = 0  # the segments the uniform draws come from
+    sample: list[SegmentRef] = field(default_factory=list)  # the uniform draws, in draw order
     seed: bytes = b""
     replay_report: dict[str, Any] | None = None
     residual_report: dict[str, Any] | None = None
     canary_report: dict[str, Any] | None = None
     temporal_reports: list[dict[str, Any]] = field(default_factory=list)
     inconclusive: str | None = None
+    nonfinite_shards: list[int] = field(default_factory=list)  # final constituents with NaN or inf weights
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -237,10 +282,42 @@ class Verification:
     @property
     def uniform_replayed(self) -> int:
         """Replayed segments that came from the uniform draws (the k of (1-f)^k)."""
-        return max(0, self.replayed - self.stratum_draws) if self.replayed else 0
+        return len(self.sample) if self.replayed else 0
+
+    @property
+    def sampled_by(self) -> str | None:
+        """Who chose the sample: the verifier (its own challenge) or the owner (Fiat-Shamir)."""
+        if not self.seed:
+            return None
+        return "verifier" if self.options.challenge is not None else "owner"
 
     def escape(self) -> dict[str, float]:
+        """``(1-f)^k`` for the uniform draws replayed (an upper bound for a verifier-chosen seed)."""
         return {str(f): escape_probability(f, self.uniform_replayed) for f in ESCAPE_FRACTIONS}
+
+    def single_escape(self) -> float:
+        """The chance that one forged segment of the sampled population escapes the draws replayed
+        (``1 - k/N``); 1 when nothing was replayed."""
+        if not self.replayed:
+            return 1.0 if self.sampled_population else 0.0
+        return single_escape(self.sampled_population, self.uniform_replayed)
+
+    def sampling_statement(self) -> str:
+        """One honest sentence on what the replay covered, for every verdict."""
+        if not self.seed:
+            return "no sample was drawn"
+        n, k = self.sampled_population, self.uniform_replayed
+        shards = sorted({r.shard for r in self.complete})
+        done = ("NOT replayed (--unsafe-no-replay)" if self.options.unsafe_no_replay else "replayed in full"
+                if self.replayed else "not replayed (verification stopped before step 18)")
+        text = (f"deletion lineage of shard(s) {shards} ({len(self.complete)} segments) {done}; "
+                f"{k} of the {n} other segments sampled and replayed: one forged segment among them "
+                f"escapes with probability {self.single_escape():.3g} (1 - k/N)")
+        if self.sampled_by == "owner":
+            text += "; " + grinding_note(n, k)
+        else:
+            text += "; sampled by the verifier (its challenge)"
+        return text
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -253,15 +330,35 @@ def _entry(v: Verification, index: int, what: str) -> LogEntry:
     return e
 
 
+_B = TypeVar("_B")
+
+
+def _claimed(parse: Callable[[LogEntry], _B], e: LogEntry, what: str, exc: type[VerificationFailed]) -> _B:
+    """Parse a proven entry a claim names, failing with the claiming step's error (``exc``) when
+    the entry is of another kind (steps 12 and 13 run as one unit, told apart by error type)."""
+    try:
+        return parse(e)
+    except EntryKindMismatch as x:
+        raise exc(f"{what}: {x}") from x
+
+
 def _model_digest(shards: Sequence[bytes]) -> bytes:
     return tagged_hash(TAG_MODEL, b"".join(shards))
 
 
-def _stage_plan(v: Verification, start_step: int, stages: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, int]]:
+def _stage_plan(
+    v: Verification, start_step: int, stages: list[tuple[int, int]], what: str = "schedule"
+) -> tuple[list[tuple[int, int]], dict[int, int]]:
     """Expected (stage, step) of every checkpoint after the start, and each stage's base step."""
     cfg = v.config
     assert cfg is not None
     B, E, K = cfg.batch_size, cfg.stage_epochs, cfg.checkpoint_every
+    # The signed config sizes this list: bound it by what the bundle discloses before building it
+    # (every planned checkpoint must be a disclosed log entry of its own).
+    planned = sum((max(E * -(-n // B) - 1, 0) // K if K else 0) + 1 for _, n in stages)
+    if planned > len(v.entries):
+        raise ScheduleViolation(f"{what}: the committed schedule has {planned} checkpoints, more than the "
+                                f"{len(v.entries)} log entries the bundle discloses")
     out: list[tuple[int, int]] = []
     base: dict[int, int] = {}
     step = start_step
@@ -322,7 +419,8 @@ def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> Non
 def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: str) -> tuple[bytes, ...]:
     """The commitments of stage ``stage``'s records in the order epoch ``epoch`` visits them:
     slices 0..stage-1 as the lineage trained on them (records in key order, from the bundle's
-    slice members, whose roots step 3 checked), permuted by the committed epoch seed."""
+    slice members, whose roots step 3 checked, or rebuilt from the openings in step 11), permuted
+    by the committed epoch seed."""
     got = lin.orders.get((stage, epoch))
     if got is not None:
         return got
@@ -331,11 +429,11 @@ def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: s
     rows: list[bytes] = []
     for j in range(stage):
         root = lin.slice_roots[j]
-        recs = b.slice_records.get(root)
-        if recs is None:
+        found = _records_of(v, root)
+        if found is None:
             raise SegmentMissing(f"{what}: the bundle does not disclose the records of slice {j} (root "
                                  f"{root.hex()[:16]}...), which fix the batches of stage {stage}")
-        rows += recs
+        rows += found[1]
     if len(rows) != lin.stage_n[stage]:
         raise BatchNotCommitted(f"{what}: stage {stage} trains on {lin.stage_n[stage]} records, its slices hold {len(rows)}")
     perm = epoch_order(cfg.seed, shard=lin.shard, generation=lin.generation, stage=stage, epoch=epoch, n=len(rows))
@@ -349,16 +447,26 @@ def _epoch_order(v: Verification, lin: _Lineage, stage: int, epoch: int, what: s
 def _step_01(v: Verification, source: str | bytes) -> None:
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else load_file(source, v.options.limits)
     v.sha256 = hashlib.sha256(data).hexdigest()
-    v.members = read_members(data, v.options.limits)
+    v.archive = open_archive(data, v.options.limits)
 
 
 def _step_02(v: Verification) -> None:
-    v.manifest = open_manifest(v.members, v.options.limits)
+    assert v.archive is not None
+    v.manifest, v.members = open_manifest(v.archive, v.options.limits)
+    v.archive = None
 
 
 def _step_03(v: Verification) -> None:
+    """First part: the members steps 4-6 check signatures on (key, final head, envelopes)."""
     assert v.manifest is not None
-    v.bundle = parse_bundle(v.members, v.manifest, v.options.limits)
+    v.json_budget = JsonBudget(v.options.limits)
+    v.bundle = parse_signed_members(v.members, v.manifest, v.options.limits, v.json_budget)
+
+
+def _step_03_large(v: Verification) -> None:
+    """Second part, run once the signatures of steps 4-6 verified: the large members."""
+    assert v.bundle is not None
+    v.bundle = parse_large_members(v.bundle, v.members, v.options.limits, v.json_budget)
     v.members = {}
 
 
@@ -392,8 +500,29 @@ def _open_head(v: Verification, note: bytes, what: str) -> Checkpoint:
 
 
 def _step_05(v: Verification) -> None:
-    assert v.bundle is not None
-    v.final = _open_head(v, v.bundle.final_head, "final signed tree head")
+    assert v.bundle is not None and v.note_verifier is not None
+    v.final = f = _open_head(v, v.bundle.final_head, "final signed tree head")
+    want = v.options.expect_head
+    if want is not None and (f.root_hash != want.root or want.size not in (None, f.size)
+                             or want.origin not in (None, f.origin)):
+        raise HeadMismatch(f"the final tree head (size {f.size}, root {f.root_hash.hex()[:16]}...) is not the head the "
+                           f"verifier expects (--expect-head: size {want.size}, root {want.root.hex()[:16]}...)")
+    ws = v.options.witnesses
+    k = len(ws) if v.options.witness_threshold is None else v.options.witness_threshold
+    if not ws and v.options.witness_threshold is None:
+        return
+    if not ws or not 1 <= k <= len(ws) or len({(w.name, w.key_id) for w in ws}) != len(ws):
+        raise MalformedInput(f"the witness threshold must be between 1 and the number of distinct witnesses ({len(ws)}), "
+                             f"not {k}")
+    try:
+        v.cosignatures = verify_cosignatures(v.bundle.final_head, v.note_verifier, ws)
+    except SignatureFailed as e:
+        raise SignatureFailed(f"final signed tree head: {e}") from e
+    if len(v.cosignatures) < k:
+        raise WitnessQuorumMissing(
+            f"the final signed tree head carries valid cosignatures of {len(v.cosignatures)} of the {len(ws)} given "
+            f"witnesses, {k} needed: no quorum of witnesses vouches that this is the one history of the log"
+        )
 
 
 def _step_06(v: Verification) -> None:
@@ -408,7 +537,8 @@ def _step_06(v: Verification) -> None:
         except MalformedInput as e:
             raise InvalidBundle(f"{name}: {e}") from e
         stmt = parse_json_bounded(payload, what=f"{name} statement", max_bytes=v.options.limits.max_json_bytes,
-                                  max_depth=v.options.limits.max_json_depth)
+                                  max_depth=v.options.limits.max_json_depth,
+                                  max_memory=v.options.limits.max_json_memory, budget=v.json_budget)
         _check_statement(stmt, name)
         t = Transcript.parse(stmt, env.payload, name)
         if t.origin != b.manifest.origin:
@@ -436,6 +566,10 @@ def _check_statement(stmt: Any, what: str) -> None:
 def _step_07(v: Verification) -> None:
     b = v.bundle
     assert b is not None and v.final is not None
+    allowed = v.options.requests
+    if allowed is not None and len(v.transcripts) not in allowed:
+        raise HeadMismatch(f"the bundle holds requests 1..{len(v.transcripts)}; the verifier expects "
+                           f"{_counts(allowed)} (--requests)")
     prev_after = 0
     for i, (name, t) in enumerate(zip(b.manifest.transcripts, v.transcripts, strict=False)):
         if t.request != i + 1:
@@ -456,6 +590,45 @@ def _step_07(v: Verification) -> None:
         c.verify(old_root=after.root_hash, new_root=v.final.root_hash)
         v.heads.append((before, after))
         prev_after = after.size
+    _known_heads(v)
+
+
+def _known_heads(v: Verification) -> None:
+    """Each ``--known-head`` (a signed head of this log the verifier saw before) must be part of
+    the history the bundle proves: same root where the bundle has a head of its size, else a
+    consistency proof to the final head (``known`` in log/entries.json); never newer than it."""
+    b, final = v.bundle, v.final
+    assert b is not None and final is not None
+    roots = {final.size: final.root_hash}
+    for before, after in v.heads:
+        roots.setdefault(before.size, before.root_hash)
+        roots.setdefault(after.size, after.root_hash)
+    for i, note in enumerate(v.options.known_heads):
+        w = f"known head {i + 1}"
+        k = _open_head(v, note, w)
+        if k.size > final.size:
+            raise HeadMismatch(f"{w} has size {k.size}, the bundle's final head only {final.size}: the bundle shows an "
+                               "older state of the log than one already seen")
+        if k.size in roots:
+            if roots[k.size] != k.root_hash:
+                raise HeadMismatch(f"{w} (size {k.size}) has another root than the bundle's head of that size: two "
+                                   "signed histories of one log (split view)")
+            continue
+        proof = next((c for c in b.known if c.old_size == k.size and c.new_size == final.size), None)
+        if proof is None:
+            raise SegmentMissing(f"{w} (size {k.size}) is not a head of the bundle and the bundle carries no consistency "
+                                 f"proof from size {k.size} to its final head (vmu bundle --known-head)")
+        try:
+            proof.verify(old_root=k.root_hash, new_root=final.root_hash)
+        except VerificationFailed as e:
+            raise HeadMismatch(f"{w} (size {k.size}) is not a prefix of the bundle's history (split view): {e}") from e
+
+
+def _counts(allowed: Sequence[int]) -> str:
+    a = sorted(set(allowed))
+    if len(a) > 2 and a == list(range(a[0], a[-1] + 1)):
+        return f"{a[0]} to {a[-1]} requests"
+    return " or ".join(str(x) for x in a) + " request(s)"
 
 
 def _step_08(v: Verification) -> None:
@@ -517,7 +690,7 @@ def _step_10(v: Verification) -> None:
 
 
 def _lineage_checkpoints(v: Verification, lin: _Lineage, stages: list[tuple[int, int]], what: str) -> list[tuple[int, int]]:
-    expected, base = _stage_plan(v, lin.start.step, stages)
+    expected, base = _stage_plan(v, lin.start.step, stages, what)
     lin.stage_base = base
     lin.stage_n = dict(stages)
     return expected
@@ -555,9 +728,85 @@ def _current(v: Verification, shard: int) -> list[_Lineage]:
     return [lin for lin in v.lineages if lin.shard == shard]
 
 
-def _step_11(v: Verification) -> None:
+def _records_of(v: Verification, root: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    """The keys and commitments (key order) of the slice tree ``root``: from the bundle's
+    slice-records member (step 3 rebuilt its root), or derived from the openings (step 11)."""
+    b = v.bundle
+    assert b is not None
+    keys, commits = b.slice_keys.get(root), b.slice_records.get(root)
+    if keys is not None and commits is not None:
+        return keys, commits
+    return v.derived_slices.get(root)
+
+
+def _derive_original_slices(v: Verification) -> None:
+    """Generation-0 slices the bundle need not list: a shard's records that its disclosed original
+    steps use and the bundle opens (key = hash of the id, commitment = hash of the opening) or
+    deletes (key and commitment from the transcript), put in their slices by rank (:func:`verifiable_mu._seeds.derive_slices`); kept only where the rebuilt
+    root is the committed one."""
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    # Keys of the records the bundle opens for training, and of the deleted records (their keys
+    # and commitments are the transcripts' own: a damaged deleted opening is step 16's finding).
+    key_of = {o.commitment(): record_key(o.id) for o in b.openings.training}
+    key_of.update((r.commitment, r.key) for t in v.transcripts for r in t.records)
+    used: dict[int, set[bytes]] = {}
+    for e in v.entries.values():
+        if e.kind == "step":
+            st = StepBody.parse(e)
+            if st.generation == 0:
+                used.setdefault(st.shard, set()).update(st.batch)
+    for s, commits in used.items():
+        if not 0 <= s < cfg.shards:
+            continue
+        pairs = [(key_of[c], c) for c in commits if c in key_of]
+        sizes = [v.slices0[(s, j)].size for j in range(cfg.slices)]
+        for j, tree in enumerate(derive_slices(cfg.seed, pairs, sizes)):
+            if tree.root == v.slices0[(s, j)].root:
+                v.derived_slices[tree.root] = (tuple(k for k, _ in tree), tuple(c for _, c in tree))
+
+
+def _slice_pairs(v: Verification, sb: SliceBody, what: str) -> list[tuple[bytes, bytes]]:
+    """The ``(key, commitment)`` records of the slice entry ``sb`` (:func:`_records_of`)."""
+    got = _records_of(v, sb.root)
+    if got is None:
+        raise SegmentMissing(f"{what}: the bundle does not disclose the records of slice ({sb.shard}, {sb.slice}) "
+                             f"(root {sb.root.hex()[:16]}...)")
+    return list(zip(*got, strict=True))
+
+
+def _check_assignment(v: Verification, shard: int, what: str) -> None:
+    """The generation-0 slices of ``shard`` hold exactly what the committed assignment
+    (``sha256-rank-v1``, specs/06 section 1) gives the shard: as many records as its ranks, each in
+    the slice its position in rank order fixes."""
     cfg = v.config
     assert cfg is not None
+    where: dict[bytes, int] = {}
+    for j in range(cfg.slices):
+        for k, _ in _slice_pairs(v, v.slices0[(shard, j)], what):
+            where[k] = j
+    want_n = shard_size(cfg.n_train, cfg.shards, shard)
+    if len(where) != want_n:
+        raise DeletionClaimFailed(f"{what}: shard {shard}'s committed slices hold {len(where)} records, the assignment "
+                                  f"gives it {want_n} of {cfg.n_train}")
+    for k, j in assigned_slices(cfg.seed, list(where), cfg.slices).items():
+        if where[k] != j:
+            raise DeletionClaimFailed(f"{what}: record key {k.hex()[:16]}... is committed in slice {where[k]} of shard "
+                                      f"{shard}, the committed assignment (sha256-rank-v1) puts it in slice {j}")
+
+
+def _step_11(v: Verification) -> None:
+    """Deletion claims against each shard's slice lineage: the commit block's generation-0 slice
+    entries, then every request's re-commit block (deletion entry, the new slice entries, the
+    data-set entry). A slice claim is accepted only if it is the lineage's current entry."""
+    cfg = v.config
+    assert cfg is not None
+    S, R = cfg.shards, cfg.slices
+    _derive_original_slices(v)
+    cur: dict[tuple[int, int], SliceBody] = dict(v.slices0)  # the current slice entry of every (shard, slice)
+    gens: dict[int, int] = dict.fromkeys(range(S), 0)
+    assigned: set[int] = set()
+    deleted_keys: set[bytes] = set()
     for t in v.transcripts:
         w = f"request {t.request}"
         d = DeletionBody.parse(t.deletion.entry)
@@ -573,39 +822,77 @@ def _step_11(v: Verification) -> None:
             raise DeletionClaimFailed(f"{w}: retrained shards {shards} are not the shards of the deleted records")
         by_shard: dict[int, list[Any]] = {}
         for r in t.records:
-            if r.shard >= cfg.shards or r.slice >= cfg.slices:
+            if r.shard >= S or r.slice >= R:
                 raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} claims shard {r.shard} slice {r.slice}")
             if (r.membership.key, r.membership.commitment) != (r.key, r.commitment):
                 raise DeletionClaimFailed(f"{w}: the membership proof of {r.commitment.hex()[:16]} is for another record")
             old = SliceBody.parse(r.old_slice.entry)
-            if (old.shard, old.slice) != (r.shard, r.slice):
-                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} points at slice ({old.shard}, {old.slice})")
+            now = cur[(r.shard, r.slice)]
+            if old.index != now.index:
+                raise DeletionClaimFailed(
+                    f"{w}: record {r.commitment.hex()[:16]} points at slice entry {old.index}, which is not the current "
+                    f"entry of slice ({r.shard}, {r.slice}) in the shard's lineage (entry {now.index})")
             try:
                 SliceDescriptor(shard=old.shard, slice=old.slice, size=old.size, root=old.root).verify_membership(
                     r.membership, key=r.key)
             except VerificationFailed as e:
                 raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} was not in its slice: {e}") from e
-            by_shard.setdefault(r.shard, []).append((r, old))
-        for sc in t.shards:
+            if r.shard not in assigned:  # the record's slice follows from the committed assignment
+                _check_assignment(v, r.shard, w)
+                assigned.add(r.shard)
+            by_shard.setdefault(r.shard, []).append(r)
+        # The re-commit block: right after the deletion entry, for each retrained shard in order,
+        # one slice entry of the new generation per slice from_stage-1..R-1, then the data-set entry.
+        pos = d.index + 1
+        for sc in sorted(t.shards, key=lambda x: x.shard):
             ws = f"{w} shard {sc.shard}"
             recs = by_shard[sc.shard]
-            if sc.from_stage != min(r.slice for r, _ in recs) + 1:
+            if sc.from_stage != min(r.slice for r in recs) + 1:
                 raise DeletionClaimFailed(f"{ws}: retraining starts at stage {sc.from_stage}, the first deleted slice "
-                                          f"is used from stage {min(r.slice for r, _ in recs) + 1}")
-            if len(sc.slices) != cfg.slices:
-                raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {cfg.slices}")
-            keys = sorted(r.key for r, _ in recs)
+                                          f"is used from stage {min(r.slice for r in recs) + 1}")
+            if sc.generation != gens[sc.shard] + 1:
+                raise DeletionClaimFailed(f"{ws}: retraining is generation {sc.generation}, the shard's lineage is at "
+                                          f"generation {gens[sc.shard]}")
+            for j in range(sc.from_stage - 1, R):
+                ent = _entry(v, pos, f"{w} re-commit block")
+                sb = SliceBody.parse(ent) if ent.kind == "slice" else None
+                if sb is None or (sb.shard, sb.slice, sb.generation) != (sc.shard, j, sc.generation):
+                    got = f"a {ent.kind} entry" if sb is None else f"slice ({sb.shard}, {sb.slice}) generation {sb.generation}"
+                    raise DeletionClaimFailed(f"{w}: log entry {pos} of the re-commit block is {got}, expected slice "
+                                              f"({sc.shard}, {j}) generation {sc.generation}")
+                # Content: the old slice minus exactly this request's deleted records of it (a slice
+                # that held none keeps its records, so nothing can be added under a new id).
+                gone = {r.key for r in recs if r.slice == j}
+                old_pairs = _slice_pairs(v, cur[(sc.shard, j)], ws)
+                tree = SortedTree.build((k, c) for k, c in old_pairs if k not in gone)
+                if (tree.root, len(tree)) != (sb.root, sb.size):
+                    raise DeletionClaimFailed(
+                        f"{ws}: re-committed slice {j} (entry {sb.index}, {sb.size} records) is not its previous "
+                        f"entry ({cur[(sc.shard, j)].index}, {len(old_pairs)} records) minus exactly the "
+                        f"{len(gone)} deleted record(s)")
+                cur[(sc.shard, j)] = sb
+                pos += 1
+            gens[sc.shard] = sc.generation
+        ent = _entry(v, pos, f"{w} re-commit block")
+        ds = DatasetBody.parse(ent) if ent.kind == "dataset" else None
+        if ds is None or ds.version != t.request or ds.slices != S * R:
+            raise DeletionClaimFailed(f"{w}: log entry {pos} ends the re-commit block but is not the data-set entry of "
+                                      f"version {t.request}")
+        descriptors = [SliceDescriptor(shard=s, slice=j, size=cur[(s, j)].size, root=cur[(s, j)].root)
+                       for s in range(S) for j in range(R)]
+        if ds.root != dataset_root(descriptors):
+            raise DeletionClaimFailed(f"{w}: the data-set entry {ds.index} is not the root over the current slices")
+        for sc in t.shards:
+            ws = f"{w} shard {sc.shard}"
+            if len(sc.slices) != R:
+                raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {R}")
+            keys = sorted(r.key for r in by_shard[sc.shard])
             for j, x in enumerate(sc.slices):
                 sb = SliceBody.parse(x.slice.entry)
-                if (sb.shard, sb.slice) != (sc.shard, j) or sb.generation > sc.generation:
-                    raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice ({sb.shard}, {sb.slice}) generation {sb.generation}")
-                if j >= sc.from_stage - 1 and (sb.generation != sc.generation or sb.index <= d.index):
-                    raise DeletionClaimFailed(f"{ws}: slice {j} was not re-committed for generation {sc.generation} "
-                                              "after the deletion entry")
-                for r, old in recs:
-                    if r.slice == j and sb.size != old.size - sum(1 for q, _ in recs if q.slice == j):
-                        raise DeletionClaimFailed(f"{ws}: slice {j} shrank from {old.size} to {sb.size} records, "
-                                                  f"not by the {sum(1 for q, _ in recs if q.slice == j)} deleted")
+                if sb.index != cur[(sc.shard, j)].index:
+                    raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice entry {sb.index}, not the current entry of "
+                                              f"slice ({sc.shard}, {j}) in the shard's lineage "
+                                              f"(entry {cur[(sc.shard, j)].index})")
                 if sorted(p.key for p in x.non_membership) != keys:
                     raise DeletionClaimFailed(f"{ws}: slice {j} lacks a non-membership proof for some deleted record")
                 desc = SliceDescriptor(shard=sb.shard, slice=sb.slice, size=sb.size, root=sb.root)
@@ -614,6 +901,35 @@ def _step_11(v: Verification) -> None:
                         desc.verify_non_membership(p, key=p.key)
                     except VerificationFailed as e:
                         raise DeletionClaimFailed(f"{ws}: a deleted record is still in slice {j}: {e}") from e
+        deleted_keys |= {r.key for r in t.records}
+    v.slices_now = cur
+    _check_absent_everywhere(v, deleted_keys)
+
+
+def _check_absent_everywhere(v: Verification, deleted: set[bytes]) -> None:
+    """Every deleted key is absent from every shard's current slices after the last request, not
+    only from the retrained shards': from the slice's disclosed records, or else from the bundle's
+    non-membership proof against the slice's current entry. (Slices only change by re-commits,
+    which remove exactly the deleted records, so absence at the end means absence since each
+    deletion.)"""
+    b = v.bundle
+    assert b is not None
+    for (s, j), sb in sorted(v.slices_now.items()):
+        got = _records_of(v, sb.root)
+        if got is not None:
+            kept = deleted.intersection(got[0])
+            if kept:
+                raise DeletionClaimFailed(f"deleted record key {min(kept).hex()[:16]}... is still in slice ({s}, {j}) "
+                                          f"(entry {sb.index})")
+            continue
+        proof = b.absence.get(sb.root)
+        if proof is None:
+            raise DeletionClaimFailed(f"the bundle does not prove the deleted record keys absent from slice ({s}, {j}) "
+                                      f"(entry {sb.index})")
+        try:
+            proof.verify(root=sb.root, size=sb.size, keys=sorted(deleted))
+        except VerificationFailed as e:
+            raise DeletionClaimFailed(f"the deleted record keys are not proven absent from slice ({s}, {j}): {e}") from e
 
 
 def _step_12(v: Verification) -> None:
@@ -626,10 +942,10 @@ def _step_12(v: Verification) -> None:
         d = t.deletion.entry.index
         if not before.size <= d < after.size:
             raise OrderingViolation(f"{w}: the deletion entry {d} is not between head_before ({before.size}) and head_after")
-        for r in t.records:
-            fu = StepBody.parse(r.first_use.entry)
+        for i, r in enumerate(t.records):
+            fu = _claimed(StepBody.parse, r.first_use.entry, f"{w} records[{i}] first_use", OrderingViolation)
             sc = next(x for x in t.shards if x.shard == r.shard)
-            rb = CheckpointBody.parse(sc.rollback.entry)
+            rb = _claimed(CheckpointBody.parse, sc.rollback.entry, f"{w} shard {sc.shard} rollback", OrderingViolation)
             if r.commitment not in fu.batch:
                 raise OrderingViolation(f"{w}: the first-use step {fu.index} does not use record {r.commitment.hex()[:16]}")
             if fu.shard != r.shard or fu.stage != r.slice + 1:
@@ -640,7 +956,7 @@ def _step_12(v: Verification) -> None:
                                         f"precede the first use {fu.index} (step {fu.step}) of {r.commitment.hex()[:16]}")
         for sc in t.shards:
             ws = f"{w} shard {sc.shard}"
-            rb = CheckpointBody.parse(sc.rollback.entry)
+            rb = _claimed(CheckpointBody.parse, sc.rollback.entry, f"{ws} rollback", OrderingViolation)
             if rb.shard != sc.shard or rb.stage != sc.from_stage - 1:
                 raise OrderingViolation(f"{ws}: rollback checkpoint {rb.index} is shard {rb.shard} stage {rb.stage}, "
                                         f"expected stage {sc.from_stage - 1}")
@@ -719,6 +1035,32 @@ def _step_14(v: Verification) -> None:
                             f"{sorted(bad)[0].hex()[:16]}..."
                         )
                     _check_batch(v, st, lin, w)
+    _check_original_batches(v)
+
+
+def _check_original_batches(v: Verification) -> None:
+    """Every disclosed step of the original training (generation 0) lies where its lineage's
+    schedule puts it, passes the step rules of step 13, and trains on its committed batch: records
+    of its own shard's slices 0..stage-1, in the committed order (so a record of another shard, or
+    of a later slice, in a batch is rejected)."""
+    lin_of = {lin.shard: lin for lin in v.lineages if lin.generation == 0}
+    for i in sorted(v.entries):
+        e = v.entries[i]
+        if e.kind != "step":
+            continue
+        st = StepBody.parse(e)
+        if st.generation != 0:
+            continue
+        lin = lin_of.get(st.shard)
+        w = f"original training of shard {st.shard}"
+        if lin is None:
+            raise ScheduleViolation(f"{w}: step entry {i} is for shard {st.shard}, the config has {len(lin_of)} shards")
+        end = next((c for c in lin.checkpoints if c.step > st.step), None)
+        if end is None or i != end.index - (end.step - st.step):
+            raise ScheduleViolation(f"{w}: step entry {i} (step {st.step}) is not where the shard's lineage has its "
+                                    f"step {st.step}")
+        _check_step(v, st, lin, st.step, w)
+        _check_batch(v, st, lin, w)
 
 
 def _step_15(v: Verification) -> None:
@@ -751,6 +1093,17 @@ def _step_15(v: Verification) -> None:
     for s, d in enumerate(ModelBody.parse(prev.entry).shards):
         if d not in b.checkpoints:
             raise ModelMismatch(f"the bundle lacks the weights of shard {s} of the final model ({d.hex()[:16]}...)")
+    # The config's model, sized by its signed fields, must be the one the checkpoint files hold,
+    # checked here, before steps 18-19 build any model (specs/09, "Resource bounds").
+    check_model_fits(cfg.model, b.checkpoints)
+    final_shards = ModelBody.parse(prev.entry).shards
+    v.nonfinite_shards = [s for s, d in enumerate(final_shards) if not checkpoint_is_finite(b.checkpoints[d])]
+    if v.nonfinite_shards:
+        v.warnings.append(
+            f"NON-FINITE MODEL: the final constituent(s) of shard(s) {', '.join(map(str, v.nonfinite_shards))} hold NaN "
+            "or infinite weights; the deletion may be carried out as logged, but the model is unusable (training "
+            "diverged; the prover refuses to commit such a stage, so this log was not written by it as released)"
+        )
 
 
 def _step_16(v: Verification) -> None:
@@ -805,15 +1158,25 @@ def _step_17(v: Verification) -> None:
     assert b is not None and v.final is not None
     m = b.manifest
     want = v.options.challenge
+    # The seed binds the requests (their deletion entries, fixed by the log) and the final head's
+    # body: not the free timestamp/extension lines or signatures the owner can redo for free.
+    deletions = [t.deletion.entry.leaf_hash for t in v.transcripts]
+    body = head_body(v.final.origin, v.final.size, v.final.root_hash)
     if want is not None:
         if m.challenge_mode != "interactive" or m.challenge != want:
             raise ChallengeMismatch("the bundle does not answer this verifier's challenge (it was built for "
                                     f"{'Fiat-Shamir' if m.challenge is None else 'challenge ' + m.challenge.hex()[:16] + '...'})")
-        v.seed = challenge_seed(want)
+        v.seed = challenge_seed(want, deletions, body)
+        if v.options.expect_head is None:
+            v.warnings.append("UNPINNED HEAD: the owner could pick the final tree head after seeing the challenge "
+                              "(one new head per retry); pass --expect-head with the head you saw before the challenge")
+        if v.options.requests is None:
+            v.warnings.append("UNPINNED REQUESTS: the owner could pick how many requests the bundle holds after seeing "
+                              "the challenge; pass --requests with the count you expect")
     else:
         if m.challenge_mode == "interactive":
             raise ChallengeMismatch("the bundle answers an interactive challenge; pass the challenge you issued with --challenge")
-        v.seed = fiat_shamir_seed([transcript_digest(t.payload) for t in v.transcripts], b.final_head)
+        v.seed = fiat_shamir_seed(deletions, body)
     pop: list[SegmentRef] = []
     for lin in v.lineages:
         chain = [lin.start, *lin.checkpoints]
@@ -822,10 +1185,14 @@ def _step_17(v: Verification) -> None:
                                   end_index=c.index, start_step=a.step, end_step=c.step, stratum=lin.stratum))
     pop.sort(key=lambda r: r.end_index)
     v.population = pop
-    strata: list[list[int]] = [[] for _ in v.transcripts]
-    for i, r in enumerate(pop):
-        if r.stratum is not None:
-            strata[r.stratum].append(i)
+    gen0_rollback: dict[int, int] = {}
+    for t in v.transcripts:
+        for sc in t.shards:
+            rb = CheckpointBody.parse(sc.rollback.entry)
+            if rb.generation == 0:
+                gen0_rollback[sc.shard] = max(gen0_rollback.get(sc.shard, -1), rb.index)
+    complete, rest = split_population(pop, gen0_rollback)
+    v.complete, v.sampled_population = complete, len(rest)
     op = b.openings
     if op.audit_proof is not None:
         assert v.audit is not None
@@ -833,36 +1200,40 @@ def _step_17(v: Verification) -> None:
         if list(op.audit_proof.positions) != want_audit:
             raise ChallengeMismatch("the bundle's audit-set sample is not the one the challenge selects "
                                     f"({len(op.audit_proof.positions)} records disclosed, {len(want_audit)} selected)")
-    drawn = [pop[i] for i in sample_segments(len(pop), strata, m.replay, v.seed)]
-    if tuple(r.end_index for r in drawn) != m.sample:
-        raise ChallengeMismatch("the bundle's sampled segments are not the ones the challenge selects "
-                                f"(bundle: {list(m.sample)[:4]}..., verifier: {[r.end_index for r in drawn][:4]}...)")
-    k = m.replay if v.options.replay is None else v.options.replay
-    drawn = [pop[i] for i in sample_segments(len(pop), strata, k, v.seed)] if k > 0 else []
-    v.stratum_draws = len([s for s in strata if s]) if drawn else 0
+    # k is the verifier's policy (VerifyOptions.replay); the manifest's replay/sample are ignored.
+    drawn = [rest[i] for i in sample_segments(len(rest), v.options.replay, v.seed)]
+    v.sample = drawn
+    if v.sampled_by == "owner":
+        v.warnings.append(grinding_note(v.sampled_population, 0 if v.options.unsafe_no_replay else len(drawn)))
+    if not drawn and rest and not v.options.unsafe_no_replay:
+        v.warnings.append(f"NO SAMPLED REPLAY: none of the {len(rest)} segments outside the deletion lineage is "
+                          "replayed (--replay 0)")
+    if v.options.unsafe_no_replay:
+        return
     lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
-    for r in drawn:
-        w = f"sampled segment ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
+    complete_ends = {r.end_index for r in complete}
+    for r in [*complete, *drawn]:
+        kind = "segment of the deletion lineage" if r.end_index in complete_ends else "sampled segment"
+        w = f"{kind} ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
         lin = lin_of[(r.shard, r.generation)]
         for j in range(r.steps):
             idx = r.end_index - r.steps + j
             st = StepBody.parse(_entry(v, idx, w))
             _check_step(v, st, lin, r.start_step + j, w)
-            if lin.generation > 0:  # retraining: its slices' records are in the bundle
-                _check_batch(v, st, lin, w)
+            _check_batch(v, st, lin, w)  # original training too: its slices' records are in the bundle
             for rec in st.batch:
                 if rec not in v.openings:
                     raise SegmentMissing(f"{w}: the bundle does not open record {rec.hex()[:16]}... used by step {idx}")
         for idx in (r.start_index, r.end_index):
-            dg = CheckpointBody.parse(v.entries[idx]).digest
+            dg = CheckpointBody.parse(_entry(v, idx, w)).digest
             if dg not in b.checkpoints:
                 raise SegmentMissing(f"{w}: the bundle lacks checkpoint {dg.hex()[:16]}... (entry {idx})")
-    v.sample = drawn
 
 
 def _step_18(v: Verification) -> None:
-    if not v.sample:
-        v.warnings.append("NO REPLAY: no segment was replayed; only the proofs were checked")
+    if v.options.unsafe_no_replay:
+        v.warnings.append("UNSAFE NO REPLAY: no segment was replayed (--unsafe-no-replay); the training, the "
+                          "retraining included, was not checked, only the proofs")
         v.replay_report = {"segments": [], "mode": None}
         return
     from . import _replay  # torch is imported here, and only here
@@ -870,13 +1241,14 @@ def _step_18(v: Verification) -> None:
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None
     work = []
-    for r in v.sample:
+    for r in [*v.complete, *v.sample]:
         steps = [StepBody.parse(v.entries[r.end_index - r.steps + j]) for j in range(r.steps)]
         start = CheckpointBody.parse(v.entries[r.start_index])
         end = CheckpointBody.parse(v.entries[r.end_index])
         work.append(_replay.SegmentWork(
             ref=r,
             steps=tuple((s.seed, s.batch) for s in steps),
+            hints=tuple(s.hints for s in steps),
             start_file=b.checkpoints[start.digest],
             start_digest=start.digest,
             end_file=b.checkpoints[end.digest],
@@ -1037,10 +1409,35 @@ _ORDER: tuple[tuple[int, Callable[..., None]], ...] = (
 )
 
 
+def _out_of_memory(step: int, e: BaseException) -> InvalidBundle:
+    """An allocation the bundle asked for failed: unusable input (exit 2), never an internal error.
+    The bounds of specs/09 ("Resource bounds") keep honest and hostile bundles below them; this
+    is the last line for a machine with less memory than they assume."""
+    what = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    return InvalidBundle(f"{_NAMES[step]} ran out of memory on this bundle ({what}); "
+                         "the bundle asks for more memory than this machine can give")
+
+
+def _is_oom(e: BaseException) -> bool:
+    """MemoryError; torch's CPU allocator failing (a RuntimeError naming the allocation); or a
+    library (torch, numpy) that cannot be mapped into the address space left (an ImportError)."""
+    if isinstance(e, MemoryError):
+        return True
+    msg = str(e)
+    if isinstance(e, RuntimeError):
+        return "DefaultCPUAllocator" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+    return isinstance(e, ImportError) and ("failed to map segment" in msg or "Cannot allocate memory" in msg)
+
+
 def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> bool:
     t0 = time.perf_counter()
     try:
-        fn(v, *args)
+        try:
+            fn(v, *args)
+        except (MemoryError, RuntimeError, ImportError) as oom:
+            if not _is_oom(oom):
+                raise
+            raise _out_of_memory(step, oom) from oom
     except VmuError as e:
         if step == 13 and isinstance(e, OrderingViolation):
             step = 12
@@ -1057,6 +1454,11 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
     status, detail = "pass", ""
     if step == 19 and not v.options.residual:
         status, detail = "skipped", "turned off (--no-residual)"
+    elif step == 18 and v.options.unsafe_no_replay:
+        status, detail = "skipped", "turned off (--unsafe-no-replay)"
+    elif step == 18:
+        detail = (f"{len(v.complete)} segments of the deletion lineage (complete) and {len(v.sample)} of "
+                  f"{v.sampled_population} other segments (sampled by the {v.sampled_by}) reproduce")
     elif step == 19 and v.inconclusive:
         status, detail = "inconclusive", v.inconclusive
     v.results.append(CheckResult(step, _NAMES[step], status, detail, time.perf_counter() - t0))
@@ -1077,7 +1479,14 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         and _run(v, 3, _step_03)
     )
     if ok:
+        # Step 3 parsed only the signed members; it ends with the large members, after step 6.
+        part1 = v.results.pop()
         for step, fn in _ORDER:
+            if step == 7:
+                ok3 = _run(v, 3, _step_03_large)
+                v.results[-1].seconds += part1.seconds
+                if not ok3:
+                    break
             if step == 18:
                 v.timings["proof_checks_s"] = time.perf_counter() - t0
             if step == 19:
@@ -1089,6 +1498,10 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         v.timings["proof_checks_s"] = time.perf_counter() - t0
     v.timings["total_s"] = time.perf_counter() - t0
     done = {r.step for r in v.results}
+    if ok and 3 not in done:  # stopped in steps 4-6: only the signed members were parsed
+        v.results.append(CheckResult(3, _NAMES[3], "pass", "signed members only: the large members are parsed after "
+                                     "steps 4-6 pass", part1.seconds))
+        done.add(3)
     for n, name, _ in STEPS:
         if n not in done:
             v.results.append(CheckResult(n, name, "skipped", "not run: an earlier step failed"))

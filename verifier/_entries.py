@@ -16,8 +16,11 @@ from typing import Any
 from verifiable_mu._canonical import hex32
 from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
 from verifiable_mu._log import LogEntry
+from verifiable_mu._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
 from verifiable_mu._sorted_tree import MembershipProof, NonMembershipProof
+
+from ._errors import EntryKindMismatch
 
 __all__ = [
     "PREDICATE_DELETION",
@@ -89,8 +92,10 @@ class _Body:
 
 
 def _expect(e: LogEntry, kind: str) -> str:
+    # Bodies are parsed only after steps 8-9 proved the entry under a signed head: an entry of
+    # another kind than the claim says is a false claim (exit 1), named by the step that made it.
     if e.kind != kind:
-        raise InvalidBundle(f"log entry {e.index} is of kind {e.kind!r}, expected {kind!r}")
+        raise EntryKindMismatch(f"log entry {e.index} is of kind {e.kind!r}, the claim says {kind!r}")
     return f"log entry {e.index} ({kind})"
 
 
@@ -116,6 +121,7 @@ class ConfigBody:
     hyper: dict[str, Any]
     platform: dict[str, Any]
     n_train: int
+    portable: bool = False
 
     @classmethod
     def parse(cls, e: LogEntry) -> ConfigBody:
@@ -126,11 +132,18 @@ class ConfigBody:
             {"format", "shards", "slices", "epochs", "stage_epochs", "checkpoint_every", "seed", "assignment",
              "model", "hyper", "platform", "n_train", "data_digest"},
         )
-        if b.d["format"] != 1 or type(b.d["format"]) is not int:
-            raise UnsupportedVersion(f"{what}: workspace format {str(b.d['format'])[:20]!r} is not supported (only 1)")
+        fmt = b.d["format"]
+        if fmt not in (1, 2) or type(fmt) is not int:
+            raise UnsupportedVersion(f"{what}: log format {str(fmt)[:20]!r} is not supported (1: float32, 2: portable-v1)")
         if b.d["assignment"] != "sha256-rank-v1":
             raise UnsupportedVersion(f"{what}: assignment {str(b.d['assignment'])[:40]!r} is not supported")
-        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"})
+        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"}, {"arithmetic"})
+        arithmetic = hyper.d.get("arithmetic")
+        if (fmt, arithmetic) not in ((1, None), (2, "portable-v1")):
+            raise UnsupportedVersion(
+                f"{what}: log format {fmt} with arithmetic {str(arithmetic)[:40]!r} is not supported (format 1 has "
+                "no arithmetic field and float32 steps; format 2 has arithmetic 'portable-v1')"
+            )
         for k in ("lr", "momentum", "weight_decay"):
             _float_str(hyper, k)
         model = _Body(f"{what} model", b.obj("model"), {"name", "n_features", "n_classes", "input_shape", "hidden"})
@@ -141,7 +154,10 @@ class ConfigBody:
         shape = model.d["input_shape"]
         if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(type(x) is int and 0 < x < 2**24 for x in shape):
             raise InvalidBundle(f"{what} model: input_shape must be a list of positive integers")
-        platform = _Body(f"{what} platform", b.obj("platform"), {"torch", "device", "threads", "deterministic", "dtype"})
+        platform = _Body(f"{what} platform", b.obj("platform"), set(PLATFORM_FIELDS), set(FINGERPRINT_FIELDS))
+        for k in FINGERPRINT_FIELDS:
+            if k in platform.d:
+                platform.str(k, 128)
         platform.str("torch", 64)
         platform.str("device", 16)
         platform.int("threads", 1, 256)
@@ -162,6 +178,7 @@ class ConfigBody:
             hyper=hyper.d,
             platform=platform.d,
             n_train=b.int("n_train", 0, 2**40),
+            portable=fmt == 2,
         )
 
 
@@ -245,13 +262,35 @@ class StepBody:
     seed: int
     lr: str
     batch: tuple[bytes, ...]
+    hints: tuple[tuple[int, int, int], ...] | None = None  # portable-v1 steps only
 
     @classmethod
     def parse(cls, e: LogEntry) -> StepBody:
-        b = _Body(_expect(e, "step"), e.body, {"shard", "generation", "stage", "epoch", "step", "seed", "lr", "batch"})
+        b = _Body(_expect(e, "step"), e.body, {"shard", "generation", "stage", "epoch", "step", "seed", "lr", "batch"},
+                  {"hints"})
         return cls(index=e.index, shard=b.int("shard"), generation=b.int("generation"), stage=b.int("stage"),
                    epoch=b.int("epoch"), step=b.dec("step"), seed=b.dec("seed"), lr=b.str("lr", 64),
-                   batch=_batch(b))
+                   batch=_batch(b), hints=_hints(b) if "hints" in b.d else None)
+
+
+#: At most this many rounding hints in one step (an honest step has about one per 2^13 gradient
+#: values; specs/06 section 3a).
+MAX_HINTS = 1 << 16
+
+
+def _hints(b: _Body) -> tuple[tuple[int, int, int], ...]:
+    v = b.d["hints"]
+    if not isinstance(v, list) or len(v) > MAX_HINTS:
+        raise InvalidBundle(f"{b.what}: hints must be a list of at most {MAX_HINTS} [tensor, element, value] triples")
+    out = []
+    for h in v:
+        if (
+            not isinstance(h, list) or len(h) != 3 or not all(type(x) is int for x in h)
+            or not 0 <= h[0] < 1 << 16 or not -1 <= h[1] < 1 << 40 or not -(1 << 31) <= h[2] < 1 << 31
+        ):  # fmt: skip
+            raise InvalidBundle(f"{b.what}: each hint must be [tensor 0..65535, element -1..2^40, value 32-bit int]")
+        out.append((h[0], h[1], h[2]))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

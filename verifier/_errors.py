@@ -14,6 +14,7 @@ __all__ = [
     "ChallengeMismatch",
     "CommitBlockInvalid",
     "DeletionClaimFailed",
+    "EntryKindMismatch",
     "HeadMismatch",
     "ManifestContainsDeleted",
     "ModelMismatch",
@@ -24,6 +25,7 @@ __all__ = [
     "ScheduleViolation",
     "SegmentMissing",
     "UntrustedKey",
+    "WitnessQuorumMissing",
 ]
 
 
@@ -41,6 +43,11 @@ class CommitBlockInvalid(VerificationFailed):
 
 class DeletionClaimFailed(VerificationFailed):
     """A deletion transcript's claims (records, slices, shards) do not hold."""
+
+
+class EntryKindMismatch(VerificationFailed):
+    """A claim names a proven log entry as one kind (a step, a checkpoint, a slice...) and the
+    entry is of another kind: a false claim about signed content (exit 1), not malformed input."""
 
 
 class OrderingViolation(VerificationFailed):
@@ -82,3 +89,8 @@ class ReplayMismatch(VerificationFailed):
 class ResidualTraceFound(VerificationFailed):
     """Step 19: the deleted records (or their canary trigger) still leave a measurable trace,
     or the residual tests were inconclusive while --require-residual was given."""
+
+
+class WitnessQuorumMissing(VerificationFailed):
+    """The final head lacks the cosignatures of as many of the verifier's witnesses as its
+    threshold asks (split-view defence, c2sp.org/tlog-cosignature)."""

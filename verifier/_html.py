@@ -320,11 +320,20 @@ def _section_replay(r: Mapping[str, Any]) -> str:
     else:
         out += '<p class="note">no segment was replayed</p>'
     esc = r.get("escape_probability") or {}
+    if samp.get("statement"):
+        owner = samp.get("sampled_by") == "owner"
+        out += (f'<p class="{"warn" if owner else "note"}" style="padding:.3em">'
+                f'{"SAMPLED BY THE OWNER. " if owner else ""}{_e(samp.get("statement"))}</p>')
     if esc:
         k = int(samp.get("uniform_draws") or 0)
+        n = int(samp.get("sampled_population") or 0)
         out += "<h2>Escape probability</h2>"
-        out += (f"<p>If a fraction f of the retraining segments were forged, a forgery escapes {k} uniformly drawn "
-                f"replayed segments with probability (1-f)<sup>{k}</sup>.</p>")
+        out += (f"<p>The deletion lineage ({_num(samp.get('complete'), 'd')} segments) is replayed in full. Of the "
+                f"{n} other segments, {k} were drawn uniformly: one forged segment among them escapes with "
+                f"probability {_num(samp.get('single_segment_escape'))} (1 - k/N); if a fraction f were forged, "
+                f"with probability at most (1-f)<sup>{k}</sup>"
+                + (" per try of the owner, who chose the sample" if samp.get("sampled_by") == "owner" else "")
+                + ".</p>")
         out += _table(["forged fraction f", "escape probability"], [[_num(float(f), "g"), _num(p)] for f, p in esc.items()])
         out += _img(_fig_escape(k, esc), "escape probability (1-f)^k")
     return out
@@ -463,11 +472,16 @@ def render_html(report: Mapping[str, Any], *, title: str = "vmu-verify report") 
         d = report.get(key)
         if isinstance(d, Mapping) and d.get("verdict") != "pass":
             parts.append(f"<p><b>{_e(key.capitalize())}:</b> {_e(d.get('reason'))}</p>")
+    by = (report.get("challenge") or {}).get("sampled_by") if isinstance(report.get("challenge"), Mapping) else None
+    if by == "owner":
+        parts.append('<p class="warn" style="padding:.3em"><b>Sampled by the owner</b> (offline, Fiat-Shamir): the '
+                     "owner can re-draw the sample with a new tree head, so the sampled replay bounds nothing against "
+                     "a grinding owner; the deletion lineage is replayed in full regardless.</p>")
     parts.append(
-        _table(["bundle", "sha256", "origin", "requests", "final tree size", "pinned key"],
+        _table(["bundle", "sha256", "origin", "requests", "final tree size", "pinned key", "sampled by"],
                [[_e(bundle.get("path")), f"<code>{_e(bundle.get('sha256'))}</code>", _e(bundle.get("origin")),
                  _e(", ".join(str(x) for x in bundle.get("requests") or [])), _e(bundle.get("final_tree_size")),
-                 _num((report.get("trust") or {}).get("pinned"))]])
+                 _num((report.get("trust") or {}).get("pinned")), _e(by)]])
     )
     sections: list[tuple[str, Callable[[], str]]] = [
         ("checks", lambda: _section_checks(report)),

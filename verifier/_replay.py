@@ -25,6 +25,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from verifiable_mu import _platform
 from verifiable_mu._errors import InvalidBundle, MalformedInput
 from verifiable_mu._records import RecordOpening
 from verifiable_mu._sampling import SegmentRef
@@ -38,6 +39,7 @@ __all__ = [
     "ReplayPlan",
     "SegmentPlan",
     "SegmentWork",
+    "platform_differences",
     "platform_matches",
     "replay",
     "replay_segment",
@@ -60,6 +62,7 @@ _MAX_PARAMS = 1 << 28
 class SegmentWork:
     ref: SegmentRef
     steps: tuple[tuple[int, tuple[bytes, ...]], ...]  # (seed, batch commitments) in log order
+    hints: tuple[tuple[tuple[int, int, int], ...] | None, ...] = ()  # per step: its rounding hints (portable)
     start_file: bytes
     start_digest: bytes
     end_file: bytes
@@ -90,10 +93,18 @@ class SegmentPlan:
     openings: Mapping[bytes, RecordOpening]  # exactly the records this segment's batches use
 
 
-def platform_matches(platform: Mapping[str, Any]) -> bool:
+def platform_differences(platform: Mapping[str, Any]) -> list[str]:
+    """The bit-relevant platform fields on which the bundle's logged ``platform`` differs from
+    this machine replaying on the CPU with the logged thread count (empty: bit-exact expected)."""
     import torch
 
-    return platform.get("torch") == torch.__version__ and platform.get("device") == "cpu"
+    training = importlib.import_module("verifiable_mu.training")
+    here = training.platform_info(torch.device("cpu"), int(platform["threads"]))
+    return _platform.platform_differences(platform, here)
+
+
+def platform_matches(platform: Mapping[str, Any]) -> bool:
+    return not platform_differences(platform)
 
 
 def _load(data: bytes, what: str) -> dict[str, Any]:
@@ -161,7 +172,7 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
     hyper = training.Hyper.from_json(dict(sp.hyper))
     training.configure_determinism(sp.threads)
     device = torch.device("cpu")
-    model = training.build_model(spec, init_seed=0)
+    model = training.prepare_model(training.build_model(spec, init_seed=0), hyper)
     w = sp.work
     where = _where(w.ref)
     try:
@@ -173,14 +184,28 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
     ops = [sp.openings[c] for c in commits]
     X = torch.from_numpy(np.ascontiguousarray(np.stack([o.features for o in ops]), dtype=np.float32)) if ops else None
     y = torch.from_numpy(np.asarray([o.label for o in ops], dtype=np.int64))
-    for seed, batch in w.steps:
+    hints = w.hints or (None,) * len(w.steps)
+    if len(hints) != len(w.steps):
+        raise MalformedInput(f"{where}: {len(hints)} hint lists for {len(w.steps)} steps")
+    bad_hint = None
+    for j, ((seed, batch), h) in enumerate(zip(w.steps, hints, strict=True)):
         idx = torch.from_numpy(np.asarray([pos[c] for c in batch], dtype=np.int64))
-        training.sgd_step(model, momentum, X[idx], y[idx], hyper, seed)  # type: ignore[index]
+        if hyper.portable and h is None:
+            bad_hint = f"step {j + 1} of the segment carries no rounding hints, which a portable-v1 step must"
+            break
+        try:
+            training.train_step(model, momentum, X[idx], y[idx], hyper, seed, h)  # type: ignore[index]
+        except training.RoundingHintInvalid as e:
+            bad_hint = f"step {j + 1} of the segment: {e}"
+            break
+        except FloatingPointError as e:  # a portable step's gradient is not finite: nothing to round
+            bad_hint = f"step {j + 1} of the segment: {e}"
+            break
     got = training.checkpoint_from_model(model, momentum)
     digest = training.checkpoint_digest(got)
     dist = training.checkpoint_distance(got, _load(w.end_file, f"{where} end checkpoint"))
-    exact = digest == w.end_digest
-    ok = exact if sp.mode == "exact" else dist <= DISTANCE_THRESHOLD
+    exact = digest == w.end_digest and bad_hint is None
+    ok = exact if sp.mode == "exact" else (dist <= DISTANCE_THRESHOLD and bad_hint is None)
     return {
         "shard": w.ref.shard,
         "generation": w.ref.generation,
@@ -191,14 +216,17 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
         "bit_exact": exact,
         "distance": dist,
         "match": ok,
+        "hint_error": bad_hint,
         "seconds": time.perf_counter() - t0,
     }
 
 
 def _mismatch(sp: SegmentPlan, seg: Mapping[str, Any]) -> ReplayMismatch:
     how = (
-        "bit-exact digest differs" if sp.mode == "exact" else f"distance {seg['distance']:.3g} > {DISTANCE_THRESHOLD:g}"
-    )
+        f"rounding hint rejected: {seg['hint_error']}" if seg.get("hint_error")
+        else "bit-exact digest differs" if sp.mode == "exact"
+        else f"distance {seg['distance']:.3g} > {DISTANCE_THRESHOLD:g}"
+    )  # fmt: skip
     return ReplayMismatch(
         f"{_where(sp.work.ref)}: replaying {seg['steps']} steps does not reproduce the logged checkpoint ({how})"
     )
@@ -227,16 +255,18 @@ def replay(
     training.Hyper.from_json(dict(plan.hyper))
     threads = int(plan.platform["threads"])
     training.configure_determinism(threads)
-    match = platform_matches(plan.platform)
+    differences = platform_differences(plan.platform)
+    match = not differences
+    portable = training.Hyper.from_json(dict(plan.hyper)).portable
     mode = plan.mode
     if mode == "auto":
-        mode = "exact" if match else "distance"
+        mode = "exact" if match or portable else "distance"
     warning = None
     if mode == "distance":
+        why = "; ".join(differences) if differences else "distance mode was asked for"
         warning = (
-            f"DISTANCE REPLAY: the bundle was trained on {plan.platform.get('device')} with torch "
-            f"{plan.platform.get('torch')}; this verifier runs torch {torch.__version__} on cpu, so segments are "
-            f"compared within relative distance {DISTANCE_THRESHOLD:g}, not bit for bit"
+            f"DISTANCE REPLAY: segments are compared within relative distance {DISTANCE_THRESHOLD:g}, not bit for "
+            f"bit ({why})"
         )
     plans = segment_plans(plan, mode)
     segs = []
@@ -255,11 +285,20 @@ def replay(
             segs.append(seg)
             total_steps += seg["steps"]
             if not seg["match"]:
-                raise _mismatch(sp, seg)
+                err = _mismatch(sp, seg)
+                if mode == "distance" and differences:
+                    err = ReplayMismatch(
+                        f"{err}; the log was written on another platform ({'; '.join(differences)}), and float32 "
+                        "drift between platforms can exceed the threshold over long segments: verify on the logged "
+                        "platform, or ask the owner for a portable log (specs/09, step 18)"
+                    )
+                raise err
     secs = time.perf_counter() - t_all
     return {
         "mode": mode,
         "platform_match": match,
+        "platform_differences": differences,
+        "arithmetic": "portable-v1" if portable else "float32",
         "threshold": DISTANCE_THRESHOLD if mode == "distance" else None,
         "torch": torch.__version__,
         "threads": threads,

@@ -32,6 +32,11 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "trust": {
             "pinned": v.options.trust_key is not None,
             "key_id": v.key.key_id if v.key else None,
+            "witnesses": len(v.options.witnesses),
+            "witness_threshold": (len(v.options.witnesses) if v.options.witness_threshold is None
+                                  else v.options.witness_threshold) if v.options.witnesses else None,
+            "cosigned_by": [{"name": c.name, "timestamp": c.timestamp} for c in v.cosignatures],
+            "known_heads": len(v.options.known_heads),
         },
         "checks": [
             {"step": r.step, "name": r.name, "status": r.status, "detail": r.detail, "seconds": round(r.seconds, 6)}
@@ -44,18 +49,24 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "challenge": {
             "mode": "interactive" if v.options.challenge is not None else ("fiat-shamir" if v.seed else None),
             "seed": v.seed.hex() if v.seed else None,
+            "sampled_by": v.sampled_by,
         },
         "sampling": {
             "population": len(v.population),
+            "complete": len(v.complete),
+            "complete_shards": sorted({r.shard for r in v.complete}),
+            "sampled_population": v.sampled_population,
             "sampled": len(v.sample),
             "replayed": v.replayed,
-            "stratum_draws": v.stratum_draws,
             "uniform_draws": v.uniform_replayed,
+            "sampled_by": v.sampled_by,
+            "single_segment_escape": v.single_escape(),
+            "statement": v.sampling_statement(),
             "segments": [
                 {"shard": r.shard, "generation": r.generation, "stage": r.stage, "start_index": r.start_index,
-                 "end_index": r.end_index, "steps": r.steps, "retraining_of_request": None if r.stratum is None
-                 else v.transcripts[r.stratum].request}
-                for r in v.sample
+                 "end_index": r.end_index, "steps": r.steps, "complete": i < len(v.complete),
+                 "retraining_of_request": None if r.stratum is None else v.transcripts[r.stratum].request}
+                for i, r in enumerate([*v.complete, *v.sample])
             ],
         },
         "replay": v.replay_report,
@@ -63,6 +74,7 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "canary": v.canary_report,
         "temporal": v.temporal_reports,
         "inconclusive": v.inconclusive,
+        "nonfinite_shards": list(v.nonfinite_shards),
         "escape_probability": v.escape(),
         "timing": {k: round(x, 6) for k, x in v.timings.items()},
     }
@@ -82,7 +94,7 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
             text += f": {r.detail}"
         lines.append(text)
     if v.population:
-        lines.append(f"  sampled {len(v.sample)} of {len(v.population)} segments; replayed {v.replayed}")
+        lines.append(f"  replay: {v.sampling_statement()}")
     if v.replay_report and v.replay_report.get("segments"):
         rr = v.replay_report
         lines.append(
@@ -91,9 +103,10 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
         )
     k = v.uniform_replayed
     probs = ", ".join(f"f={int(f * 100)}%: {p:.3g}" for f, p in zip(ESCAPE_FRACTIONS, v.escape().values(), strict=True))
+    owner = " per owner try (SAMPLED BY THE OWNER)" if v.sampled_by == "owner" else ""
     lines.append(
-        f"  escape probability (1-f)^k with k={k} uniformly drawn segments "
-        f"(+{v.stratum_draws if v.replayed else 0} drawn one per deletion): {probs}"
+        f"  escape probability outside the deletion lineage{owner}: one forged segment "
+        f"{v.single_escape():.3g} (1 - k/N, k={k}, N={v.sampled_population}); a fraction f forged (1-f)^k: {probs}"
     )
     res = v.residual_report
     if res is not None:
@@ -112,6 +125,10 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
     verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
     if v.exit_code == 0 and v.inconclusive:
         verdict = "ACCEPTED (residual tests inconclusive)"
+    if v.exit_code == 0 and v.sampled_by == "owner":
+        verdict += " [SAMPLED BY THE OWNER: offline bundle, the sample outside the deletion lineage bounds nothing]"
+    if v.exit_code == 0 and v.options.unsafe_no_replay:
+        verdict += " [UNSAFE NO REPLAY]"
     reason = ""
     if v.failure is not None and v.failed_step is not None:
         reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}"

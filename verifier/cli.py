@@ -16,8 +16,11 @@ from collections.abc import Sequence
 
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._keys import VerifyingKey
+from verifiable_mu._note import Checkpoint
+from verifiable_mu._sampling import DEFAULT_REPLAY
+from verifiable_mu._witness import WitnessKey
 
-from ._checks import VerifyOptions, verify
+from ._checks import ExpectedHead, VerifyOptions, verify
 from ._report import render_text, to_json
 
 __all__ = ["EXIT_ACCEPTED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
@@ -43,11 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="the proof bundle (zip) written by 'vmu bundle'")
     p.add_argument("--challenge", metavar="HEX", help="the challenge you gave the prover (interactive mode)")
     p.add_argument(
-        "--replay", type=int, metavar="K", default=None,
-        help="segments to replay (default: as many as the bundle discloses; 0: proofs only)",
+        "--replay", type=int, metavar="K", default=DEFAULT_REPLAY,
+        help=f"segments outside the deletion lineage to sample and replay (default {DEFAULT_REPLAY}; the deletion "
+             "lineage of every retrained shard is always replayed in full; the bundle's manifest is not consulted)",
+    )
+    p.add_argument(
+        "--unsafe-no-replay", action="store_true",
+        help="UNSAFE: replay nothing, not even the deletion lineage (only the proofs are checked; the report warns)",
+    )
+    p.add_argument(
+        "--requests", metavar="N|A-B|A,B,...",
+        help="the number of deletion requests the bundle must hold (fix it before giving a challenge)",
+    )
+    p.add_argument(
+        "--expect-head", metavar="NOTE_OR_ROOT",
+        help="the final tree head the bundle must be for: a file holding a signed note (origin, size and root are "
+             "compared) or its root as 64 hex digits",
     )
     p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-' for stdout)")
     p.add_argument("--trust-key", metavar="PUBKEY", help="the owner's Ed25519 public key (PEM) to pin")
+    p.add_argument(
+        "--witness", action="append", default=[], metavar="VKEY",
+        help="a witness (C2SP tlog-cosignature vkey <name>+<id>+<base64>, or a file holding one) whose cosignature "
+             "the final head must carry; repeatable",
+    )
+    p.add_argument(
+        "--witness-threshold", type=int, default=None, metavar="N",
+        help="how many of the --witness keys must have cosigned the final head (default: all)",
+    )
+    p.add_argument(
+        "--known-head", action="append", default=[], metavar="NOTE",
+        help="a signed head of this log seen before (a file): the bundle's history must extend it; repeatable",
+    )
     p.add_argument(
         "--replay-mode", choices=("auto", "exact", "distance"), default="auto",
         help="auto: bit-exact when the platform matches, else distance (default auto)",
@@ -74,6 +104,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_requests(text: str) -> tuple[int, ...]:
+    """``N``, ``A-B`` or ``A,B,...`` (each at least 1) as the accepted request counts."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            a, sep, b = part.strip().partition("-")
+            lo, hi = int(a), int(b) if sep else int(a)
+            if not 1 <= lo <= hi or hi - lo > 1_000_000:
+                raise ValueError(part)
+            out.update(range(lo, hi + 1))
+    except ValueError as e:
+        raise MalformedInput(f"--requests must be N, A-B or A,B,... with counts >= 1, not {text[:40]!r}") from e
+    return tuple(sorted(out))
+
+
+def _parse_head(text: str) -> ExpectedHead:
+    """A 64-hex root, or a file holding a signed note or a checkpoint body."""
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return ExpectedHead(root=bytes.fromhex(text))
+    try:
+        with open(text, "rb") as f:
+            raw = f.read(1 << 16)
+    except OSError as e:
+        raise MalformedInput(f"--expect-head is neither a 64-hex root nor a readable note file: {e.strerror or e}") from e
+    try:
+        body = raw.decode("utf-8").split("\n\n", 1)[0] + "\n"
+        ck = Checkpoint.from_text(body, allow_unknown_extensions=True)
+    except (UnicodeDecodeError, MalformedInput) as e:
+        raise MalformedInput(f"--expect-head {text}: not a tree head note: {e}") from e
+    return ExpectedHead(root=ck.root_hash, size=ck.size, origin=ck.origin)
+
+
+def _witness(arg: str) -> WitnessKey:
+    """A --witness argument: a vkey, or the path of a file holding one."""
+    text = arg
+    if os.path.isfile(arg):
+        try:
+            with open(arg, encoding="utf-8") as f:
+                text = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MalformedInput(f"cannot read --witness {arg}: {e}") from e
+    try:
+        return WitnessKey.from_vkey(text)
+    except MalformedInput as e:
+        raise MalformedInput(f"--witness {arg[:80]!r}: {e}") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -85,14 +162,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise MalformedInput(f"--challenge must be hex: {e}") from e
             if not 16 <= len(challenge) <= 64:
                 raise MalformedInput("--challenge must be 16 to 64 bytes (32 to 128 hex digits)")
-        if args.replay is not None and args.replay < 0:
+        if args.replay < 0:
             raise MalformedInput("--replay must be >= 0")
+        if args.unsafe_no_replay:
+            print("vmu-verify: WARNING: --unsafe-no-replay: no training segment will be replayed", file=sys.stderr)
+        requests = None if args.requests is None else _parse_requests(args.requests)
+        expect_head = None if args.expect_head is None else _parse_head(args.expect_head)
         key = None
         if args.trust_key is not None:
             try:
                 key = VerifyingKey.load(args.trust_key)
             except OSError as e:
                 raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
+        witnesses = tuple(_witness(w) for w in args.witness)
+        if args.witness_threshold is not None and not 1 <= args.witness_threshold <= len(witnesses):
+            raise MalformedInput(f"--witness-threshold must be between 1 and the number of --witness keys ({len(witnesses)})")
+        if len({(w.name, w.key_id) for w in witnesses}) != len(witnesses):
+            raise MalformedInput("a --witness key is given twice")
+        known = []
+        for path in args.known_head:
+            try:
+                with open(path, "rb") as f:
+                    known.append(f.read(1 << 20))
+            except OSError as e:
+                raise MalformedInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
         if not 0 < args.alpha < 1:
             raise MalformedInput("--alpha must be between 0 and 1")
         if args.bootstrap < 100:
@@ -112,9 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             trigger = Trigger.from_json(parse_json_strict(raw, what="--canary trigger"))
         opts = VerifyOptions(
             trust_key=key, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
+            unsafe_no_replay=args.unsafe_no_replay, requests=requests, expect_head=expect_head,
             allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
             require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
-            backend=args.backend, ray_address=args.ray_address,
+            backend=args.backend, ray_address=args.ray_address, witnesses=witnesses,
+            witness_threshold=args.witness_threshold, known_heads=tuple(known),
         )
     except VmuError as e:
         if args.verbose:
@@ -123,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     try:
         v = verify(args.bundle, opts)
+    except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: error: out of memory reading {args.bundle} ({e or 'MemoryError'}): unusable input",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     except Exception as e:  # a bug: still one line unless --verbose
         if args.verbose:
             traceback.print_exc()

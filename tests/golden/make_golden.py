@@ -29,6 +29,7 @@ import test_tamper as tt  # noqa: E402
 GOLDEN = {
     "bundle_honest.vmu": None,
     "bundle_unsupported_version.vmu": "step_02_unsupported_version",
+    "bundle_old_slice_not_current.vmu": "step_11_old_slice_not_current",
     "bundle_rollback_after_first_use.vmu": "step_12_rollback_after_first_use",
     "bundle_deleted_record_in_retraining.vmu": "step_14_deleted_record_in_retraining",
     "bundle_batch_not_committed.vmu": "step_14_batch_not_committed",
@@ -44,7 +45,7 @@ def main() -> int:
         expected = {}
         for name, case_name in GOLDEN.items():
             if case_name is None:
-                data, replay = h.bundle, 6
+                data, replay = h.bundle, 8  # the verifier's default draws (DEFAULT_REPLAY)
                 expected[name] = {"exit": 0, "step": None, "error": None, "match": None, "replay": replay}
             else:
                 case = tt.CASES[case_name]
