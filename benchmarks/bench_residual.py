@@ -27,7 +27,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -37,7 +40,7 @@ from verifier._canary import canary_test  # noqa: E402
 from verifier._residual import residual_tests  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from test_residual import N_DELETED, digits_run  # noqa: E402
+from test_residual import N_DELETED, digits_run, softmax_of  # noqa: E402
 
 
 def setup(seed: int, root: str) -> dict[str, Any]:
@@ -79,6 +82,257 @@ def sweep(n: int, root: str) -> int:
     return 0
 
 
+# --- the false-alarm and power grid (issue 15) -------------------------------------------------
+#
+# Shortcut, and why it does not bias the rates. SISA's honest post-deletion state of a shard is the
+# shard trained, from the rollback checkpoint on, without the deleted records; the prover's training
+# is a deterministic function of (records, seeds). ``World`` trains each shard exactly on the
+# prover's schedule (verifiable_mu.training.sgd_step, the prover's step seeds and epoch orders, the
+# same model, initialisation, hyper-parameters, data split fractions and prover._sisa.assign), but
+# in memory, without commitments, log or checkpoints on disk, and keeps every stage's state so that
+# a deletion rolls back and retrains exactly as Workspace.forget does (new generation per request,
+# so a split deletion gets its own SGD noise, as with the prover). What is reused, and why that is
+# sound:
+#   * one trained SISA model per (shards, seed) serves every cell of that shard count: the
+#     pre-deletion models of every cell, the untouched shards' post-deletion models, and the
+#     cheating prover's "post" models. Runs of one cell use different seeds, hence independently
+#     trained models and data splits: the per-cell rate is a binomial proportion of independent
+#     runs. Cells of one seed are correlated with each other, which widens nothing per cell and
+#     biases no cell's rate.
+#   * the cheater that skips retraining is the pre-deletion model passed off as the post-deletion
+#     one (tests/conftest_verifier.py's skip_retraining does exactly that to a bundle).
+#   * the deleted records of a cell are drawn with the cell's own generator from the seed's
+#     records, independently of the models.
+
+GRID_SHARDS = (3, 4, 5, 10)
+GRID_SIZES = (1, 4, 20, 100)
+GRID_DRAWS = ("uniform", "class", "shard")
+GRID_REQUESTS = ("one", "split")
+DEFAULT_CELL = (5, 50, "shard", "one")  # the old acceptance setting: 50 random records of one shard
+SLICES, EPOCHS = 4, 20
+DECIDING = ("lira", "rmia")  # the test before issue 15 decided on these two
+# The grid runs lira, rmia and the deciding own-shard test (loss and confidence never decide), 20 bootstrap
+# resamples (they only size the reported intervals and the power rule between pass and
+# inconclusive) and 999 re-labellings (the Monte Carlo p-value is valid for any number; the
+# verifier's 9999 only sharpen it): a "fail" is decided exactly as by the verifier.
+FAST: dict[str, Any] = {"attacks": ("lira", "rmia", "shard"), "n_boot": 20, "n_perm": 999}
+# Outside the default cell only the deciding test runs (lira and rmia are reported, never decide).
+FASTEST: dict[str, Any] = {**FAST, "attacks": ("shard",)}
+
+
+class World:
+    """SISA on digits for one (shards, seed), trained in memory on the prover's schedule."""
+
+    def __init__(self, shards: int, seed: int) -> None:
+        import torch
+
+        from prover._data import load_digits_dataset
+        from prover._sisa import assign, stage_epochs
+        from prover._workspace import WorkspaceConfig, _init_seed
+        from verifiable_mu._records import record_key
+        from verifiable_mu.training import Hyper, ModelSpec, build_model, zero_momentum
+
+        ds = load_digits_dataset()
+        cfg = WorkspaceConfig(seed=seed, shards=shards, slices=SLICES, epochs=EPOCHS)
+        self.seed, self.S = seed, shards
+        self.X, self.y = ds.X, ds.y
+        n = len(ds.y)
+        perm = np.random.default_rng([seed, 0x5EED]).permutation(n)  # Workspace._split
+        n_test, n_audit = int(round(n * cfg.test_fraction)), int(round(n * cfg.audit_fraction))
+        self.audit = np.sort(perm[n_test : n_test + n_audit])
+        self.train = np.sort(perm[n_test + n_audit :])
+        sh, sl = assign([record_key(ds.ids[i]) for i in self.train], seed=seed, shards=shards, slices=SLICES)
+        self.shard = np.full(n, -1)
+        self.slice = np.full(n, -1)
+        self.shard[self.train], self.slice[self.train] = sh, sl
+        self.spec = ModelSpec(name=cfg.model, n_features=64, n_classes=10, input_shape=ds.input_shape, hidden=cfg.hidden)
+        self.hyper = Hyper.from_json(cfg.hyper_json())
+        self.epochs = stage_epochs(EPOCHS, SLICES)
+        self.Xt, self.yt = torch.from_numpy(self.X), torch.from_numpy(self.y.astype(np.int64))
+        # stage states per shard: stage -> (step, params, momentum); stage 0 is the initial model
+        self.pre: list[Any] = []
+        self.stages: list[dict[int, Any]] = []
+        for s in range(shards):
+            m = build_model(self.spec, init_seed=_init_seed(seed, s))
+            states = {0: (0, _copy(m.state_dict()), zero_momentum(m))}
+            self._run(s, 0, states, set(), 1)
+            self.stages.append(states)
+            self.pre.append(self._model(states[SLICES]))
+
+    def _model(self, state: Any) -> Any:
+        from verifiable_mu.training import build_model
+
+        m = build_model(self.spec, init_seed=0)
+        m.load_state_dict(state[1])
+        m.eval()
+        return softmax_of(m)
+
+    def _run(self, s: int, generation: int, states: dict[int, Any], gone: set[int], first: int) -> None:
+        """Train shard ``s`` stages ``first..SLICES`` from ``states[first - 1]`` without ``gone``."""
+        from verifiable_mu._seeds import epoch_order, step_seed
+        from verifiable_mu.training import build_model, sgd_step
+
+        step, params, mom = states[first - 1]
+        m = build_model(self.spec, init_seed=0)
+        m.load_state_dict(params)
+        mom = {k: v.clone() for k, v in mom.items()}
+        live = self.train[(self.shard[self.train] == s) & ~np.isin(self.train, list(gone))]
+        for stage in range(first, SLICES + 1):
+            rows = live[self.slice[live] < stage]
+            for epoch in range(self.epochs):
+                order = rows[epoch_order(self.seed, shard=s, generation=generation, stage=stage, epoch=epoch, n=len(rows))]
+                for b in range(0, len(rows), self.hyper.batch_size):
+                    idx = order[b : b + self.hyper.batch_size]
+                    seed = step_seed(self.seed, shard=s, generation=generation, stage=stage, epoch=epoch, step=step)
+                    sgd_step(m, mom, self.Xt[idx], self.yt[idx], self.hyper, seed)
+                    step += 1
+            states[stage] = (step, _copy(m.state_dict()), {k: v.clone() for k, v in mom.items()})
+
+    def draw(self, n: int, how: str, rng: np.random.Generator) -> np.ndarray:
+        """Rows of ``n`` training records: uniformly, of one class, or of one shard."""
+        pool = self.train
+        if how == "class":
+            pool = pool[self.y[pool] == rng.integers(0, 10)]
+        elif how == "shard":
+            pool = pool[self.shard[pool] == rng.integers(0, self.S)]
+        return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+    def forget(self, requests: Sequence[np.ndarray]) -> list[Any]:
+        """The honest post-deletion constituents after the requests, in order (each request rolls
+        the affected shards back to the stage before its earliest slice, a new generation)."""
+        states = [dict(st) for st in self.stages]
+        gen = [0] * self.S
+        gone: set[int] = set()
+        for req in requests:
+            gone |= {int(i) for i in req}
+            for s in sorted({int(self.shard[i]) for i in req}):
+                gen[s] += 1
+                first = min(int(self.slice[i]) for i in req if self.shard[i] == s) + 1
+                self._run(s, gen[s], states[s], gone, first)
+        return [self._model(states[s][SLICES]) if gen[s] else self.pre[s] for s in range(self.S)]
+
+    def inputs(self, deleted: np.ndarray) -> dict[str, Any]:
+        kept = np.setdiff1d(self.train, deleted)
+        kept = np.random.default_rng([self.seed, 7]).choice(kept, 200, replace=False)
+        return dict(
+            pre_models=self.pre, shard_of_deleted=self.shard[deleted], deleted_X=self.X[deleted], deleted_y=self.y[deleted],
+            audit_X=self.X[self.audit], audit_y=self.y[self.audit], retained_X=self.X[kept], retained_y=self.y[kept],
+            retained_shard=self.shard[kept], seed=self.seed,
+        )
+
+
+def _copy(sd: Any) -> Any:
+    return {k: v.clone() for k, v in sd.items()}
+
+
+def _split(rows: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Two requests: 1 + 3 for four records (the issue's case), two halves from 20 on."""
+    rows = rng.permutation(rows)
+    if len(rows) < 2:
+        return [rows]
+    if len(rows) <= 4:
+        return [rows[:1], rows[1:]]
+    return [np.sort(p) for p in np.array_split(rows, 2)]
+
+
+def old_residual_tests() -> Any:
+    """``residual_tests`` as it was before issue 15 (commit e416539), for the side-by-side power
+    table; None outside a git checkout."""
+    import importlib.util
+    import subprocess
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    try:
+        src = subprocess.run(["git", "-C", root, "show", f"{OLD_COMMIT}:verifier/_residual.py"], capture_output=True,
+                             check=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    spec = importlib.util.spec_from_loader("_residual_before_issue_15", loader=None)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    exec(compile(src, "_residual_before_issue_15", "exec"), mod.__dict__)  # noqa: S102 - our own source at a commit
+    return mod.residual_tests
+
+
+OLD_COMMIT = "e416539"
+
+
+def _rate(k: int, n: int) -> str:
+    from verifier._canary import clopper_pearson_upper
+
+    lo = 1 - clopper_pearson_upper(n - k, n, 0.975) if k else 0.0
+    hi = clopper_pearson_upper(k, n, 0.975)
+    return f"{k:3d}/{n:<3d} {k / n:6.1%} [{lo:5.1%},{hi:5.1%}]"
+
+
+def grid(runs: int, default_runs: int, shard_counts: Sequence[int], sizes: Sequence[int], budget_s: float,
+         old_everywhere: bool = False) -> int:
+    """False alarms (honest provers) and detection (provers that skip retraining) per cell, new test
+    and the test before issue 15 side by side."""
+    import collections
+
+    old = old_residual_tests()
+    t0 = time.perf_counter()
+    # cell -> counters: honest verdicts new, old fails, cheater fails new / old
+    C: dict[tuple[Any, ...], collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    # one record cannot be split: its "split" cell is its "one" cell
+    cells = [(S, n, d, r) for S in shard_counts for n in sizes for d in GRID_DRAWS for r in GRID_REQUESTS
+             if n > 1 or r == "one"]
+    want = {c: runs for c in cells if runs}
+    if DEFAULT_CELL[0] in shard_counts:
+        want[DEFAULT_CELL] = default_runs
+    seed = 0
+    while any(C[c]["runs"] < want[c] for c in want) and time.perf_counter() - t0 < budget_s:
+        for S in shard_counts:
+            todo = [c for c in want if c[0] == S and C[c]["runs"] < want[c]]
+            if not todo:
+                continue
+            w = World(S, seed)
+            for cell in todo:
+                _, n, how, req = cell
+                rng = np.random.default_rng([seed, n, GRID_DRAWS.index(how), GRID_REQUESTS.index(req)])
+                rows = w.draw(n, how, rng)
+                post = w.forget(_split(rows, rng) if req == "split" else [rows])
+                kw = w.inputs(rows)
+                fast = FAST if cell == DEFAULT_CELL else FASTEST
+                h = residual_tests(post_models=post, **kw, **fast)
+                c = residual_tests(post_models=w.pre, **kw, **fast)
+                k = C[cell]
+                k["runs"] += 1
+                k["h_" + h.verdict] += 1
+                k["c_fail"] += c.verdict == "fail"
+                if old is not None and (cell == DEFAULT_CELL or old_everywhere):
+                    k["old_h_fail"] += old(post_models=post, n_boot=20, attacks=DECIDING, **kw).verdict == "fail"
+                    k["old_c_fail"] += old(post_models=w.pre, n_boot=20, attacks=DECIDING, **kw).verdict == "fail"
+        seed += 1
+        print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    print(f"{'cell (shards, records, drawn, requests)':40s} | false alarms, new test [95% CI] | pass / inconclusive | "
+          f"false alarms before | skip-retraining caught, new | caught before")
+    worst = 0.0
+    for cell in sorted(want, key=lambda c: (c != DEFAULT_CELL, c)):
+        k = C[cell]
+        n = k["runs"]
+        if not n:
+            continue
+        from verifier._canary import clopper_pearson_upper
+
+        decides = k["h_pass"] + k["h_fail"]
+        if decides:
+            worst = max(worst, clopper_pearson_upper(k["h_fail"], n, 0.975))
+        both = old is not None and (cell == DEFAULT_CELL or old_everywhere)
+        print(f"{str(cell):40s} | {_rate(k['h_fail'], n)} | {k['h_pass']:3d} / {k['h_inconclusive']:3d} | "
+              f"{_rate(k['old_h_fail'], n) if both else '-':29s} | {_rate(k['c_fail'], n)} | "
+              f"{_rate(k['old_c_fail'], n) if both else '-'}")
+    tot = sum(C[c]["h_fail"] for c in want)
+    runs_all = sum(C[c]["runs"] for c in want)
+    if runs_all:
+        print(f"all cells together: false alarms {_rate(tot, runs_all)}")
+    print(f"largest upper 95% bound of the false-alarm rate over cells that decide: {worst:.1%} (2 alpha = 10%)")
+    print(f"{time.perf_counter() - t0:.0f} s, {seed} seeds")
+    return 0
+
+
 def _time(fn: Any, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -93,10 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sweep", type=int, default=0, metavar="N",
                     help="instead: honest and skipping provers over seeds 0..N-1 (false alarms, control power)")
+    ap.add_argument("--grid", action="store_true", help="instead: the false-alarm and power grid (issue 15)")
+    ap.add_argument("--runs", type=int, default=50, help="grid: honest runs per cell")
+    ap.add_argument("--default-runs", type=int, default=200, help=f"grid: runs of the default cell {DEFAULT_CELL}")
+    ap.add_argument("--shards", type=int, nargs="+", default=list(GRID_SHARDS), help="grid: shard counts")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(GRID_SIZES), help="grid: deleted-set sizes")
+    ap.add_argument("--old-everywhere", action="store_true",
+                    help="grid: run the test before issue 15 in every cell, not only the default one")
+    ap.add_argument("--budget", type=float, default=3600, help="grid: stop starting new seeds after this many seconds")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
+    if args.grid:
+        return grid(args.runs, args.default_runs, args.shards, args.sizes, args.budget, args.old_everywhere)
     root = tempfile.mkdtemp(prefix="vmu-bench-residual-")
     try:
         if args.sweep:

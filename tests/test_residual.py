@@ -184,7 +184,7 @@ def test_honest_deletion_passes_with_a_working_control(synth: dict[str, Any]) ->
 def test_skipped_retraining_fails(synth: dict[str, Any]) -> None:
     rep = residual_tests(**kwargs(synth, post_models=synth["pre"]))
     assert rep.verdict == "fail"
-    assert "distinguishable from never-seen audit records" in rep.reason
+    assert "still singled out by the models" in rep.reason
     assert rep.post_reject and any(r.reject for r in rep.post)
 
 
@@ -206,7 +206,7 @@ def test_population_attacks_are_reported_but_do_not_decide(synth: dict[str, Any]
     rep = residual_tests(**kwargs(synth))
     for a in ("loss", "confidence"):
         r = rep.result(a)
-        assert r.decides is False and r.p_holm is None and r.reject is False
+        assert r.decides is False and r.p_adj is None and r.reject is False
         assert 0 <= r.p_value <= 1
     # A decision family made of population attacks only is possible, but must be asked for.
     rep2 = residual_tests(**kwargs(synth, decision_attacks=("loss",)))
@@ -273,9 +273,9 @@ def test_too_few_references_skip_lira_and_then_rmia() -> None:
     keep = w["retained"][w["shard"][w["retained"]] < 2]
     two.update(retained_X=w["X"][keep], retained_y=w["y"][keep], retained_shard=w["shard"][keep])
     rep = residual_tests(**two)
-    assert rep.attacks == ("loss", "confidence", "rmia")
+    assert rep.attacks == ("loss", "confidence", "rmia", "shard")
     assert rep.skipped == (("lira", "needs at least 2 reference models per record, has 1"),)
-    assert rep.decision_attacks == ("rmia",)
+    assert rep.decision_attacks == ("shard",)
     one = kwargs(w, post_models=w["post"][:1], pre_models=w["pre"][:1], retained_X=None)
     rep1 = residual_tests(**one)
     assert rep1.verdict == "inconclusive" and "no calibrated attack could run" in rep1.reason
@@ -285,13 +285,13 @@ def test_report_json_is_canonical_and_complete(synth: dict[str, Any]) -> None:
     rep = residual_tests(**kwargs(synth))
     j = rep.to_json()
     canonical_json(j)  # no NaN, no infinity
-    assert j["type"] == "vmu.residual-report" and j["version"] == 1
+    assert j["type"] == "vmu.residual-report" and j["version"] == 2
     assert j["verdict"] == "pass" and j["correction"] == "holm"
     assert j["n"] == {"deleted": 40, "audit": N_AUDIT, "retained": len(synth["retained"])}
     assert [r["attack"] for r in j["post"]] == list(ATTACKS) == [r["attack"] for r in j["pre"]]
     r = j["post"][2]
     for key in ("auc", "auc_ci95", "tpr_at_fpr_1pct", "tpr_at_fpr_1pct_ci95", "tpr_at_fpr_0.1pct", "tpr_at_fpr_0.1pct_ci95",
-                "p_value", "p_holm", "reject", "decides", "roc", "scores", "retained_vs_audit_auc"):
+                "p_value", "p_adjusted", "reject", "decides", "roc", "scores", "retained_vs_audit_auc", "matched_auc", "matched_auc_ci95"):
         assert key in r
     assert len(r["scores"]["deleted"]) == 40 and len(r["scores"]["audit"]) == N_AUDIT
     assert r["roc"]["fpr"][0] == 0 and r["roc"]["fpr"][-1] == 1
@@ -528,7 +528,7 @@ def test_digits_honest_deletion_passes_and_the_control_detects(digits_main: dict
 def test_digits_prover_that_skips_retraining_fails(digits_main: dict[str, Any]) -> None:
     rep = residual_tests(post_models=digits_main["pre"], n_boot=200, **digits_main["kw"])
     assert rep.verdict == "fail"
-    assert "distinguishable" in rep.reason
+    assert "still singled out" in rep.reason
 
 
 @pytest.mark.slow
@@ -596,15 +596,18 @@ def test_spec_vector_residual_scores() -> None:
     d, a = inp["deleted"], inp["audit"]
     rep = residual_tests(post_models=models, pre_models=None, shard_of_deleted=np.array(inp["shard_of_deleted"]),
                          deleted_X=X[d], deleted_y=y[d], audit_X=X[a], audit_y=y[a], n_boot=10)
-    assert rep.verdict == "inconclusive" and "no positive control" in rep.reason
+    # strata (label 0: 1 deleted, 2 audit; label 1: 1 deleted, 1 audit) admit 3 x 2 arrangements
+    assert rep.verdict == "inconclusive" and rep.reason.startswith("too few references or records")
+    assert rep.calibration.smallest_p == pytest.approx(exp["smallest_p"], rel=1e-8)
     for attack in ATTACKS:
         r = rep.result(attack)
         assert list(r.scores_deleted) == pytest.approx(exp[attack]["deleted"], rel=1e-8, abs=1e-9)
         assert list(r.scores_audit) == pytest.approx(exp[attack]["audit"], rel=1e-8, abs=1e-9)
         assert r.auc == pytest.approx(exp[attack]["auc"])
+        assert r.matched_auc == pytest.approx(exp[attack]["matched_auc"])
         assert r.p_value == pytest.approx(exp[attack]["p_value"], rel=1e-8)
-    for attack, q in exp["holm"].items():
-        assert rep.result(attack).p_holm == pytest.approx(q, rel=1e-8)
+    for attack, q in exp["adjusted"].items():
+        assert rep.result(attack).p_adj == pytest.approx(q, rel=1e-8)
 
 
 def test_spec_vector_holm() -> None:

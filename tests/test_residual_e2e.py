@@ -70,8 +70,7 @@ def test_step_19_no_residual_and_html_report(honest_50: tuple[str, str], tmp_pat
 
 
 def test_two_deleted_records_are_inconclusive_never_a_pass(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """With two deleted records the test after deletion can only detect AUC ~1 (80% power), so
-    whatever the control shows, the verdict is 'power too low', not 'pass'."""
+    """Two deleted records: fewer than the verifier decides on (MIN_RECORDS), never a pass."""
     import numpy as np
     import torch
 
@@ -101,4 +100,38 @@ def test_two_deleted_records_are_inconclusive_never_a_pass(tmp_path) -> None:  #
         audit_X=X[audit], audit_y=y[audit], n_boot=200,
     )
     ws.close()
-    assert rep.verdict == "inconclusive" and rep.reason.startswith("power too low")
+    assert rep.verdict == "inconclusive" and rep.reason.startswith("too few references or records: 2 deleted record(s)")
+
+
+def test_step_19_issue_15_class_sorted_deletion_in_two_requests(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15 through vmu-verify: digits sorted by label, 4 shards x 3 slices, the first 4 records
+    (all of class 0) deleted as a request of 1 and then of 3. Step 19 must not reject; with 4
+    records it is inconclusive and says why and what to do. The residual seed is a function of the
+    deleted set, not of how it was split into requests."""
+    import numpy as np
+
+    from prover._data import from_arrays, load_digits_dataset
+    from verifier._checks import _residual_seed
+
+    ds = load_digits_dataset()
+    order = np.argsort(ds.y, kind="stable")
+    ws = Workspace.create(str(tmp_path / "ws"), data=from_arrays(ds.X[order], ds.y[order]),
+                          config=WorkspaceConfig(workers=1, seed=3, shards=4, slices=3))
+    ws.progress = False
+    ws.train()
+    first4 = [i for (i,) in ws.log.connection.execute("SELECT id FROM p_records WHERE role='train' ORDER BY row LIMIT 4")]
+    ws.forget(first4[:1])
+    ws.forget(first4[1:])
+    bundle = str(tmp_path / "b.vmu")
+    write_bundle(ws, bundle)
+    ws.close()
+    v = verify(bundle, VerifyOptions(n_boot=200))
+    assert v.exit_code == 0, v.failure  # accepted (with a warning), never rejected
+    res = to_json(v)["residual"]
+    assert res["verdict"] == "inconclusive"
+    assert res["reason"].startswith("too few references or records: 4 deleted record(s)")
+    assert res["calibration"]["labels"] == [0] and "verify more deleted records together" in res["reason"]
+    from verifier._bundle import read_bundle
+
+    dels = read_bundle(bundle).openings.deleted
+    assert res["bootstrap"]["seed"] == _residual_seed(dels) == _residual_seed(list(reversed(dels)))

@@ -76,7 +76,7 @@ from verifiable_mu._sampling import (
 )
 from verifiable_mu._seeds import assigned_slices, derive_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
-from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
+from verifiable_mu._tags import TAG_CHALLENGE, TAG_MODEL, TAG_REQUEST, tagged_hash
 from verifiable_mu._witness import Cosignature, WitnessKey, verify_cosignatures
 
 from ._bounds import check_model_fits, checkpoint_is_finite
@@ -1294,6 +1294,14 @@ def _step_18(v: Verification) -> None:
         v.warnings.append(v.replay_report["warning"])
 
 
+def _residual_seed(deleted: Sequence[RecordOpening]) -> int:
+    """Step 19's generator seed (specs/10-residual.md section 4): a function of the set of deleted
+    records only, so that a deletion split over several requests is tested exactly as one request
+    holding the same records (the Fiat-Shamir seed depends on the transcripts)."""
+    digest = tagged_hash(TAG_CHALLENGE, b"residual\x00", *sorted(o.commitment() for o in deleted))
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def _step_19(v: Verification) -> None:
     """Residual-information tests (specs/10-residual.md) on the models whose provenance steps
     1-18 established: post = the final constituents, pre = the constituents before the first
@@ -1353,7 +1361,7 @@ def _step_19(v: Verification) -> None:
         retained_shard=[retained_shard[o.commitment()] for o in retained] if retained else None,
         alpha=v.options.alpha,
         n_boot=v.options.n_boot,
-        seed=int.from_bytes(v.seed[:8], "big") >> 1 if v.seed else 0,
+        seed=_residual_seed(dels),
     )
     v.residual_report = rep.to_json()
     if v.options.canary is not None:

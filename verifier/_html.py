@@ -348,27 +348,43 @@ def _section_residual(res: Mapping[str, Any] | None) -> str:
     out += (
         f"<p>Deleted records: {_num(n.get('deleted'), 'd')}; audit set (never trained on): {_num(n.get('audit'), 'd')}; "
         f"retained sample: {_num(n.get('retained'), 'd')}; shards: {_e(', '.join(str(s) for s in res.get('shards') or []))}. "
-        f"Test: {_e(res.get('test'))} at alpha = {_num(res.get('alpha'), 'g')}, {_e(res.get('correction'))} correction over "
-        f"{_e(', '.join(res.get('decision_attacks') or []))}; other attacks are reported only. Smallest AUC detected with "
-        f"80% power: {_num(res.get('min_detectable_auc'), '.3f')}.</p>"
+        f"Test: {_e(res.get('test'))} at alpha = {_num(res.get('alpha'), 'g')}, {_e(res.get('correction'))} over "
+        f"{_e(', '.join(res.get('decision_attacks') or []))}; other attacks are reported only. Smallest label-matched AUC "
+        f"detected with 80% power: {_num(res.get('min_detectable_auc'), '.3f')}.</p>"
     )
+    cal = res.get("calibration")
+    if isinstance(cal, Mapping):
+        strata = cal.get("strata") or []
+        out += (
+            f"<p>What the test could compare: {_num(cal.get('matched_deleted'), 'd')} deleted record(s) against audit "
+            f"records of the same label on the same shard ({_num(cal.get('unmatched_deleted'), 'd')} without any), "
+            f"{_num(cal.get('references_per_record'), 'd')} reference models per record, "
+            f"{_e(cal.get('method'))}; smallest attainable p-value {_num(cal.get('smallest_p'))} "
+            f"({'can' if cal.get('can_reject') else 'cannot'} reach alpha).</p>"
+        )
+        if strata:
+            out += _table(["label", "shard", "deleted records", "audit records of the label"],
+                          [[_num(s.get("label"), "d"), _num(s.get("shard"), "d"), _num(s.get("deleted"), "d"),
+                            _num(s.get("audit"), "d")] for s in strata if isinstance(s, Mapping)])
     ctl = res.get("control") or {}
     out += (
         f"<p>Positive control (same attacks on the pre-deletion models): detected = {_num(ctl.get('detected'))}; best "
-        f"{_e(ctl.get('best_attack'))} AUC {_num(ctl.get('best_auc'), '.3f')} (95% CI {_ci(ctl.get('best_auc_ci95'))}), "
-        f"Holm-adjusted p = {_num(ctl.get('best_p_holm'))}.</p>"
+        f"{_e(ctl.get('best_attack'))} label-matched AUC {_num(ctl.get('best_auc'), '.3f')} (95% CI "
+        f"{_ci(ctl.get('best_auc_ci95'))}), adjusted p = {_num(ctl.get('best_p_adjusted'))}.</p>"
     )
     rows = []
     for ph in ("post", "pre"):
         for r in res.get(ph) or []:
             rows.append([
                 "after" if ph == "post" else "before (control)", _e(r["attack"]) + ("" if r.get("decides") else " <i>(reported)</i>"),
+                f'{_num(r.get("matched_auc"), ".3f")} ({_ci(r.get("matched_auc_ci95"))})',
                 f'{_num(r["auc"], ".3f")} ({_ci(r["auc_ci95"])})',
                 f'{_num(r["tpr_at_fpr_1pct"], ".3f")} ({_ci(r["tpr_at_fpr_1pct_ci95"])})',
                 f'{_num(r["tpr_at_fpr_0.1pct"], ".3f")} ({_ci(r["tpr_at_fpr_0.1pct_ci95"])})',
-                _num(r["p_value"]), _num(r.get("p_holm")), _num(r.get("reject")), _num(r.get("retained_vs_audit_auc"), ".3f"),
+                _num(r["p_value"]), _num(r.get("p_adjusted")), _num(r.get("reject")), _num(r.get("retained_vs_audit_auc"), ".3f"),
             ])
-    out += _table(["models", "attack", "AUC (95% CI)", "TPR at 1% FPR", "TPR at 0.1% FPR", "p", "p (Holm)", "reject",
+    out += _table(["models", "attack", "label-matched AUC (95% CI)", "all-label AUC (95% CI)", "TPR at 1% FPR",
+                   "TPR at 0.1% FPR", "p", "p (adjusted)", "reject",
                    "retained vs audit AUC"], rows)
     for a in res.get("skipped") or []:
         out += f'<p class="note">skipped {_e(a.get("attack"))}: {_e(a.get("why"))}</p>'

@@ -2,9 +2,14 @@
 
 After an honest deletion the deleted records must look like records the model never saw. This
 module scores every deleted record, every record of the audit set (committed at training time,
-never trained on) and a sample of retained training records with four attacks, compares deleted
-against audit with a one-sided Mann-Whitney test per attack, corrects the family with Holm's
-procedure, and runs the same attacks against the pre-deletion models as a positive control:
+never trained on) and a sample of retained training records with four attacks, and compares each
+deleted record with audit records *of its own label*, attacked on the same shard: a stratified
+permutation test (strata = label x shard; aligned ranks; exact enumeration when the strata admit
+few arrangements, else Monte Carlo re-labellings shared by all attacks), the family corrected by
+the Westfall-Young step-down maxT over the same re-labellings. A deletion correlated with the label
+(one person's photos, one class) therefore meets never-seen records of its kind under the null,
+and how the deletion was split into requests does not enter. The same attacks against the
+pre-deletion models are the positive control:
 
 * ``loss`` (Yeom et al. 2018): log-probability of the true class under the aggregated model.
 * ``confidence`` (Salem et al. 2019): negative entropy of the aggregated model's prediction.
@@ -15,10 +20,12 @@ procedure, and runs the same attacks against the pre-deletion models as a positi
   probability on the shard constituent over its mean on the references (offline parameter a = 1),
   turned into the fraction of audit-set records it dominates.
 
-Only lira and rmia decide (Holm over the two); loss and confidence are reported. Verdicts:
-``fail`` when a deciding attack's Holm-adjusted p-value on the post-deletion models is at most
-alpha; otherwise ``inconclusive`` when the positive control does not reject at the same alpha and
-correction ("power too low"), or cannot run; otherwise ``pass``.
+Only lira and rmia decide; loss and confidence are reported. Verdicts: ``fail`` when a deciding
+attack's adjusted p-value on the post-deletion models is at most alpha; ``inconclusive`` ("too few
+references or records") when no calibrated attack can run, no audit record shares a label with the
+deleted records, or even a complete separation could not reach alpha; ``inconclusive`` ("power
+too low") when the positive control does not reject, or the test after deletion could not see an
+effect as large as the control's; otherwise ``pass``.
 
 Models come in as callables ``predict_proba(X) -> (n, k)`` array of class probabilities; this
 module needs numpy, scipy and scikit-learn's metrics only and never imports torch itself.
@@ -46,19 +53,33 @@ __all__ = [
     "ResidualReport",
     "residual_tests",
     "holm",
+    "allocate_audit",
+    "matched_auc",
+    "Permutations",
+    "Calibration",
     "bootstrap_metrics",
     "tpr_at_fpr",
     "auc_score",
 ]
 
 RESIDUAL_REPORT_TYPE = "vmu.residual-report"
-RESIDUAL_REPORT_VERSION = 1
-ATTACKS = ("loss", "confidence", "lira", "rmia")
+RESIDUAL_REPORT_VERSION = 2
+CORRECTION = "westfall-young step-down maxT over the shared permutations"
+TEST_DESCRIPTION = (
+    "own-shard test, one-sided: is each deleted record's own shard constituent more confident on it than its "
+    "sibling constituents (rescaled logit standardised over the constituents), beyond the uniform draw every "
+    "constituent is for a record none of them saw (exact or Monte Carlo over shard assignments; lira and rmia: "
+    "stratified permutation test against audit records of the same label, reported)"
+)
+ATTACKS = ("loss", "confidence", "lira", "rmia", "shard")
 # The decision family: attacks calibrated per example on reference models. The population attacks
 # (loss, confidence) are reported but do not decide: they measure how easy a record is, not
 # whether it was trained on, and fail honest deletions of easy records (specs/10-residual.md).
-DECISION_ATTACKS = ("lira", "rmia")
+DECISION_ATTACKS = ("shard",)
 ATTACK_INFO = {
+    "shard": "own-shard test (SISA): the record's own shard constituent against all constituents, by the "
+    "rescaled logit of the true class standardised over them; tested against a uniformly drawn shard, which is "
+    "what every constituent is for a record none of them saw",
     "loss": "Yeom et al. 2018: log-probability of the true class under the aggregated model (mean of softmax)",
     "confidence": "Salem et al. 2019: negative entropy of the aggregated model's prediction (label-free)",
     "lira": "offline LiRA (Carlini et al. 2022): shard constituent's rescaled logit of the true class, "
@@ -70,6 +91,10 @@ FPR_LEVELS = (0.01, 0.001)
 DEFAULT_RMIA_A = 1.0  # a < 1 favours records easy for every model: false alarms (spec)
 DEFAULT_GAMMA = 1.0
 CONTROL_POWER = 0.8
+# Policy: no "fail" (and no "pass") on fewer deleted records. The own-shard test is exact at any
+# size, but on a handful of records its verdict rests on where those few records happened to be
+# sharded, and records of one person or class share effects (specs/10-residual.md section 4).
+MIN_RECORDS = 10
 _TINY = 1e-300
 _MAX_RECORDS = 1_000_000
 
@@ -148,18 +173,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(x) for x in adj]
 
 
-def _mann_whitney_greater(pos: np.ndarray, neg: np.ndarray) -> float:
-    """One-sided Mann-Whitney U p-value for "pos tends to be larger than neg"."""
-    from scipy.stats import mannwhitneyu
-
-    pos = np.asarray(pos, dtype=np.float64)
-    neg = np.asarray(neg, dtype=np.float64)
-    ties = len(np.unique(np.concatenate([pos, neg]))) < len(pos) + len(neg)
-    method = "exact" if (min(len(pos), len(neg)) < 20 and not ties) else "asymptotic"
-    res = mannwhitneyu(pos, neg, alternative="greater", method=method, use_continuity=True)
-    return float(res.pvalue)
-
-
 def _z(q: float) -> float:
     from scipy.stats import norm
 
@@ -199,12 +212,14 @@ class AttackResult:
     phase: str
     auc: float
     auc_ci: tuple[float, float]
+    matched_auc: float
+    matched_auc_ci: tuple[float, float]
     tpr_1pct: float
     tpr_1pct_ci: tuple[float, float]
     tpr_01pct: float
     tpr_01pct_ci: tuple[float, float]
     p_value: float
-    p_holm: float | None
+    p_adj: float | None
     reject: bool
     decides: bool
     retained_auc: float | None
@@ -220,12 +235,14 @@ class AttackResult:
             "phase": self.phase,
             "auc": _r(self.auc),
             "auc_ci95": [_r(self.auc_ci[0]), _r(self.auc_ci[1])],
+            "matched_auc": _r(self.matched_auc),
+            "matched_auc_ci95": [_r(self.matched_auc_ci[0]), _r(self.matched_auc_ci[1])],
             "tpr_at_fpr_1pct": _r(self.tpr_1pct),
             "tpr_at_fpr_1pct_ci95": [_r(x) for x in self.tpr_1pct_ci],
             "tpr_at_fpr_0.1pct": _r(self.tpr_01pct),
             "tpr_at_fpr_0.1pct_ci95": [_r(x) for x in self.tpr_01pct_ci],
             "p_value": _r(self.p_value),
-            "p_holm": None if self.p_holm is None else _r(self.p_holm),
+            "p_adjusted": None if self.p_adj is None else _r(self.p_adj),
             "reject": self.reject,
             "decides": self.decides,
             "retained_vs_audit_auc": None if self.retained_auc is None else _r(self.retained_auc),
@@ -235,6 +252,42 @@ class AttackResult:
                 "audit": [_r(x) for x in self.scores_audit],
                 "retained": [_r(x) for x in self.scores_retained],
             },
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calibration:
+    """What the matched test could compare, and the smallest p-value it can reach."""
+
+    matched: int  # deleted records with audit records of their label (and shard) to compare with
+    unmatched: int
+    smallest_p: float
+    level: float  # alpha: a smallest attainable p-value above it never rejects
+    exact: bool
+    n_perm: int
+    refs_per_record: int
+    labels: tuple[int, ...]
+    strata: tuple[tuple[int, int, int, int], ...]  # (label, shard, deleted, audit)
+    on_audit: bool = False  # the deciding attacks compare with audit records (else: own-shard test)
+    shards: int = 0
+
+    @property
+    def can_reject(self) -> bool:
+        return self.matched >= MIN_RECORDS and self.smallest_p <= self.level
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "matched_deleted": self.matched,
+            "unmatched_deleted": self.unmatched,
+            "smallest_p": _r(self.smallest_p),
+            "level": _r(self.level),
+            "can_reject": self.can_reject,
+            "min_records": MIN_RECORDS,
+            "method": "exact" if self.exact else f"monte carlo, {self.n_perm} permutations",
+            "compared_with": "audit records of the same label" if self.on_audit else "the other shards' constituents",
+            "references_per_record": self.refs_per_record,
+            "labels": list(self.labels),
+            "strata": [{"label": c, "shard": t, "deleted": k, "audit": n} for c, t, k, n in self.strata],
         }
 
 
@@ -253,6 +306,7 @@ class ResidualReport:
     post_reject: bool
     control_detected: bool | None
     min_detectable_auc: float
+    calibration: Calibration
     n_deleted: int
     n_audit: int
     n_retained: int
@@ -276,8 +330,8 @@ class ResidualReport:
             "verdict": self.verdict,
             "reason": self.reason,
             "alpha": self.alpha,
-            "test": "Mann-Whitney U, one-sided (deleted scores larger than audit scores)",
-            "correction": "holm",
+            "test": TEST_DESCRIPTION,
+            "correction": "holm" if "shard" in self.decision_attacks else CORRECTION,
             "attacks": list(self.attacks),
             "decision_attacks": list(self.decision_attacks),
             "attack_descriptions": {a: ATTACK_INFO[a] for a in self.attacks},
@@ -290,11 +344,12 @@ class ResidualReport:
             "control": {
                 "detected": self.control_detected,
                 "best_attack": best_pre.attack if best_pre else None,
-                "best_auc": _r(best_pre.auc) if best_pre else None,
-                "best_auc_ci95": [_r(x) for x in best_pre.auc_ci] if best_pre else None,
-                "best_p_holm": _r(best_pre.p_holm) if best_pre and best_pre.p_holm is not None else None,
+                "best_auc": _r(best_pre.matched_auc) if best_pre else None,
+                "best_auc_ci95": [_r(x) for x in best_pre.matched_auc_ci] if best_pre else None,
+                "best_p_adjusted": _r(best_pre.p_adj) if best_pre and best_pre.p_adj is not None else None,
             },
             "min_detectable_auc": _r(self.min_detectable_auc),
+            "calibration": self.calibration.to_json(),
             "post": [r.to_json() for r in self.post],
             "pre": [r.to_json() for r in self.pre],
             "seconds": round(self.seconds, 6),
@@ -303,8 +358,8 @@ class ResidualReport:
 
 def _best(results: Sequence[AttackResult]) -> AttackResult | None:
     """The deciding attack with the smallest adjusted p-value (ties: larger AUC)."""
-    dec = [r for r in results if r.decides and r.p_holm is not None]
-    return min(dec, key=lambda r: (r.p_holm, -r.auc)) if dec else None
+    dec = [r for r in results if r.decides and r.p_adj is not None]
+    return min(dec, key=lambda r: (r.p_adj, -r.matched_auc)) if dec else None
 
 
 def _r(x: float) -> float:
@@ -408,6 +463,21 @@ def _phase_scores(
         out["loss"] = np.log(np.maximum(agg[rows, y], _TINY))
     if "confidence" in attacks:
         out["confidence"] = (agg * np.log(np.maximum(agg, _TINY))).sum(axis=1)
+    if "shard" in attacks:
+        from scipy.stats import rankdata
+
+        # Rank of every constituent among all S for each record (midranks), scaled to [0, 1]: the
+        # record's score is its own shard's; "shard:null" keeps the S values it could have had.
+        phi = _rescaled_logit(P, y)  # (S, n)
+        ranks = np.asarray(rankdata(phi, axis=0, method="average"), dtype=np.float64)
+        cand = ((ranks - 1.0) / max(S - 1, 1)).T  # (n, S)
+        out["shard"] = cand[rows, target]
+        # What the test sums: each constituent's rescaled logit standardised over the S
+        # constituents of the record (a symmetric function of the S values, so under H0 the own
+        # shard's value is a uniform draw from the record's S values).
+        z = ((phi - phi.mean(axis=0)) / (phi.std(axis=0) + 1e-12)).T  # (n, S)
+        out["shard:null"] = z
+        out["shard:stat"] = z[rows, target]
     if "lira" not in attacks and "rmia" not in attacks:
         return out
     py_all = _true_prob(P, y)  # (S, n)
@@ -432,8 +502,14 @@ def _phase_scores(
         cnt = mask.sum(axis=0)
         mu = (vals * mask).sum(axis=0) / np.maximum(cnt, 1)
         var = (((vals - mu) ** 2) * mask).sum(axis=0) / np.maximum(cnt - 1, 1)
-        pooled = float(np.median(var[pool_idx]))
-        # Few references: shrink each record's variance half-way to the pooled median.
+        # Few references: shrink each record's variance half-way to the median over the deleted
+        # and audit records of its label (scales differ between classes; the median is a symmetric
+        # function of the pooled records, so it does not break their exchangeability).
+        pooled = np.full(n, float(np.median(var[pool_idx])))
+        for c in np.unique(y[pool_idx]):
+            of_c = pool_idx[y[pool_idx] == c]
+            if len(of_c) >= 2:
+                pooled[y == c] = float(np.median(var[of_c]))
         sd = np.sqrt(0.5 * (var + pooled) + 1e-12)
         out["lira"] = (phi_all[target, rows] - mu) / sd
     if "rmia" in attacks:
@@ -445,6 +521,7 @@ def _phase_scores(
             return np.maximum(py_all[t, idx], _TINY) / pr, mean
 
         lr, _ = ratio(target, rows)
+        out["rmia:ratio"] = np.log(lr)  # what the matched test ranks (same order per target shard)
         score = np.empty(n)
         for t in np.unique(target):
             # Population Z: the whole audit set, attacked on the same constituent t.
@@ -459,6 +536,245 @@ def _phase_scores(
     return out
 
 
+# --- the matched test: deleted records against audit records of the same label -----------------
+
+
+N_PERMUTATIONS = 9999
+
+
+@dataclass(frozen=True, slots=True)
+class Strata:
+    """The comparison groups of the matched test: one per (label, target shard) holding deleted
+    records. ``deleted[s]``/``audit[s]`` are the positions (in the pooled record order) of the
+    stratum's deleted and audit records; ``unmatched`` counts deleted records whose group has no
+    audit record (they cannot be compared and take no part in the test)."""
+
+    keys: tuple[tuple[int, int], ...]  # (label, shard)
+    deleted: tuple[np.ndarray, ...]
+    audit: tuple[np.ndarray, ...]
+    unmatched: int
+
+    @property
+    def n_matched(self) -> int:
+        return int(sum(len(d) for d, a in zip(self.deleted, self.audit, strict=True) if len(a)))
+
+    def usable(self) -> list[int]:
+        return [i for i, a in enumerate(self.audit) if len(a)]
+
+    def log10_arrangements(self) -> float:
+        """log10 of the number of ways to choose the deleted records within their strata: the
+        exact permutation test's smallest p-value is one over this (without ties)."""
+        tot = 0.0
+        for i in self.usable():
+            n, k = len(self.deleted[i]) + len(self.audit[i]), len(self.deleted[i])
+            tot += (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(10)
+        return tot
+
+
+def allocate_audit(yd: np.ndarray, sd: np.ndarray, ya: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Strata]:
+    """Target shard of every audit record, and the strata of the matched test.
+
+    The audit records of a label the deleted records carry are shuffled (``rng``) and dealt to the
+    shards that label's deleted records came from, in proportion to the number of deleted records
+    of that label per shard (largest remainder, ties to the lower shard). Audit records of other
+    labels are dealt the same way in proportion to all deleted records per shard (they only enter
+    the reported pooled figures). Nothing here depends on how the deletion was split into
+    requests or on the order the records were given in.
+    """
+    na = len(ya)
+    target = np.empty(na, dtype=np.int64)
+
+    def deal(rows: np.ndarray, shards: np.ndarray, counts: np.ndarray) -> None:
+        quota = counts * len(rows) / counts.sum()
+        base = np.floor(quota).astype(np.int64)
+        rest = len(rows) - int(base.sum())
+        base[np.argsort(-(quota - base), kind="stable")[:rest]] += 1
+        target[rng.permutation(rows)] = np.repeat(shards, base)
+
+    all_shards, all_counts = np.unique(sd, return_counts=True)
+    for c in np.unique(ya):
+        rows = np.flatnonzero(ya == c)
+        sel = yd == c
+        if sel.any():
+            shards, counts = np.unique(sd[sel], return_counts=True)
+            deal(rows, shards, counts)
+        else:
+            deal(rows, all_shards, all_counts)
+    keys, dels, auds = [], [], []
+    unmatched = 0
+    for c in np.unique(yd):
+        for s in np.unique(sd[yd == c]):
+            d = np.flatnonzero((yd == c) & (sd == s))
+            a = np.flatnonzero((ya == c) & (target == s))
+            keys.append((int(c), int(s)))
+            dels.append(d)
+            auds.append(a)
+            if len(a) == 0:
+                unmatched += len(d)
+    return target, Strata(tuple(keys), tuple(dels), tuple(auds), unmatched)
+
+
+def _midranks(v: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return np.asarray(rankdata(v, method="average"), dtype=np.float64)
+
+
+def matched_auc(pos_scores: np.ndarray, neg_scores: np.ndarray, strata: Strata) -> float:
+    """Label-matched AUC: the mean, over the matched deleted records, of the fraction of their
+    stratum's audit records they score above (ties count one half). 0.5 under H0."""
+    m = strata.n_matched
+    if m == 0:
+        return 0.5
+    tot = 0.0
+    for i in strata.usable():
+        tot += auc_score(pos_scores[strata.deleted[i]], neg_scores[strata.audit[i]]) * len(strata.deleted[i])
+    return tot / m
+
+
+class Permutations:
+    """The random re-labellings of the stratified permutation test, drawn once and shared by every
+    attack and both model sets: for each usable stratum, ``B`` random choices of which of its
+    ``N`` pooled positions are "deleted". The pooled positions are taken in score order, so the
+    test depends on the multiset of ranks only, never on the order the records were given in."""
+
+    def __init__(self, strata: Strata, n_perm: int, rng: np.random.Generator) -> None:
+        from itertools import combinations
+
+        self.strata = strata
+        self.n_perm = n_perm
+        self.choice: list[np.ndarray] = []
+        # Few arrangements: enumerate them all (the exact test); else B random ones.
+        self.exact = strata.log10_arrangements() <= math.log10(n_perm + 1)
+        for i in strata.usable():
+            if self.exact:
+                n = len(strata.deleted[i]) + len(strata.audit[i])
+                self.choice.append(np.array(list(combinations(range(n), len(strata.deleted[i]))), dtype=np.int64))
+                continue
+            k, n = len(strata.deleted[i]), len(strata.deleted[i]) + len(strata.audit[i])
+            u = rng.random((n_perm, n))
+            self.choice.append(np.argpartition(u, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (n_perm, 1)))
+
+    def p_value(self, pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
+        """One-sided p-value of the matched AUC ("deleted records score higher"):
+        ``(1 + #{T_perm >= T_obs}) / (1 + B)``, valid for any B under exchangeability."""
+        obs, perm = self.distribution(pos_scores, neg_scores)
+        return self.tail(perm, obs)
+
+    def tail(self, perm: np.ndarray, obs: float) -> float:
+        hits = np.count_nonzero(perm >= obs - 1e-9)
+        return float(hits / len(perm)) if self.exact else float((1 + hits) / (1 + self.n_perm))
+
+    def distribution(self, pos_scores: np.ndarray, neg_scores: np.ndarray) -> tuple[float, np.ndarray]:
+        """The test statistic and its value under every re-labelling: the AUC, minus 1/2, of the
+        deleted against the audit records of all strata after *aligning* each stratum (its scores
+        minus the median of its pooled deleted and audit scores; Hodges-Lehmann aligned ranks).
+        The median of a stratum's pool does not change when its records are re-labelled, so the
+        re-labellings within strata stay exact; aligning lets a deleted record be compared with
+        the audit records of every stratum without comparing labels of different difficulty."""
+        st = self.strata
+        use = st.usable()
+        m = st.n_matched
+        if m == 0:
+            return 0.0, np.zeros(1)
+        pools = [np.concatenate([pos_scores[st.deleted[i]], neg_scores[st.audit[i]]]) for i in use]
+        ranks = _midranks(np.concatenate([v - np.median(v) for v in pools]))
+        n_a = sum(len(st.audit[i]) for i in use)
+        shift = m * (m + 1) / 2.0
+        obs = 0.0
+        perm: np.ndarray = np.zeros(1 if self.exact else self.n_perm)
+        at = 0
+        for j, i in enumerate(use):
+            k, r = len(st.deleted[i]), ranks[at : at + len(pools[j])]
+            at += len(pools[j])
+            obs += r[:k].sum()
+            t = np.sort(r)[self.choice[j]].sum(axis=1)
+            perm = np.add.outer(perm, t).ravel() if self.exact else perm + t
+        return (obs - shift) / (m * n_a) - 0.5, (perm - shift) / (m * n_a) - 0.5
+
+    def max_t(self, stats: Sequence[tuple[float, np.ndarray]]) -> list[float]:
+        """Westfall-Young step-down maxT adjusted p-values over the attacks (one statistic each,
+        all on the same scale and under the same re-labellings): the family-wise error rate is at
+        most alpha whatever the dependence between the attacks, and correlated attacks cost less
+        than Holm's bound."""
+        order = sorted(range(len(stats)), key=lambda i: -stats[i][0])
+        adj = [1.0] * len(stats)
+        running = 0.0
+        for rank, i in enumerate(order):
+            rest = [stats[j][1] for j in order[rank:]]
+            running = max(running, self.tail(np.max(np.stack(rest), axis=0), stats[i][0]))
+            adj[i] = running
+        return adj
+
+    def smallest_p(self) -> float:
+        """The smallest p-value this test can return (ties ignored)."""
+        exact = 10.0 ** -self.strata.log10_arrangements()
+        return exact if self.exact else max(exact, 1.0 / (1 + self.n_perm))
+
+
+def own_shard_p(cand: np.ndarray, own: np.ndarray, n_perm: int, rng: np.random.Generator) -> float:
+    """One-sided p-value of the own-shard test: ``cand`` (n, S) holds each deleted record's value
+    under every constituent, ``own`` the one of its own shard. Under H0 every constituent is
+    equally likely to be the record's own (none saw it; SISA assigns shards uniformly),
+    independently across records: P(sum of draws >= sum of ``own``), over all S^n assignments
+    when there are at most n_perm + 1 of them, else ``(1 + #{draws >= obs}) / (1 + n_perm)``."""
+    n, S = cand.shape
+    order = np.lexsort(np.column_stack([cand, own]).T[::-1])  # canonical order: the records' order does not matter
+    cand, own = cand[order], own[order]
+    obs = float(own.sum()) - 1e-9
+    if n * math.log(S) <= math.log(n_perm + 1):
+        tot = np.zeros(1)
+        for row in cand:
+            tot = np.add.outer(tot, row).ravel()
+        return float(np.mean(tot >= obs))
+    hits = 0
+    for b in range(0, n_perm, 2000):
+        t = rng.integers(0, S, (min(2000, n_perm - b), n))
+        hits += int(np.count_nonzero(cand[np.arange(n), t].sum(axis=1) >= obs))
+    return float((1 + hits) / (1 + n_perm))
+
+
+def own_shard_smallest_p(cand: np.ndarray) -> float:
+    """The smallest p-value the own-shard test can give these records: every record at its top."""
+    top = cand.max(axis=1, keepdims=True)
+    return float(np.prod((cand >= top - 1e-12).sum(axis=1) / cand.shape[1]))
+
+
+def matched_null_sd(strata: Strata) -> float:
+    """Standard deviation of the matched AUC under H0 (no ties): strata independent, each AUC with
+    variance (N_s + 1) / (12 k_s n_s), weighted by k_s / m."""
+    m = strata.n_matched
+    if m == 0:
+        return math.inf
+    var = 0.0
+    for i in strata.usable():
+        k, n = len(strata.deleted[i]), len(strata.audit[i])
+        var += (k / m) ** 2 * (k + n + 1) / (12.0 * k * n)
+    return math.sqrt(var)
+
+
+def matched_bootstrap(pos: np.ndarray, neg: np.ndarray, strata: Strata, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified bootstrap of the matched AUC: deleted and audit records resampled with
+    replacement within each stratum."""
+    m = strata.n_matched
+    out = np.zeros(n_boot)
+    if m == 0:
+        return out + 0.5
+    for i in strata.usable():
+        d, a = np.sort(pos[strata.deleted[i]]), np.sort(neg[strata.audit[i]])
+        k, n = len(d), len(a)
+        D = d[rng.integers(0, k, (n_boot, k))]
+        A = np.sort(a[rng.integers(0, n, (n_boot, n))], axis=1)
+        wins = np.zeros(n_boot)
+        for b in range(0, n_boot, 256):
+            sl = slice(b, min(n_boot, b + 256))
+            gt = (D[sl][:, :, None] > A[sl][:, None, :]).sum(axis=(1, 2))
+            eq = (D[sl][:, :, None] == A[sl][:, None, :]).sum(axis=(1, 2))
+            wins[sl] = gt + 0.5 * eq
+        out += wins / n / m
+    return out
+
+
 # --- the test ------------------------------------------------------------------------------------
 
 
@@ -470,22 +786,43 @@ def _evaluate(
     d_idx: np.ndarray,
     a_idx: np.ndarray,
     r_idx: np.ndarray,
+    perms: Permutations,
     alpha: float,
     n_boot: int,
     seed: int,
 ) -> tuple[AttackResult, ...]:
     from sklearn.metrics import roc_curve
 
-    ps = [_mann_whitney_greater(scores[a][d_idx], scores[a][a_idx]) for a in attacks]
+    strata = perms.strata
+    stat = {a: scores.get(f"{a}:ratio", scores[a]) for a in attacks}
+    dists = [perms.distribution(stat[a][d_idx], stat[a][a_idx]) for a in attacks]
+    ps = [perms.tail(perm, obs) for obs, perm in dists]
+    if "shard" in attacks:
+        ps[attacks.index("shard")] = own_shard_p(scores["shard:null"][d_idx], scores["shard:stat"][d_idx], perms.n_perm,
+                                                 np.random.default_rng([seed, 0x5A4D]))
     dec = [i for i, a in enumerate(attacks) if a in deciding]
     adj: list[float | None] = [None] * len(attacks)
-    for i, q in zip(dec, holm([ps[i] for i in dec]) if dec else [], strict=True):
+    # One shared re-labelling for the matched attacks: Westfall-Young; with the own-shard test
+    # (another null distribution) in the family: Holm, valid under any dependence.
+    shared = "shard" not in deciding
+    family = perms.max_t([dists[i] for i in dec]) if shared else holm([ps[i] for i in dec])
+    for i, q in zip(dec, family if dec else [], strict=True):
         adj[i] = q
     results = []
+    ph = 0 if phase == "post" else 1
     for i, a in enumerate(attacks):
         s = scores[a]
         pos, neg = s[d_idx], s[a_idx]
-        boot = bootstrap_metrics(pos, neg, n_boot=n_boot, rng=np.random.default_rng([seed, i, 0 if phase == "post" else 1]))
+        # sorted first: the intervals do not depend on the order the records came in
+        boot = bootstrap_metrics(np.sort(pos), np.sort(neg), n_boot=n_boot, rng=np.random.default_rng([seed, i, ph]))
+        mrng = np.random.default_rng([seed, i, ph, 2])
+        if a == "shard":  # the mean own-shard score over resampled deleted records
+            own = np.sort(s[d_idx])
+            mboot = own[mrng.integers(0, len(own), (n_boot, len(own)))].mean(axis=1)
+            effect = float(own.mean())
+        else:
+            mboot = matched_bootstrap(stat[a][d_idx], stat[a][a_idx], strata, n_boot, mrng)
+            effect = matched_auc(stat[a][d_idx], stat[a][a_idx], strata)
 
         def ci(v: np.ndarray) -> tuple[float, float]:
             return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
@@ -497,12 +834,14 @@ def _evaluate(
                 phase=phase,
                 auc=auc_score(pos, neg),
                 auc_ci=ci(boot["auc"]),
+                matched_auc=effect,
+                matched_auc_ci=ci(mboot),
                 tpr_1pct=tpr_at_fpr(pos, neg, 0.01),
                 tpr_1pct_ci=ci(boot["tpr@0.01"]),
                 tpr_01pct=tpr_at_fpr(pos, neg, 0.001),
                 tpr_01pct_ci=ci(boot["tpr@0.001"]),
                 p_value=ps[i],
-                p_holm=adj[i],
+                p_adj=adj[i],
                 reject=adj[i] is not None and adj[i] <= alpha,  # type: ignore[operator]
                 decides=a in deciding,
                 retained_auc=auc_score(s[r_idx], neg) if len(r_idx) else None,
@@ -536,6 +875,7 @@ def residual_tests(
     decision_attacks: Sequence[str] = DECISION_ATTACKS,
     rmia_a: float = DEFAULT_RMIA_A,
     gamma: float = DEFAULT_GAMMA,
+    n_perm: int = N_PERMUTATIONS,
 ) -> ResidualReport:
     """Run the membership-inference tests on the post-deletion constituents (``post_models``, one
     per shard, aggregated by the mean of their softmax) and the positive control on the
@@ -552,6 +892,8 @@ def residual_tests(
         raise MalformedInput("seed must be a non-negative 63-bit integer")
     if not 1 <= n_boot <= 100_000:
         raise MalformedInput("n_boot must be between 1 and 100000")
+    if not isinstance(n_perm, int) or not 99 <= n_perm <= 1_000_000:
+        raise MalformedInput("n_perm must be an integer between 99 and 1000000")
     if not 0 <= rmia_a <= 1 or not gamma >= 1:
         raise MalformedInput("rmia_a must be in [0, 1] and gamma at least 1")
     attacks = tuple(attacks)
@@ -584,9 +926,10 @@ def residual_tests(
         raise MalformedInput("deleted, audit and retained records must have the same feature shape")
     nd, na, nr = Xd.shape[0], Xa.shape[0], Xr.shape[0]
     rng = np.random.default_rng([seed, 0x5E51])
-    # Audit records are attacked on the affected shards in proportion to the deleted records.
-    shards, counts = np.unique(sd, return_counts=True)
-    sa = rng.choice(shards, size=na, p=counts / counts.sum()) if len(shards) > 1 else np.full(na, shards[0])
+    # Audit records are attacked on the shards the deleted records of their label came from
+    # (strata of the matched test: label x shard).
+    shards = np.unique(sd)
+    sa, strata = allocate_audit(yd, sd, ya, rng)
     X = np.concatenate([Xd, Xa, Xr])
     y = np.concatenate([yd, ya, yr])
     target = np.concatenate([sd, sa, sr])
@@ -635,21 +978,40 @@ def residual_tests(
     n_refs = S - 1 + n_extra_used
     run_attacks = []
     for a in attacks:
-        if a == "lira" and n_refs < 2:
+        if a == "shard" and S < 2:
+            skipped.append((a, "needs at least 2 shard constituents, has 1"))
+        elif a == "lira" and n_refs < 2:
             skipped.append((a, f"needs at least 2 reference models per record, has {n_refs}"))
         elif a == "rmia" and n_refs < 1:
             skipped.append((a, "needs at least 1 reference model per record, has 0"))
         else:
             run_attacks.append(a)
     deciding = tuple(a for a in run_attacks if a in decision_attacks)
-    post = _evaluate(run(post_models, "post"), run_attacks, deciding, "post", d_idx, a_idx, r_idx, alpha, n_boot, seed)
+    perms = Permutations(strata, n_perm, np.random.default_rng([seed, 0x9E47]))
+    post = _evaluate(run(post_models, "post"), run_attacks, deciding, "post", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
     pre: tuple[AttackResult, ...] = ()
     if pre_models is not None:
-        pre = _evaluate(run(pre_models, "pre"), run_attacks, deciding, "pre", d_idx, a_idx, r_idx, alpha, n_boot, seed)
+        pre = _evaluate(run(pre_models, "pre"), run_attacks, deciding, "pre", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
     post_reject = any(r.reject for r in post)
     control = None if pre_models is None else any(r.reject for r in pre)
-    mde = min_detectable_auc(nd, na, alpha / max(1, len(deciding)))
-    verdict, reason = _decide(post, pre, control, alpha, mde, len(deciding))
+    level = alpha  # an adjusted p-value is never below the raw one: above alpha nothing rejects
+    mde_level = alpha / max(1, len(deciding))  # Bonferroni: a lower bound on the power
+    on_audit = "shard" not in deciding  # the own-shard test needs no audit record
+    if not on_audit:
+        level = alpha / len(deciding)  # Holm's first threshold
+        smallest = min(float(S) ** -nd if a == "shard" else perms.smallest_p() for a in deciding)
+        null_sd = math.sqrt((S + 1) / (12.0 * max(S - 1, 1) * nd))
+    else:
+        smallest, null_sd = perms.smallest_p(), matched_null_sd(strata)
+    mde = min(1.0, 0.5 + (_z(1 - mde_level) + _z(CONTROL_POWER)) * null_sd)
+    calib = Calibration(
+        matched=nd if not on_audit else strata.n_matched, unmatched=0 if not on_audit else strata.unmatched,
+        smallest_p=smallest, level=level, exact=perms.exact or not on_audit, n_perm=n_perm, refs_per_record=n_refs,
+        on_audit=on_audit, shards=S,
+        labels=tuple(sorted({k[0] for k in strata.keys})),
+        strata=tuple((k[0], k[1], len(d), len(a)) for k, d, a in zip(strata.keys, strata.deleted, strata.audit, strict=True)),
+    )
+    verdict, reason = _decide(post, pre, control, alpha, mde, len(deciding), calib)
     return ResidualReport(
         verdict=verdict,
         reason=reason,
@@ -662,6 +1024,7 @@ def residual_tests(
         post_reject=post_reject,
         control_detected=control,
         min_detectable_auc=mde,
+        calibration=calib,
         n_deleted=nd,
         n_audit=na,
         n_retained=nr,
@@ -673,6 +1036,30 @@ def residual_tests(
     )
 
 
+def _effect(r: AttackResult) -> str:
+    return "own-shard score" if r.attack == "shard" else "label-matched AUC"
+
+
+def _what_to_do(c: Calibration, alpha: float) -> str:
+    labels = ", ".join(str(x) for x in c.labels)
+    if not c.on_audit:
+        need = math.ceil(math.log(1 / c.level) / math.log(max(c.shards, 2)))
+        return (
+            f"{c.matched} deleted record(s) of label(s) {labels} were each compared with their {c.refs_per_record} "
+            f"sibling constituents; to get a decision: verify more deleted records together (at least "
+            f"{max(need, MIN_RECORDS)}, more for small effects) or use more shards; use --require-residual only "
+            f"where the report shows power"
+        )
+    need = math.ceil(1 / c.level) - 1
+    return (
+        f"{c.matched} deleted record(s) of label(s) {labels} were compared with {sum(n for *_, n in c.strata)} audit "
+        f"records of the same labels, with {c.refs_per_record} reference models per record; to get a decision: a "
+        f"larger audit set (at least {need} audit records per label for a single deleted record, more for small "
+        f"effects), more shards (more reference models), or more records deleted in one verification; use "
+        f"--require-residual only where the report shows power"
+    )
+
+
 def _decide(
     post: Sequence[AttackResult],
     pre: Sequence[AttackResult],
@@ -680,19 +1067,55 @@ def _decide(
     alpha: float,
     mde: float,
     m: int,
+    calib: Calibration,
 ) -> tuple[str, str]:
     rejected = [r for r in post if r.reject]
-    if rejected:
-        worst = min(rejected, key=lambda r: r.p_holm)  # type: ignore[arg-type,return-value]
-        return "fail", (
-            f"the deleted records are distinguishable from never-seen audit records: {worst.attack} attack AUC "
-            f"{worst.auc:.3f} (95% CI {worst.auc_ci[0]:.3f}-{worst.auc_ci[1]:.3f}), Holm-adjusted p = "
-            f"{worst.p_holm:.2g} <= alpha = {alpha:g} over {m} attacks"
-        )
     best_post = _best(post)
+    if best_post is not None and not calib.can_reject and (not calib.on_audit or calib.matched > 0):
+        few = calib.matched < MIN_RECORDS
+        return "inconclusive", (
+            "too few references or records: "
+            + (f"{calib.matched} deleted record(s), fewer than the {MIN_RECORDS} the verifier needs before it decides "
+               f"(on a handful of records the verdict rests on where they happened to be sharded)"
+               if few else
+               f"even a complete separation of the deleted records from never-seen records would give "
+               f"p = {calib.smallest_p:.2g} > {calib.level:.2g}, so this test cannot hold alpha and decide")
+            + (f" (after deletion: {best_post.attack} {_effect(best_post)} {best_post.matched_auc:.3f}, p = "
+               f"{best_post.p_value:.2g}; not a verdict)" if few else "")
+            + f"; {_what_to_do(calib, alpha)}"
+        )
+    if rejected and control is not True:
+        # A residual after deletion is at most the membership signal before it: a rejection the
+        # positive control does not confirm (or cannot, without pre-deletion models) is no
+        # evidence of a residual, and the verifier does not accuse on it.
+        worst = min(rejected, key=lambda r: r.p_adj)  # type: ignore[arg-type,return-value]
+        return "inconclusive", (
+            f"unconfirmed: the test after deletion rejects ({worst.attack} {_effect(worst)} {worst.matched_auc:.3f}, "
+            f"adjusted p = {worst.p_adj:.2g}), but the positive control "
+            + ("could not run (no pre-deletion models)" if control is None else "does not detect the same records in "
+               "the pre-deletion models")
+            + f"; a residual cannot exceed the membership it is left from, so this is no evidence either way. "
+            f"{_what_to_do(calib, alpha)}"
+        )
+    if rejected:
+        worst = min(rejected, key=lambda r: r.p_adj)  # type: ignore[arg-type,return-value]
+        return "fail", (
+            f"the deleted records are still singled out by the models: {worst.attack} attack, {_effect(worst)} {worst.matched_auc:.3f} (95% CI {worst.matched_auc_ci[0]:.3f}-"
+            f"{worst.matched_auc_ci[1]:.3f}), adjusted p = {worst.p_adj:.2g} <= alpha = {alpha:g} over {m} "
+            f"attacks ({calib.matched} deleted records of label(s) {', '.join(str(x) for x in calib.labels)}, "
+            f"{calib.refs_per_record} reference models per record). An honest deletion fails with probability at "
+            f"most alpha; check that the retrained shards never saw these records"
+        )
     if best_post is None:
         return "inconclusive", (
-            "no calibrated attack could run: lira and rmia need sibling constituents or extra reference models"
+            "too few references or records: no calibrated attack could run (lira and rmia need sibling "
+            "constituents or extra reference models); more shards give more reference models"
+        )
+    if calib.on_audit and calib.matched == 0:
+        return "inconclusive", (
+            f"too few references or records: no audit record shares a label with the deleted records (labels "
+            f"{', '.join(str(x) for x in calib.labels)}), so they cannot be compared with never-seen records of "
+            f"their kind; {_what_to_do(calib, alpha)}"
         )
     if control is None:
         return "inconclusive", (
@@ -703,21 +1126,24 @@ def _decide(
     if not control:
         return "inconclusive", (
             f"power too low: the positive control did not detect membership of the deleted records in the "
-            f"pre-deletion models (best: {best_pre.attack} AUC {best_pre.auc:.3f}, 95% CI "
-            f"{best_pre.auc_ci[0]:.3f}-{best_pre.auc_ci[1]:.3f}, Holm-adjusted p = {best_pre.p_holm:.2g} > "
-            f"alpha = {alpha:g}), so the same test on the post-deletion models is no evidence"
+            f"pre-deletion models (best: {best_pre.attack} {_effect(best_pre)} {best_pre.matched_auc:.3f}, 95% CI "
+            f"{best_pre.matched_auc_ci[0]:.3f}-{best_pre.matched_auc_ci[1]:.3f}, adjusted p = "
+            f"{best_pre.p_adj:.2g} > alpha = {alpha:g}), so the same test on the post-deletion models is no "
+            f"evidence; the smallest AUC it detects with 80% power is {mde:.3f}. {_what_to_do(calib, alpha)}"
         )
-    if mde > best_pre.auc_ci[1]:
+    if mde > best_pre.matched_auc_ci[1]:
         return "inconclusive", (
             f"power too low: the positive control detects the deleted records before deletion ({best_pre.attack} "
-            f"AUC {best_pre.auc:.3f}, 95% CI {best_pre.auc_ci[0]:.3f}-{best_pre.auc_ci[1]:.3f}), but with this few "
-            f"records the test after deletion detects, with 80% power, only an AUC of {mde:.3f} or more -- above "
-            f"every effect size the control is consistent with"
+            f"{_effect(best_pre)} {best_pre.matched_auc:.3f}, 95% CI {best_pre.matched_auc_ci[0]:.3f}-"
+            f"{best_pre.matched_auc_ci[1]:.3f}), but with this few records the test after deletion detects, with 80% "
+            f"power, only an AUC of {mde:.3f} or more -- above every effect size the control is consistent with. "
+            f"{_what_to_do(calib, alpha)}"
         )
     return "pass", (
-        f"no attack distinguishes the deleted records from never-seen audit records (smallest Holm-adjusted "
-        f"p = {best_post.p_holm:.2g} > alpha = {alpha:g} over {m} attacks, {best_post.attack} AUC "
-        f"{best_post.auc:.3f}); the positive control detects them before deletion ({best_pre.attack} AUC "
-        f"{best_pre.auc:.3f}, 95% CI {best_pre.auc_ci[0]:.3f}-{best_pre.auc_ci[1]:.3f}, Holm-adjusted p = "
-        f"{best_pre.p_holm:.2g}); smallest AUC this test detects with 80% power: {mde:.3f}"
+        f"no attack singles out the deleted records (smallest "
+        f"adjusted p = {best_post.p_adj:.2g} > alpha = {alpha:g} over {m} attacks, {best_post.attack} "
+        f"{_effect(best_post)} {best_post.matched_auc:.3f}); the positive control detects them before deletion "
+        f"({best_pre.attack} {_effect(best_pre)} {best_pre.matched_auc:.3f}, 95% CI {best_pre.matched_auc_ci[0]:.3f}-"
+        f"{best_pre.matched_auc_ci[1]:.3f}, adjusted p = {best_pre.p_adj:.2g}); smallest AUC this test "
+        f"detects with 80% power: {mde:.3f}"
     )
