@@ -540,6 +540,27 @@ def _bundle_with(h: Honest, **kw: Any) -> bytes:
     return bundle_for(h.ws_dir, **kw)[0]
 
 
+def _extra_training_opening(h: Honest) -> tuple[bytes, VerifyOptions]:
+    """A valid opening of a real record (a held-out one: the small honest bundle opens every
+    training record) listed as a training opening, though no disclosed step uses it (issue 19:
+    the rule that no other record is disclosed is now checked)."""
+    from prover import Workspace
+    from verifiable_mu._records import RecordOpening
+
+    m = members_of(h.bundle)
+    op = json.loads(m["records/openings.json"])
+    opened = {RecordOpening.from_json(o).commitment() for part in ("training", "deleted", "audit") for o in op[part]}
+    with Workspace.open(h.ws_dir) as ws:
+        ds = ws.data
+        row, salt = next((r, salt) for r, salt, c in ws._db().execute(
+            "SELECT row, salt, commitment FROM p_records WHERE role='test' ORDER BY row")
+            if c not in opened)  # fmt: skip
+        o = RecordOpening(id=ds.ids[row], features=ds.X[row], label=int(ds.y[row]), salt=salt)
+    op["training"].append(o.to_json())
+    m["records/openings.json"] = json.dumps(op).encode()
+    return rezip(m), _opts()
+
+
 def _opening_edit(fn: Callable[[dict[str, Any]], None]) -> Callable[[Honest], tuple[bytes, VerifyOptions]]:
     return _edit_json("records/openings.json", fn)
 
@@ -728,6 +749,8 @@ CASES: dict[str, Case] = {
     "step_16_deleted_opening_features": Case(16, 1, "OpeningMismatch", "deleted-record openings",
                                              _opening_edit(_deleted_features)),
     "step_16_audit_opening_removed": Case(16, 1, "OpeningMismatch", "audit", _opening_edit(lambda d: d["audit"].pop())),
+    "step_16_extra_training_opening": Case(16, 1, "OpeningMismatch", "which no disclosed step uses",
+                                           _extra_training_opening),
     "step_16_opening_duplicated": Case(16, 1, "OpeningMismatch", "disclosed twice",
                                        _opening_edit(lambda d: d["training"].append(d["audit"][0]))),
     "step_16_deleted_opening_swapped": Case(16, 1, "OpeningMismatch", "deleted-record openings",

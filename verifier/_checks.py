@@ -1178,6 +1178,16 @@ def _step_16(v: Verification) -> None:
         if (tree.root, len(tree)) != (v.audit.root, v.audit.size):
             raise OpeningMismatch(f"the {len(op.audit)} audit openings do not rebuild the committed audit set "
                                   f"({v.audit.size} records)")
+    # No other record is disclosed (specs/08 section 4): every training opening is in the batch of
+    # a disclosed step, whose replay or batch check needs it.
+    used: set[bytes] = set()
+    for e in v.entries.values():
+        if e.kind == "step":
+            used.update(_batch_of(v, StepBody.parse(e), "openings"))
+    extra = [o for o in op.training if o.commitment() not in used]
+    if extra:
+        raise OpeningMismatch(f"the bundle opens training record {extra[0].id!r} (and {len(extra) - 1} more), which no "
+                              "disclosed step uses: a bundle discloses no record that a check does not need")
     v.openings = seen
 
 
