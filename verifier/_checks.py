@@ -1181,9 +1181,9 @@ def _step_16(v: Verification) -> None:
     # No other record is disclosed (specs/08 section 4): every training opening is in the batch of
     # a disclosed step, whose replay or batch check needs it.
     used: set[bytes] = set()
-    for e in v.entries.values():
-        if e.kind == "step":
-            used.update(_batch_of(v, StepBody.parse(e), "openings"))
+    for entry in v.entries.values():
+        if entry.kind == "step":
+            used.update(_batch_of(v, StepBody.parse(entry), "openings"))
     extra = [o for o in op.training if o.commitment() not in used]
     if extra:
         raise OpeningMismatch(f"the bundle opens training record {extra[0].id!r} (and {len(extra) - 1} more), which no "
