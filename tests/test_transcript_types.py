@@ -1,0 +1,69 @@
+"""specs/07's field-type table checked against a real transcript (issue 19, item 2): every leaf
+of the predicate has the stated JSON type, and every path of the table occurs."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from conftest_verifier import honest
+
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "07-deletion-transcript.md"
+_ROW = re.compile(r"^\| `([a-z_.\[\]]+)` \| ([^|]+) \|$", re.M)
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+_DEC = re.compile(r"0|[1-9][0-9]*")
+
+
+def _table() -> dict[str, str]:
+    section = SPEC.read_text(encoding="utf-8").split("## Field types", 1)[1].split("\n## ", 1)[0]
+    return {m[1]: m[2].strip() for m in _ROW.finditer(section)}
+
+
+def _leaves(o: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(path, value) of every leaf; a disclosed entry or a proof object is one leaf."""
+    if isinstance(o, dict) and not ({"entry", "inclusion"} == set(o) or "type" in o):
+        return [x for k, v in o.items() for x in _leaves(v, f"{path}.{k}" if path else k)]
+    if isinstance(o, list) and o and all(isinstance(x, dict) and "type" not in x for x in o):
+        return [x for v in o for x in _leaves(v, f"{path}[]")]
+    return [(path, o)]
+
+
+def _fits(kind: str, v: Any) -> bool:
+    if kind.startswith("integer"):
+        return type(v) is int and (kind != "integer, `1`" or v == 1)
+    if kind.startswith("dec"):
+        return isinstance(v, str) and bool(_DEC.fullmatch(v))
+    if kind == "hex32":
+        return isinstance(v, str) and bool(_HEX32.fullmatch(v))
+    if kind in ("string", "note"):
+        return isinstance(v, str) and (kind == "string" or v.count("\n") >= 3)
+    if kind.startswith("entry"):
+        want = re.search(r"kind `(\w+)`", kind)
+        return isinstance(v, dict) and set(v) == {"entry", "inclusion"} and (
+            want is None or v["entry"]["kind"] == want[1])
+    if kind.startswith("object"):
+        return isinstance(v, dict) and isinstance(v.get("type"), str)
+    if kind.startswith("array"):
+        return isinstance(v, list) and all(isinstance(x, dict) and isinstance(x.get("type"), str) for x in v)
+    raise AssertionError(f"unknown type in the table: {kind}")
+
+
+def test_every_predicate_leaf_has_its_stated_type() -> None:
+    table = _table()
+    assert len(table) >= 25
+    h = honest()
+    seen: set[str] = set()
+    for path in sorted(glob.glob(os.path.join(h.ws_dir, "transcripts", "*.dsse.json"))):
+        stmt = json.loads(base64.b64decode(json.loads(open(path, "rb").read())["payload"]))
+        assert [set(x) for x in stmt["subject"]] == [{"name", "digest"}]
+        assert _HEX32.fullmatch(stmt["subject"][0]["digest"]["sha256"])
+        for p, v in _leaves(stmt["predicate"]):
+            assert p in table, f"{p} is not in specs/07's field table"
+            assert _fits(table[p], v), (p, table[p], repr(v)[:80])
+            seen.add(p)
+    assert seen == set(table), set(table) - seen
