@@ -67,3 +67,21 @@ def test_every_predicate_leaf_has_its_stated_type() -> None:
             assert _fits(table[p], v), (p, table[p], repr(v)[:80])
             seen.add(p)
     assert seen == set(table), set(table) - seen
+
+
+def test_specs_08_member_name_pattern_is_the_verifiers() -> None:
+    """Issue 19, item 1: the member-name pattern of specs/08 section 1 is exactly what step 1
+    accepts (slice records and absence proofs included)."""
+    from verifier._bundle import _NAME_RE
+
+    text = (SPEC.parent / "08-bundle.md").read_text(encoding="utf-8")
+    spec = re.compile(re.search(r"^Names match `([^`]+)`\.$", text, re.M)[1])  # type: ignore[index]
+    names = ["manifest.json", "keys/signing-key.pub.pem", "heads/final.note", "transcripts/000001.dsse.json",
+             "log/entries.json", "records/openings.json", f"checkpoints/{'ab' * 32}.safetensors",
+             f"slices/{'cd' * 32}.records", "slices/absence.json"]  # fmt: skip
+    wrong = ["slices/absence.jsonx", f"slices/{'CD' * 32}.records", "transcripts/1.dsse.json", "notes.txt",
+             f"checkpoints/{'ab' * 31}.safetensors", "../manifest.json"]  # fmt: skip
+    for n in names:
+        assert spec.fullmatch(n) and _NAME_RE.fullmatch(n), n
+    for n in wrong:
+        assert not spec.fullmatch(n) and not _NAME_RE.fullmatch(n), n
