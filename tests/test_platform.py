@@ -116,6 +116,25 @@ def test_config_parses_a_fingerprint_and_an_old_platform() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("shards", 65_537, "shards must be an integer in [1, 65536]"),
+        ("slices", 0, "slices must be an integer in [1, 65536]"),
+        ("checkpoint_every", 2**40 + 1, "checkpoint_every must be an integer in [0, 1099511627776]"),
+        ("n_train", -1, "n_train must be an integer in [0, 1099511627776]"),
+    ],
+)
+def test_config_bounds_of_specs_09(field: str, value: int, fragment: str) -> None:
+    """The bounds on signed config fields that specs/09 states (those a forged bundle cannot carry
+    past the bundle writer are checked on the parser directly)."""
+    entry = _config(dict(NATIVE))
+    entry.body[field] = value
+    with pytest.raises(InvalidBundle, match="config") as e:
+        ConfigBody.parse(entry)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize(
     ("change", "fragment"),
     [
         ({"blas_path": 14}, "blas_path must be a string"),

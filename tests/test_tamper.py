@@ -314,6 +314,25 @@ def _f_config(ctx: Any) -> None:
     ctx.entries[0][1]["n_train"] += 1
 
 
+def _config_beyond(path: str, value: Any) -> Callable[[Any], None]:
+    """Set one field of the signed config (``a.b`` for nested) beyond the bound specs/09 states."""
+
+    def mutate(ctx: Any) -> None:
+        obj = ctx.entries[0][1]
+        *parents, last = path.split(".")
+        for k in parents:
+            obj = obj[k]
+        obj[last] = value
+
+    return mutate
+
+
+def _step_hints_beyond(ctx: Any) -> None:
+    """A step entry with more rounding hints than any step may carry (65,536)."""
+    i = next(j for j, (k, _) in enumerate(ctx.entries) if k == "step")
+    ctx.entries[i][1]["hints"] = [[0, j, 0] for j in range(65_537)]
+
+
 def _f_dataset(ctx: Any) -> None:
     i = _find(ctx.entries, "dataset")[0]
     ctx.entries[i][1]["root"] = _flip_hex(ctx.entries[i][1]["root"])
@@ -691,6 +710,21 @@ CASES: dict[str, Case] = {
     # 10. commitments (forged)
     "step_10_config_n_train": Case(10, 1, "CommitBlockInvalid", "the config says", _forged(_f_config)),
     "step_10_dataset_root": Case(10, 1, "CommitBlockInvalid", "data-set root", _forged(_f_dataset)),
+    # The bounds on signed fields that specs/09 ("Resource bounds") states: exit 2 where parsed.
+    "step_10_bound_batch_size": Case(10, 2, "InvalidBundle", r"batch_size must be an integer in \[1, 16777216\]",
+                                     _forged(_config_beyond("hyper.batch_size", 2**24 + 1))),
+    "step_10_bound_threads": Case(10, 2, "InvalidBundle", r"threads must be an integer in \[1, 256\]",
+                                  _forged(_config_beyond("platform.threads", 257))),
+    "step_10_bound_hidden": Case(10, 2, "InvalidBundle", r"hidden must be an integer in \[0, 1048576\]",
+                                 _forged(_config_beyond("model.hidden", 2**20 + 1))),
+    "step_10_bound_input_shape": Case(10, 2, "InvalidBundle", "input_shape must be a list of positive integers",
+                                      _forged(_config_beyond("model.input_shape", [1] * 9))),
+    "step_10_bound_fingerprint": Case(10, 2, "InvalidBundle", "cpu_capability must be a string of at most 128",
+                                      _forged(_config_beyond("platform.cpu_capability", "A" * 129))),
+    "step_11_bound_hints": Case(11, 2, "InvalidBundle", "hints must be a list of at most 65536",
+                                _forged(_step_hints_beyond)),
+    "step_10_bound_epochs": Case(10, 2, "InvalidBundle", r"epochs must be an integer in \[1, 1048576\]",
+                                 _forged(_config_beyond("epochs", 2**20 + 1))),
     # 11. deletion claims
     "step_11_membership_proof": Case(11, 1, "DeletionClaimFailed", "was not in its slice", _forged(pred=_p_membership)),
     "step_11_non_membership_dropped": Case(11, 1, "DeletionClaimFailed", "lacks a non-membership proof",
