@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -824,3 +826,31 @@ def test_tamper(name: str) -> None:
     # the reason names the failed check
     failed = [r for r in v.results if r.status in ("fail", "error")]
     assert len(failed) == 1 and failed[0].step == case.step
+
+
+def _failure_table() -> dict[str, tuple[int, set[int]]]:
+    text = (Path(__file__).resolve().parents[1] / "specs" / "09-verification.md").read_text(encoding="utf-8")
+    section = text.split("## Failure kinds", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for m in re.finditer(r"^\| `(\w+)` \| (\d) \| ([^|]+) \|$", section, re.M):
+        steps: set[int] = set()
+        for part in re.findall(r"\d+(?:-\d+)?", m[3].split("(")[0]):
+            a, _, b = part.partition("-")
+            steps |= set(range(int(a), int(b or a) + 1))
+        out[m[1]] = (int(m[2]), steps)
+    return out
+
+
+def test_every_case_is_in_the_failure_table_of_specs_09() -> None:
+    """Issue 19: the failure kind -> exit code -> step table of specs/09 covers the tamper suite,
+    and every rejection class the verifier exports."""
+    import verifier._errors as verrors
+
+    table = _failure_table()
+    for name, case in CASES.items():
+        assert case.error in table, (name, case.error)
+        exit_code, steps = table[case.error]
+        assert case.exit == exit_code and case.step in steps, (name, case.error, case.step, case.exit)
+    exported = {n for n in dir(verrors) if isinstance(getattr(verrors, n), type) and n[0].isupper()}
+    rejections = {n for n in exported if issubclass(getattr(verrors, n), verrors.VerificationFailed)}
+    assert rejections - {"VerificationFailed"} <= set(table), sorted(rejections - set(table))
