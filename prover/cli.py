@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
+from verifiable_mu import __version__
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._sampling import DEFAULT_REPLAY
 
@@ -23,6 +25,8 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+#: The reader of stdout went away (SIGPIPE's 128 + 13, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmu", description="Verifiable machine unlearning: train with SISA under commitments, forget on request.")
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"vmu (verifiable-mu) {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     i = sub.add_parser("init", help="create a workspace: config, data copy, signing key")
@@ -240,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as e:
         if args.verbose:
             traceback.print_exc()

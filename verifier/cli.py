@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from verifiable_mu import __version__
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._note import Checkpoint
@@ -28,6 +29,8 @@ __all__ = ["EXIT_ACCEPTED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "m
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
 EXIT_UNUSABLE = 2
+#: The reader of stdout went away (SIGPIPE's 128 + 13, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify a verifiable-mu proof bundle: signatures, proofs, ordering, and a sampled replay of training.",
         epilog="Exit codes: 0 accepted, 1 rejected, 2 unusable input.",
     )
+    p.add_argument("--version", action="version", version=f"vmu-verify (verifiable-mu) {__version__}")
     p.add_argument("bundle", metavar="BUNDLE", help="the proof bundle (zip) written by 'vmu bundle'")
     p.add_argument("--challenge", metavar="HEX", help="the challenge you gave the prover (interactive mode)")
     p.add_argument(
@@ -63,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the final tree head the bundle must be for: a file holding a signed note (origin, size and root are "
              "compared) or its root as 64 hex digits",
     )
-    p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-' for stdout)")
+    p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-': stdout, which then carries "
+                   "the JSON alone; the summary goes to stderr)")
     p.add_argument("--trust-key", metavar="PUBKEY", help="the owner's Ed25519 public key (PEM) to pin")
     p.add_argument(
         "--witness", action="append", default=[], metavar="VKEY",
@@ -152,6 +157,15 @@ def _witness(arg: str) -> WitnessKey:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         challenge = None
@@ -234,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render_text(v, path=os.path.basename(args.bundle))
     if args.quiet:
         text = text.splitlines()[-1] + "\n"
-    sys.stdout.write(text)
+    # With --json -, stdout carries the JSON report alone; the summary goes to stderr.
+    (sys.stderr if args.json == "-" else sys.stdout).write(text)
     if v.failure is not None:
         print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
     if args.html:
