@@ -329,6 +329,16 @@ def _config_beyond(path: str, value: Any) -> Callable[[Any], None]:
     return mutate
 
 
+def _step_field_beyond(field: str, value: Any) -> Callable[[Any], None]:
+    """One field of the first step entry beyond the bound specs/09 states."""
+
+    def mutate(ctx: Any) -> None:
+        i = next(j for j, (k, _) in enumerate(ctx.entries) if k == "step")
+        ctx.entries[i][1][field] = value
+
+    return mutate
+
+
 def _step_hints_beyond(ctx: Any) -> None:
     """A step entry with more rounding hints than any step may carry (65,536)."""
     i = next(j for j, (k, _) in enumerate(ctx.entries) if k == "step")
@@ -731,6 +741,14 @@ CASES: dict[str, Case] = {
                                _forged(_config_beyond("seed", str(2**63)))),
     "step_10_bound_torch_string": Case(10, 2, "InvalidBundle", "torch must be a string of at most 64",
                                        _forged(_config_beyond("platform.torch", "x" * 65))),
+    "step_10_bound_n_classes": Case(10, 2, "InvalidBundle", r"n_classes must be an integer in \[1, 1048576\]",
+                                    _forged(_config_beyond("model.n_classes", 2**20 + 1))),
+    "step_10_bound_n_features": Case(10, 2, "InvalidBundle", r"n_features must be an integer in \[1, 16777216\]",
+                                     _forged(_config_beyond("model.n_features", 2**24 + 1))),
+    "step_10_bound_device_string": Case(10, 2, "InvalidBundle", "device must be a string of at most 16",
+                                        _forged(_config_beyond("platform.device", "c" * 17))),
+    "step_11_bound_grid_integer": Case(11, 2, "InvalidBundle", r"epoch must be an integer in \[0, 4294967295\]",
+                                       _forged(_step_field_beyond("epoch", 2**32))),
     "step_10_bound_epochs": Case(10, 2, "InvalidBundle", r"epochs must be an integer in \[1, 1048576\]",
                                  _forged(_config_beyond("epochs", 2**20 + 1))),
     # 11. deletion claims
