@@ -88,6 +88,32 @@ def test_train_commits_everything_before_the_first_step(trained_template: str) -
         assert abs(ws.predict_proba(ws.data.X[:5], aggregation="vote").sum(axis=1) - 1).max() < 1e-9
 
 
+def test_prediction_runs_in_blocks_of_rows(trained_template: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict_proba bounds the activations it holds (benchmarks/bench_scale.py: one forward pass
+    over a 200,000-record test split needed 13 GB): blocks of PREDICT_ROWS rows, the same
+    probabilities as one pass, and an empty input still gives one row of k classes per record."""
+    import prover._workspace as W
+
+    with _open(trained_template) as ws:
+        X = ws.data.X[:50]
+        whole = ws.predict_proba(X)
+        monkeypatch.setattr(W, "PREDICT_ROWS", 7)
+        seen: list[int] = []
+        real = ws.constituents
+
+        def hooked() -> list:
+            models = real()
+            for m in models:
+                m.register_forward_hook(lambda _m, inp, _out: seen.append(len(inp[0])))
+            return models
+
+        monkeypatch.setattr(ws, "constituents", hooked)
+        blocks = ws.predict_proba(X)
+        assert max(seen) == 7 and sum(seen) == 50 * SMALL["shards"]
+        assert np.allclose(blocks, whole, rtol=0, atol=1e-6)
+        assert ws.predict_proba(X[:0]).shape == (0, whole.shape[1])
+
+
 def test_assignment_is_balanced(trained_template: str) -> None:
     with _open(trained_template) as ws:
         sizes = ws.log.connection.execute(
