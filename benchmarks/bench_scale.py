@@ -126,7 +126,7 @@ def prover_child(args: dict[str, Any]) -> dict[str, Any]:
         epochs=int(args["epochs"]),
         batch_size=int(args["batch"]),
         checkpoint_every=int(args["checkpoint_every"]),
-        model="cnn",
+        model=str(args.get("model", "cnn")),
         workers=1,
         threads=1,
         device="cpu",
