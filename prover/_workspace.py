@@ -56,8 +56,10 @@ _READS_VERSIONS = (1, 2)
 LOG_FORMAT_FLOAT32 = 1
 LOG_FORMAT_PORTABLE = 2
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
-#: Rows per forward pass when predicting (bounds the activations held at once).
-PREDICT_ROWS = 4096
+#: Rows per forward pass when predicting: bounds the activations held at once, and is faster
+#: than one large pass (the CNN on 16x16 images, 6,800 rows: 1.3-2.2 s in one pass, 0.8 s in
+#: passes of 128-256 rows; the digits MLP: the same either way).
+PREDICT_ROWS = 256
 #: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
 AUTO_PARALLEL_STEPS = 20_000
 CONFIG_FILE = "vmu-workspace.json"

@@ -88,32 +88,6 @@ def test_train_commits_everything_before_the_first_step(trained_template: str) -
         assert abs(ws.predict_proba(ws.data.X[:5], aggregation="vote").sum(axis=1) - 1).max() < 1e-9
 
 
-def test_prediction_runs_in_blocks_of_rows(trained_template: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """predict_proba bounds the activations it holds (the CNN on 16x16 images: one forward pass
-    over 20,000 rows holds 1.6 GB, linear in rows): blocks of PREDICT_ROWS rows, the same
-    probabilities as one pass, and an empty input still gives one row of k classes per record."""
-    import prover._workspace as W
-
-    with _open(trained_template) as ws:
-        X = ws.data.X[:50]
-        whole = ws.predict_proba(X)
-        monkeypatch.setattr(W, "PREDICT_ROWS", 7)
-        seen: list[int] = []
-        real = ws.constituents
-
-        def hooked() -> list:
-            models = real()
-            for m in models:
-                m.register_forward_hook(lambda _m, inp, _out: seen.append(len(inp[0])))
-            return models
-
-        monkeypatch.setattr(ws, "constituents", hooked)
-        blocks = ws.predict_proba(X)
-        assert max(seen) == 7 and sum(seen) == 50 * SMALL["shards"]
-        assert np.allclose(blocks, whole, rtol=0, atol=1e-6)
-        assert ws.predict_proba(X[:0]).shape == (0, whole.shape[1])
-
-
 def test_data_digest_hashes_the_arrays_in_place() -> None:
     """The data digest (recorded at init, checked at every open) is SHA-256 over X as little-endian
     float32, y as little-endian int64 and the ids joined by newlines, computed on the arrays'
