@@ -53,6 +53,10 @@ __all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMA
 FORMAT_VERSION = 2  # 2: the config may name its arithmetic; version 1 workspaces are float32
 _READS_VERSIONS = (1, 2)
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
+#: Rows per forward pass when predicting: bounds the activations held at once, and is faster
+#: than one large pass (the CNN on 16x16 images, 6,800 rows: 1.3-2.2 s in one pass, 0.8 s in
+#: passes of 128-256 rows; the digits MLP: the same either way).
+PREDICT_ROWS = 256
 #: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
 AUTO_PARALLEL_STEPS = 20_000
 CONFIG_FILE = "vmu-workspace.json"
@@ -824,8 +828,20 @@ class Workspace:
 
         models = self.constituents()
         xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        # In blocks of rows: one forward pass over a whole test split holds every activation of
+        # every row at once (the CNN on 16x16 images: 1.6 GB for 20,000 rows, linear in rows).
         with torch.no_grad():
-            probs = np.stack([torch.softmax(m(xt), dim=1).numpy() for m in models])
+            probs = np.stack(
+                [
+                    np.concatenate(
+                        [
+                            torch.softmax(m(xt[a : a + PREDICT_ROWS]), dim=1).numpy()
+                            for a in range(0, max(len(xt), 1), PREDICT_ROWS)
+                        ]
+                    )
+                    for m in models
+                ]
+            )
         if aggregation == "mean":
             return probs.mean(axis=0)  # type: ignore[no-any-return]
         if aggregation == "vote":

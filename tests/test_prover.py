@@ -92,6 +92,28 @@ def test_train_commits_everything_before_the_first_step(trained_template: str) -
         assert abs(ws.predict_proba(ws.data.X[:5], aggregation="vote").sum(axis=1) - 1).max() < 1e-9
 
 
+def test_data_digest_hashes_the_arrays_in_place() -> None:
+    """The data digest (recorded at init, checked at every open) is SHA-256 over X as little-endian
+    float32, y as little-endian int64 and the ids joined by newlines, computed on the arrays'
+    buffers: no copy of X (a second gigabyte at 10^6 16x16 images, benchmarks/bench_scale.py)."""
+    import hashlib
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    ds = from_arrays(rng.random((2048, 32, 32), dtype=np.float32), rng.integers(0, 10, 2048))
+    ref = hashlib.sha256(
+        ds.X.astype("<f4").tobytes() + ds.y.astype("<i8").tobytes() + "\n".join(ds.ids).encode()
+    ).hexdigest()
+    tracemalloc.start()
+    try:
+        got = ds.digest()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == ref
+    assert peak < ds.X.nbytes // 8, f"digest allocated {peak} bytes for an X of {ds.X.nbytes}"
+
+
 def test_assignment_is_balanced(trained_template: str) -> None:
     with _open(trained_template) as ws:
         sizes = ws.log.connection.execute(
