@@ -45,4 +45,4 @@ def test_benchmark_code_path_at_2000_records(tmp_path: os.PathLike, capsys: pyte
     assert p["bundle_bytes"] > p["bundle_bytes_without_checkpoints"] > 0
     assert set(p["peak_mib"]) == {"commit", "train", "plain", "forget", "bundle"} and v["peak_mib"] > 0
     row = bench_scale.figures(r)
-    assert row["records"] == 2000 and row["ratio"] > 0 and row["log B/step"] > 32 * 64
+    assert row["records"] == 2000 and row["ratio"] > 0 and 0 < row["log B/step"] < 32 * 64  # format 2: no batch lists
