@@ -244,7 +244,9 @@ def run_size(index: int, n: int, opts: argparse.Namespace, root: str) -> dict[st
             "index": index,
             "root": d,
             "side": opts.side,
-            "shards": opts.shards,
+            # With --shard-records the shard count grows with the data, so that the shard a deletion
+            # retrains (replayed and opened in full: its whole deletion lineage) keeps its size.
+            "shards": max(1, round(0.7 * n / opts.shard_records)) if opts.shard_records else opts.shards,
             "slices": opts.slices,
             "epochs": opts.epochs,
             "batch": opts.batch,
@@ -312,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated record counts")
     ap.add_argument("--side", type=int, default=16, help="image side in pixels (side x side, one channel)")
-    ap.add_argument("--shards", type=int, default=10)
+    ap.add_argument("--shards", type=int, default=10, help="shards, when --shard-records is 0")
+    ap.add_argument("--shard-records", type=int, default=7000,
+                    help="training records per shard: the shard count grows with the data (0: use --shards)")
     ap.add_argument("--slices", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64)
@@ -329,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(s) for s in opts.sizes.split(",")]
     print(
-        f"CNN on {opts.side}x{opts.side} synthetic images; {opts.shards} shards x {opts.slices} slices, "
+        f"CNN on {opts.side}x{opts.side} synthetic images; "
+        f"{f'~{opts.shard_records:,} training records a shard' if opts.shard_records else f'{opts.shards} shards'} x {opts.slices} slices, "
         f"{opts.epochs} epoch(s), batch {opts.batch}, a checkpoint every {opts.checkpoint_every} steps, "
         f"replay {opts.replay} segments; 1 torch thread, {os.cpu_count()} cores",
         flush=True,

@@ -32,7 +32,7 @@ def test_generator_is_seeded_and_class_conditional() -> None:
 
 def test_benchmark_code_path_at_2000_records(tmp_path: os.PathLike, capsys: pytest.CaptureFixture) -> None:
     out = os.path.join(tmp_path, "scale.json")
-    argv = ["--sizes", "2000", "--side", "8", "--shards", "2", "--batch", "32", "--checkpoint-every", "4",
+    argv = ["--sizes", "2000", "--side", "8", "--shards", "2", "--shard-records", "0", "--batch", "32", "--checkpoint-every", "4",
             "--replay", "1", "--timeout", "300", "--json", out]
     assert bench_scale.main(argv) == 0
     printed = capsys.readouterr().out
