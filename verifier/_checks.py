@@ -406,13 +406,19 @@ def _check_step(v: Verification, st: StepBody, lin: _Lineage, counter: int, what
         raise ScheduleViolation(f"{what}: step entry {st.index} has seed {st.seed}, the committed derivation gives {seed}")
 
 
-def _committed_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> tuple[bytes, ...]:
-    """The batch the committed seed and the stage's slice records fix for a step that passed
-    :func:`_check_step` (its position: batch ``b`` of epoch ``st.epoch`` of its stage)."""
+def _batch_position(v: Verification, st: StepBody, lin: _Lineage) -> int:
+    """``b``: a step that passed :func:`_check_step` trains on batch ``b`` of its epoch."""
     cfg = v.config
     assert cfg is not None
-    j = st.step - lin.stage_base[st.stage]
-    b = j - st.epoch * -(-lin.stage_n[st.stage] // cfg.batch_size)
+    return st.step - lin.stage_base[st.stage] - st.epoch * -(-lin.stage_n[st.stage] // cfg.batch_size)
+
+
+def _committed_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> tuple[bytes, ...]:
+    """The batch the committed seed and the stage's slice records fix for a step that passed
+    :func:`_check_step` (batch :func:`_batch_position` of epoch ``st.epoch`` of its stage)."""
+    cfg = v.config
+    assert cfg is not None
+    b = _batch_position(v, st, lin)
     order = _epoch_order(v, lin, st.stage, st.epoch, what)
     return order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
 
@@ -435,9 +441,7 @@ def _check_batch(v: Verification, st: StepBody, lin: _Lineage, what: str) -> Non
     no other batch: this checks that the bundle holds the slice records that fix it."""
     committed = _committed_batch(v, st, lin, what)
     if st.batch is not None and tuple(st.batch) != committed:
-        cfg = v.config
-        assert cfg is not None
-        b = st.step - lin.stage_base[st.stage] - st.epoch * -(-lin.stage_n[st.stage] // cfg.batch_size)
+        b = _batch_position(v, st, lin)
         raise BatchNotCommitted(
             f"{what}: step entry {st.index} does not train on its committed batch (batch {b} of epoch {st.epoch} of "
             f"stage {st.stage}, fixed by the committed seed and the stage's slice records)"
