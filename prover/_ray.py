@@ -136,7 +136,7 @@ def run_ray(
             while todo and len(pending) < window:
                 t = todo.popleft()
                 pending.append((t, _submit(t)))
-            task, ref = pending[0]
+            task, ref = pending.popleft()  # fetched below: done or failed, never to be cancelled
             try:
                 results = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
@@ -149,10 +149,9 @@ def run_ray(
                     f"Ray could not finish shard {task.shard} ({type(e).__name__} after {MAX_RETRIES} retries): "
                     f"{_first_line(e)}; the log holds every stage committed so far, run the same command again"
                 ) from e
-            pending.popleft()
             yield task, results
     finally:
-        for _, ref in pending:  # the driver stopped early: do not leave work running
+        for _, ref in pending:  # the driver stopped early: do not leave work running (only tasks not fetched)
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort; the task may have finished

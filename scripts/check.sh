@@ -26,6 +26,23 @@ for t in "${RAY_TESTS[@]}"; do
   mapfile -t ids < <(.venv/bin/python -m pytest --collect-only -q -p no:cacheprovider "$t" | grep '::')
   [ "${#ids[@]}" -gt 0 ] || { echo "no tests collected in $t"; exit 1; }
   for id in "${ids[@]}"; do
-    .venv/bin/python -m pytest -q -p no:cacheprovider "$id" "$@"
+    xml=$(mktemp)
+    rc=0
+    .venv/bin/python -m pytest -q -p no:cacheprovider --junitxml="$xml" "$id" "$@" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      # A Ray driver process can exit with status 1 after its test passed, about one run in
+      # twenty (1 of 21 runs of one test here), after pytest has written its report. Which part
+      # of Ray ends it is not confirmed (likely the SIGTERM handler Ray's head node installs in
+      # the driver: ray/_private/node.py, sys.exit(1)). The JUnit report is the record: a test
+      # that failed, errored or was skipped still fails this check; only a process that
+      # recorded exactly one pass is let through, with a NOTE line.
+      if .venv/bin/python scripts/junit_passed.py "$xml"; then
+        echo "NOTE: $id passed (JUnit report) but its process exited $rc after the session ended (Ray teardown)"
+      else
+        rm -f "$xml"
+        exit "$rc"
+      fi
+    fi
+    rm -f "$xml"
   done
 done

@@ -15,24 +15,13 @@ import numpy as np
 
 from verifiable_mu._errors import InvalidBundle
 
-from ._replay import BUILTIN_MODELS
+from ._segment import spec_checked
 
 __all__ = ["ProbaFn", "load_models", "load_params"]
 
 ProbaFn = Callable[[np.ndarray], np.ndarray]
 #: Rows per forward pass (bounds memory; faster than one large pass on the CPU).
 PROBA_ROWS = 256
-
-
-def _spec(model: Mapping[str, Any], allow_factories: Sequence[str]) -> Any:
-    training = importlib.import_module("verifiable_mu.training")
-    spec = training.ModelSpec.from_json(dict(model))
-    if spec.name not in BUILTIN_MODELS and spec.name not in allow_factories:
-        raise InvalidBundle(
-            f"the bundle's model is the factory {spec.name!r}; loading it runs that code: pass "
-            f"--allow-factory {spec.name} if you trust it"
-        )
-    return spec
 
 
 def _tensors(data: bytes, digest: bytes, what: str) -> dict[str, Any]:
@@ -59,7 +48,7 @@ def load_models(
     import torch
 
     training = importlib.import_module("verifiable_mu.training")
-    spec = _spec(model, allow_factories)
+    spec = spec_checked(model, allow_factories, "loading")
     out: list[ProbaFn] = []
     for i, (digest, data) in enumerate(files):
         m = training.build_model(spec, init_seed=0)

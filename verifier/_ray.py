@@ -1,7 +1,7 @@
 """The verifier's Ray backend for step 18: one Ray task per replayed segment.
 
-A task runs :func:`verifier._replay.replay_segment` -- a pure function of its
-:class:`~verifier._replay.SegmentPlan`, which carries the segment's checkpoints, steps and the
+A task runs :func:`verifier._segment.replay_segment` -- a pure function of its
+:class:`~verifier._segment.SegmentPlan`, which carries the segment's checkpoints, steps and the
 openings of the records its batches use (nothing is read from disk) -- and returns the segment's
 report entry. The driver (the ``vmu-verify`` process) takes the entries in plan order, so the
 report and the first failure are the same as with the local backend; after a failure the tasks
@@ -32,7 +32,7 @@ from typing import Any
 from verifiable_mu import _ray_support
 from verifiable_mu._errors import MalformedInput
 
-from ._replay import SegmentPlan, replay_segment
+from ._segment import SegmentPlan, replay_segment
 
 __all__ = ["MAX_RETRIES", "TASK_NAME_PREFIX", "connect", "run_segments", "task_cpus"]
 
@@ -110,7 +110,7 @@ def run_segments(
                     name=f"{TASK_NAME_PREFIX}{sp.work.ref.end_index}", num_cpus=min(sp.threads, cpus), num_gpus=0
                 ).remote(sp)
                 pending.append((sp, ref))
-            sp, ref = pending[0]
+            sp, ref = pending.popleft()  # fetched below: done or failed, never to be cancelled
             try:
                 seg, version, host = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
@@ -123,7 +123,6 @@ def run_segments(
                     f"Ray could not finish the replay of {_where(sp)} ({type(e).__name__} after {MAX_RETRIES} "
                     f"retries): {_ray_support.first_line(e)}; the bundle was not judged, run the verifier again"
                 ) from e
-            pending.popleft()
             if version != torch.__version__:
                 raise MalformedInput(
                     f"Ray node {host} runs torch {version} but this verifier runs torch {torch.__version__}: "
