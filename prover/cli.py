@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from verifiable_mu import __version__
 from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
 
 from ._errors import BadInput
@@ -254,6 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"vmu: error: {e.strerror or e} ({getattr(e, 'filename', '') or ''})", file=sys.stderr)
         return EXIT_FAILURE
+    except ImportError as e:
+        if args.verbose:
+            traceback.print_exc()
+        missing = missing_module(e)
+        if missing is None:
+            print(f"vmu: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"vmu: error: 'vmu {args.command}' needs {missing}, which this install lacks (the proof-only install): "
+              f"install the full one with {FULL_INSTALL}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as e:  # a bug: still one line unless --verbose
         if args.verbose:
             traceback.print_exc()

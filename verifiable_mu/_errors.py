@@ -26,6 +26,7 @@ __all__ = [
     "MalformedKey",
     "UnsupportedVersion",
     "InvalidBundle",
+    "FullInstallRequired",
     "VerificationFailed",
     "InclusionProofFailed",
     "ConsistencyProofFailed",
@@ -74,6 +75,11 @@ class UnsupportedVersion(MalformedInput):
 
 class InvalidBundle(MalformedInput):
     """A proof bundle cannot be read: not a bundle, unsafe archive, or invalid manifest."""
+
+
+class FullInstallRequired(MalformedInput):
+    """The operation needs a module of the ``full`` extra (torch, scipy, scikit-learn, tqdm) that
+    this (proof-only) install lacks; nothing was judged."""
 
 
 # --- well formed but false (exit code 1) ----------------------------------------------------

@@ -55,6 +55,7 @@ from verifiable_mu._errors import (
     VerificationFailed,
     VmuError,
 )
+from verifiable_mu._extras import require
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._log import LogEntry
 from verifiable_mu._merkle import EMPTY_ROOT
@@ -1278,6 +1279,7 @@ def _step_18(v: Verification) -> None:
                           "retraining included, was not checked, only the proofs")
         v.replay_report = {"segments": [], "mode": None}
         return
+    require(("torch",), "replaying segments", "pass --unsafe-no-replay to check the proofs only (steps 1-17)")
     from . import _replay  # torch is imported here, and only here
 
     b, cfg = v.bundle, v.config
@@ -1323,6 +1325,7 @@ def _step_19(v: Verification) -> None:
     if not v.options.residual:
         v.warnings.append("NO RESIDUAL TESTS: step 19 was turned off (--no-residual)")
         return
+    require(("torch", "scipy", "sklearn"), "the residual tests", "pass --no-residual to skip them")
     from . import _canary, _models, _residual, _temporal  # torch is imported by _models' loader
 
     b, cfg = v.bundle, v.config

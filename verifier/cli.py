@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from verifiable_mu import __version__
 from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._extras import require
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._note import Checkpoint
 from verifiable_mu._sampling import DEFAULT_REPLAY
@@ -206,6 +207,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
             raise MalformedInput("--bootstrap must be at least 100")
         if args.ray_address is not None and args.backend != "ray":
             raise MalformedInput("--ray-address needs --backend ray")
+        if args.html:  # checked before the bundle is read, not after
+            require(("jinja2", "matplotlib"), "--html", "leave --html out (the text and --json reports need neither)",
+                    extra="report")
         trigger = None
         if args.canary is not None:
             from verifiable_mu._canary import Trigger
