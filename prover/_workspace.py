@@ -22,6 +22,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import secrets
 import shutil
 import sqlite3
 import struct
@@ -194,8 +196,39 @@ CREATE TABLE IF NOT EXISTS p_requests(
 """
 
 
+#: Longest log origin accepted (it is the signed notes' key name and every checkpoint's first line).
+ORIGIN_MAX = 200
+
+
 def _origin(name: str) -> str:
+    """The origin of a workspace created before origins were stored (its directory name)."""
     return f"verifiable-mu.local/{name}"
+
+
+def default_origin(path: str) -> str:
+    """A new workspace's log origin: ``verifiable-mu.local/<directory name, made safe>-<8 random hex>``.
+
+    The directory name keeps it readable; characters a note key name cannot carry (spaces, ``+``,
+    anything outside ``[A-Za-z0-9._-]``) become ``-``; the random suffix makes two workspaces of
+    the same name different logs (a verifier pins one origin and one key)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(path)).strip("-.")[:48] or "workspace"
+    return f"verifiable-mu.local/{slug}-{secrets.token_hex(4)}"
+
+
+def check_origin(origin: object) -> str:
+    """Return ``origin`` if it can name a log: 1 to 200 printable ASCII characters, no space and
+    no ``+`` (C2SP signed-note key names and tlog checkpoint origins); raise :class:`BadInput`."""
+    if not isinstance(origin, str) or not origin:
+        raise BadInput("--origin must not be empty")
+    if len(origin) > ORIGIN_MAX:
+        raise BadInput(f"--origin is {len(origin)} characters long; at most {ORIGIN_MAX}")
+    bad = sorted({c for c in origin if not 0x21 <= ord(c) <= 0x7E or c == "+"})
+    if bad:
+        raise BadInput(
+            f"--origin {origin!r} contains {', '.join(repr(c) for c in bad)}: a log origin is printable ASCII without "
+            "spaces or '+' (it names the log in every signed checkpoint), e.g. example.com/models/churn"
+        )
+    return origin
 
 
 class Workspace:
@@ -234,9 +267,13 @@ class Workspace:
         *,
         data: Dataset | str = "digits",
         config: WorkspaceConfig | None = None,
+        origin: str | None = None,
     ) -> Workspace:
-        """Create a new workspace at ``path`` (must not exist, or be an empty directory)."""
+        """Create a new workspace at ``path`` (must not exist, or be an empty directory).
+
+        ``origin`` names the log in its signed checkpoints (default: :func:`default_origin`)."""
         path = os.path.abspath(os.fspath(path))
+        origin = check_origin(origin) if origin is not None else default_origin(path)
         config = config or WorkspaceConfig()
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise BadInput(f"{path} already exists and is not an empty directory")
@@ -260,6 +297,7 @@ class Workspace:
             cfg: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "name": os.path.basename(path),
+                "origin": origin,
                 "config": config.to_json(),
                 "data_digest": ds.digest(),
                 "created": int(time.time()),
@@ -268,7 +306,7 @@ class Workspace:
                 json.dump(cfg, f, indent=2, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-            log = TransparencyLog.open(os.path.join(tmp, DB_FILE), origin=_origin(cfg["name"]), create=True)
+            log = TransparencyLog.open(os.path.join(tmp, DB_FILE), origin=origin, create=True)
             log.connection.executescript(_SCHEMA)
             log.close()
             if os.path.isdir(path):
@@ -309,7 +347,7 @@ class Workspace:
             pub = _load_pub(os.path.join(path, PUB_FILE))
             if pub is not None and pub != key.public_key:
                 raise BadInput(f"{KEY_FILE} does not match {PUB_FILE}: the signing key was replaced")
-            log = TransparencyLog.open(os.path.join(path, DB_FILE), origin=_origin(cfg["name"]))
+            log = TransparencyLog.open(os.path.join(path, DB_FILE), origin=cfg.get("origin") or _origin(cfg["name"]))
             log.connection.executescript(_SCHEMA)
         except BaseException:
             os.close(lock_fd)
@@ -1079,6 +1117,8 @@ class Workspace:
         head = self._log.latest_tree_head()
         return {
             "path": self.path,
+            "origin": self.log_origin,
+            "vkey": self.note_vkey,
             "shards": cfg.shards,
             "slices": cfg.slices,
             "epochs": cfg.epochs,

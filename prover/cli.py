@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="create a workspace: config, data copy, signing key")
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or PATH.npz with X, y[, ids]")
+    i.add_argument(
+        "--origin", metavar="NAME",
+        help="the log's name in its signed checkpoints, e.g. example.com/models/churn (printable ASCII, no spaces, "
+             "no '+'; default: verifiable-mu.local/<directory name>-<8 random hex digits>)",
+    )
     i.add_argument("--shards", type=int, default=5, help="S, number of shards (default 5)")
     i.add_argument("--slices", type=int, default=4, help="R, slices per shard (default 4)")
     i.add_argument("--epochs", type=int, default=20, help="E, total epochs per shard; stage r trains 2E/(R+1) (default 20)")
@@ -154,8 +159,9 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             arithmetic=args.arithmetic,
         )
-        with Workspace.create(args.dir, data=args.data, config=cfg) as ws:
+        with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin) as ws:
             print(f"created workspace {ws.path}")
+            print(f"  log origin: {ws.log_origin}")
             print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices")
             print(f"  signing key id: {ws.public_key.key_id}")
             print(f"  note verifier key: {ws.note_vkey}")
@@ -216,6 +222,8 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(st, indent=2, sort_keys=True))
             return EXIT_OK
         print(f"workspace {st['path']}: {st['shards']} shards x {st['slices']} slices, model {st['model']}")
+        print(f"  log origin: {st['origin']}")
+        print(f"  note verifier key (pin it: vmu-verify --trust-key '<key>'): {st['vkey']}")
         print(f"  trained: {'yes' if st['trained'] else 'no'}; log size {st['log_size']} (signed {st['signed_size']})")
         print(f"  deleted records: {st['deleted_records']} in {len(st['requests'])} request(s)")
         for sh in st["shard_state"]:

@@ -174,6 +174,7 @@ class ExpectedHead:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyOptions:
     trust_key: VerifyingKey | None = None
+    trust_origin: str | None = None  # the log the pinned key is for (a C2SP verifier key names it)
     challenge: bytes | None = None
     # Uniform draws from the sampled population (the verifier's policy; the manifest's ``replay``
     # is ignored). The deletion lineage is replayed in full on top of them.
@@ -517,6 +518,11 @@ def _step_04(v: Verification) -> None:
             raise UntrustedKey(
                 f"the bundle carries key {b.public_key.key_id[:16]}..., not the pinned key "
                 f"{v.options.trust_key.key_id[:16]}..."
+            )
+        if v.options.trust_origin is not None and v.options.trust_origin != b.manifest.origin:
+            raise UntrustedKey(
+                f"the pinned verifier key is for log {v.options.trust_origin!r}, but the bundle is of log "
+                f"{b.manifest.origin!r}"
             )
         v.key = v.options.trust_key
     v.note_verifier = NoteVerifier.from_public_key(name=b.manifest.origin, key=v.key.public_key)

@@ -32,6 +32,8 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "trust": {
             "pinned": v.options.trust_key is not None,
             "key_id": v.key.key_id if v.key else None,
+            "vkey": v.note_verifier.vkey if v.note_verifier else None,
+            "origin_pinned": v.options.trust_origin is not None,
             "witnesses": len(v.options.witnesses),
             "witness_threshold": (len(v.options.witnesses) if v.options.witness_threshold is None
                                   else v.options.witness_threshold) if v.options.witnesses else None,
@@ -87,6 +89,9 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
     lines.append(f"vmu-verify {name}")
     for w in v.warnings:
         lines.append(f"  WARNING: {w}")
+    if v.note_verifier is not None:
+        how = "pinned" if v.options.trust_key is not None else "NOT pinned: the key the bundle carries"
+        lines.append(f"  signed by: {v.note_verifier.vkey} ({how})")
     for r in v.results:
         mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "skip", "inconclusive": "?"}[r.status]
         text = f"  [{mark:>5}] {r.step:2d}. {r.name}"

@@ -18,7 +18,7 @@ from verifiable_mu import __version__
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
 from verifiable_mu._keys import VerifyingKey
-from verifiable_mu._note import Checkpoint
+from verifiable_mu._note import Checkpoint, NoteVerifier
 from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._witness import WitnessKey
 
@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-': stdout, which then carries "
                    "the JSON alone; the summary goes to stderr)")
-    p.add_argument("--trust-key", metavar="PUBKEY", help="the owner's Ed25519 public key (PEM) to pin")
+    p.add_argument(
+        "--trust-key", metavar="KEY",
+        help="the owner's key to pin: a PEM file of its Ed25519 public key, or its C2SP note verifier key "
+             "'<origin>+<key id>+<base64>' (as 'vmu status' prints it), which pins the log's origin too",
+    )
     p.add_argument(
         "--witness", action="append", default=[], metavar="VKEY",
         help="a witness (C2SP tlog-cosignature vkey <name>+<id>+<base64>, or a file holding one) whose cosignature "
@@ -142,6 +146,20 @@ def _parse_head(text: str) -> ExpectedHead:
     return ExpectedHead(root=ck.root_hash, size=ck.size, origin=ck.origin)
 
 
+def _trust_key(arg: str) -> tuple[VerifyingKey, str | None]:
+    """``--trust-key``: a PEM file, or a C2SP verifier key string (which also names the origin)."""
+    if os.path.exists(arg) or "+" not in arg:
+        try:
+            return VerifyingKey.load(arg), None
+        except OSError as e:
+            raise MalformedInput(f"cannot read --trust-key {arg}: {e.strerror or e}") from e
+    try:
+        nv = NoteVerifier.from_vkey(arg)
+    except VmuError as e:
+        raise MalformedInput(f"--trust-key is neither a readable PEM file nor a note verifier key: {e}") from e
+    return VerifyingKey.from_bytes(nv.public_bytes), nv.name
+
+
 def _witness(arg: str) -> WitnessKey:
     """A --witness argument: a vkey, or the path of a file holding one."""
     text = arg
@@ -183,12 +201,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print("vmu-verify: WARNING: --unsafe-no-replay: no training segment will be replayed", file=sys.stderr)
         requests = None if args.requests is None else _parse_requests(args.requests)
         expect_head = None if args.expect_head is None else _parse_head(args.expect_head)
-        key = None
+        key, trust_origin = None, None
         if args.trust_key is not None:
-            try:
-                key = VerifyingKey.load(args.trust_key)
-            except OSError as e:
-                raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
+            key, trust_origin = _trust_key(args.trust_key)
         witnesses = tuple(_witness(w) for w in args.witness)
         if args.witness_threshold is not None and not 1 <= args.witness_threshold <= len(witnesses):
             raise MalformedInput(f"--witness-threshold must be between 1 and the number of --witness keys ({len(witnesses)})")
@@ -222,7 +237,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 raise MalformedInput(f"cannot read --canary {args.canary}: {e.strerror or e}") from e
             trigger = Trigger.from_json(parse_json_strict(raw, what="--canary trigger"))
         opts = VerifyOptions(
-            trust_key=key, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
+            trust_key=key, trust_origin=trust_origin, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
             unsafe_no_replay=args.unsafe_no_replay, requests=requests, expect_head=expect_head,
             allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
             require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
