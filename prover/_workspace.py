@@ -1119,6 +1119,8 @@ class Workspace:
             "path": self.path,
             "origin": self.log_origin,
             "vkey": self.note_vkey,
+            "key_id": self.public_key.key_id,  # the keyid of every DSSE signature (transcripts)
+            "public_key": self.public_key.raw.hex(),  # raw Ed25519 public key, 32 bytes in hex
             "shards": cfg.shards,
             "slices": cfg.slices,
             "epochs": cfg.epochs,

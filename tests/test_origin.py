@@ -147,3 +147,32 @@ def test_bad_trust_key_is_one_line_exit_2(arg: str, fragment: str, capsys: pytes
     assert verify_main([honest().bundle_path, "--trust-key", arg, "--no-residual"]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- DSSE interop: the README's securesystemslib block, run on a real transcript ----------------
+
+
+def _readme_sslib_block() -> str:
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        readme = f.read()
+    start = readme.index("```python\n# st = the JSON of `vmu status --json`")
+    return readme[start + len("```python\n") : readme.index("```", start + 10)]
+
+
+def test_readme_securesystemslib_block_verifies_a_transcript(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from securesystemslib.exceptions import VerificationError
+
+    d = str(tmp_path / "ws")
+    with Workspace.create(d, data="digits", config=SMALL) as ws:
+        ws.progress = False
+        ws.train()
+        ws.forget([ws.data.ids[ws.split_rows("train")[0]]])
+        path = ws.transcript_paths()[0]
+    assert vmu_main(["status", d, "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    block = _readme_sslib_block()
+    exec(block, {"json": json, "st": st, "path": path})  # noqa: S102 - the README's own example
+    # ... and the same block rejects a transcript signed by another key
+    other = dict(st, public_key=SigningKey.generate().public_key.raw.hex())
+    with pytest.raises(VerificationError):
+        exec(block, {"json": json, "st": other, "path": path})  # noqa: S102
