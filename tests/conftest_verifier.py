@@ -32,7 +32,7 @@ from verifiable_mu._dsse import sign_statement
 from verifiable_mu._keys import SigningKey
 from verifiable_mu._note import Checkpoint, sign_checkpoint
 
-__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_fixture", "members_of", "rezip", "train_segment", "trained_copy"]
+__all__ = ["ForgeContext", "Honest", "forge", "honest", "honest_50", "honest_fixture", "members_of", "rezip", "train_segment", "trained_copy"]
 
 SHARDS, SLICES, EPOCHS = 3, 3, 6
 FIRST_IDS = ["17", "42"]
@@ -123,6 +123,34 @@ def honest_v1() -> Honest:
 @pytest.fixture(scope="session")
 def honest_fixture() -> Honest:
     return honest()
+
+
+def honest_50() -> SimpleNamespace:
+    """An honest deletion of 50 records of shard 0 on digits (default 5 shards x 4 slices, one
+    request), with a Fiat-Shamir bundle: enough deleted records for step 19 to pass with a
+    powered positive control. ``ws_dir``, ``bundle`` (its path), ``pub`` (the key's PEM path).
+    Built once per test session."""
+    if "h50" in _CACHE:
+        return _CACHE["h50"]  # type: ignore[return-value]
+    import random
+
+    from prover import Workspace, WorkspaceConfig
+    from prover._bundle import write_bundle
+
+    root = tempfile.mkdtemp(prefix="vmu-verifier-tests-50-")
+    atexit.register(shutil.rmtree, root, True)
+    ws_dir = os.path.join(root, "ws")
+    ws = Workspace.create(ws_dir, data="digits", config=WorkspaceConfig(workers=1, seed=0))
+    ws.progress = False
+    ws.train()
+    ids = [i for (i,) in ws.log.connection.execute("SELECT id FROM p_records WHERE role='train' AND shard=0")]
+    ws.forget(random.Random(0).sample(ids, 50))
+    bundle = os.path.join(root, "b.vmu")
+    write_bundle(ws, bundle)
+    ws.close()
+    h = SimpleNamespace(ws_dir=ws_dir, bundle=bundle, pub=os.path.join(ws_dir, "signing-key.pub.pem"))
+    _CACHE["h50"] = h  # type: ignore[assignment]
+    return h
 
 
 # --- zip surgery ------------------------------------------------------------------------------

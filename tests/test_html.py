@@ -265,12 +265,15 @@ def test_overall_verdict(residual: Any, canary: Any, expected: str) -> None:
     assert overall_verdict(r) == expected
     assert overall_verdict({"verdict": "rejected", "residual": {"verdict": "pass"}}) == "rejected"
     assert overall_verdict({"verdict": "unusable", "residual": {"verdict": "fail"}}) == "unusable"
+    # --policy agency: a requirement not met stands, whatever the residual tests say
+    assert overall_verdict({"verdict": "accepted-reduced", "residual": {"verdict": "pass"}}) == "accepted-reduced"
+    assert "ACCEPTED-REDUCED" in render_html({"verdict": "accepted-reduced", "exit_code": 3})
 
 
 def test_bad_reports_are_rejected() -> None:
     with pytest.raises(MalformedInput, match="must be a JSON object"):
         render_html([])  # type: ignore[arg-type]
-    with pytest.raises(MalformedInput, match="verdict must be accepted, rejected or unusable"):
+    with pytest.raises(MalformedInput, match="verdict must be accepted, rejected, unusable or accepted-reduced"):
         render_html({"verdict": "maybe"})
     with pytest.raises(MalformedInput, match="cannot be embedded as JSON"):
         render_html({"verdict": "accepted", "timing": {"x": float("nan")}})

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import random
 import re
 
+import conftest_verifier
 import pytest
 
 from prover import Workspace, WorkspaceConfig
@@ -20,18 +19,9 @@ from verifier.cli import main as verify_main
 
 
 @pytest.fixture(scope="module")
-def honest_50(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("res")
-    ws = Workspace.create(str(root / "ws"), data="digits", config=WorkspaceConfig(workers=1, seed=0))
-    ws.progress = False
-    ws.train()
-    ids = [i for (i,) in ws.log.connection.execute("SELECT id FROM p_records WHERE role='train' AND shard=0")]
-    ws.forget(random.Random(0).sample(ids, 50))
-    bundle = str(root / "b.vmu")
-    write_bundle(ws, bundle)
-    pub = os.path.join(ws.path, "signing-key.pub.pem")
-    ws.close()
-    return bundle, pub
+def honest_50() -> tuple[str, str]:
+    h = conftest_verifier.honest_50()
+    return h.bundle, h.pub
 
 
 def test_step_19_honest_deletion_of_50_records_passes_with_a_powered_control(honest_50: tuple[str, str]) -> None:

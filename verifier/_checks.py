@@ -124,6 +124,7 @@ from ._errors import (
     UntrustedKey,
     WitnessQuorumMissing,
 )
+from ._policy import EXIT_REDUCED, unmet_requirements
 
 __all__ = ["ESCAPE_FRACTIONS", "STEPS", "CheckResult", "ExpectedHead", "Verification", "VerifyOptions", "step_seed", "verify"]
 
@@ -198,6 +199,9 @@ class VerifyOptions:
     witnesses: tuple[WitnessKey, ...] = ()
     witness_threshold: int | None = None
     known_heads: tuple[bytes, ...] = ()
+    # The policy the verdict is judged under (verifier/_policy.py): "default", or "agency", under
+    # which an accepted bundle with an unmet requirement exits 3 ("accepted-reduced"), never 0.
+    policy: str = "default"
 
 
 @dataclass(slots=True)
@@ -268,14 +272,19 @@ class Verification:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def unmet(self) -> list[str]:
+        """The requirements of the policy in effect that this verification did not meet."""
+        return unmet_requirements(self.options.policy, self.options, self.results)
+
+    @property
     def exit_code(self) -> int:
         if self.failure is None:
-            return 0
+            return EXIT_REDUCED if self.unmet else 0
         return 2 if isinstance(self.failure, MalformedInput) else 1
 
     @property
     def verdict(self) -> str:
-        return ("accepted", "rejected", "unusable")[self.exit_code]
+        return ("accepted", "rejected", "unusable", "accepted-reduced")[self.exit_code]
 
     @property
     def replayed(self) -> int:

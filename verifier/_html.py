@@ -50,12 +50,13 @@ def figures_available() -> bool:
 def overall_verdict(report: Mapping[str, Any]) -> str:
     """Combine the bundle checks with the residual and canary verdicts.
 
-    ``unusable`` or ``rejected`` from the checks stand; a residual or canary ``fail`` rejects; an
-    ``inconclusive`` residual or canary test makes an accepted bundle ``inconclusive``.
+    ``unusable``, ``rejected`` or ``accepted-reduced`` (``--policy agency``: a requirement not
+    met) from the checks stand; a residual or canary ``fail`` rejects; an ``inconclusive``
+    residual or canary test makes an accepted bundle ``inconclusive``.
     """
     base = report.get("verdict")
-    if base not in ("accepted", "rejected", "unusable"):
-        raise MalformedInput("the report's verdict must be accepted, rejected or unusable")
+    if base not in ("accepted", "rejected", "unusable", "accepted-reduced"):
+        raise MalformedInput("the report's verdict must be accepted, rejected, unusable or accepted-reduced")
     if base != "accepted":
         return str(base)
     extra = [d.get("verdict") for d in (report.get("residual"), report.get("canary")) if isinstance(d, Mapping)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._checks import ESCAPE_FRACTIONS, Verification
+from ._policy import policy_descriptor
 
 __all__ = ["REPORT_TYPE", "REPORT_VERSION", "render_text", "to_json"]
 
@@ -21,6 +22,7 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "version": REPORT_VERSION,
         "verdict": v.verdict,
         "exit_code": v.exit_code,
+        "policy": {**policy_descriptor(v.options.policy), "name": v.options.policy, "unmet": v.unmet},
         "bundle": {
             "path": path,
             "sha256": v.sha256 or None,
@@ -127,7 +129,9 @@ def render_text(v: Verification, *, path: str | None = None) -> str:
             lines.append("    " + "; ".join(best))
     if v.canary_report is not None:
         lines.append(f"  canary: {v.canary_report.get('verdict')} -- {v.canary_report.get('reason')}")
-    verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT"}[v.exit_code]
+    verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT", 3: "ACCEPTED WITH REDUCED CHECKS"}[v.exit_code]
+    if v.exit_code == 3:
+        verdict += f" (policy {v.options.policy}; not met: " + "; ".join(v.unmet) + ")"
     if v.exit_code == 0 and v.inconclusive:
         verdict = "ACCEPTED (residual tests inconclusive)"
     if v.exit_code == 0 and v.sampled_by == "owner":

@@ -1,8 +1,9 @@
 """``vmu-verify``: check a proof bundle and say whether to accept it.
 
 Exit codes: 0 accepted; 1 rejected (a check failed: the bundle's claims are false); 2 unusable
-input (not a bundle, unsupported version, unreadable, unsafe archive, bad arguments). Errors are
-one line; ``--verbose`` adds the traceback.
+input (not a bundle, unsupported version, unreadable, unsafe archive, bad arguments); 3 accepted
+with reduced checks (only under ``--policy agency``: every check passed, but a requirement of the
+policy was not met). Errors are one line; ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from collections.abc import Sequence
 from verifiable_mu import __version__
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
-from verifiable_mu._keys import VerifyingKey
+from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._note import Checkpoint, NoteVerifier
 from verifiable_mu._sampling import DEFAULT_REPLAY
+from verifiable_mu._seeds import atomic_write
 from verifiable_mu._witness import WitnessKey
 
 from ._checks import ExpectedHead, VerifyOptions, verify
+from ._policy import EXIT_REDUCED, POLICIES
 from ._report import render_text, to_json
 
-__all__ = ["EXIT_ACCEPTED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
+__all__ = ["EXIT_ACCEPTED", "EXIT_REDUCED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
 
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="vmu-verify",
         description="Verify a verifiable-mu proof bundle: signatures, proofs, ordering, and a sampled replay of training.",
-        epilog="Exit codes: 0 accepted, 1 rejected, 2 unusable input.",
+        epilog="Exit codes: 0 accepted, 1 rejected, 2 unusable input, 3 accepted with reduced checks (--policy agency).",
     )
     p.add_argument("--version", action="version", version=f"vmu-verify (verifiable-mu) {__version__}")
     p.add_argument("bundle", metavar="BUNDLE", help="the proof bundle (zip) written by 'vmu bundle'")
@@ -109,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canary", metavar="TRIGGER", help="the data subject's trigger document (JSON) for the canary test")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="where to replay segments")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to use with --backend ray (default: a local one)")
+    p.add_argument(
+        "--policy", choices=POLICIES, default="default",
+        help="default: reduced checks are warnings; agency: a pinned key, an interactive challenge with --expect-head "
+             "and --requests, the default replay and a passed step 19 are required, and an accepted bundle that "
+             "misses any of them exits 3 (accepted with reduced checks), never 0",
+    )
+    p.add_argument("--attest", metavar="OUT", help="also write a DSSE-signed in-toto verification summary attestation "
+                   "(SLSA VSA v1) of the verdict to OUT (needs --signing-key; none for unusable input)")
+    p.add_argument("--signing-key", metavar="KEY", help="the verifier's Ed25519 private key (PKCS#8 PEM, mode 0600) "
+                   "that signs the --attest output")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
     return p
@@ -225,6 +238,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if args.html:  # checked before the bundle is read, not after
             require(("jinja2", "matplotlib"), "--html", "leave --html out (the text and --json reports need neither)",
                     extra="report")
+        signing_key = _attest_args(args.attest, args.signing_key)
         trigger = None
         if args.canary is not None:
             from verifiable_mu._canary import Trigger
@@ -242,7 +256,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
             require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
             backend=args.backend, ray_address=args.ray_address, witnesses=witnesses,
-            witness_threshold=args.witness_threshold, known_heads=tuple(known),
+            witness_threshold=args.witness_threshold, known_heads=tuple(known), policy=args.policy,
         )
     except VmuError as e:
         if args.verbose:
@@ -292,7 +306,35 @@ def _main(argv: Sequence[str] | None = None) -> int:
             except OSError as e:
                 print(f"vmu-verify: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_UNUSABLE
+    if signing_key is not None and v.exit_code != EXIT_UNUSABLE:
+        from ._attest import build_vsa, sign_vsa
+
+        try:
+            env = sign_vsa(build_vsa(v, name=os.path.basename(args.bundle)), signing_key)
+            atomic_write(args.attest, env.to_bytes())  # all or nothing: a temporary file, then a rename
+        except (OSError, VmuError) as e:
+            print(f"vmu-verify: error: cannot write {args.attest}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return EXIT_UNUSABLE
     return v.exit_code
+
+
+def _attest_args(out: str | None, key_path: str | None) -> SigningKey | None:
+    """Check --attest/--signing-key before the bundle is read: both or neither, a usable key, and a
+    folder for OUT that exists and is writable."""
+    if out is None and key_path is None:
+        return None
+    if out is None or key_path is None:
+        raise MalformedInput("--attest and --signing-key go together")
+    try:
+        key = SigningKey.load(key_path)
+    except OSError as e:
+        raise MalformedInput(f"cannot read --signing-key {key_path}: {e.strerror or e}") from e
+    except VmuError as e:
+        raise MalformedInput(f"--signing-key: {e}") from e
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise MalformedInput(f"cannot write --attest {out}: not a file in an existing, writable folder")
+    return key
 
 
 if __name__ == "__main__":  # pragma: no cover
