@@ -186,12 +186,16 @@ def test_bad_signing_key_exit_2_one_line(key, tmp_path, capsys, case) -> None:
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["no-folder", "is-folder", "key-without-out"])
-def test_unusable_attest_arguments_exit_2(key, tmp_path, capsys, case) -> None:
+@pytest.mark.parametrize("case", ["no-folder", "is-folder", "key-without-out", "stdout"])
+def test_unusable_attest_arguments_exit_2(key, tmp_path, capsys, monkeypatch, case) -> None:
     _, path = key
     if case == "key-without-out":
         rc = main([str(HONEST), "--no-residual", "--signing-key", path])
         frag = "--attest and --signing-key go together"
+    elif case == "stdout":
+        monkeypatch.chdir(tmp_path)
+        rc = main([str(HONEST), "--no-residual", "--attest", "-", "--signing-key", path])
+        frag = "--attest needs a file name"
     else:
         out = tmp_path / "nope" / "v.json" if case == "no-folder" else tmp_path
         rc = attest(HONEST, out, path)

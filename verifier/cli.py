@@ -331,6 +331,8 @@ def _attest_args(out: str | None, key_path: str | None) -> SigningKey | None:
         raise MalformedInput(f"cannot read --signing-key {key_path}: {e.strerror or e}") from e
     except VmuError as e:
         raise MalformedInput(f"--signing-key: {e}") from e
+    if out == "-":
+        raise MalformedInput("--attest needs a file name (stdout carries the summary or the --json report)")
     folder = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise MalformedInput(f"cannot write --attest {out}: not a file in an existing, writable folder")
