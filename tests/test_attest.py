@@ -29,7 +29,7 @@ from verifiable_mu import __version__
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifier._attest import EXTENSION, PREDICATE_VSA, VERIFIER_ID, resource_uri
-from verifier._policy import policy_document
+from verifier._policy import POLICIES, policy_descriptor, policy_document
 from verifier.cli import main
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -223,3 +223,14 @@ def test_failed_write_leaves_nothing(key, tmp_path, capsys, monkeypatch) -> None
     err = capsys.readouterr().err
     assert "cannot write" in err and "No space left on device" in err
     assert sorted(os.listdir(tmp_path)) == ["verifier-key.pem"]
+
+
+def test_policy_digests_are_the_ones_specs_09_publishes() -> None:
+    """A VSA consumer compares predicate.policy.digest with the published digest of the policy it
+    requires: the code's policy documents must hash to the digests specs/09 lists."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "specs" / "09-verification.md").read_text(encoding="utf-8")
+    published = dict(re.findall(r"^\| `(\w+)` \| `([0-9a-f]{64})` \|$", text, re.M))
+    assert published == {n: policy_descriptor(n)["digest"]["sha256"] for n in POLICIES}
+    assert policy_descriptor("agency")["uri"] == policy_document("agency")["uri"]
