@@ -31,7 +31,7 @@ from ._errors import (
     WitnessQuorumMissing,
 )
 from ._html import overall_verdict, render_html
-from ._report import REPORT_VERSION, render_text, to_json
+from ._report import REPORT_SCHEMA, REPORT_VERSION, render_text, report_schema, to_json
 from ._residual import Reference, ResidualReport, residual_tests
 from ._temporal import TemporalReport, temporal_memory
 
@@ -72,6 +72,8 @@ __all__ = [
     "VerifyOptions",
     "read_bundle",
     "render_text",
+    "report_schema",
+    "REPORT_SCHEMA",
     "to_json",
     "verify",
 ]

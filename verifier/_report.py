@@ -13,6 +13,18 @@ REPORT_VERSION = 1
 REPORT_TYPE = "vmu.verification-report"
 
 
+#: The JSON Schema of :func:`to_json`'s output, shipped in the package (draft 2020-12).
+REPORT_SCHEMA = "schemas/report-v1.schema.json"
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema the reports of this version validate against (``vmu-verify --json``)."""
+    import json
+    from importlib.resources import files
+
+    return dict(json.loads(files("verifier").joinpath(REPORT_SCHEMA).read_text(encoding="utf-8")))
+
+
 def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
     """The machine-readable report (type ``vmu.verification-report``, version 1)."""
     b = v.bundle
