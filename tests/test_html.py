@@ -133,7 +133,8 @@ def base_report(verdict: str = "accepted") -> dict[str, Any]:
         "policy": {"name": "default", "unmet": []},
         "bundle": {"path": "b.zip", "sha256": "ab" * 32, "origin": "vmu.example/ws", "requests": [1], "final_tree_size": 99,
                    "generator": "vmu 0.1.0"},
-        "trust": {"pinned": False, "key_id": "k"},
+        "trust": {"pinned": False, "key_id": "9f" * 32,
+                  "vkey": "vmu.example/ws+0123abcd+AU" + "Zm9vYmFyYmF6cXV4" * 3},
         "checks": [
             {"step": 1, "name": "read", "status": "pass", "detail": "<script>alert(1)</script>", "seconds": 0.01},
             {"step": 2, "name": "replay", "status": "pass" if verdict == "accepted" else "fail", "detail": "", "seconds": 1.0},
@@ -221,6 +222,8 @@ def test_the_page_shows_every_section_and_escapes_text(page: str) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "DISTANCE REPLAY" in text
     assert "TPR at 0.1% FPR" in text and "retained vs audit AUC" in text
+    # the bundle's identity and the key that signed it (the C2SP verifier key string, the key id)
+    assert "vmu.example/ws+0123abcd+AU" in text and "9f" * 32 in text and "ab" * 32 in text
 
 
 def test_the_embedded_json_is_the_report(page: str, full_report: dict[str, Any]) -> None:

@@ -617,11 +617,18 @@ def render_html(report: Mapping[str, Any], *, title: str = "vmu-verify report") 
     h = headline(report)
     bundle = report.get("bundle") or {}
     by = (report.get("challenge") or {}).get("sampled_by") if isinstance(report.get("challenge"), Mapping) else None
-    identity = _table(
-        ["bundle", "sha256", "origin", "requests", "final tree size", "pinned key", "sampled by"],
-        [[_e(bundle.get("path")), f'<code class="digest">{_e(bundle.get("sha256"))}</code>', _e(bundle.get("origin")),
-          _e(", ".join(str(x) for x in bundle.get("requests") or [])), _e(bundle.get("final_tree_size")),
-          _num((report.get("trust") or {}).get("pinned")), _e(by)]])
+    trust: Mapping[str, Any] = t if isinstance(t := report.get("trust"), Mapping) else {}
+    identity = _table(["bundle", "value"], [  # one field a row: fits a phone's width
+        ["path", _e(bundle.get("path"))],
+        ["sha256", f'<code class="digest">{_e(bundle.get("sha256"))}</code>'],
+        ["origin", _e(bundle.get("origin"))],
+        ["requests", _e(", ".join(str(x) for x in bundle.get("requests") or []))],
+        ["final tree size", _e(bundle.get("final_tree_size"))],
+        ["signed by", f'<code class="digest">{_e(trust.get("vkey"))}</code>'],
+        ["key id", f'<code class="digest">{_e(trust.get("key_id"))}</code>'],
+        ["pinned key", _num(trust.get("pinned"))],
+        ["sampled by", _e(by)],
+    ])
     sections: list[tuple[str, Callable[[], str]]] = [
         ("checks", lambda: _section_checks(report)),
         ("replay", lambda: _section_replay(report)),
