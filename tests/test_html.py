@@ -434,23 +434,30 @@ def test_headline_never_reads_better_than_the_exit_code(report: dict[str, Any], 
         render_html(report)
 
 
-def test_headline_of_a_real_agency_run(tmp_path: Any) -> None:
-    """vmu-verify --policy agency on the honest golden bundle without a pinned key, replay or
-    residual tests: exit 3, and the page lists every unmet requirement the JSON report names."""
+def test_headline_of_a_real_agency_run(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """vmu-verify --policy agency --html on the honest golden bundle without a pinned key, replay
+    beyond the deletion lineage or residual tests: exit 3, and the page's headline lists every
+    unmet requirement the JSON report names."""
     import os
 
-    from verifier import VerifyOptions, to_json, verify
+    from verifier.cli import main as verify_main
 
     golden = os.path.join(os.path.dirname(__file__), "golden", "bundle_honest.vmu")
-    rep = to_json(verify(golden, VerifyOptions(policy="agency", residual=False, replay=0)), path="bundle_honest.vmu")
-    assert rep["verdict"] == "accepted-reduced" and rep["exit_code"] == 3 and rep["policy"]["unmet"]
-    cls, text = _banner(render_html(rep))
+    out, page_file = tmp_path / "r.json", tmp_path / "r.html"
+    assert verify_main([golden, "--policy", "agency", "--no-residual", "--replay", "0", "--quiet",
+                        "--json", str(out), "--html", str(page_file)]) == 3
+    capsys.readouterr()
+    rep = json.loads(out.read_text(encoding="utf-8"))
+    assert rep["verdict"] == "accepted-reduced" and rep["exit_code"] == 3 and len(rep["policy"]["unmet"]) >= 3
+    page = page_file.read_text(encoding="utf-8")
+    cls, text = _banner(page)
     assert cls == "verdict warn" and "Verdict: ACCEPTED WITH REDUCED CHECKS" in text
     assert f"The {len(rep['policy']['unmet'])} requirements not met:" in text
     for line in rep["policy"]["unmet"]:
         rid, why = line.split(": ", 1)
         assert rid.replace("-", " ") in text and why in text
     assert "sampled by the owner" in text and "key not pinned" in text
+    assert "ACCEPTED-REDUCED" not in page and "Verdict: ACCEPTED</p>" not in page
 
 
 # --- in a real browser: Debian's headless Chromium -----------------------------------------------
