@@ -271,6 +271,10 @@ def test_overall_verdict(residual: Any, canary: Any, expected: str) -> None:
     assert overall_verdict({"verdict": "unusable", "residual": {"verdict": "fail"}}) == "unusable"
     # --policy agency: a requirement not met stands, whatever the residual tests say
     assert overall_verdict({"verdict": "accepted-reduced", "residual": {"verdict": "pass"}}) == "accepted-reduced"
+    # ... but a failing residual or canary test rejects it: the headline never reads better than a test
+    assert overall_verdict({"verdict": "accepted-reduced", "canary": {"verdict": "fail"}}) == "rejected"
+    assert "Verdict: REJECTED" in render_html({"verdict": "accepted-reduced", "exit_code": 3,
+                                               "residual": {"verdict": "fail", "reason": "still detected"}})
     assert "ACCEPTED WITH REDUCED CHECKS" in render_html({"verdict": "accepted-reduced", "exit_code": 3})
 
 

@@ -64,18 +64,20 @@ def overall_verdict(report: Mapping[str, Any]) -> str:
     """Combine the bundle checks with the residual and canary verdicts (the page's headline
     writes ``inconclusive`` as "accepted, residual tests inconclusive": the bundle was accepted).
 
-    ``unusable``, ``rejected`` or ``accepted-reduced`` (``--policy agency``: a requirement not
-    met) from the checks stand; a residual or canary ``fail`` rejects; an ``inconclusive``
-    residual or canary test makes an accepted bundle ``inconclusive``.
+    ``unusable`` or ``rejected`` from the checks stand; otherwise a residual or canary ``fail``
+    rejects; ``accepted-reduced`` (``--policy agency``: a requirement not met) stands; an
+    ``inconclusive`` residual or canary test makes an accepted bundle ``inconclusive``.
     """
     base = report.get("verdict")
     if base not in ("accepted", "rejected", "unusable", "accepted-reduced"):
         raise MalformedInput("the report's verdict must be accepted, rejected, unusable or accepted-reduced")
-    if base != "accepted":
+    if base in ("rejected", "unusable"):
         return str(base)
     extra = [d.get("verdict") for d in (report.get("residual"), report.get("canary")) if isinstance(d, Mapping)]
     if "fail" in extra:
         return "rejected"
+    if base == "accepted-reduced":
+        return str(base)
     if "inconclusive" in extra:
         return "inconclusive"
     return "accepted"
