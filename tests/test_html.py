@@ -406,6 +406,7 @@ def test_headline_matches_the_verdict(change: dict[str, Any], cls: str, title: s
         ({"checks": [{"step": 18, "name": "replay", "status": "skipped", "detail": "turned off (--unsafe-no-replay)"}]},
          "unsafe no replay", "bad"),
         ({"trust": {"pinned": False}}, "key not pinned", "warn"),
+        ({"nonfinite_shards": [1, 3]}, "non-finite model: shard 1, 3", "bad"),
         ({"checks": [{"step": 19, "name": "residual", "status": "inconclusive", "detail": ""}]},
          "residual tests inconclusive", "warn"),
     ],

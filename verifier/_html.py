@@ -9,8 +9,8 @@ page is a jinja2 template with autoescape; the sections are built here and escap
 
 The headline comes first (:func:`headline`): accepted, accepted with reduced checks (``--policy
 agency``, exit 3, with every unmet requirement), rejected or unusable input, with labels for what
-an acceptance rests on (residual tests inconclusive, sampled by the owner, unsafe modes, an
-unpinned key). It never reads better than the report's verdict and exit code: a report whose
+an acceptance rests on (residual tests inconclusive, sampled by the owner, unsafe modes, a
+non-finite model, an unpinned key). It never reads better than the report's verdict and exit code: a report whose
 verdict and exit code disagree is refused. Then every check, the replay distances, the escape
 probability, the residual-information tests (ROC curves, score histograms), the canaries and the
 temporal residual memory. The JSON itself is embedded at the end (``<script
@@ -587,6 +587,9 @@ def headline(report: Mapping[str, Any]) -> Headline:
     unsafe = {str(w).split(":", 1)[0].strip().lower() for w in report.get("warnings") or [] if str(w).startswith("UNSAFE")}
     unsafe |= {"unsafe no replay" for c in checks if "--unsafe-no-replay" in str(c.get("detail") or "")}
     labels.extend(("bad", u) for u in sorted(unsafe))
+    nonfinite = report.get("nonfinite_shards")
+    if isinstance(nonfinite, list) and nonfinite:
+        labels.append(("bad", f"non-finite model: shard {', '.join(str(x) for x in nonfinite)}"))
     trust = report.get("trust")
     if isinstance(trust, Mapping) and trust.get("pinned") is False:
         labels.append(("warn", "key not pinned"))
