@@ -234,6 +234,12 @@ class Verification:
 
     options: VerifyOptions
     results: list[CheckResult] = field(default_factory=list)
+    # Called with each step's final result, in step order, as soon as it is known (the CLI
+    # streams them); ``emitted`` is the last step handed over.
+    listener: Callable[[CheckResult], None] | None = field(default=None, repr=False)
+    emitted: int = 0
+    # Called with a short line while a long step runs (replay segments, residual phases).
+    progress: Callable[[str], None] | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
     failure: VmuError | None = None
     failed_step: int | None = None
@@ -1318,9 +1324,10 @@ def _step_18(v: Verification) -> None:
         mode=v.options.replay_mode, allow_factories=v.options.allow_factories,
     )
     if v.options.backend == "local":
-        v.replay_report = _replay.replay(plan)
+        v.replay_report = _replay.replay(plan, progress=v.progress)
     else:
-        v.replay_report = _replay.replay(plan, backend=v.options.backend, ray_address=v.options.ray_address)
+        v.replay_report = _replay.replay(plan, backend=v.options.backend, ray_address=v.options.ray_address,
+                                         progress=v.progress)
     if v.replay_report.get("warning"):
         v.warnings.append(v.replay_report["warning"])
 
@@ -1380,6 +1387,9 @@ def _step_19(v: Verification) -> None:
     dX, dy = stack(dels)
     aX, ay = stack(op.audit)
     rX, ry = stack(retained)
+    if v.progress is not None:
+        v.progress(f"step 19: membership tests on {len(dels)} deleted and {len(op.audit)} audit records "
+                   f"({len(post)} models after, {len(pre)} before)")
     rep = _residual.residual_tests(
         post_models=post,
         pre_models=pre,
@@ -1525,13 +1535,33 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
     return True
 
 
-def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Verification:
+def _emit(v: Verification) -> None:
+    """Hand the listener every final result that follows the last one handed over, in step order
+    (step 3 becomes final only after steps 4-6, so 4-6 wait for it)."""
+    if v.listener is None:
+        return
+    have = {r.step: r for r in v.results}
+    while v.emitted + 1 in have:
+        v.emitted += 1
+        v.listener(have[v.emitted])
+
+
+def verify(
+    source: str | bytes,
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    on_result: Callable[[CheckResult], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> Verification:
     """Run every step on the bundle at ``source`` (a path or the bundle's bytes).
 
     Never raises for bad input or a failed check: the outcome is in the returned object
-    (``exit_code``, ``verdict``, ``results``, ``failure``).
+    (``exit_code``, ``verdict``, ``results``, ``failure``). ``on_result`` (optional) is called
+    with each step's result in step order as soon as it is final (``vmu-verify`` prints them as
+    they come); ``on_progress`` (optional) with a short line while step 18 replays a segment or
+    step 19 starts a phase.
     """
-    v = Verification(options=options)
+    v = Verification(options=options, listener=on_result, progress=on_progress)
     t0 = time.perf_counter()
     ok = (
         _run(v, 1, _step_01, source)
@@ -1541,6 +1571,7 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
     if ok:
         # Step 3 parsed only the signed members; it ends with the large members, after step 6.
         part1 = v.results.pop()
+        _emit(v)
         for step, fn in _ORDER:
             if step == 7:
                 ok3 = _run(v, 3, _step_03_large)
@@ -1552,7 +1583,9 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
             if step == 19:
                 t19 = time.perf_counter()
                 v.timings["replay_s"] = t19 - t0 - v.timings["proof_checks_s"]
-            if not _run(v, step, fn):
+            ok_step = _run(v, step, fn)
+            _emit(v)
+            if not ok_step:
                 break
     if "proof_checks_s" not in v.timings:
         v.timings["proof_checks_s"] = time.perf_counter() - t0
@@ -1566,4 +1599,5 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         if n not in done:
             v.results.append(CheckResult(n, name, "skipped", "not run: an earlier step failed"))
     v.results.sort(key=lambda r: r.step)
+    _emit(v)
     return v
