@@ -16,7 +16,7 @@ import pytest
 from conftest_verifier import Honest, forge, honest, members_of, resign_members, rezip, trained_copy
 
 from verifier import VerifyOptions, verify
-from verifier._errors import DeletionClaimFailed, OpeningMismatch
+from verifier._errors import DeletionClaimFailed, OpeningMismatch, ResidualTraceFound
 
 
 def _ids(ws: Any, role: str, n: int = 1) -> list[str]:
@@ -103,6 +103,12 @@ def test_cli_forget_test_split_id_bundle_and_verify(tmp_path: Any, capsys: pytes
     assert verify_main([out, "--replay", "1", "--no-residual", "--trust-key",
                         os.path.join(ws_dir, "signing-key.pub.pem")]) == 0
     assert "ACCEPTED" in capsys.readouterr().out
+    # Step 19 has nothing to test when no trained record was deleted: inconclusive, never a pass.
+    res = verify(out, VerifyOptions(replay=1))
+    assert res.failure is None and res.inconclusive is not None and "nothing to test" in res.inconclusive
+    res = verify(out, VerifyOptions(replay=1, require_residual=True))
+    assert isinstance(res.failure, ResidualTraceFound) and res.failed_step == 19
+    assert "only held-out" in str(res.failure)
 
 
 # --- cheating provers ------------------------------------------------------------------------
@@ -274,3 +280,37 @@ def test_bundle_sampled_audit_set_accounts_for_a_deleted_audit_record() -> None:
     # (it discloses every audit record of a set this small).
     res = verify(data, VerifyOptions(replay=0, residual=False))
     assert res.failed_step == 17 and "audit-set sample" in str(res.failure), res.failure
+
+
+def test_sampled_audit_set_with_a_deleted_audit_record_verifies_sampled_or_not(tmp_path: Any) -> None:
+    """More audit records than AUDIT_DISCLOSE_MAX: the audit set is sampled by the challenge. A
+    deleted audit record at a sampled position is proven by its transcript leaf; at an unsampled
+    one it plays no part. Both bundles verify, with the verifier's own sample (step 17)."""
+    from prover import Workspace, WorkspaceConfig
+    from prover._bundle import write_bundle
+
+    from verifiable_mu._sampling import AUDIT_DISCLOSE_MAX
+
+    cfg = WorkspaceConfig(shards=3, slices=3, epochs=4, workers=1, seed=3, audit_fraction=0.45, test_fraction=0.05)
+    seen: dict[bool, bool] = {}
+    with Workspace.create(str(tmp_path / "ws"), data="digits", config=cfg) as ws:
+        ws.progress = False
+        ws.train()
+        assert len(ws.split_rows("audit")) > AUDIT_DISCLOSE_MAX
+        ws.forget(_ids(ws, "audit"))
+        for i in range(1, 40):
+            ch = bytes([i]) * 16
+            path = str(tmp_path / f"b{i}.vmu")
+            write_bundle(ws, path, challenge=ch, replay=1)
+            with open(path, "rb") as f:
+                data = f.read()
+            op = json.loads(members_of(data)["records/openings.json"])
+            sampled = len(op["audit_proof"]["positions"]) == len(op["audit"]) + 1
+            if sampled in seen:
+                continue
+            res = verify(data, VerifyOptions(challenge=ch, replay=1, residual=False))
+            assert res.failure is None, (sampled, res.failure)
+            seen[sampled] = True
+            if len(seen) == 2:
+                break
+    assert seen == {True: True, False: True}

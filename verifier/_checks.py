@@ -1432,6 +1432,16 @@ def _step_19(v: Verification) -> None:
 
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None and v.transcripts
+    if not any(t.records for t in v.transcripts):
+        # Only held-out records were deleted: no model was trained on them, so there is no
+        # residual to measure (step 11 proved them absent from every slice). Never a pass.
+        reason = ("no trained record was deleted: the bundled requests delete only held-out (test or audit) "
+                  "records, which no model was trained on, so there is nothing to test")
+        v.inconclusive = f"residual tests inconclusive: {reason}"
+        if v.options.require_residual:
+            raise ResidualTraceFound(f"{v.inconclusive} (and --require-residual was given)")
+        v.warnings.append(f"INCONCLUSIVE: {reason}")
+        return
     pre_d = ModelBody.parse(v.transcripts[0].model_before.entry).shards
     post_d = ModelBody.parse(v.transcripts[-1].model_after.entry).shards
 
