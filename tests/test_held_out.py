@@ -133,21 +133,9 @@ def _claim_held_out(commitment: bytes, key: bytes, *, split: str, skip_present: 
     """A cheating prover rewrites request 2 (one test record) to delete ``commitment`` instead and
     claims it held out: the deletion entry names it, the transcript's absence proofs are made for
     its key wherever they can be (``skip_present``: the slice holding it keeps the honest proof)."""
-    h = held_out()
-    trees = _slice_trees(h.ws_dir)
+    trees = _slice_trees(held_out().ws_dir)
 
-    def mutate(ctx: Any) -> None:
-        i = next(i for i, (k, b) in enumerate(ctx.entries) if k == "deletion" and b["request"] == "2")
-        ctx.entries[i][1]["commitments"] = [commitment.hex()]
-        db = ctx.ws._db()
-        if db.execute("SELECT 1 FROM p_records WHERE commitment=?", (commitment,)).fetchone() is None:
-            # A record the data set never had: the cheater's bundle opens the test record under it.
-            with ctx.ws.log.transaction():
-                db.execute("UPDATE p_records SET commitment=? WHERE id=?", (commitment, h.second_ids[0]))
-
-    def mutate_predicate(n: int, pred: dict[str, Any], disclose: Any) -> None:
-        if n != 2:
-            return
+    def claim(pred: dict[str, Any]) -> None:
         rec = pred["held_out"]["records"][0]
         rec.update(commitment=commitment.hex(), key=key.hex(), split=split)
         rec["membership"].update(key=key.hex(), commitment=commitment.hex())
@@ -155,7 +143,7 @@ def _claim_held_out(commitment: bytes, key: bytes, *, split: str, skip_present: 
             if not (skip_present and key in trees[(s, r)]):
                 item["absence"] = trees[(s, r)].absence_proof([key]).to_json()
 
-    return forge(h, mutate, mutate_predicate=mutate_predicate, replay=1, name="held-out-claim")
+    return _forge_request(2, [commitment.hex()], claim)
 
 
 def test_step_11_trained_record_claimed_held_out_is_rejected() -> None:
@@ -185,16 +173,16 @@ def test_step_11_held_out_claim_for_a_record_not_in_the_committed_split_is_rejec
     assert "is not a committed record of the test split" in str(res.failure)
 
 
-def test_step_11_held_out_absence_missing_one_shards_slice_is_rejected() -> None:
+def _resigned(edit: Any) -> bytes:
+    """The held-out bundle with transcript 2's ``held_out`` edited by ``edit`` and re-signed (no log change)."""
     h = held_out()
+    return rezip(resign_members(h, members_of(h.bundle), lambda pred: edit(pred["held_out"]),
+                                which="transcripts/000002.dsse.json"))
 
-    def drop_last(pred: dict[str, Any]) -> None:
-        pred["held_out"]["slices"].pop()
 
-    m = resign_members(h, members_of(h.bundle), drop_last, which="transcripts/000002.dsse.json")
-    res = verify(rezip(m), VerifyOptions(replay=0, residual=False))
-    assert isinstance(res.failure, DeletionClaimFailed) and res.failed_step == 11
-    assert "8 absence proofs are given, every current slice of every shard needs one (3 x 3)" in str(res.failure)
+def test_step_11_held_out_absence_missing_one_shards_slice_is_rejected() -> None:
+    _step_11(_resigned(lambda ho: ho["slices"].pop()),
+             "8 absence proofs are given, every current slice of every shard needs one (3 x 3)")
 
 
 def test_step_11_held_out_absence_against_a_stale_slice_entry_is_rejected() -> None:
@@ -288,7 +276,6 @@ def test_sampled_audit_set_with_a_deleted_audit_record_verifies_sampled_or_not(t
     one it plays no part. Both bundles verify, with the verifier's own sample (step 17)."""
     from prover import Workspace, WorkspaceConfig
     from prover._bundle import write_bundle
-
     from verifiable_mu._sampling import AUDIT_DISCLOSE_MAX
 
     cfg = WorkspaceConfig(shards=3, slices=3, epochs=4, workers=1, seed=3, audit_fraction=0.45, test_fraction=0.05)
@@ -314,3 +301,114 @@ def test_sampled_audit_set_with_a_deleted_audit_record_verifies_sampled_or_not(t
             if len(seen) == 2:
                 break
     assert seen == {True: True, False: True}
+
+
+def _forge_request(n: int, commitments: list[str] | None, mutate_predicate: Any, *, drop_test_root: bool = False) -> bytes:
+    """The held-out workspace with request ``n``'s deletion entry listing ``commitments`` (None:
+    unchanged), its predicate edited by ``mutate_predicate(pred)`` and everything re-signed;
+    ``drop_test_root``: the commit block's audit entry without the committed test split."""
+    h = held_out()
+
+    def mutate(ctx: Any) -> None:
+        if commitments is not None:
+            i = next(i for i, (k, b) in enumerate(ctx.entries) if k == "deletion" and b["request"] == str(n))
+            ctx.entries[i][1]["commitments"] = sorted(commitments)
+            db = ctx.ws._db()
+            for c in commitments:  # a commitment the data set never had: opened as a spare test record
+                if db.execute("SELECT 1 FROM p_records WHERE commitment=?", (bytes.fromhex(c),)).fetchone() is None:
+                    with ctx.ws.log.transaction():
+                        db.execute("UPDATE p_records SET commitment=? WHERE id=?", (bytes.fromhex(c), _ids(ctx.ws, "test")[0]))
+        if drop_test_root:
+            audit = next(b for k, b in ctx.entries if k == "audit")
+            del audit["test_root"], audit["test_size"]
+
+    def mp(m: int, pred: dict[str, Any], disclose: Any) -> None:
+        if m == n:
+            mutate_predicate(pred)
+
+    return forge(h, mutate, mutate_predicate=mp, replay=1, name=f"held-out-{n}")
+
+
+def _step_11(data: bytes, fragment: str) -> None:
+    res = verify(data, VerifyOptions(replay=0, residual=False))
+    assert isinstance(res.failure, DeletionClaimFailed) and res.failed_step == 11, res.failure
+    assert fragment in str(res.failure)
+
+
+def _preds() -> tuple[dict[str, Any], dict[str, Any]]:
+    m = members_of(held_out().bundle)
+    return _pred(m, "transcripts/000001.dsse.json"), _pred(m, "transcripts/000002.dsse.json")
+
+
+def test_step_11_held_out_record_deleted_by_an_earlier_request_is_rejected() -> None:
+    """Request 1's deleted audit record claimed again as held out by request 2 (a request honoured
+    twice, or a count inflated): it is absent from every slice, but it is no longer a live record."""
+    p1, _ = _preds()
+    rec = p1["held_out"]["records"][0]
+
+    def claim(pred: dict[str, Any]) -> None:
+        pred["held_out"]["records"] = [rec]
+
+    _step_11(_forge_request(2, [rec["commitment"]], claim), "was already deleted by an earlier request")
+
+
+def test_step_11_held_out_records_out_of_key_order_are_rejected() -> None:
+    p1, p2 = _preds()
+    both = sorted([p1["held_out"]["records"][0], p2["held_out"]["records"][0]], key=lambda r: r["key"], reverse=True)
+
+    def claim(pred: dict[str, Any]) -> None:
+        pred["held_out"]["records"] = both
+
+    _step_11(_forge_request(2, [r["commitment"] for r in both], claim), "not in strictly ascending key order")
+
+
+def test_step_11_record_claimed_both_trained_and_held_out_is_rejected() -> None:
+    """The trained record of request 1 listed again as held out under another commitment."""
+    p1, _ = _preds()
+    trained, ho = p1["records"][0], p1["held_out"]["records"][0]
+    fake = {**ho, "commitment": "ab" * 32, "key": trained["key"]}
+
+    def claim(pred: dict[str, Any]) -> None:
+        pred["held_out"]["records"] = sorted([ho, fake], key=lambda r: r["key"])
+
+    _step_11(_forge_request(1, [trained["commitment"], ho["commitment"], fake["commitment"]], claim),
+             "is claimed both trained and held out")
+
+
+def test_step_11_held_out_membership_for_another_record_is_rejected() -> None:
+    _, p2 = _preds()
+    rec = p2["held_out"]["records"][0]
+
+    def swap(pred: dict[str, Any]) -> None:
+        pred["held_out"]["records"][0]["membership"]["commitment"] = "cd" * 32
+
+    _step_11(_forge_request(2, [rec["commitment"]], swap), "is for another record")
+
+
+def test_step_11_held_out_test_record_of_a_log_without_a_committed_test_split_is_rejected() -> None:
+    """A log written before the test split was committed (audit entry without test_root) cannot
+    have test records deleted: nothing binds them."""
+    _step_11(_forge_request(2, None, lambda pred: None, drop_test_root=True), "this log commits no test split")
+
+
+def test_step_11_held_out_record_in_the_wrong_split_is_rejected() -> None:
+    """The test record of request 2 claimed as an audit record (to have it counted out of step 19's
+    audit set): its proof is for the test tree, of another size."""
+    _step_11(_resigned(lambda ho: ho["records"][0].update(split="audit")), "the committed audit split has")
+
+
+def test_step_11_held_out_audit_disclosure_of_another_entry_is_rejected() -> None:
+    _step_11(_resigned(lambda ho: ho.update(audit=ho["slices"][0]["slice"])), "not the commit block's audit entry")
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (lambda ho: ho["records"][0].update(split="train"), "split must be 'test' or 'audit'"),
+    (lambda ho: ho.update(records=[]), "records must be a non-empty list"),
+    (lambda ho: ho.update(extra=1), "unknown field"),
+])
+def test_step_06_malformed_held_out_is_unusable(edit: Any, fragment: str) -> None:
+    from verifiable_mu._errors import InvalidBundle
+
+    res = verify(_resigned(edit), VerifyOptions(replay=0, residual=False))
+    assert isinstance(res.failure, InvalidBundle) and res.failed_step == 6 and res.exit_code == 2
+    assert fragment in str(res.failure)
