@@ -412,3 +412,15 @@ def test_step_06_malformed_held_out_is_unusable(edit: Any, fragment: str) -> Non
     res = verify(_resigned(edit), VerifyOptions(replay=0, residual=False))
     assert isinstance(res.failure, InvalidBundle) and res.failed_step == 6 and res.exit_code == 2
     assert fragment in str(res.failure)
+
+
+def test_log_without_a_committed_test_split_still_verifies() -> None:
+    """Logs written before the test split was committed (an audit entry of `root` and `size` only)
+    keep verifying: the new fields are optional (specs/06 section 4)."""
+
+    def old_audit_entry(ctx: Any) -> None:
+        audit = next(b for k, b in ctx.entries if k == "audit")
+        del audit["test_root"], audit["test_size"]
+
+    res = verify(forge(honest(), old_audit_entry, replay=1, name="old-audit"), VerifyOptions(replay=1, residual=False))
+    assert res.failure is None, res.failure

@@ -17,7 +17,8 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
                        block, then each request's re-commit block); deleted records were in their
                        old slices, as the committed assignment places them; re-committed slices are
                        the old ones minus exactly the deleted records; every deleted key is absent
-                       from every shard's current slices
+                       from every shard's current slices; held-out records are committed test or
+                       audit records, absent from every current slice of every shard
 12. ordering           rollback checkpoint of the current lineage, before the first use of each record
 13. schedule           every lineage's checkpoints and steps follow the committed SISA schedule
 14. clean-manifests    no retraining step uses a record deleted by this or an earlier request, and
