@@ -24,6 +24,9 @@ class Dataset:
     ids: tuple[str, ...]
     X: np.ndarray
     y: np.ndarray
+    #: Classes the model has (labels 0..n_classes-1). None: every label from 0 to the largest must
+    #: occur (a gap is almost always a label-encoding mistake; pass the count to allow one).
+    classes: int | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -32,15 +35,38 @@ class Dataset:
         if self.X.shape[0] != n or self.y.shape != (n,):
             raise BadInput(f"X has {self.X.shape[0]} rows, y has {self.y.shape}, ids has {n}: they must agree")
         if len(set(self.ids)) != n:
-            raise BadInput("record ids are not unique")
-        if not np.isfinite(self.X).all():
-            raise BadInput("X contains NaN or infinite values")
+            seen: dict[str, int] = {}
+            for row, i in enumerate(self.ids):
+                if i in seen:
+                    raise BadInput(f"record id {i!r} is given twice (rows {seen[i]} and {row}): ids must be unique")
+                seen[i] = row
+        finite = np.isfinite(self.X.reshape(n, -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise BadInput(
+                f"X row {bad[0]} (id {self.ids[bad[0]]!r}) contains NaN or an infinite value ({len(bad)} row(s) do); "
+                "drop or impute them before 'vmu init'"
+            )
         if self.y.min() < 0:
-            raise BadInput("labels must be non-negative class indices")
+            row = int(np.argmin(self.y))
+            raise BadInput(f"y row {row} (id {self.ids[row]!r}) is {int(self.y[row])}: labels must be class indices 0..K-1")
+        top = int(self.y.max())
+        if self.classes is None:
+            missing = sorted(set(range(top + 1)) - {int(c) for c in np.unique(self.y)})
+            if missing:
+                shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+                raise BadInput(
+                    f"labels run from 0 to {top} but class(es) {shown} never occur: encode the labels as 0..K-1 "
+                    f"(e.g. sklearn.preprocessing.LabelEncoder), or pass --n-classes {top + 1} if those classes are real "
+                    "and only absent from this data"
+                )
+        elif top >= self.classes:
+            row = int(np.argmax(self.y))
+            raise BadInput(f"y row {row} (id {self.ids[row]!r}) is {top}, not below --n-classes {self.classes}")
 
     @property
     def n_classes(self) -> int:
-        return int(self.y.max()) + 1
+        return self.classes if self.classes is not None else int(self.y.max()) + 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -60,13 +86,16 @@ class Dataset:
 
     def save_npz(self, path: str) -> None:
         tmp = f"{path}.tmp.{os.getpid()}.npz"
-        np.savez(tmp, X=self.X, y=self.y, ids=np.asarray(self.ids, dtype=str))
+        arrays: dict[str, Any] = {"X": self.X, "y": self.y, "ids": np.asarray(self.ids, dtype=str)}
+        if self.classes is not None:
+            arrays["n_classes"] = np.asarray(self.classes, dtype=np.int64)
+        np.savez(tmp, **arrays)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
 
-def from_arrays(X: Any, y: Any, ids: Any = None) -> Dataset:
+def from_arrays(X: Any, y: Any, ids: Any = None, n_classes: int | None = None) -> Dataset:
     try:
         Xa = np.ascontiguousarray(np.asarray(X), dtype=np.float32)
         ya = np.asarray(y)
@@ -74,11 +103,20 @@ def from_arrays(X: Any, y: Any, ids: Any = None) -> Dataset:
         raise BadInput(f"X and y must be numeric arrays: {e}") from e
     if Xa.ndim < 2:
         raise BadInput("X must have one row per record (at least 2 dimensions)")
+    if ya.ndim == 1 and ya.dtype.kind in "USO":
+        shown = ", ".join(repr(str(v)) for v in np.unique(ya.astype(str))[:3])
+        raise BadInput(
+            f"y holds text labels ({shown}, ...): encode them as integers 0..K-1 first (e.g. "
+            "sklearn.preprocessing.LabelEncoder().fit_transform(y)) and keep the mapping"
+        )
     if ya.ndim != 1 or ya.dtype.kind not in "iub":
-        if ya.ndim == 1 and ya.dtype.kind == "f" and np.all(ya == np.round(ya)):
+        if ya.ndim == 1 and ya.dtype.kind == "f" and np.isfinite(ya).all() and np.all(ya == np.round(ya)):
             ya = ya.astype(np.int64)
+        elif ya.ndim == 1 and ya.dtype.kind == "f":
+            row = int(np.flatnonzero(~np.isfinite(ya) | (ya != np.round(ya)))[0])
+            raise BadInput(f"y row {row} is {float(ya[row])!r}: labels must be integer class indices 0..K-1")
         else:
-            raise BadInput("y must be a 1-d array of integer class labels")
+            raise BadInput(f"y must be a 1-d array of integer class labels (it has shape {ya.shape})")
     if Xa.shape[0] > MAX_RECORDS:
         raise BadInput(f"too many records ({Xa.shape[0]} > {MAX_RECORDS})")
     if ids is None:
@@ -87,7 +125,9 @@ def from_arrays(X: Any, y: Any, ids: Any = None) -> Dataset:
         id_t = tuple(str(i) for i in np.asarray(ids).tolist())
         if any(not 1 <= len(i.encode()) <= 256 for i in id_t):
             raise BadInput("every record id must be 1..256 UTF-8 bytes")
-    return Dataset(ids=id_t, X=Xa, y=ya.astype(np.int64))
+    if n_classes is not None and (type(n_classes) is not int or n_classes < 2):
+        raise BadInput(f"--n-classes must be an integer >= 2, not {n_classes!r}")
+    return Dataset(ids=id_t, X=Xa, y=ya.astype(np.int64), classes=n_classes)
 
 
 def load_digits_dataset() -> Dataset:
@@ -98,19 +138,33 @@ def load_digits_dataset() -> Dataset:
     return from_arrays((X / 16.0).astype(np.float32), y)
 
 
-def load_npz(path: str) -> Dataset:
-    """A .npz with arrays ``X``, ``y`` and optional ``ids`` (no pickles)."""
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits_dataset()
+    return d.X, d.y
+
+
+def load_npz(path: str, n_classes: int | None = None) -> Dataset:
+    """A .npz with arrays ``X``, ``y`` and optional ``ids`` and ``n_classes`` (no pickles)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if "X" not in z.files or "y" not in z.files:
                 raise BadInput(f"{path}: a data file must hold arrays 'X' and 'y' (found {', '.join(z.files) or 'none'})")
             X, y = z["X"], z["y"]
             ids = z["ids"] if "ids" in z.files else None
+            if n_classes is None and "n_classes" in z.files:
+                n_classes = int(z["n_classes"])
     except BadInput:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # never suggest loading pickles: say what to save instead
+            raise BadInput(
+                f"{path} holds Python objects (an object array), which vmu never loads: save X and y as numeric arrays "
+                "and ids as a string array, e.g. np.savez(path, X=X, y=y, ids=np.asarray(ids, dtype=str))"
+            ) from None
         raise BadInput(f"cannot read data file {path}: {e}") from e
-    return from_arrays(X, y, ids)
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise BadInput(f"cannot read data file {path}: {e}") from e
+    return from_arrays(X, y, ids, n_classes)
 
 
 def from_torch_dataset(ds: Any, ids: Any = None) -> Dataset:
@@ -123,9 +177,9 @@ def from_torch_dataset(ds: Any, ids: Any = None) -> Dataset:
     return from_arrays(np.stack(xs), np.asarray(ys, dtype=np.int64), ids)
 
 
-def load_source(source: str) -> Dataset:
+def load_source(source: str, n_classes: int | None = None) -> Dataset:
     if source == "digits":
-        return load_digits_dataset()
+        return load_digits_dataset() if n_classes is None else from_arrays(*_digits_arrays(), n_classes=n_classes)
     if source.endswith(".npz"):
-        return load_npz(source)
+        return load_npz(source, n_classes)
     raise BadInput(f"unknown data source {source!r} (use 'digits' or a path to a .npz file)")

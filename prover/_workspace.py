@@ -196,6 +196,8 @@ CREATE TABLE IF NOT EXISTS p_requests(
 """
 
 
+#: The record sets ``split_ids`` lists.
+SPLITS = ("train", "test", "audit", "deleted")
 #: Longest log origin accepted (it is the signed notes' key name and every checkpoint's first line).
 ORIGIN_MAX = 200
 
@@ -268,16 +270,24 @@ class Workspace:
         data: Dataset | str = "digits",
         config: WorkspaceConfig | None = None,
         origin: str | None = None,
+        n_classes: int | None = None,
     ) -> Workspace:
         """Create a new workspace at ``path`` (must not exist, or be an empty directory).
 
-        ``origin`` names the log in its signed checkpoints (default: :func:`default_origin`)."""
+        ``origin`` names the log in its signed checkpoints (default: :func:`default_origin`);
+        ``n_classes`` allows labels that leave classes out (default: labels must be 0..K-1, all
+        present)."""
         path = os.path.abspath(os.fspath(path))
         origin = check_origin(origin) if origin is not None else default_origin(path)
         config = config or WorkspaceConfig()
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise BadInput(f"{path} already exists and is not an empty directory")
-        ds = load_source(data) if isinstance(data, str) else data
+        if isinstance(data, str):
+            ds = load_source(data, n_classes)
+        elif n_classes is not None:
+            ds = Dataset(ids=data.ids, X=data.X, y=data.y, classes=n_classes)
+        else:
+            ds = data
         if isinstance(data, str):
             config = WorkspaceConfig.from_json({**config.to_json(), "data_source": data})
         if config.model not in ("mlp", "logreg", "cnn") and ":" not in config.model:
@@ -902,6 +912,19 @@ class Workspace:
             return counts / len(models)  # type: ignore[no-any-return]
         raise BadInput(f"unknown aggregation {aggregation!r} (use mean or vote)")
 
+    def split_ids(self, split: str) -> list[str]:
+        """The ids of one split, in data order: ``train``, ``test`` and ``audit`` without deleted
+        records, ``deleted`` every deleted record (``vmu status --ids SPLIT``)."""
+        if split not in SPLITS:
+            raise BadInput(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+        if not self.committed:
+            raise BadInput("the splits are fixed when the workspace is committed: run 'vmu train' first")
+        if split == "deleted":
+            rows = self._db().execute("SELECT id FROM p_records WHERE deleted_by IS NOT NULL ORDER BY row")
+        else:
+            rows = self._db().execute("SELECT id FROM p_records WHERE role=? AND deleted_by IS NULL ORDER BY row", (split,))
+        return [i for (i,) in rows]
+
     def split_rows(self, role: str) -> np.ndarray:
         return np.asarray(
             [
@@ -956,6 +979,12 @@ class Workspace:
         self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None, ray_address: str | None = None
     ) -> ForgetReport:
         """Unlearn the records ``ids`` in one request and write its signed transcript."""
+        if isinstance(ids, (str, bytes, bytearray)) or not hasattr(ids, "__iter__") or isinstance(ids, dict):
+            one = ids.decode() if isinstance(ids, (bytes, bytearray)) else ids
+            raise BadInput(
+                f"ids must be a list of record ids, not a {type(ids).__name__}"
+                + (f" (for one record: [{one!r}])" if isinstance(one, str) else "")
+            )
         self._warm_up()  # import torch and pay its first-step costs before the clock starts
 
         ids = [str(i) for i in ids]

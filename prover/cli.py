@@ -20,12 +20,14 @@ from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
 
 from ._errors import BadInput
+from ._workspace import SPLITS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as a shell reports it: 128 + 2
 #: The reader of stdout went away (SIGPIPE's 128 + 13, as a shell reports it).
 EXIT_BROKEN_PIPE = 141
 
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="create a workspace: config, data copy, signing key")
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or PATH.npz with X, y[, ids]")
+    i.add_argument(
+        "--n-classes", type=int, metavar="K",
+        help="the number of classes, when some class indices 0..K-1 do not occur in the data (default: every "
+             "label from 0 to the largest must occur)",
+    )
     i.add_argument(
         "--origin", metavar="NAME",
         help="the log's name in its signed checkpoints, e.g. example.com/models/churn (printable ASCII, no spaces, "
@@ -120,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    s.add_argument(
+        "--ids", metavar="SPLIT", choices=SPLITS,
+        help=f"instead: print the ids of one split, one per line ({', '.join(SPLITS)}; 'train' excludes deleted records)",
+    )
     return p
 
 
@@ -159,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             arithmetic=args.arithmetic,
         )
-        with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin) as ws:
+        with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
             print(f"created workspace {ws.path}")
             print(f"  log origin: {ws.log_origin}")
             print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices")
@@ -197,6 +208,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bundle":
         from ._bundle import known_head_size, write_bundle
 
+        _check_out_path(args.out)  # before any work: a bad path is bad input (exit 2)
+
         challenge = None
         if args.challenge is not None:
             try:
@@ -216,6 +229,11 @@ def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if args.command == "status":
+        if args.ids is not None:
+            with Workspace.open(args.dir) as ws:
+                ids = ws.split_ids(args.ids)
+            sys.stdout.write("".join(f"{i}\n" for i in ids))
+            return EXIT_OK
         with Workspace.open(args.dir) as ws:
             st = ws.status()
         if args.json:
@@ -237,6 +255,17 @@ def _run(args: argparse.Namespace) -> int:
     raise BadInput(f"unknown command {args.command}")  # pragma: no cover
 
 
+def _check_out_path(out: str) -> None:
+    """An output file path must name a file in an existing, writable directory."""
+    if os.path.isdir(out):
+        raise BadInput(f"--out {out} is a directory; give a file name, e.g. {os.path.join(out, 'bundle.vmu')}")
+    where = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(where):
+        raise BadInput(f"--out {out}: the directory {where} does not exist")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {out}: the directory {where} is not writable")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -253,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install verifiable-mu with its test extras into a fresh virtual environment (.venv) and run
-# every check: the import-layering contract, lint (ruff), types (mypy), then the whole test suite.
+# every check: the import-layering contract, lint (ruff), types (mypy), then the whole test suite
+# (with Debian's headless Chromium for the HTML report's browser tests, installed when missing).
 # torch comes from the pinned CPU build (torch==2.13.0); the library itself asks for a range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,20 @@ echo "== lint (ruff)"
 .venv/bin/ruff check verifiable_mu prover verifier tests benchmarks
 echo "== types (mypy: the core, the prover and the verifier)"
 .venv/bin/mypy verifiable_mu prover verifier
+echo "== browser (Debian's headless Chromium: tests/test_html.py renders the report in it)"
+# The HTML report's browser tests (screenshot at a phone's width, no network request, the page's
+# laid-out width) run here, never skip: VMU_REQUIRE_BROWSER=1 makes a missing browser a failure.
+# On a clean Debian machine run as root, the package is installed (about 30 s).
+have_browser() { command -v chromium-headless-shell || command -v chromium || command -v chromium-browser; }
+if ! have_browser >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null
+  else
+    echo "no headless Chromium and not root: install it (apt-get install chromium-headless-shell); the browser tests will fail"
+  fi
+fi
+have_browser || true
+export VMU_REQUIRE_BROWSER=1
 echo "== tests"
 # The Ray tests start, kill and stop real Ray instances. Each runs in its own pytest process, so
 # no Ray state leaks from one test into the next (a driver whose Ray instance dies under it exits

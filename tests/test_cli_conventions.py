@@ -46,3 +46,16 @@ def test_closed_stdout_stops_quietly(module: str) -> None:
     assert "Broken pipe" not in err and "Traceback" not in err, err
     if module == "verifier":
         assert code == 141, (code, err)
+
+
+def test_package_metadata_has_license_classifiers_and_urls() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    assert os.path.isfile(os.path.join(root, "LICENSE"))
+    assert "License :: OSI Approved :: Apache Software License" in project["classifiers"]
+    assert "Typing :: Typed" in project["classifiers"]
+    assert {"Homepage", "Source", "Issues"} <= set(project["urls"])
+    assert all(u.startswith("https://") for u in project["urls"].values())

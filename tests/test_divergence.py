@@ -83,3 +83,10 @@ def test_step_15_flags_a_non_finite_constituent() -> None:
     from verifier._report import to_json
 
     assert to_json(v)["nonfinite_shards"] == [state["shard"]]
+    # Under the agency policy such a model is never accepted (exit 3, the requirement named), even
+    # with every other requirement met; without the NaN the requirement holds.
+    a = verify(data, VerifyOptions(residual=False, replay=0, policy="agency"))
+    assert a.exit_code == 3 and a.verdict == "accepted-reduced"
+    assert any(u.startswith(f"finite-models: the final constituent of shard(s) {state['shard']} holds NaN") for u in a.unmet)
+    ok = verify(h.bundle, VerifyOptions(residual=False, replay=0, policy="agency"))
+    assert ok.exit_code == 3 and not any(u.startswith("finite-models") for u in ok.unmet)

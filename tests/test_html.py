@@ -129,16 +129,18 @@ def base_report(verdict: str = "accepted") -> dict[str, Any]:
         "type": "vmu.verification-report",
         "version": 1,
         "verdict": verdict,
-        "exit_code": {"accepted": 0, "rejected": 1, "unusable": 2}[verdict],
+        "exit_code": {"accepted": 0, "rejected": 1, "unusable": 2, "accepted-reduced": 3}[verdict],
+        "policy": {"name": "default", "unmet": []},
         "bundle": {"path": "b.zip", "sha256": "ab" * 32, "origin": "vmu.example/ws", "requests": [1], "final_tree_size": 99,
                    "generator": "vmu 0.1.0"},
-        "trust": {"pinned": False, "key_id": "k"},
+        "trust": {"pinned": False, "key_id": "9f" * 32,
+                  "vkey": "vmu.example/ws+0123abcd+AU" + "Zm9vYmFyYmF6cXV4" * 3},
         "checks": [
             {"step": 1, "name": "read", "status": "pass", "detail": "<script>alert(1)</script>", "seconds": 0.01},
             {"step": 2, "name": "replay", "status": "pass" if verdict == "accepted" else "fail", "detail": "", "seconds": 1.0},
         ],
         "failure": None if verdict == "accepted" else {"step": 2, "error": "ReplayMismatch", "message": "segment 7 differs"},
-        "warnings": ["DISTANCE REPLAY: platforms differ"],
+        "warnings": ["DISTANCE REPLAY: platforms differ", "a long digest: " + "0123456789abcdef" * 8],
         "challenge": {"mode": "fiat-shamir", "seed": "00" * 32},
         "sampling": {"population": 40, "sampled": 3, "replayed": 3, "stratum_draws": 1, "uniform_draws": 2, "segments": []},
         "replay": {
@@ -205,7 +207,7 @@ def test_the_verdict_comes_first(page: str) -> None:
     start = [t for t, _ in p.tags].index("body")
     # <body> <h1> then the verdict banner, before any table, section or figure
     assert p.tags[start + 1][0] == "h1"
-    assert p.tags[start + 2] == ("div", {"class": "verdict ok"})
+    assert p.tags[start + 2] == ("div", {"class": "verdict ok", "id": "verdict"})
     text = " ".join(p.text)
     assert text.index("Verdict: ACCEPTED") < min(text.index("<h2>"), text.index("<table>"), text.index("<img>"))
 
@@ -220,6 +222,8 @@ def test_the_page_shows_every_section_and_escapes_text(page: str) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "DISTANCE REPLAY" in text
     assert "TPR at 0.1% FPR" in text and "retained vs audit AUC" in text
+    # the bundle's identity and the key that signed it (the C2SP verifier key string, the key id)
+    assert "vmu.example/ws+0123abcd+AU" in text and "9f" * 32 in text and "ab" * 32 in text
 
 
 def test_the_embedded_json_is_the_report(page: str, full_report: dict[str, Any]) -> None:
@@ -267,7 +271,11 @@ def test_overall_verdict(residual: Any, canary: Any, expected: str) -> None:
     assert overall_verdict({"verdict": "unusable", "residual": {"verdict": "fail"}}) == "unusable"
     # --policy agency: a requirement not met stands, whatever the residual tests say
     assert overall_verdict({"verdict": "accepted-reduced", "residual": {"verdict": "pass"}}) == "accepted-reduced"
-    assert "ACCEPTED-REDUCED" in render_html({"verdict": "accepted-reduced", "exit_code": 3})
+    # ... but a failing residual or canary test rejects it: the headline never reads better than a test
+    assert overall_verdict({"verdict": "accepted-reduced", "canary": {"verdict": "fail"}}) == "rejected"
+    assert "Verdict: REJECTED" in render_html({"verdict": "accepted-reduced", "exit_code": 3,
+                                               "residual": {"verdict": "fail", "reason": "still detected"}})
+    assert "ACCEPTED WITH REDUCED CHECKS" in render_html({"verdict": "accepted-reduced", "exit_code": 3})
 
 
 def test_bad_reports_are_rejected() -> None:
@@ -327,3 +335,270 @@ def test_real_verification_report_renders(tmp_path: Any) -> None:
     assert len(imgs) >= 5  # replay, escape, ROC, two histograms
     for a in imgs:
         assert base64.b64decode((a["src"] or "").split(",", 1)[1]).startswith(PNG_MAGIC)
+
+
+# --- the headline: the verdict, the policy and the labels, never better than the exit code ------
+
+AGENCY_UNMET = [
+    "pinned-key: no --trust-key (signatures were checked against the bundle's own key)",
+    "residual-passed: step 19 was inconclusive",
+]
+
+
+def _banner(page: str) -> tuple[str, str]:
+    """(the banner's class, its text) of a rendered page."""
+    p = parse(page)
+    i = next(i for i, (t, a) in enumerate(p.tags) if t == "div" and a.get("id") == "verdict")
+    text = " ".join(p.text)
+    start = text.index("<div>")
+    return str(p.tags[i][1]["class"]), text[start: text.index("<p>", text.index("Bundle checks:") - 5)]
+
+
+def test_headline_accepted_with_reduced_checks_is_written_for_people() -> None:
+    r = base_report("accepted-reduced")
+    r["policy"] = {"name": "agency", "unmet": AGENCY_UNMET}
+    r["inconclusive"] = True
+    page = render_html(r)
+    cls, text = _banner(page)
+    assert cls == "verdict warn"
+    assert "Verdict: ACCEPTED WITH REDUCED CHECKS" in text and "ACCEPTED-REDUCED" not in page
+    assert "policy 'agency' requires more than this run did" in text and "exit code 3, never 0" in text
+    assert "The 2 requirements not met:" in text
+    # each unmet requirement: its name, why, and what the policy asked (from the policy document)
+    assert "pinned key" in text and "no --trust-key (signatures were checked against the bundle's own key)" in text
+    assert "required: the owner's key is pinned (--trust-key)" in text
+    assert "residual passed" in text and "step 19 was inconclusive" in text
+    assert "residual tests inconclusive" in text and "key not pinned" in text
+    assert "Every check that ran passed (exit code 0)" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "cls", "title", "fragment"),
+    [
+        ({"trust": {"pinned": True}}, "ok", "Verdict: ACCEPTED", "Every check that ran passed (exit code 0)."),
+        ({"inconclusive": True}, "warn", "Verdict: ACCEPTED, residual tests inconclusive",
+         "show neither that the deleted records were forgotten nor that they were not"),
+        ({"residual": {"verdict": "inconclusive", "reason": "too few deleted records"}}, "warn",
+         "Verdict: ACCEPTED, residual tests inconclusive", "residual-information tests could not decide"),
+        ({"canary": {"verdict": "inconclusive", "reason": "no triggered queries"}}, "warn",
+         "Verdict: ACCEPTED, canary test inconclusive", "the canary test could not decide"),
+        ({"residual": {"verdict": "fail", "reason": "the deleted records are still detected"}}, "bad",
+         "Verdict: REJECTED", "but the residual-information tests failed: the deleted records are still detected"),
+        ({"verdict": "rejected", "exit_code": 1, "failure": {"step": 2, "message": "segment 7 differs"}}, "bad", "Verdict: REJECTED", "A check failed (exit code 1): step 2: segment 7 differs"),
+        ({"verdict": "unusable", "exit_code": 2, "failure": {"step": 1, "message": "not a zip archive"}}, "bad",
+         "Verdict: UNUSABLE INPUT", "nothing was judged (exit code 2): step 1: not a zip archive"),
+    ],
+)
+def test_headline_matches_the_verdict(change: dict[str, Any], cls: str, title: str, fragment: str) -> None:
+    r = {**base_report(), **change}
+    got_cls, text = _banner(render_html(r))
+    assert got_cls == f"verdict {cls}"
+    assert title in text and fragment in text
+    if cls == "bad":
+        assert "ACCEPTED" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "label", "cls"),
+    [
+        ({"challenge": {"mode": "fiat-shamir", "sampled_by": "owner"}}, "sampled by the owner", "warn"),
+        ({"warnings": ["UNSAFE NO REPLAY: no segment was replayed (--unsafe-no-replay)"]}, "unsafe no replay", "bad"),
+        ({"checks": [{"step": 18, "name": "replay", "status": "skipped", "detail": "turned off (--unsafe-no-replay)"}]},
+         "unsafe no replay", "bad"),
+        ({"trust": {"pinned": False}}, "key not pinned", "warn"),
+        ({"nonfinite_shards": [1, 3]}, "non-finite model: shard 1, 3", "bad"),
+        ({"checks": [{"step": 19, "name": "residual", "status": "inconclusive", "detail": ""}]},
+         "residual tests inconclusive", "warn"),
+    ],
+)
+def test_headline_labels(change: dict[str, Any], label: str, cls: str) -> None:
+    page = render_html({**base_report(), "trust": {"pinned": True}, **change})
+    assert f'<span class="label {cls}">{label}</span>' in page
+    assert page.index(label) < page.index("Bundle checks:")  # in the banner
+    plain = render_html({**base_report(), "trust": {"pinned": True}})
+    assert f">{label}</span>" not in plain
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        ({"verdict": "accepted", "exit_code": 1}, "verdict 'accepted' and exit code 1 disagree"),
+        ({"verdict": "accepted", "exit_code": 3}, "verdict 'accepted' and exit code 3 disagree"),
+        ({"verdict": "accepted-reduced", "exit_code": 0}, "verdict 'accepted-reduced' and exit code 0 disagree"),
+        ({"verdict": "rejected", "exit_code": 0}, "verdict 'rejected' and exit code 0 disagree"),
+        ({"verdict": "accepted", "exit_code": True}, "verdict 'accepted' and exit code True disagree"),
+        ({"verdict": "accepted", "exit_code": 0, "policy": {"name": "agency", "unmet": AGENCY_UNMET}},
+         "'accepted' but it lists unmet policy requirements"),
+        ({"verdict": "accepted-reduced", "exit_code": 3, "policy": {"name": "agency", "unmet": [3]}},
+         "list unmet requirements as strings"),
+        ({"verdict": "accepted", "exit_code": 0, "policy": "agency"}, "policy must be a JSON object"),
+    ],
+)
+def test_headline_never_reads_better_than_the_exit_code(report: dict[str, Any], message: str) -> None:
+    with pytest.raises(MalformedInput, match=message):
+        render_html(report)
+
+
+def test_headline_of_a_real_agency_run(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """vmu-verify --policy agency --html on the honest golden bundle without a pinned key, replay
+    beyond the deletion lineage or residual tests: exit 3, and the page's headline lists every
+    unmet requirement the JSON report names."""
+    import os
+
+    from verifier.cli import main as verify_main
+
+    golden = os.path.join(os.path.dirname(__file__), "golden", "bundle_honest.vmu")
+    out, page_file = tmp_path / "r.json", tmp_path / "r.html"
+    assert verify_main([golden, "--policy", "agency", "--no-residual", "--replay", "0", "--quiet",
+                        "--json", str(out), "--html", str(page_file)]) == 3
+    capsys.readouterr()
+    rep = json.loads(out.read_text(encoding="utf-8"))
+    assert rep["verdict"] == "accepted-reduced" and rep["exit_code"] == 3 and len(rep["policy"]["unmet"]) >= 3
+    page = page_file.read_text(encoding="utf-8")
+    cls, text = _banner(page)
+    assert cls == "verdict warn" and "Verdict: ACCEPTED WITH REDUCED CHECKS" in text
+    assert f"The {len(rep['policy']['unmet'])} requirements not met:" in text
+    for line in rep["policy"]["unmet"]:
+        rid, why = line.split(": ", 1)
+        assert rid.replace("-", " ") in text and why in text
+    assert "sampled by the owner" in text and "key not pinned" in text
+    assert "ACCEPTED-REDUCED" not in page and "Verdict: ACCEPTED</p>" not in page
+
+
+# --- in a real browser: Debian's headless Chromium -----------------------------------------------
+#
+# The binary is driven directly (Playwright cannot download browsers here): --screenshot for the
+# picture, --log-net-log for every network event, --dump-dom for the page's width as the browser
+# laid it out. scripts/check.sh installs chromium-headless-shell and sets VMU_REQUIRE_BROWSER=1,
+# so in CI these tests run or fail, never skip.
+
+PHONE = (390, 844)  # CSS px of a current phone's portrait viewport
+BROWSER_TIMEOUT = 120  # seconds a browser run may take before it is killed (a run takes ~1 s here)
+
+
+def _browser() -> str:
+    import os
+    import shutil
+
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    why = "no headless Chromium on PATH (apt-get install chromium-headless-shell)"
+    if os.environ.get("VMU_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"VMU_REQUIRE_BROWSER=1 but {why}")
+    pytest.skip(f"{why}; scripts/check.sh installs it and requires these tests")
+
+
+def _chromium(tmp_path: Any, page_file: Any, *args: str) -> str:
+    """Run the browser once on ``page_file`` at a phone's window size; return its stdout. The
+    process group is killed on timeout (and any straggler after it exits)."""
+    import os
+    import signal
+    import subprocess
+
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+           "--disable-extensions", "--disable-background-networking", "--hide-scrollbars", f"--user-data-dir={profile}",
+           f"--window-size={PHONE[0]},{PHONE[1]}", *args, page_file.as_uri()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BROWSER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the browser did not finish within {BROWSER_TIMEOUT} s: {' '.join(cmd)}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # helpers (zygote, GPU process) left behind
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, f"browser exit {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
+    return out.decode("utf-8", errors="replace")
+
+
+def _network_events(netlog: Any) -> list[str]:
+    """Every NetLog event that is a network request or lookup: an event naming a URL other than
+    a file: or data: one, a host resolution (DNS), or a socket connect."""
+    d = json.loads(netlog.read_text(encoding="utf-8"))
+    names = {v: k for k, v in d["constants"]["logEventTypes"].items()}
+    out = []
+    for e in d["events"]:
+        name = names.get(e["type"], str(e["type"]))
+        url = (e.get("params") or {}).get("url")
+        if isinstance(url, str) and not url.startswith(("file:", "data:")):
+            out.append(f"{name} {url}")
+        elif name.startswith(("HOST_RESOLVER", "DNS_TRANSACTION", "TCP_CONNECT", "SOCKET_CONNECT", "UDP_CONNECT",
+                              "SSL_CONNECT", "QUIC_SESSION_CREATED", "URL_REQUEST_START_JOB")):
+            out.append(name)
+    return out
+
+
+def _write(tmp_path: Any, name: str, page: str) -> Any:
+    f = tmp_path / name
+    f.write_text(page, encoding="utf-8")
+    return f
+
+
+def _reduced_report(full_report: dict[str, Any]) -> dict[str, Any]:
+    r = {**full_report, "verdict": "accepted-reduced", "exit_code": 3, "inconclusive": True}
+    r["policy"] = {"name": "agency", "unmet": AGENCY_UNMET}
+    r["challenge"] = {"mode": "fiat-shamir", "seed": "00" * 32, "sampled_by": "owner"}
+    return r
+
+
+def test_browser_screenshot_at_phone_width(tmp_path: Any, full_report: dict[str, Any]) -> None:
+    from PIL import Image
+
+    f = _write(tmp_path, "report.html", render_html(_reduced_report(full_report)))
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, f, f"--screenshot={shot}")
+    data = shot.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    with Image.open(shot) as im:
+        assert im.size == PHONE
+        rgb = im.convert("RGB")
+        colors = rgb.getcolors(maxcolors=1 << 16) or []
+        assert len(colors) > 20, "the screenshot is blank"
+        # the warn banner (#fff4d6) of 'accepted with reduced checks' is in the first screen
+        warn = sum(1 for y in range(0, 400, 2) for x in range(0, PHONE[0], 2) if rgb.getpixel((x, y)) == (255, 244, 214))
+        assert warn > 1000
+
+
+def test_browser_makes_no_network_request(tmp_path: Any, page: str) -> None:
+    f = _write(tmp_path, "report.html", page)
+    log = tmp_path / "net.json"
+    _chromium(tmp_path, f, f"--log-net-log={log}", "--dump-dom")
+    assert _network_events(log) == []
+    # the check can fail: a page that loads an image from a host is caught (DNS lookup, request)
+    leak = _write(tmp_path, "leak.html", '<!DOCTYPE html><html><body><img src="http://vmu-test.invalid/x.png"></body></html>')
+    log2 = tmp_path / "net2.json"
+    _chromium(tmp_path, leak, f"--log-net-log={log2}", "--dump-dom")
+    events = _network_events(log2)
+    assert any("http://vmu-test.invalid/x.png" in e for e in events) and any(e.startswith("HOST_RESOLVER") for e in events)
+
+
+_MEASURE = ('<script>document.body.setAttribute("data-scroll-width", '
+            'String(document.documentElement.scrollWidth))</script></body>')
+
+
+def _scroll_width(tmp_path: Any, page: str, name: str) -> int:
+    """The page's laid-out width at a phone's window, read back from a copy of the page with one
+    measuring script added (its CSP then allows inline scripts, nothing else)."""
+    import re
+
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    assert page.count(csp) == 1 and page.count("</body>") == 1
+    copy = page.replace(csp, csp + "; script-src 'unsafe-inline'").replace("</body>", _MEASURE)
+    dom = _chromium(tmp_path, _write(tmp_path, name, copy), "--dump-dom")
+    m = re.search(r'data-scroll-width="(\d+)"', dom)
+    assert m, "the measuring script did not run"
+    return int(m.group(1))
+
+
+def test_browser_page_fits_a_phone(tmp_path: Any, full_report: dict[str, Any]) -> None:
+    for i, r in enumerate((full_report, _reduced_report(full_report), base_report("rejected"))):
+        assert _scroll_width(tmp_path, render_html(r), f"r{i}.html") <= PHONE[0]
+    # the check can fail: the same page with one table outside its scrolling container is wider
+    wide = render_html(full_report).replace('<div class="scroll">', "<div>", 1).replace("min-width:10em", "min-width:40em")
+    assert _scroll_width(tmp_path, wide, "wide.html") > PHONE[0]

@@ -275,7 +275,7 @@ class Verification:
     @property
     def unmet(self) -> list[str]:
         """The requirements of the policy in effect that this verification did not meet."""
-        return unmet_requirements(self.options.policy, self.options, self.results)
+        return unmet_requirements(self.options.policy, self.options, self.results, self.nonfinite_shards)
 
     @property
     def exit_code(self) -> int:

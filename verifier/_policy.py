@@ -49,6 +49,8 @@ _REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("complete-replay", f"the deletion lineage is replayed in full and at least {DEFAULT_REPLAY} other segments "
                             "are sampled (no --unsafe-no-replay, --replay not below the default)"),
         ("residual-passed", "step 19 ran and passed (no --no-residual; an inconclusive result does not count)"),
+        ("finite-models", "every final constituent model has finite weights and momentum (step 15 found no NaN or "
+                          "infinity)"),
     ),
 }
 POLICIES: tuple[str, ...] = tuple(_REQUIREMENTS)
@@ -79,9 +81,12 @@ def policy_descriptor(name: str) -> dict[str, Any]:
     return {"uri": doc["uri"], "digest": {"sha256": hashlib.sha256(canonical_json(doc)).hexdigest()}}
 
 
-def unmet_requirements(name: str, options: Any, results: Sequence[Any]) -> list[str]:
+def unmet_requirements(
+    name: str, options: Any, results: Sequence[Any], nonfinite_shards: Sequence[int] = ()
+) -> list[str]:
     """The requirements of policy ``name`` that this verification did not meet, as
-    ``"<id>: <why>"`` lines. ``options`` is a ``VerifyOptions``, ``results`` the step results."""
+    ``"<id>: <why>"`` lines. ``options`` is a ``VerifyOptions``, ``results`` the step results,
+    ``nonfinite_shards`` the shards whose final constituent step 15 found non-finite."""
     ids = {i for i, _ in _check(name)}
     status = {r.step: r.status for r in results}
     out: list[str] = []
@@ -109,4 +114,7 @@ def unmet_requirements(name: str, options: Any, results: Sequence[Any]) -> list[
             out.append("residual-passed: step 19 was inconclusive")
         elif st != "pass":
             out.append(f"residual-passed: step 19 is {st or 'missing'}")
+    if "finite-models" in ids and nonfinite_shards:
+        out.append(f"finite-models: the final constituent of shard(s) {', '.join(map(str, nonfinite_shards))} holds "
+                   "NaN or infinite values (a diverged model the owner signed)")
     return out

@@ -3,7 +3,8 @@
 Exit codes: 0 accepted; 1 rejected (a check failed: the bundle's claims are false); 2 unusable
 input (not a bundle, unsupported version, unreadable, unsafe archive, bad arguments); 3 accepted
 with reduced checks (only under ``--policy agency``: every check passed, but a requirement of the
-policy was not met). Errors are one line; ``--verbose`` adds the traceback.
+policy was not met); 130 interrupted (Ctrl-C: no verdict). Errors are one line; ``--verbose``
+adds the traceback.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = ["EXIT_ACCEPTED", "EXIT_REDUCED", "EXIT_REJECTED", "EXIT_UNUSABLE", "b
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
 EXIT_UNUSABLE = 2
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as a shell reports it
 #: The reader of stdout went away (SIGPIPE's 128 + 13, as a shell reports it).
 EXIT_BROKEN_PIPE = 141
 
@@ -191,6 +193,9 @@ def _witness(arg: str) -> WitnessKey:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # nothing was judged; no report is written half
+        print("vmu-verify: interrupted: no verdict", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
