@@ -500,7 +500,7 @@ class Workspace:
                 descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
         audit_rows = np.flatnonzero(role == 1)
         audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
-        # The test split is committed too (specs/06 section 4), so that a deletion request for a
+        # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
         # test record can be proven to name a committed record that no slice holds.
         test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
         ds_root = dataset_root(descriptors)

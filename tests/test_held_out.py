@@ -416,7 +416,7 @@ def test_step_06_malformed_held_out_is_unusable(edit: Any, fragment: str) -> Non
 
 def test_log_without_a_committed_test_split_still_verifies() -> None:
     """Logs written before the test split was committed (an audit entry of `root` and `size` only)
-    keep verifying: the new fields are optional (specs/06 section 4)."""
+    keep verifying: the new fields are optional (specs/06 section 5)."""
 
     def old_audit_entry(ctx: Any) -> None:
         audit = next(b for k, b in ctx.entries if k == "audit")
