@@ -972,8 +972,16 @@ class Workspace:
                 raise BadInput(f"record {i!r} was already deleted (request {deleted_by})")
             if role not in ("train", "test", "audit"):
                 raise WorkspaceError(f"record {i!r} has the unknown role {role!r}: the workspace is damaged")
+            if role == "test" and not self._commits_test_split():
+                raise BadInput(f"record {i!r} is in the test split, which this workspace's log does not commit "
+                               "(it was committed by an older release): its deletion could not be proven")
             out.append((rownum, i, shard, slc, commitment, key))
         return out
+
+    def _commits_test_split(self) -> bool:
+        """Whether the commit block's audit entry commits the test split (``test_root``)."""
+        cfg = self.config
+        return "test_root" in self._log.entry(2 + cfg.shards * cfg.slices).body
 
     def forget(
         self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None, ray_address: str | None = None

@@ -253,6 +253,19 @@ def test_forget_rejects_duplicates_already_deleted_and_accepts_held_out(trained_
             ws.forget([test_id])
 
 
+def test_forget_refuses_test_records_of_a_log_without_a_committed_test_split(
+    trained_ws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace committed by an older release (its audit entry has no test_root): deleting a test
+    record could not be proven, so the prover refuses it instead of signing a claim the verifier
+    rejects."""
+    monkeypatch.setattr(Workspace, "_commits_test_split", lambda self: False)
+    with _open(trained_ws) as ws:
+        test_id = ws.log.connection.execute("SELECT id FROM p_records WHERE role='test' LIMIT 1").fetchone()[0]
+        with pytest.raises(BadInput, match="does not commit"):
+            ws.forget([test_id])
+
+
 def test_cli_exit_codes_and_one_line_errors(trained_ws: str, capsys: pytest.CaptureFixture) -> None:
     assert vmu_main(["forget", trained_ws, "--ids", "no-such-id"]) == 2
     err = capsys.readouterr().err
