@@ -534,6 +534,9 @@ class Workspace:
                 descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
         audit_rows = np.flatnonzero(role == 1)
         audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+        # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
+        # test record can be proven to name a committed record that no slice holds.
+        test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
         ds_root = dataset_root(descriptors)
         roles = {0: "train", 1: "audit", 2: "test"}
         db = self._db()
@@ -585,7 +588,17 @@ class Workspace:
                         ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
                     )
             items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
-            items.append(("audit", {"root": audit_tree.root.hex(), "size": str(len(audit_tree))}))
+            items.append(
+                (
+                    "audit",
+                    {
+                        "root": audit_tree.root.hex(),
+                        "size": str(len(audit_tree)),
+                        "test_root": test_tree.root.hex(),
+                        "test_size": str(len(test_tree)),
+                    },
+                )
+            )
             ckpt_at = []
             for s in range(cfg.shards):
                 ckpt_at.append(len(items))
@@ -950,7 +963,12 @@ class Workspace:
 
     def split_rows(self, role: str) -> np.ndarray:
         return np.asarray(
-            [r for (r,) in self._db().execute("SELECT row FROM p_records WHERE role=? ORDER BY row", (role,))],
+            [
+                r
+                for (r,) in self._db().execute(
+                    "SELECT row FROM p_records WHERE role=? AND deleted_by IS NULL ORDER BY row", (role,)
+                )
+            ],
             dtype=np.int64,
         )
 
@@ -967,7 +985,9 @@ class Workspace:
 
     # --- unlearning ----------------------------------------------------------------------------
 
-    def _validate_ids(self, ids: Sequence[str]) -> list[tuple[int, str, int, int, bytes, bytes]]:
+    def _validate_ids(self, ids: Sequence[str]) -> list[tuple[int, str, int | None, int | None, bytes, bytes]]:
+        """Each id's ``(row, id, shard, slice, commitment, key)``; shard and slice are None for a
+        held-out record (test or audit split: never trained on, deleted without retraining)."""
         if not ids:
             raise BadInput("no record ids were given")
         seen: set[str] = set()
@@ -986,10 +1006,18 @@ class Workspace:
             rownum, role, shard, slc, commitment, key, deleted_by = row
             if deleted_by is not None:
                 raise BadInput(f"record {i!r} was already deleted (request {deleted_by})")
-            if role != "train":
-                raise BadInput(f"record {i!r} is in the {role} split and was never trained on")
+            if role not in ("train", "test", "audit"):
+                raise WorkspaceError(f"record {i!r} has the unknown role {role!r}: the workspace is damaged")
+            if role == "test" and not self._commits_test_split():
+                raise BadInput(f"record {i!r} is in the test split, which this workspace's log does not commit "
+                               "(it was committed by an older release): its deletion could not be proven")
             out.append((rownum, i, shard, slc, commitment, key))
         return out
+
+    def _commits_test_split(self) -> bool:
+        """Whether the commit block's audit entry commits the test split (``test_root``)."""
+        cfg = self.config
+        return "test_root" in self._log.entry(2 + cfg.shards * cfg.slices).body
 
     def forget(
         self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None, ray_address: str | None = None
@@ -1019,10 +1047,13 @@ class Workspace:
         head_before = self._ensure_signed_head()
         size_before = self._log.size
         plan: dict[int, int] = {}
-        for _, _, shard, slc, _, _ in recs:
-            plan[shard] = min(plan.get(shard, slc + 1), slc + 1)  # stages are 1-based
+        trained: list[tuple[int, str, int, int, bytes, bytes]] = []
+        for row, rid, shard, slc, c, k in recs:
+            if shard is not None and slc is not None:  # held-out records retrain nothing
+                plan[shard] = min(plan.get(shard, slc + 1), slc + 1)  # stages are 1-based
+                trained.append((row, rid, shard, slc, c, k))
         db = self._db()
-        evidence = self._evidence_before(recs, plan)
+        evidence = self._evidence_before(trained, plan)
         with self._log.transaction():
             n = (db.execute("SELECT COALESCE(MAX(n), 0) FROM p_requests").fetchone()[0]) + 1
             request_digest = tagged_hash(TAG_REQUEST, canonical_json({"n": str(n), "ids": sorted(ids)}))
