@@ -7,7 +7,9 @@ the heads before and after are linked by a consistency proof.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from verifiable_mu._dsse import make_statement
@@ -123,8 +125,15 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
             "consistency": ws.log.consistency_proof(size_before, size_after).to_json(),
         },
     }
+    # One subject per constituent of the model after the request, in shard order: the checkpoint
+    # file's path in the store and the SHA-256 of its bytes, what any in-toto tool hashes; the
+    # model digest is in the predicate (model_after).
+    subjects = []
+    for d in model_after.body["shards"]:
+        with open(os.path.join(ws.store, f"{d}.safetensors"), "rb") as f:
+            subjects.append((f"checkpoints/{d}.safetensors", {"sha256": hashlib.sha256(f.read()).hexdigest()}))
     return make_statement(
-        subjects=[("model", {"sha256": model_after.body["digest"]})],
+        subjects=subjects,
         predicate_type=PREDICATE_DELETION,
         predicate=predicate,
     )

@@ -612,10 +612,10 @@ def _check_statement(stmt: Any, what: str) -> None:
     if stmt["predicateType"] != PREDICATE_DELETION:
         raise InvalidBundle(f"{what}: predicateType is {str(stmt['predicateType'])[:80]!r}, expected {PREDICATE_DELETION!r}")
     subj = stmt["subject"]
-    if (not isinstance(subj, list) or len(subj) != 1 or not isinstance(subj[0], dict)
-            or set(subj[0]) != {"name", "digest"} or not isinstance(subj[0]["digest"], dict)
-            or set(subj[0]["digest"]) != {"sha256"}):
-        raise InvalidBundle(f"{what}: the statement must have one subject with a sha256 digest")
+    if (not isinstance(subj, list) or not 1 <= len(subj) <= 1024
+            or any(not isinstance(x, dict) or set(x) != {"name", "digest"} or not isinstance(x["digest"], dict)
+                   or set(x["digest"]) != {"sha256"} for x in subj)):
+        raise InvalidBundle(f"{what}: the statement must have 1 to 1024 subjects, each a name and a sha256 digest")
 
 
 def _step_07(v: Verification) -> None:
@@ -1205,8 +1205,19 @@ def _step_15(v: Verification) -> None:
         for m in (mb, ma):
             if m.digest != _model_digest(m.shards):
                 raise ModelMismatch(f"{w}: model entry {m.index} has a digest that is not the hash of its constituents")
-        if t.subject_digest != ma.digest:
-            raise ModelMismatch(f"{w}: the statement's subject is not the model_after digest")
+        if t.subject_digest is not None:  # an older transcript: one subject, the model digest
+            if t.subject_digest != ma.digest:
+                raise ModelMismatch(f"{w}: the statement's subject is not the model_after digest")
+        else:
+            if [d for d, _ in t.subject_files] != list(ma.shards):
+                raise ModelMismatch(f"{w}: the statement's subjects are not the checkpoint files of model_after's "
+                                    "constituents, in shard order")
+            for s, (d, file_sha) in enumerate(t.subject_files):
+                data = b.checkpoints.get(d)  # the bundle holds the final model's files; earlier ones by name only
+                if data is not None and hashlib.sha256(data).digest() != file_sha:
+                    raise ModelMismatch(f"{w}: subject {s} gives SHA-256 {file_sha.hex()[:16]}... for "
+                                        f"checkpoints/{d.hex()}.safetensors, the bundle's file hashes to "
+                                        f"{hashlib.sha256(data).hexdigest()[:16]}...")
         prev = t.model_after
     assert prev is not None
     for s, d in enumerate(ModelBody.parse(prev.entry).shards):

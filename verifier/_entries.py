@@ -39,6 +39,9 @@ __all__ = [
     "Transcript",
 ]
 
+#: A per-file subject of a deletion transcript (specs/07).
+_SUBJECT_FILE = re.compile(r"checkpoints/([0-9a-f]{64})\.safetensors")
+
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?")
@@ -420,7 +423,9 @@ class Transcript:
     """A signature-checked deletion transcript (predicate version 1), parsed."""
 
     payload: bytes
-    subject_digest: bytes
+    subject_digest: bytes | None  # the single 'model' subject of older transcripts
+    # Per-file subjects: (content digest from the name, SHA-256 of the file), in shard order.
+    subject_files: tuple[tuple[bytes, bytes], ...]
     origin: str
     request: int
     deletion: Disclosure
@@ -452,9 +457,19 @@ class Transcript:
     @classmethod
     def parse(cls, statement: dict[str, Any], payload: bytes, what: str) -> Transcript:
         subj = statement["subject"]
-        if len(subj) != 1 or subj[0].get("name") != "model":
-            raise InvalidBundle(f"{what}: the statement must have exactly one subject, 'model'")
-        subject_digest = hex32(subj[0]["digest"]["sha256"], what=f"{what} subject digest", exc=InvalidBundle)
+        subject_digest = None
+        files: list[tuple[bytes, bytes]] = []
+        if len(subj) == 1 and subj[0].get("name") == "model":  # transcripts written before per-file subjects
+            subject_digest = hex32(subj[0]["digest"]["sha256"], what=f"{what} subject digest", exc=InvalidBundle)
+        else:
+            for i, sj in enumerate(subj):
+                name = sj.get("name")
+                m = _SUBJECT_FILE.fullmatch(name) if isinstance(name, str) else None
+                if m is None:
+                    raise InvalidBundle(f"{what}: subject {i} is not named checkpoints/<64 hex>.safetensors (or the "
+                                        "single subject 'model' of older transcripts)")
+                files.append((bytes.fromhex(m.group(1)),
+                              hex32(sj["digest"]["sha256"], what=f"{what} subject {i} digest", exc=InvalidBundle)))
         p = _Body(f"{what} predicate", statement["predicate"],
                   {"version", "origin", "request", "records", "shards", "model_before", "model_after", "log"},
                   {"held_out"})
@@ -509,6 +524,7 @@ class Transcript:
         return cls(
             payload=payload,
             subject_digest=subject_digest,
+            subject_files=tuple(files),
             origin=p.str("origin", 256),
             request=req.dec("n"),
             deletion=Disclosure.parse(req.d["deletion"], f"{what} request deletion"),
