@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from verifiable_mu._canonical import canonical_json
+from verifiable_mu._disclosure import disclosure_summary
 from verifiable_mu._range import RangeProof, range_path
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
@@ -86,6 +87,7 @@ class BundleInfo:
     bytes_without_checkpoints: int
     openings: int
     complete: tuple[int, ...] = ()  # end-checkpoint log indices of the deletion lineage (replayed in full)
+    disclosure: dict[str, Any] | None = None  # what the bundle opens (also in its manifest)
 
 
 def _payload(env_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
@@ -366,6 +368,8 @@ def write_bundle(
     }
     if audit_proof is not None:
         openings_doc["audit_proof"] = audit_proof
+    n_train = sum(1 for _, role, _ in rows.values() if role == "train")
+    disclosure = disclosure_summary(len(deleted), len(audit), len(training), n_train)
 
     # Slice records: the (key, commitment) pairs of every slice a retraining trained on, so the
     # verifier can recompute each epoch's committed visiting order and check every retraining
@@ -475,6 +479,7 @@ def write_bundle(
         "sample": [str(r.end_index) for r in drawn],
         "original": original,
         "members": {name: hashlib.sha256(data).hexdigest() for name, data in members},
+        "disclosure": disclosure,
     }
     out = os.fspath(out)
     tmp = f"{out}.tmp.{os.getpid()}"
@@ -503,4 +508,5 @@ def write_bundle(
         bytes_total=total,
         bytes_without_checkpoints=total - ck_bytes,
         openings=len(audit) + len(deleted) + len(training),
+        disclosure=disclosure,
     )

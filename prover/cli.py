@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from verifiable_mu import __version__
 from verifiable_mu._age import encrypt as age_encrypt
 from verifiable_mu._age import recipients as age_recipients
+from verifiable_mu._disclosure import disclosure_line
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
@@ -249,6 +250,8 @@ def _run(args: argparse.Namespace) -> int:
             f"segments disclosed for replay, {info.openings} record openings, {info.bytes_total} bytes "
             f"({info.bytes_without_checkpoints} without checkpoints)"
         )
+        if info.disclosure is not None:
+            print("  " + disclosure_line(info.disclosure))
         return EXIT_OK
     if args.command == "status":
         if args.ids is not None:

@@ -344,7 +344,7 @@ class Manifest:
             d,
             "manifest.json",
             {"type", "version", "origin", "transcripts", "challenge", "replay", "sample", "original", "members"},
-            {"generator", "created"},
+            {"generator", "created", "disclosure"},
         )
         origin = d["origin"]
         if not isinstance(origin, str) or not 0 < len(origin) <= 256:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from verifiable_mu._disclosure import disclosure_line, disclosure_summary
+
 from ._checks import ESCAPE_FRACTIONS, CheckResult, Verification
 from ._policy import policy_descriptor
 
@@ -23,6 +25,17 @@ def report_schema() -> dict[str, Any]:
     from importlib.resources import files
 
     return dict(json.loads(files("verifier").joinpath(REPORT_SCHEMA).read_text(encoding="utf-8")))
+
+
+def disclosure(v: Verification) -> dict[str, Any] | None:
+    """What the bundle opened, counted by the verifier from the openings it read (never the
+    manifest's own summary); None when the openings were not read (verification stopped first)."""
+    b, cfg = v.bundle, v.config
+    if b is None or cfg is None or getattr(b, "openings", None) is None or 16 not in {r.step for r in v.results
+                                                                                        if r.status == "pass"}:
+        return None
+    op = b.openings
+    return disclosure_summary(len(op.deleted), len(op.audit), len(op.training), cfg.n_train)
 
 
 def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
@@ -91,6 +104,7 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "temporal": v.temporal_reports,
         "inconclusive": v.inconclusive,
         "nonfinite_shards": list(v.nonfinite_shards),
+        "disclosure": disclosure(v),
         "escape_probability": v.escape(),
         "timing": {k: round(x, 6) for k, x in v.timings.items()},
     }
@@ -118,6 +132,9 @@ def render_text(v: Verification, *, path: str | None = None, streamed: bool = Fa
         lines.append(f"  signed by: {v.note_verifier.vkey} ({how})")
     if not streamed:
         lines.extend(step_line(r) for r in v.results)
+    d = disclosure(v)
+    if d is not None:
+        lines.append("  " + disclosure_line(d))
     if v.population:
         lines.append(f"  replay: {v.sampling_statement()}")
     if v.replay_report and v.replay_report.get("segments"):
