@@ -299,3 +299,22 @@ def test_config_code_field_is_checked() -> None:
     builtin["model"]["name"] = "mlp"
     with pytest.raises(InvalidBundle, match="carries no code digests"):
         ConfigBody.parse(LogEntry(index=0, kind="config", body=builtin, leaf_hash=bytes(32)))
+
+
+def test_step19_loads_the_factory_only_as_the_committed_code(owner: dict[str, Any]) -> None:
+    """Step 19 (when step 18 replayed nothing) loads the final constituents through the same
+    checks: the shipped source works without the module; a tampered file is refused."""
+    from prover import Workspace
+    from verifier._models import load_models
+
+    with Workspace.open(owner["ws"]) as ws:
+        model = ws.log.entry(0).body["model"]
+        digest = bytes.fromhex(ws.log.entry(ws.log.size - 1).body["shards"][0])
+    members = members_of(owner["with"].read_bytes())
+    source = {n[len("model/source/"):]: b for n, b in members.items() if n.startswith("model/source/")}
+    files = [(digest, members[f"checkpoints/{digest.hex()}.safetensors"])]
+    (proba,) = load_models(model, files, allow_factories=(FACTORY,), model_source=source)
+    assert proba(np.zeros((2, 6), dtype=np.float32)).shape == (2, 3)
+    source["vmu_testnet/net.py"] += b"# one more line\n"
+    with pytest.raises(ModelCodeError, match="model code differs from the committed code: file vmu_testnet/net.py"):
+        load_models(model, files, allow_factories=(FACTORY,), model_source=source)

@@ -118,6 +118,7 @@ def model_factory(
     from verifiable_mu._modelcode import (
         ModelCodeError,
         compare_files,
+        file_list,
         isolated_import,
         locate_source,
         source_digest,
@@ -133,9 +134,6 @@ def model_factory(
             f"the config commits no digest of the code of the factory {spec.name!r} (a log written before model code "
             "was committed): the code this machine would run cannot be checked against the owner's"
         )
-    key = (canonical_json(dict(model)), source_digest(code["files"]))
-    if key in _FACTORIES:
-        return spec, _FACTORIES[key]
     mod_name, fn_name = split_factory(spec.name)
     if source:
         files, where = dict(source), "the bundle's model/source/ files"
@@ -151,6 +149,10 @@ def model_factory(
     why = compare_files(code["files"], files)
     if why is not None:
         raise ModelCodeError(f"{CODE_DIFFERS}: {why} (in {where})")
+    # Cached only once these very files matched (a later call with other files checks them anew).
+    key = (canonical_json(dict(model)), source_digest(file_list(files)))
+    if key in _FACTORIES:
+        return spec, _FACTORIES[key]
     module = isolated_import(mod_name, files)
     factory = getattr(module, fn_name, None)
     if not callable(factory):
