@@ -648,13 +648,17 @@ class Workspace:
                     )
                 )
         spec = self._model_spec()
+        model = spec.to_json()
+        code = self._log.entry(0).body["model"].get("code") if self._log.size else None
+        if code is not None:  # each worker (a pool process, a Ray node) checks its own copy of the code
+            model["code"] = code
         return _sisa.ShardTask(
             shard=shard,
             generation=gen,
             start_step=step,
             start_checkpoint=digest,
             stages=stages,
-            model=spec.to_json(),
+            model=model,
             hyper=cfg.hyper_json(),
             run_seed=cfg.seed,
             device=self._device(),

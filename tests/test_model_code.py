@@ -318,3 +318,23 @@ def test_step19_loads_the_factory_only_as_the_committed_code(owner: dict[str, An
     source["vmu_testnet/net.py"] += b"# one more line\n"
     with pytest.raises(ModelCodeError, match="model code differs from the committed code: file vmu_testnet/net.py"):
         load_models(model, files, allow_factories=(FACTORY,), model_source=source)
+
+
+def test_a_worker_with_other_model_code_refuses_to_train(owner: dict[str, Any], tmp_path: Path) -> None:
+    """A pool process or Ray node trains only if its own copy of the factory is the committed one."""
+    from prover import Workspace
+    from prover._errors import WorkspaceError
+    from prover._sisa import _check_model_code
+
+    with Workspace.open(owner["ws"]) as ws:
+        model = ws.log.entry(0).body["model"]
+    copy = _write_pkg(tmp_path / "worker_code", blocks=BLOCKS_PY.replace("ReLU", "ReLU6"))
+    sys.path.insert(0, str(copy))
+    try:
+        with pytest.raises(WorkspaceError, match="this worker's model code differs from the committed code: file "
+                                                 "vmu_testnet/blocks.py"):
+            _check_model_code(model, None)
+    finally:
+        sys.path.remove(str(copy))
+        for k in [k for k in sys.modules if k.split(".")[0] == "vmu_testnet"]:
+            del sys.modules[k]
