@@ -143,15 +143,18 @@ def test_the_config_entry_commits_the_code_and_the_bundle_ships_it(owner: dict[s
 
 def test_custom_model_end_to_end_agency_without_the_module(owner: dict[str, Any], tmp_path: Path) -> None:
     # The agency's Python path lacks vmu_testnet: the bundle's shipped source is what runs.
-    p = _verify(owner["with"], None, tmp_path, "--allow-factory", FACTORY)
+    p = _verify(owner["with"], None, tmp_path, "--allow-factory", FACTORY, "--json", str(tmp_path / "r.json"))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "accepted" in p.stdout.lower()
+    assert "accepted" in p.stdout.lower() and "model code: vmu_testnet.net:make ran from the bundle's model source" in p.stdout
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["replay"]["model_code"]["from"] == "bundle" and rep["replay"]["model_code"]["files"] == 3
 
 
 def test_agency_with_an_identical_copy_verifies_a_bundle_without_source(owner: dict[str, Any], tmp_path: Path) -> None:
     copy = _write_pkg(tmp_path / "agency_code")
     p = _verify(owner["without"], copy, tmp_path, "--allow-factory", FACTORY)
     assert p.returncode == 0, p.stdout + p.stderr
+    assert "ran from this machine's copy" in p.stdout
 
 
 def test_step18_factory_refused_without_allow_factory(owner: dict[str, Any], tmp_path: Path) -> None:

@@ -192,4 +192,15 @@ def replay(
         "seconds": secs,
         "steps_per_second": total_steps / secs if secs > 0 else None,
         "warning": warning,
+        "model_code": _code_report(plan),
     }
+
+
+def _code_report(plan: ReplayPlan) -> dict[str, Any] | None:
+    """What step 18 checked of a factory model's code (``None`` for a built-in model): the
+    committed digests and where the code that ran came from (specs/09, step 18)."""
+    code = plan.model.get("code")
+    if code is None:
+        return None
+    return {"name": plan.model["name"], "source": code["source"], "structure": code["structure"],
+            "files": len(code["files"]), "from": "bundle" if plan.model_source else "verifier"}
