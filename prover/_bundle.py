@@ -347,6 +347,9 @@ def write_bundle(
     deleted_c: set[bytes] = set()
     for pred in preds:
         deleted_c |= {bytes.fromhex(r["commitment"]) for r in pred["records"]}
+        # Held-out records (test or audit split) are opened with the deleted ones: the request
+        # digest covers their ids (specs/08 section 4).
+        deleted_c |= {bytes.fromhex(r["commitment"]) for r in pred.get("held_out", {}).get("records", [])}
     used_c: set[bytes] = set()
     for r in picked:
         for e in log.entries(min(max(0, r.end_index - r.steps), r.end_index), r.end_index):
@@ -366,13 +369,20 @@ def write_bundle(
     audit_tree = SortedTree.build((k, c) for k, (_, _, c) in audit_rows.items())
     positions = sample_audit(seed, len(audit_tree), audit_max)
     audit_proof: dict[str, Any] | None = None
+    # An audit record deleted by a bundled request is opened among the deleted records, not here:
+    # its leaf is accounted for from the transcript (specs/08 section 4).
     if len(positions) == len(audit_tree):
-        audit = [opening(row, salt) for c, (row, role, salt) in sorted(rows.items()) if role == "audit"]
+        audit = [
+            opening(row, salt)
+            for c, (row, role, salt) in sorted(rows.items())
+            if role == "audit" and c not in deleted_c
+        ]
     else:
         audit = []
         for pos in positions:
-            row, salt, _ = audit_rows[audit_tree.key_at(pos)]
-            audit.append(opening(row, salt))
+            row, salt, c = audit_rows[audit_tree.key_at(pos)]
+            if c not in deleted_c:
+                audit.append(opening(row, salt))
         audit_proof = audit_tree.multi_proof(positions).to_json()  # one multiproof for all of them
     deleted = [opening(rows[c][0], rows[c][2]) for c in sorted(deleted_c)]
     training = [opening(rows[c][0], rows[c][2]) for c in sorted(used_c - deleted_c)]
@@ -449,6 +459,8 @@ def write_bundle(
     absence: dict[str, dict[str, Any]] = {}
     for (s, j), body in sorted(final_slices.items()):
         root_hex = body["root"]
+        if not deleted_keys:  # requests of held-out records only: no trained key to prove absent
+            break
         if f"{SLICES_DIR}{root_hex}.records" in slice_members or root_hex in derived or root_hex in absence:
             continue
         pairs = db.execute(

@@ -7,7 +7,9 @@ the heads before and after are linked by a consistency proof.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from verifiable_mu._dsse import make_statement
@@ -43,7 +45,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
     slices = ws.config.slices
 
     deleted = db.execute(
-        "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? ORDER BY key", (n,)
+        "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? AND role='train' ORDER BY key", (n,)
     ).fetchall()
     records = []
     for _rid, shard, slc, commitment, key in deleted:
@@ -105,6 +107,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
             }
         )
 
+    held_out = _held_out(ws, n, size_after)
     model_after_idx = int(ws._meta("model_index") or -1)
     model_after = ws.log.entry(model_after_idx)
     predicate = {
@@ -113,6 +116,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
         "request": {"n": str(n), "deletion": _disclose(ws, del_idx, size_after), "count": len(deleted)},
         "records": records,
         "shards": shards,
+        **({"held_out": held_out} if held_out is not None else {}),
         "model_before": _disclose(ws, evidence["model_before"], size_after),
         "model_after": _disclose(ws, model_after_idx, size_after),
         "log": {
@@ -121,8 +125,59 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
             "consistency": ws.log.consistency_proof(size_before, size_after).to_json(),
         },
     }
+    # One subject per constituent of the model after the request, in shard order: the checkpoint
+    # file's path in the store and the SHA-256 of its bytes, what any in-toto tool hashes; the
+    # model digest is in the predicate (model_after).
+    subjects = []
+    for d in model_after.body["shards"]:
+        with open(os.path.join(ws.store, f"{d}.safetensors"), "rb") as f:
+            subjects.append((f"checkpoints/{d}.safetensors", {"sha256": hashlib.sha256(f.read()).hexdigest()}))
     return make_statement(
-        subjects=[("model", {"sha256": model_after.body["digest"]})],
+        subjects=subjects,
         predicate_type=PREDICATE_DELETION,
         predicate=predicate,
     )
+
+
+def _held_out(ws: Workspace, n: int, size_after: int) -> dict[str, Any] | None:
+    """The held-out part of request ``n`` (specs/07, ``held_out``): its test and audit records,
+    each proven in the committed tree of its split, and one absence proof of all their keys in
+    every current slice of every shard after the request. None when the request has none."""
+    db = ws.log.connection
+    rows = db.execute(
+        "SELECT role, commitment, key FROM p_records WHERE deleted_by=? AND role IN ('test', 'audit') ORDER BY key",
+        (n,),
+    ).fetchall()
+    if not rows:
+        return None
+    trees = {
+        role: SortedTree.build(
+            (k, c) for k, c in db.execute("SELECT key, commitment FROM p_records WHERE role=?", (role,)).fetchall()
+        )
+        for role in sorted({r for r, _, _ in rows})
+    }
+    keys = [k for _, _, k in rows]
+    shards, slices = ws.config.shards, ws.config.slices
+    items = []
+    for s in range(shards):
+        for r in range(slices):
+            idx = db.execute(
+                "SELECT log_index FROM p_slices WHERE shard=? AND slice=? AND log_index<? "
+                "ORDER BY generation DESC LIMIT 1",
+                (s, r, size_after),
+            ).fetchone()[0]
+            live = db.execute(
+                "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+                "AND (deleted_by IS NULL OR deleted_by>?)",
+                (s, r, n),
+            ).fetchall()
+            tree = SortedTree.build((k, c) for k, c in live)
+            items.append({"slice": _disclose(ws, idx, size_after), "absence": tree.absence_proof(keys).to_json()})
+    return {
+        "records": [
+            {"commitment": c.hex(), "key": k.hex(), "split": role, "membership": trees[role].membership_proof(k).to_json()}
+            for role, c, k in rows
+        ],
+        "audit": _disclose(ws, 2 + shards * slices, size_after),
+        "slices": items,
+    }

@@ -166,11 +166,14 @@ class ForgetReport:
     shards_retrained: tuple[int, ...]
     slices_retrained: int
     steps: int
-    seconds: float
-    full_training_seconds: float
+    seconds: float  # compute time of the request, summed over interrupted and resumed runs
+    full_training_seconds: float  # the same for the original training
     speedup: float
     transcript_path: str
     tree_head: str
+    steps_total: int = 0  # steps retrained for the request, over all its runs
+    full_training_steps: int = 0  # steps of the original training
+    step_ratio: float = 0.0  # full_training_steps / steps_total (what the speed-up would be if steps cost alike)
 
 
 _SCHEMA = """
@@ -250,6 +253,8 @@ class Workspace:
         self.path = path
         self._name = name
         self._data_digest = data_digest
+        self._account: str | None = None  # the run whose compute time stage commits charge (see _charge)
+        self._account_clock = 0.0
         self.config = config
         self._key = key
         self._log = log
@@ -429,6 +434,35 @@ class Workspace:
     def _set_meta(self, key: str, value: str) -> None:
         self._db().execute("INSERT OR REPLACE INTO p_meta(key, value) VALUES(?, ?)", (key, value))
 
+    # --- compute time and steps, summed over interrupted and resumed runs ---------------------
+    # A run (train, or one request's forget) charges the wall time since its previous charge to
+    # its account at every stage commit, in the commit's own transaction: a run killed between
+    # commits loses only the uncommitted stage (whose work is redone, and charged, on resume),
+    # and the time the workspace sat idle between the runs is never charged.
+
+    def _start_account(self, account: str) -> None:
+        self._account, self._account_clock = account, time.perf_counter()
+
+    def _charge(self, steps: int) -> None:
+        """Inside a transaction: add the time since the last charge and ``steps`` to the account."""
+        account = self._account
+        if account is None:
+            return
+        now = time.perf_counter()
+        secs = float(self._meta(f"{account}_seconds") or 0.0) + (now - self._account_clock)
+        self._set_meta(f"{account}_seconds", repr(secs))
+        self._set_meta(f"{account}_steps", str(int(self._meta(f"{account}_steps") or 0) + steps))
+        self._account_clock = now
+
+    def _end_account(self) -> tuple[float, int]:
+        """Charge the time since the last commit (the run's closing work) and close the account;
+        return its totals."""
+        account = self._account
+        with self._log.transaction():
+            self._charge(0)
+        self._account = None
+        return float(self._meta(f"{account}_seconds") or 0.0), int(self._meta(f"{account}_steps") or 0)
+
     @property
     def committed(self) -> bool:
         return self._meta("committed") == "1"
@@ -506,6 +540,9 @@ class Workspace:
                 descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
         audit_rows = np.flatnonzero(role == 1)
         audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+        # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
+        # test record can be proven to name a committed record that no slice holds.
+        test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
         ds_root = dataset_root(descriptors)
         roles = {0: "train", 1: "audit", 2: "test"}
         db = self._db()
@@ -557,7 +594,17 @@ class Workspace:
                         ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
                     )
             items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
-            items.append(("audit", {"root": audit_tree.root.hex(), "size": str(len(audit_tree))}))
+            items.append(
+                (
+                    "audit",
+                    {
+                        "root": audit_tree.root.hex(),
+                        "size": str(len(audit_tree)),
+                        "test_root": test_tree.root.hex(),
+                        "test_size": str(len(test_tree)),
+                    },
+                )
+            )
             ckpt_at = []
             for s in range(cfg.shards):
                 ckpt_at.append(len(items))
@@ -748,6 +795,7 @@ class Workspace:
             )
             if res.stage == self.config.slices:
                 db.execute("UPDATE p_shards SET target_from=NULL WHERE shard=?", (task.shard,))
+            self._charge(len(res.steps))
             _fault_point("inside")
         _fault_point("after")
         return len(res.steps)
@@ -794,20 +842,21 @@ class Workspace:
         """Commit (once) and train every shard that still has stages to run; resumable."""
         self._warm_up()  # import torch and pay its first-step costs before the clock starts
 
+        self._account = None  # a new run: whatever an interrupted one left open is not charged
         self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
-        t0 = time.perf_counter()
+        self._start_account("train")
         self.commit()
         tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
         steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
         if not self.trained:
             with self._log.transaction():
                 self._log_model("train", None)
-                prev = float(self._meta("train_seconds") or 0.0)
-                self._set_meta("train_seconds", repr(prev + time.perf_counter() - t0))
+                self._charge(0)
                 self._set_meta("trained", "1")
             self._sign_head()
         elif tasks:
             self._sign_head()
+        self._account = None
         head = self._log.latest_tree_head()
         return TrainReport(
             shards=self.config.shards,
@@ -960,7 +1009,12 @@ class Workspace:
 
     def split_rows(self, role: str) -> np.ndarray:
         return np.asarray(
-            [r for (r,) in self._db().execute("SELECT row FROM p_records WHERE role=? ORDER BY row", (role,))],
+            [
+                r
+                for (r,) in self._db().execute(
+                    "SELECT row FROM p_records WHERE role=? AND deleted_by IS NULL ORDER BY row", (role,)
+                )
+            ],
             dtype=np.int64,
         )
 
@@ -977,7 +1031,9 @@ class Workspace:
 
     # --- unlearning ----------------------------------------------------------------------------
 
-    def _validate_ids(self, ids: Sequence[str]) -> list[tuple[int, str, int, int, bytes, bytes]]:
+    def _validate_ids(self, ids: Sequence[str]) -> list[tuple[int, str, int | None, int | None, bytes, bytes]]:
+        """Each id's ``(row, id, shard, slice, commitment, key)``; shard and slice are None for a
+        held-out record (test or audit split: never trained on, deleted without retraining)."""
         if not ids:
             raise BadInput("no record ids were given")
         seen: set[str] = set()
@@ -996,10 +1052,18 @@ class Workspace:
             rownum, role, shard, slc, commitment, key, deleted_by = row
             if deleted_by is not None:
                 raise BadInput(f"record {i!r} was already deleted (request {deleted_by})")
-            if role != "train":
-                raise BadInput(f"record {i!r} is in the {role} split and was never trained on")
+            if role not in ("train", "test", "audit"):
+                raise WorkspaceError(f"record {i!r} has the unknown role {role!r}: the workspace is damaged")
+            if role == "test" and not self._commits_test_split():
+                raise BadInput(f"record {i!r} is in the test split, which this workspace's log does not commit "
+                               "(it was committed by an older release): its deletion could not be proven")
             out.append((rownum, i, shard, slc, commitment, key))
         return out
+
+    def _commits_test_split(self) -> bool:
+        """Whether the commit block's audit entry commits the test split (``test_root``)."""
+        cfg = self.config
+        return "test_root" in self._log.entry(2 + cfg.shards * cfg.slices).body
 
     def forget(
         self, ids: Sequence[str], *, backend: str = "local", workers: int | None = None, ray_address: str | None = None
@@ -1012,6 +1076,7 @@ class Workspace:
                 + (f" (for one record: [{one!r}])" if isinstance(one, str) else "")
             )
         self._warm_up()  # import torch and pay its first-step costs before the clock starts
+        self._account = None  # a new run: whatever an interrupted one left open is not charged
 
         ids = [str(i) for i in ids]
         pending = self._pending_request()
@@ -1024,13 +1089,17 @@ class Workspace:
             raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
         recs = self._validate_ids(ids)
         t0 = time.time()
+        clock = time.perf_counter()
         head_before = self._ensure_signed_head()
         size_before = self._log.size
         plan: dict[int, int] = {}
-        for _, _, shard, slc, _, _ in recs:
-            plan[shard] = min(plan.get(shard, slc + 1), slc + 1)  # stages are 1-based
+        trained: list[tuple[int, str, int, int, bytes, bytes]] = []
+        for row, rid, shard, slc, c, k in recs:
+            if shard is not None and slc is not None:  # held-out records retrain nothing
+                plan[shard] = min(plan.get(shard, slc + 1), slc + 1)  # stages are 1-based
+                trained.append((row, rid, shard, slc, c, k))
         db = self._db()
-        evidence = self._evidence_before(recs, plan)
+        evidence = self._evidence_before(trained, plan)
         with self._log.transaction():
             n = (db.execute("SELECT COALESCE(MAX(n), 0) FROM p_requests").fetchone()[0]) + 1
             request_digest = tagged_hash(TAG_REQUEST, canonical_json({"n": str(n), "ids": sorted(ids)}))
@@ -1049,6 +1118,8 @@ class Workspace:
                 "VALUES(?,?,?,?,?,?,?,?)",
                 (n, json.dumps(ids), "pending", del_idx, size_before, head_before, t0, json.dumps(evidence)),
             )
+            self._account, self._account_clock = f"request_{n}", clock  # the request's clock started above
+            self._charge(0)
             # Roll back: new generation, new slice trees for the affected slices.
             for shard, from_stage in sorted(plan.items()):
                 gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0] + 1
@@ -1127,6 +1198,8 @@ class Workspace:
         from ._transcript import build_transcript
 
         db = self._db()
+        if self._account != f"request_{n}":  # a resumed request: its own clock starts now
+            self._start_account(f"request_{n}")
         evidence = json.loads(db.execute("SELECT plan FROM p_requests WHERE n=?", (n,)).fetchone()[0])
         plan = {int(k): v for k, v in evidence["plan"].items()}
         tasks = [t for t in (self._shard_task(s) for s in sorted(plan)) if t is not None]
@@ -1140,8 +1213,7 @@ class Workspace:
         env = sign_statement(statement, [self._key])
         tpath = os.path.join(self.path, TRANSCRIPT_DIR, f"{n:06d}.dsse.json")
         atomic_write(tpath, env.to_bytes())
-        started = db.execute("SELECT started FROM p_requests WHERE n=?", (n,)).fetchone()[0]
-        seconds = time.time() - started
+        seconds, steps_total = self._end_account()  # compute time of every run of this request
         with self._log.transaction():
             db.execute(
                 "UPDATE p_requests SET status='done', seconds=?, transcript=? WHERE n=?",
@@ -1149,6 +1221,7 @@ class Workspace:
             )
         ids = tuple(json.loads(db.execute("SELECT ids FROM p_requests WHERE n=?", (n,)).fetchone()[0]))
         full = float(self._meta("train_seconds") or 0.0)
+        full_steps = int(self._meta("train_steps") or 0)
         head = self._log.latest_tree_head()
         return ForgetReport(
             request=n,
@@ -1159,6 +1232,9 @@ class Workspace:
             seconds=seconds,
             full_training_seconds=full,
             speedup=full / seconds if seconds > 0 else float("inf"),
+            steps_total=steps_total,
+            full_training_steps=full_steps,
+            step_ratio=full_steps / steps_total if steps_total else float("inf"),
             transcript_path=tpath,
             tree_head=head.note.decode() if head else "",
         )

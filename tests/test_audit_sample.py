@@ -111,7 +111,22 @@ def test_step_03_audit_proofs_must_match_openings(sampled_bundle: str, tmp_path)
     bad = os.path.join(str(tmp_path), "short.vmu")
     _rewrite(sampled_bundle, bad, short)
     v = verify(bad, VerifyOptions(residual=False))
-    assert v.exit_code == 2 and "one position per audit opening" in str(v.failure)
+    assert v.exit_code == 2 and "a position for every audit opening" in str(v.failure)
+
+
+def test_step_16_audit_opening_dropped_from_a_sampled_set_is_rejected(sampled_bundle: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An audit record left out of a sampled audit set with no deletion request for it: its position
+    is still proven, so one leaf is missing (a deleted audit record's leaf would come from its
+    transcript, specs/08 section 4)."""
+
+    def drop(doc: dict) -> None:
+        doc["audit"].pop(0)
+
+    bad = os.path.join(str(tmp_path), "dropped.vmu")
+    _rewrite(sampled_bundle, bad, drop)
+    v = verify(bad, VerifyOptions(residual=False))
+    assert v.exit_code == 1 and v.failed_step == 16
+    assert f"opens {AUDIT_DISCLOSE_MAX - 1} audit records and deletes 0 of them" in str(v.failure)
 
 
 def test_step_16_audit_proof_for_another_tree_size_is_rejected(sampled_bundle: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

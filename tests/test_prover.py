@@ -237,7 +237,7 @@ def test_forget_rejects_bad_ids(trained_ws: str, ids: list[str], fragment: str) 
         ws.forget(ids)
 
 
-def test_forget_rejects_duplicates_already_deleted_and_untrained(trained_ws: str) -> None:
+def test_forget_rejects_duplicates_already_deleted_and_accepts_held_out(trained_ws: str) -> None:
     with _open(trained_ws) as ws:
         rid = _rows(ws, "LIMIT 1")[0][0]
         with pytest.raises(BadInput, match="given twice"):
@@ -245,8 +245,24 @@ def test_forget_rejects_duplicates_already_deleted_and_untrained(trained_ws: str
         ws.forget([rid])
         with pytest.raises(BadInput, match="already deleted"):
             ws.forget([rid])
+        # A held-out (test split) record is deleted without retraining any shard (issue 12).
         test_id = ws.log.connection.execute("SELECT id FROM p_records WHERE role='test' LIMIT 1").fetchone()[0]
-        with pytest.raises(BadInput, match="never trained on"):
+        rep = ws.forget([test_id])
+        assert rep.shards_retrained == () and rep.steps == 0
+        with pytest.raises(BadInput, match="already deleted"):
+            ws.forget([test_id])
+
+
+def test_forget_refuses_test_records_of_a_log_without_a_committed_test_split(
+    trained_ws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace committed by an older release (its audit entry has no test_root): deleting a test
+    record could not be proven, so the prover refuses it instead of signing a claim the verifier
+    rejects."""
+    monkeypatch.setattr(Workspace, "_commits_test_split", lambda self: False)
+    with _open(trained_ws) as ws:
+        test_id = ws.log.connection.execute("SELECT id FROM p_records WHERE role='test' LIMIT 1").fetchone()[0]
+        with pytest.raises(BadInput, match="does not commit"):
             ws.forget([test_id])
 
 

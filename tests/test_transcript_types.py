@@ -40,6 +40,8 @@ def _fits(kind: str, v: Any) -> bool:
         return isinstance(v, str) and bool(_DEC.fullmatch(v))
     if kind == "hex32":
         return isinstance(v, str) and bool(_HEX32.fullmatch(v))
+    if kind.startswith("string, "):  # an enumeration: the values the row lists
+        return v in re.findall(r'`"([^"`]*)"`', kind)
     if kind in ("string", "note"):
         return isinstance(v, str) and (kind == "string" or v.count("\n") >= 3)
     if kind.startswith("entry"):
@@ -58,10 +60,15 @@ def test_every_predicate_leaf_has_its_stated_type() -> None:
     assert len(table) >= 25
     h = honest()
     seen: set[str] = set()
-    for path in sorted(glob.glob(os.path.join(h.ws_dir, "transcripts", "*.dsse.json"))):
+    from test_held_out import held_out  # its transcripts carry held_out (a mixed and a held-out-only request)
+
+    paths = [os.path.join(d, "transcripts", "*.dsse.json") for d in (h.ws_dir, held_out().ws_dir)]
+    for path in sorted(p for pat in paths for p in glob.glob(pat)):
         stmt = json.loads(base64.b64decode(json.loads(open(path, "rb").read())["payload"]))
-        assert [set(x) for x in stmt["subject"]] == [{"name", "digest"}]
-        assert _HEX32.fullmatch(stmt["subject"][0]["digest"]["sha256"])
+        assert stmt["subject"] and all(set(x) == {"name", "digest"} for x in stmt["subject"])
+        for x in stmt["subject"]:  # one checkpoint file per constituent (specs/07)
+            assert re.fullmatch(r"checkpoints/[0-9a-f]{64}\.safetensors", x["name"])
+            assert _HEX32.fullmatch(x["digest"]["sha256"])
         for p, v in _leaves(stmt["predicate"]):
             assert p in table, f"{p} is not in specs/07's field table"
             assert _fits(table[p], v), (p, table[p], repr(v)[:80])

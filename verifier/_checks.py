@@ -17,7 +17,8 @@ Steps (the same numbers appear in the spec, in the code below and in the test na
                        block, then each request's re-commit block); deleted records were in their
                        old slices, as the committed assignment places them; re-committed slices are
                        the old ones minus exactly the deleted records; every deleted key is absent
-                       from every shard's current slices
+                       from every shard's current slices; held-out records are committed test or
+                       audit records, absent from every current slice of every shard
 12. ordering           rollback checkpoint of the current lineage, before the first use of each record
 13. schedule           every lineage's checkpoints and steps follow the committed SISA schedule
 14. clean-manifests    no retraining step uses a record deleted by this or an earlier request, and
@@ -234,6 +235,12 @@ class Verification:
 
     options: VerifyOptions
     results: list[CheckResult] = field(default_factory=list)
+    # Called with each step's final result, in step order, as soon as it is known (the CLI
+    # streams them); ``emitted`` is the last step handed over.
+    listener: Callable[[CheckResult], None] | None = field(default=None, repr=False)
+    emitted: int = 0
+    # Called with a short line while a long step runs (replay segments, residual phases).
+    progress: Callable[[str], None] | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
     failure: VmuError | None = None
     failed_step: int | None = None
@@ -605,10 +612,10 @@ def _check_statement(stmt: Any, what: str) -> None:
     if stmt["predicateType"] != PREDICATE_DELETION:
         raise InvalidBundle(f"{what}: predicateType is {str(stmt['predicateType'])[:80]!r}, expected {PREDICATE_DELETION!r}")
     subj = stmt["subject"]
-    if (not isinstance(subj, list) or len(subj) != 1 or not isinstance(subj[0], dict)
-            or set(subj[0]) != {"name", "digest"} or not isinstance(subj[0]["digest"], dict)
-            or set(subj[0]["digest"]) != {"sha256"}):
-        raise InvalidBundle(f"{what}: the statement must have one subject with a sha256 digest")
+    if (not isinstance(subj, list) or not 1 <= len(subj) <= 1024
+            or any(not isinstance(x, dict) or set(x) != {"name", "digest"} or not isinstance(x["digest"], dict)
+                   or set(x["digest"]) != {"sha256"} for x in subj)):
+        raise InvalidBundle(f"{what}: the statement must have 1 to 1024 subjects, each a name and a sha256 digest")
 
 
 def _step_07(v: Verification) -> None:
@@ -855,12 +862,13 @@ def _step_11(v: Verification) -> None:
     gens: dict[int, int] = dict.fromkeys(range(S), 0)
     assigned: set[int] = set()
     deleted_keys: set[bytes] = set()
+    held_out_keys: set[bytes] = set()
     for t in v.transcripts:
         w = f"request {t.request}"
         d = DeletionBody.parse(t.deletion.entry)
         if d.request != t.request:
             raise DeletionClaimFailed(f"{w}: the deletion entry is for request {d.request}")
-        commits = sorted(r.commitment for r in t.records)
+        commits = sorted([r.commitment for r in t.records] + [h.commitment for h in t.held_out_records()])
         if len(set(commits)) != len(commits) or list(d.commitments) != commits:
             raise DeletionClaimFailed(f"{w}: the transcript's records are not the commitments of its deletion entry")
         if t.count != len(t.records):
@@ -949,9 +957,70 @@ def _step_11(v: Verification) -> None:
                         desc.verify_non_membership(p, key=p.key)
                     except VerificationFailed as e:
                         raise DeletionClaimFailed(f"{ws}: a deleted record is still in slice {j}: {e}") from e
+        if t.held_out is not None:
+            _check_held_out(v, t, cur, deleted_keys | held_out_keys)
+            held_out_keys |= {h.key for h in t.held_out.records}
         deleted_keys |= {r.key for r in t.records}
     v.slices_now = cur
     _check_absent_everywhere(v, deleted_keys)
+
+
+def _check_held_out(v: Verification, t: Any, cur: dict[tuple[int, int], SliceBody], earlier: set[bytes]) -> None:
+    """The held-out records of request ``t`` (specs/07 ``held_out``): each is a committed record of
+    the test or audit split (its membership proof against the commit block's audit entry), none
+    was deleted before, and all of them are proven absent from every current slice of every shard
+    after the request (``cur``: the slice lineage at this request's head), so no retraining is owed."""
+    cfg = v.config
+    assert cfg is not None and v.audit is not None and t.held_out is not None
+    S, R = cfg.shards, cfg.slices
+    w = f"request {t.request} held_out"
+    ho = t.held_out
+    keys = [h.key for h in ho.records]
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+        raise DeletionClaimFailed(f"{w}: records are not in strictly ascending key order")
+    trained = {r.key for r in t.records}
+    for h in ho.records:
+        c = h.commitment.hex()[:16]
+        if h.key in trained:
+            raise DeletionClaimFailed(f"{w}: record {c} is claimed both trained and held out")
+        if h.key in earlier:
+            raise DeletionClaimFailed(f"{w}: record {c} was already deleted by an earlier request")
+    if ho.audit.entry.index != v.audit.index:
+        raise DeletionClaimFailed(f"{w}: audit is entry {ho.audit.entry.index}, not the commit block's audit entry "
+                                  f"{v.audit.index}")
+    if len(ho.slices) != S * R:
+        raise DeletionClaimFailed(f"{w}: {len(ho.slices)} absence proofs are given, every current slice of every "
+                                  f"shard needs one ({S} x {R})")
+    for i, x in enumerate(ho.slices):
+        s, j = divmod(i, R)
+        sb = SliceBody.parse(x.slice.entry)
+        if sb.index != cur[(s, j)].index:
+            raise DeletionClaimFailed(f"{w}: slices[{i}] is slice entry {sb.index}, not the current entry of slice "
+                                      f"({s}, {j}) after the request (entry {cur[(s, j)].index})")
+        try:
+            x.absence.verify(root=sb.root, size=sb.size, keys=keys)
+        except VerificationFailed as e:
+            raise DeletionClaimFailed(f"{w}: the records claimed held out are not proven absent from training "
+                                      f"slice ({s}, {j}): {e}") from e
+    # Never trained on is not enough: the record must be a committed record of its split.
+    for h in ho.records:
+        c = h.commitment.hex()[:16]
+        if (h.membership.key, h.membership.commitment) != (h.key, h.commitment):
+            raise DeletionClaimFailed(f"{w}: the membership proof of {c} is for another record")
+        if h.split == "audit":
+            root, size = v.audit.root, v.audit.size
+        elif v.audit.test_root is None or v.audit.test_size is None:
+            raise DeletionClaimFailed(f"{w}: record {c} is claimed in the test split, but this log commits no test "
+                                      "split (its audit entry has no test_root)")
+        else:
+            root, size = v.audit.test_root, v.audit.test_size
+        if h.membership.tree_size != size:
+            raise DeletionClaimFailed(f"{w}: record {c} is proven in a tree of {h.membership.tree_size} records, the "
+                                      f"committed {h.split} split has {size}")
+        try:
+            h.membership.verify(root=root, key=h.key)
+        except VerificationFailed as e:
+            raise DeletionClaimFailed(f"{w}: record {c} is not a committed record of the {h.split} split: {e}") from e
 
 
 def _check_absent_everywhere(v: Verification, deleted: set[bytes]) -> None:
@@ -962,6 +1031,8 @@ def _check_absent_everywhere(v: Verification, deleted: set[bytes]) -> None:
     deletion.)"""
     b = v.bundle
     assert b is not None
+    if not deleted:  # held-out records only: step 11 proved them absent per request
+        return
     for (s, j), sb in sorted(v.slices_now.items()):
         got = _records_of(v, sb.root)
         if got is not None:
@@ -1134,8 +1205,19 @@ def _step_15(v: Verification) -> None:
         for m in (mb, ma):
             if m.digest != _model_digest(m.shards):
                 raise ModelMismatch(f"{w}: model entry {m.index} has a digest that is not the hash of its constituents")
-        if t.subject_digest != ma.digest:
-            raise ModelMismatch(f"{w}: the statement's subject is not the model_after digest")
+        if t.subject_digest is not None:  # an older transcript: one subject, the model digest
+            if t.subject_digest != ma.digest:
+                raise ModelMismatch(f"{w}: the statement's subject is not the model_after digest")
+        else:
+            if [d for d, _ in t.subject_files] != list(ma.shards):
+                raise ModelMismatch(f"{w}: the statement's subjects are not the checkpoint files of model_after's "
+                                    "constituents, in shard order")
+            for s, (d, file_sha) in enumerate(t.subject_files):
+                data = b.checkpoints.get(d)  # the bundle holds the final model's files; earlier ones by name only
+                if data is not None and hashlib.sha256(data).digest() != file_sha:
+                    raise ModelMismatch(f"{w}: subject {s} gives SHA-256 {file_sha.hex()[:16]}... for "
+                                        f"checkpoints/{d.hex()}.safetensors, the bundle's file hashes to "
+                                        f"{hashlib.sha256(data).hexdigest()[:16]}...")
         prev = t.model_after
     assert prev is not None
     for s, d in enumerate(ModelBody.parse(prev.entry).shards):
@@ -1166,7 +1248,8 @@ def _step_16(v: Verification) -> None:
                 raise OpeningMismatch(f"record {o.id!r} is disclosed twice ({part})")
             seen[c] = o
     deleted = {o.commitment(): o for o in op.deleted}
-    claimed = {r.commitment: (t, r) for t in v.transcripts for r in t.records}
+    claimed: dict[bytes, tuple[Any, Any]] = {r.commitment: (t, r) for t in v.transcripts for r in t.records}
+    claimed.update((h.commitment, (t, h)) for t in v.transcripts for h in t.held_out_records())
     if set(deleted) != set(claimed):
         missing = set(claimed) - set(deleted)
         raise OpeningMismatch(
@@ -1177,27 +1260,49 @@ def _step_16(v: Verification) -> None:
         if record_key(deleted[c].id) != r.key:
             raise OpeningMismatch(f"request {t.request}: opening {deleted[c].id!r} does not have the record's key")
     for t in v.transcripts:
-        ids = sorted(deleted[r.commitment].id for r in t.records)
+        ids = sorted(deleted[c].id for c in [r.commitment for r in t.records]
+                     + [h.commitment for h in t.held_out_records()])
         want = tagged_hash(TAG_REQUEST, canonical_json({"n": str(t.request), "ids": ids}))
         if DeletionBody.parse(t.deletion.entry).request_digest != want:
             raise OpeningMismatch(f"request {t.request}: the deletion entry's request digest does not match the ids opened")
+    held_audit = {h.membership.index: (h.key, h.commitment)
+                  for t in v.transcripts for h in t.held_out_records() if h.split == "audit"}
     if op.audit_proof is not None:
         # A sampled audit set: the openings, in position order, are proven in the committed audit
         # tree by one multiproof; step 17 checks that these are the positions the challenge selects.
         if op.audit_proof.tree_size != v.audit.size:
             raise OpeningMismatch(f"the audit proof is for a tree of {op.audit_proof.tree_size} records, the "
                                   f"committed audit set has {v.audit.size}")
-        leaves = [record_leaf_hash(record_key(o.id), o.commitment()) for o in op.audit]
+        # A held-out audit record deleted by a bundled request is opened among the deleted records;
+        # its leaf (from the transcript, proven in step 11) stands at its own position.
+        opened = iter(op.audit)
+        leaves = []
+        for pos in op.audit_proof.positions:
+            if pos in held_audit:
+                leaves.append(record_leaf_hash(*held_audit[pos]))
+                continue
+            nxt = next(opened, None)
+            if nxt is None:
+                raise OpeningMismatch(f"the audit proof proves {len(op.audit_proof.positions)} positions, the bundle "
+                                      f"opens {len(op.audit)} audit records and deletes "
+                                      f"{sum(p in held_audit for p in op.audit_proof.positions)} of them")
+            leaves.append(record_leaf_hash(record_key(nxt.id), nxt.commitment()))
+        if next(opened, None) is not None:
+            raise OpeningMismatch(f"the bundle opens more audit records ({len(op.audit)}) than the audit proof proves")
         try:
             op.audit_proof.verify(leaves=leaves, root=v.audit.root)
         except VerificationFailed as e:
             raise OpeningMismatch(f"the {len(leaves)} audit openings are not in the committed audit set at the "
                                   f"positions proven: {e}") from e
     else:
-        tree = SortedTree.build((record_key(o.id), o.commitment()) for o in op.audit)
+        pairs = [(record_key(o.id), o.commitment()) for o in op.audit] + list(held_audit.values())
+        try:
+            tree = SortedTree.build(pairs)
+        except MalformedInput as e:
+            raise OpeningMismatch(f"the audit openings and the deleted audit records overlap: {e}") from e
         if (tree.root, len(tree)) != (v.audit.root, v.audit.size):
-            raise OpeningMismatch(f"the {len(op.audit)} audit openings do not rebuild the committed audit set "
-                                  f"({v.audit.size} records)")
+            raise OpeningMismatch(f"the {len(op.audit)} audit openings and {len(held_audit)} deleted audit record(s) do "
+                                  f"not rebuild the committed audit set ({v.audit.size} records)")
     # No other record is disclosed (specs/08 section 4): every training opening is in the batch of
     # a disclosed step, whose replay or batch check needs it.
     used: set[bytes] = set()
@@ -1318,9 +1423,10 @@ def _step_18(v: Verification) -> None:
         mode=v.options.replay_mode, allow_factories=v.options.allow_factories, model_source=dict(b.model_source),
     )
     if v.options.backend == "local":
-        v.replay_report = _replay.replay(plan)
+        v.replay_report = _replay.replay(plan, progress=v.progress)
     else:
-        v.replay_report = _replay.replay(plan, backend=v.options.backend, ray_address=v.options.ray_address)
+        v.replay_report = _replay.replay(plan, backend=v.options.backend, ray_address=v.options.ray_address,
+                                         progress=v.progress)
     if v.replay_report.get("warning"):
         v.warnings.append(v.replay_report["warning"])
 
@@ -1345,6 +1451,16 @@ def _step_19(v: Verification) -> None:
 
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None and v.transcripts
+    if not any(t.records for t in v.transcripts):
+        # Only held-out records were deleted: no model was trained on them, so there is no
+        # residual to measure (step 11 proved them absent from every slice). Never a pass.
+        reason = ("no trained record was deleted: the bundled requests delete only held-out (test or audit) "
+                  "records, which no model was trained on, so there is nothing to test")
+        v.inconclusive = f"residual tests inconclusive: {reason}"
+        if v.options.require_residual:
+            raise ResidualTraceFound(f"{v.inconclusive} (and --require-residual was given)")
+        v.warnings.append(f"INCONCLUSIVE: {reason}")
+        return
     pre_d = ModelBody.parse(v.transcripts[0].model_before.entry).shards
     post_d = ModelBody.parse(v.transcripts[-1].model_after.entry).shards
 
@@ -1361,7 +1477,11 @@ def _step_19(v: Verification) -> None:
                               model_source=src)
     shard_of = {r.commitment: r.shard for t in v.transcripts for r in t.records}
     op = b.openings
-    dels = sorted(op.deleted, key=lambda o: o.commitment())
+    # Held-out deleted records were never trained on: they are neither deleted records of the
+    # residual tests nor audit records any more (specs/09 step 19).
+    held = {h.commitment for t in v.transcripts for h in t.held_out_records()}
+    dels = sorted((o for o in op.deleted if o.commitment() in shard_of), key=lambda o: o.commitment())
+    audit_open = [o for o in op.audit if o.commitment() not in held]
     retained_shard: dict[bytes, int] = {}
     for e in v.entries.values():
         if e.kind == "step":
@@ -1381,8 +1501,11 @@ def _step_19(v: Verification) -> None:
         )
 
     dX, dy = stack(dels)
-    aX, ay = stack(op.audit)
+    aX, ay = stack(audit_open)
     rX, ry = stack(retained)
+    if v.progress is not None:
+        v.progress(f"step 19: membership tests on {len(dels)} deleted and {len(op.audit)} audit records "
+                   f"({len(post)} models after, {len(pre)} before)")
     rep = _residual.residual_tests(
         post_models=post,
         pre_models=pre,
@@ -1528,13 +1651,33 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
     return True
 
 
-def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Verification:
+def _emit(v: Verification) -> None:
+    """Hand the listener every final result that follows the last one handed over, in step order
+    (step 3 becomes final only after steps 4-6, so 4-6 wait for it)."""
+    if v.listener is None:
+        return
+    have = {r.step: r for r in v.results}
+    while v.emitted + 1 in have:
+        v.emitted += 1
+        v.listener(have[v.emitted])
+
+
+def verify(
+    source: str | bytes,
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    on_result: Callable[[CheckResult], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> Verification:
     """Run every step on the bundle at ``source`` (a path or the bundle's bytes).
 
     Never raises for bad input or a failed check: the outcome is in the returned object
-    (``exit_code``, ``verdict``, ``results``, ``failure``).
+    (``exit_code``, ``verdict``, ``results``, ``failure``). ``on_result`` (optional) is called
+    with each step's result in step order as soon as it is final (``vmu-verify`` prints them as
+    they come); ``on_progress`` (optional) with a short line while step 18 replays a segment or
+    step 19 starts a phase.
     """
-    v = Verification(options=options)
+    v = Verification(options=options, listener=on_result, progress=on_progress)
     t0 = time.perf_counter()
     ok = (
         _run(v, 1, _step_01, source)
@@ -1544,6 +1687,7 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
     if ok:
         # Step 3 parsed only the signed members; it ends with the large members, after step 6.
         part1 = v.results.pop()
+        _emit(v)
         for step, fn in _ORDER:
             if step == 7:
                 ok3 = _run(v, 3, _step_03_large)
@@ -1555,7 +1699,9 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
             if step == 19:
                 t19 = time.perf_counter()
                 v.timings["replay_s"] = t19 - t0 - v.timings["proof_checks_s"]
-            if not _run(v, step, fn):
+            ok_step = _run(v, step, fn)
+            _emit(v)
+            if not ok_step:
                 break
     if "proof_checks_s" not in v.timings:
         v.timings["proof_checks_s"] = time.perf_counter() - t0
@@ -1569,4 +1715,5 @@ def verify(source: str | bytes, options: VerifyOptions = VerifyOptions()) -> Ver
         if n not in done:
             v.results.append(CheckResult(n, name, "skipped", "not run: an earlier step failed"))
     v.results.sort(key=lambda r: r.step)
+    _emit(v)
     return v

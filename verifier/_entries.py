@@ -19,7 +19,7 @@ from verifiable_mu._log import LogEntry
 from verifiable_mu._modelcode import parse_code
 from verifiable_mu._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
-from verifiable_mu._sorted_tree import MembershipProof, NonMembershipProof
+from verifiable_mu._sorted_tree import AbsenceProof, MembershipProof, NonMembershipProof
 
 from ._errors import EntryKindMismatch
 
@@ -39,6 +39,9 @@ __all__ = [
     "StepBody",
     "Transcript",
 ]
+
+#: A per-file subject of a deletion transcript (specs/07).
+_SUBJECT_FILE = re.compile(r"checkpoints/([0-9a-f]{64})\.safetensors")
 
 PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
@@ -227,10 +230,17 @@ class AuditBody:
     index: int
     root: bytes
     size: int
+    test_root: bytes | None = None  # the committed test split; absent in logs written before it was
+    test_size: int | None = None
 
     @classmethod
     def parse(cls, e: LogEntry) -> AuditBody:
-        b = _Body(_expect(e, "audit"), e.body, {"root", "size"})
+        b = _Body(_expect(e, "audit"), e.body, {"root", "size"}, {"test_root", "test_size"})
+        if ("test_root" in b.d) != ("test_size" in b.d):
+            raise InvalidBundle(f"{b.what}: test_root and test_size come together")
+        if "test_root" in b.d:
+            return cls(index=e.index, root=b.hex("root"), size=b.dec("size"), test_root=b.hex("test_root"),
+                       test_size=b.dec("test_size"))
         return cls(index=e.index, root=b.hex("root"), size=b.dec("size"))
 
 
@@ -385,6 +395,27 @@ class SliceClaim:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeldOutRecord:
+    commitment: bytes
+    key: bytes
+    split: str  # "test" or "audit"
+    membership: MembershipProof  # in the committed tree of its split (the audit entry)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldOutSlice:
+    slice: Disclosure
+    absence: AbsenceProof  # of every held-out key of the request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldOut:
+    records: tuple[HeldOutRecord, ...]
+    audit: Disclosure
+    slices: tuple[HeldOutSlice, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ShardClaim:
     shard: int
     from_stage: int
@@ -401,7 +432,9 @@ class Transcript:
     """A signature-checked deletion transcript (predicate version 1), parsed."""
 
     payload: bytes
-    subject_digest: bytes
+    subject_digest: bytes | None  # the single 'model' subject of older transcripts
+    # Per-file subjects: (content digest from the name, SHA-256 of the file), in shard order.
+    subject_files: tuple[tuple[bytes, bytes], ...]
     origin: str
     request: int
     deletion: Disclosure
@@ -410,6 +443,7 @@ class Transcript:
     shards: tuple[ShardClaim, ...]
     model_before: Disclosure
     model_after: Disclosure
+    held_out: HeldOut | None
     head_before: bytes
     head_after: bytes
     consistency: ConsistencyProof
@@ -421,21 +455,41 @@ class Transcript:
         for sc in self.shards:
             out += [(f"shard {sc.shard} rollback", sc.rollback), (f"shard {sc.shard} final_checkpoint", sc.final_checkpoint)]
             out += [(f"shard {sc.shard} slices[{j}]", x.slice) for j, x in enumerate(sc.slices)]
+        if self.held_out is not None:
+            out.append(("held_out audit", self.held_out.audit))
+            out += [(f"held_out slices[{j}]", x.slice) for j, x in enumerate(self.held_out.slices)]
         return out
+
+    def held_out_records(self) -> tuple[HeldOutRecord, ...]:
+        return () if self.held_out is None else self.held_out.records
 
     @classmethod
     def parse(cls, statement: dict[str, Any], payload: bytes, what: str) -> Transcript:
         subj = statement["subject"]
-        if len(subj) != 1 or subj[0].get("name") != "model":
-            raise InvalidBundle(f"{what}: the statement must have exactly one subject, 'model'")
-        subject_digest = hex32(subj[0]["digest"]["sha256"], what=f"{what} subject digest", exc=InvalidBundle)
+        subject_digest = None
+        files: list[tuple[bytes, bytes]] = []
+        if len(subj) == 1 and subj[0].get("name") == "model":  # transcripts written before per-file subjects
+            subject_digest = hex32(subj[0]["digest"]["sha256"], what=f"{what} subject digest", exc=InvalidBundle)
+        else:
+            for i, sj in enumerate(subj):
+                name = sj.get("name")
+                m = _SUBJECT_FILE.fullmatch(name) if isinstance(name, str) else None
+                if m is None:
+                    raise InvalidBundle(f"{what}: subject {i} is not named checkpoints/<64 hex>.safetensors (or the "
+                                        "single subject 'model' of older transcripts)")
+                files.append((bytes.fromhex(m.group(1)),
+                              hex32(sj["digest"]["sha256"], what=f"{what} subject {i} digest", exc=InvalidBundle)))
         p = _Body(f"{what} predicate", statement["predicate"],
-                  {"version", "origin", "request", "records", "shards", "model_before", "model_after", "log"})
+                  {"version", "origin", "request", "records", "shards", "model_before", "model_after", "log"},
+                  {"held_out"})
+        held_out = _parse_held_out(p.d["held_out"], f"{what} held_out") if "held_out" in p.d else None
+        # A request of held-out records only retrains nothing: records and shards are then empty.
+        may_be_empty = held_out is not None
         if type(p.d["version"]) is not int or p.d["version"] != 1:
             raise UnsupportedVersion(f"{what}: transcript version {str(p.d['version'])[:20]!r} is not supported (only 1)")
         req = _Body(f"{what} request", p.obj("request"), {"n", "deletion", "count"})
         records_j = p.d["records"]
-        if not isinstance(records_j, list) or not records_j or len(records_j) > 10_000_000:
+        if not isinstance(records_j, list) or not (records_j or may_be_empty) or len(records_j) > 10_000_000:
             raise InvalidBundle(f"{what}: records must be a non-empty list")
         records = []
         for i, r in enumerate(records_j):
@@ -448,7 +502,7 @@ class Transcript:
                 first_use=Disclosure.parse(rb.d["first_use"], f"{what} records[{i}] first_use"),
             ))
         shards_j = p.d["shards"]
-        if not isinstance(shards_j, list) or not shards_j or len(shards_j) > 1 << 16:
+        if not isinstance(shards_j, list) or not (shards_j or may_be_empty) or len(shards_j) > 1 << 16:
             raise InvalidBundle(f"{what}: shards must be a non-empty list")
         shards = []
         for i, s in enumerate(shards_j):
@@ -479,6 +533,7 @@ class Transcript:
         return cls(
             payload=payload,
             subject_digest=subject_digest,
+            subject_files=tuple(files),
             origin=p.str("origin", 256),
             request=req.dec("n"),
             deletion=Disclosure.parse(req.d["deletion"], f"{what} request deletion"),
@@ -487,7 +542,36 @@ class Transcript:
             shards=tuple(shards),
             model_before=Disclosure.parse(p.d["model_before"], f"{what} model_before"),
             model_after=Disclosure.parse(p.d["model_after"], f"{what} model_after"),
+            held_out=held_out,
             head_before=lg.str("head_before", 1 << 20).encode("utf-8"),
             head_after=lg.str("head_after", 1 << 20).encode("utf-8"),
             consistency=_wrap(f"{what} log consistency", ConsistencyProof.from_json, lg.d["consistency"]),
         )
+
+
+def _parse_held_out(d: Any, what: str) -> HeldOut:
+    """The ``held_out`` object of a transcript (specs/07): never empty when present."""
+    b = _Body(what, d, {"records", "audit", "slices"})
+    rj, sj = b.d["records"], b.d["slices"]
+    if not isinstance(rj, list) or not rj or len(rj) > 10_000_000:
+        raise InvalidBundle(f"{what}: records must be a non-empty list")
+    if not isinstance(sj, list) or len(sj) > 1 << 32:
+        raise InvalidBundle(f"{what}: slices must be a list")
+    records = []
+    for i, r in enumerate(rj):
+        rb = _Body(f"{what} records[{i}]", r, {"commitment", "key", "split", "membership"})
+        split = rb.d["split"]
+        if split not in ("test", "audit"):
+            raise InvalidBundle(f"{what} records[{i}]: split must be 'test' or 'audit'")
+        records.append(HeldOutRecord(
+            commitment=rb.hex("commitment"), key=rb.hex("key"), split=split,
+            membership=_wrap(f"{what} records[{i}] membership", MembershipProof.from_json, rb.d["membership"]),
+        ))
+    slices = []
+    for j, x in enumerate(sj):
+        xb = _Body(f"{what} slices[{j}]", x, {"slice", "absence"})
+        slices.append(HeldOutSlice(
+            slice=Disclosure.parse(xb.d["slice"], f"{what} slices[{j}] slice"),
+            absence=_wrap(f"{what} slices[{j}] absence", AbsenceProof.from_json, xb.d["absence"]),
+        ))
+    return HeldOut(records=tuple(records), audit=Disclosure.parse(b.d["audit"], f"{what} audit"), slices=tuple(slices))

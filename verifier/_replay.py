@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,7 @@ def replay(
     backend: str = "local",
     ray_address: str | None = None,
     max_parallel: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Replay every segment; raise :class:`ReplayMismatch` on the first (in plan order) that does
     not reproduce.
@@ -169,6 +170,8 @@ def replay(
         for sp, seg in zip(plans, results, strict=False):  # results stop early only by raising
             segs.append(seg)
             total_steps += seg["steps"]
+            if progress is not None:
+                progress(f"step 18: replayed segment {len(segs)} of {len(plans)} ({total_steps} steps)")
             if not seg["match"]:
                 err = _mismatch(sp, seg)
                 if mode == "distance" and differences:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._checks import ESCAPE_FRACTIONS, Verification
+from ._checks import ESCAPE_FRACTIONS, CheckResult, Verification
 from ._policy import policy_descriptor
 
 __all__ = ["REPORT_TYPE", "REPORT_VERSION", "render_text", "to_json"]
@@ -96,22 +96,28 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
     }
 
 
-def render_text(v: Verification, *, path: str | None = None) -> str:
-    """The human summary: one line per check, the verdict, and the escape probabilities."""
+def step_line(r: CheckResult) -> str:
+    """One check's line of the text report."""
+    mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "skip", "inconclusive": "?"}[r.status]
+    return f"  [{mark:>5}] {r.step:2d}. {r.name}" + (f": {r.detail}" if r.detail else "")
+
+
+def render_text(v: Verification, *, path: str | None = None, streamed: bool = False) -> str:
+    """The human summary: one line per check, the verdict, and the escape probabilities.
+
+    ``streamed``: the header and the check lines were already printed as the steps finished
+    (``step_line``); render the rest only."""
     lines = []
     name = path or "bundle"
-    lines.append(f"vmu-verify {name}")
+    if not streamed:
+        lines.append(f"vmu-verify {name}")
     for w in v.warnings:
         lines.append(f"  WARNING: {w}")
     if v.note_verifier is not None:
         how = "pinned" if v.options.trust_key is not None else "NOT pinned: the key the bundle carries"
         lines.append(f"  signed by: {v.note_verifier.vkey} ({how})")
-    for r in v.results:
-        mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "skip", "inconclusive": "?"}[r.status]
-        text = f"  [{mark:>5}] {r.step:2d}. {r.name}"
-        if r.detail:
-            text += f": {r.detail}"
-        lines.append(text)
+    if not streamed:
+        lines.extend(step_line(r) for r in v.results)
     if v.population:
         lines.append(f"  replay: {v.sampling_statement()}")
     if v.replay_report and v.replay_report.get("segments"):

@@ -25,9 +25,9 @@ from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._seeds import atomic_write
 from verifiable_mu._witness import WitnessKey
 
-from ._checks import ExpectedHead, VerifyOptions, verify
+from ._checks import CheckResult, ExpectedHead, VerifyOptions, verify
 from ._policy import EXIT_REDUCED, POLICIES
-from ._report import render_text, to_json
+from ._report import render_text, step_line, to_json
 
 __all__ = ["EXIT_ACCEPTED", "EXIT_REDUCED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
 
@@ -269,8 +269,41 @@ def _main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"vmu-verify: error: {e}", file=sys.stderr)
         return EXIT_UNUSABLE
+    # The summary goes to stdout (to stderr with --json -, where stdout carries the JSON alone);
+    # each check's line is printed as soon as the check is done, the rest at the end.
+    out = sys.stderr if args.json == "-" else sys.stdout
+    on_result = None
+    if not args.quiet:
+        out.write(f"vmu-verify {os.path.basename(args.bundle)}\n")
+        out.flush()
+
+        def on_result(r: CheckResult) -> None:
+            out.write(step_line(r) + "\n")
+            out.flush()
+
+    # On a terminal, long steps show a progress line on stderr, overwritten in place and erased
+    # when the step's result line comes (never with --quiet or --json -, never into a pipe).
+    on_progress = None
+    if not args.quiet and args.json != "-" and sys.stderr.isatty():
+        shown = [False]
+
+        def on_progress(msg: str) -> None:
+            sys.stderr.write("\r\033[K" + msg[:200])
+            sys.stderr.flush()
+            shown[0] = True
+
+        if on_result is not None:
+            print_line = on_result
+
+            def on_result(r: CheckResult) -> None:
+                if shown[0]:
+                    sys.stderr.write("\r\033[K")
+                    sys.stderr.flush()
+                    shown[0] = False
+                print_line(r)
+
     try:
-        v = verify(args.bundle, opts)
+        v = verify(args.bundle, opts, on_result=on_result, on_progress=on_progress)
     except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
         if args.verbose:
             traceback.print_exc()
@@ -284,11 +317,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     if args.verbose and v.failure is not None:
         traceback.print_exception(v.failure)
-    text = render_text(v, path=os.path.basename(args.bundle))
+    text = render_text(v, path=os.path.basename(args.bundle), streamed=not args.quiet)
     if args.quiet:
         text = text.splitlines()[-1] + "\n"
-    # With --json -, stdout carries the JSON report alone; the summary goes to stderr.
-    (sys.stderr if args.json == "-" else sys.stdout).write(text)
+    out.write(text)
     if v.failure is not None:
         print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
     if args.html:
@@ -296,8 +328,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
         try:
             page = render_html(to_json(v, path=args.bundle), title=f"vmu-verify {os.path.basename(args.bundle)}")
-            with open(args.html, "w", encoding="utf-8") as f:
-                f.write(page)
+            with open(args.html, "w", encoding="utf-8") as fh:
+                fh.write(page)
         except (OSError, VmuError) as e:
             print(f"vmu-verify: error: cannot write {args.html}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return EXIT_UNUSABLE
@@ -307,8 +339,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(doc)
         else:
             try:
-                with open(args.json, "w", encoding="utf-8") as f:
-                    f.write(doc)
+                with open(args.json, "w", encoding="utf-8") as fh:
+                    fh.write(doc)
             except OSError as e:
                 print(f"vmu-verify: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_UNUSABLE

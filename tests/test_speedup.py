@@ -1,0 +1,96 @@
+"""Honest speed-ups (issue 16): compute time and steps are summed over interrupted and resumed
+runs, the time a workspace sat idle between them is never counted, and ``vmu forget`` prints
+the step ratio beside the time ratio."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prover import Workspace, WorkspaceConfig
+from prover import _workspace as W
+
+CFG = WorkspaceConfig(shards=3, slices=3, epochs=6, workers=1, seed=4)
+DOWNTIME = 1000.0  # seconds the process is "gone" between the interruption and the resume
+
+
+class _Clock:
+    """time.perf_counter with an offset the test can push forward (a process that was away)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.real = time.perf_counter
+
+    def __call__(self) -> float:
+        return self.real() + self.offset
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, commits: int) -> None:
+    real = W.Workspace._commit_stage
+    state = {"n": 0}
+
+    def commit(self: Any, task: Any, res: Any) -> int:
+        out = real(self, task, res)
+        state["n"] += 1
+        if state["n"] == commits:
+            raise KeyboardInterrupt  # after the commit: what a Ctrl-C between two stages leaves
+        return out
+
+    monkeypatch.setattr(W.Workspace, "_commit_stage", commit)
+
+
+def test_interrupted_and_resumed_runs_count_work_not_downtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(W.time, "perf_counter", clock)
+    # an uninterrupted twin
+    with Workspace.create(tmp_path / "a", data="digits", config=CFG) as a:
+        a.progress = False
+        a.train()
+        rid = a.split_ids("train")[5]
+        ra = a.forget([rid])
+    # the same workspace, interrupted in training and in the deletion, resumed after "downtime"
+    with Workspace.create(tmp_path / "b", data="digits", config=CFG) as b:
+        b.progress = False
+        with monkeypatch.context() as m:
+            _interrupt_after(m, 2)
+            with pytest.raises(KeyboardInterrupt):
+                b.train()
+        clock.offset += DOWNTIME
+        b.train()  # resumes
+        train_b = float(b._meta("train_seconds") or 0)
+        with monkeypatch.context() as m:
+            _interrupt_after(m, 1)
+            with pytest.raises(KeyboardInterrupt):
+                b.forget([rid])
+        clock.offset += DOWNTIME
+        rb = b.forget([rid])  # the pending request finishes
+    assert ra.request == rb.request == 1
+    # steps are exact: the interrupted runs committed some stages, the resumed runs the rest
+    assert rb.full_training_steps == ra.full_training_steps > 0
+    assert rb.steps_total == ra.steps_total > 0
+    assert rb.step_ratio == ra.step_ratio == pytest.approx(ra.full_training_steps / ra.steps_total)
+    # and the two downtimes are not in the compute time (each would add 1000 s)
+    assert train_b < DOWNTIME and rb.full_training_seconds == train_b
+    assert rb.seconds < DOWNTIME
+    assert rb.speedup == pytest.approx(rb.full_training_seconds / rb.seconds)
+
+
+def test_cli_prints_the_step_ratio_beside_the_time_ratio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from prover.cli import main as vmu_main
+
+    d = str(tmp_path / "ws")
+    assert vmu_main(["init", d, "--shards", "3", "--slices", "3", "--epochs", "6"]) == 0
+    assert vmu_main(["train", d]) == 0
+    with Workspace.open(d) as ws:
+        rid = ws.split_ids("train")[0]
+    capsys.readouterr()
+    assert vmu_main(["forget", d, "--ids", rid]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("speed-up against full training"))
+    assert "x in time (" in line and "s of compute, over every run of this request)" in line
+    assert "x in steps (" in line and " retrained of " in line
+    shutil.rmtree(d)
