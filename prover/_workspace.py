@@ -1075,19 +1075,20 @@ class Workspace:
                 f"ids must be a list of record ids, not a {type(ids).__name__}"
                 + (f" (for one record: [{one!r}])" if isinstance(one, str) else "")
             )
-        self._warm_up()  # import torch and pay its first-step costs before the clock starts
         self._account = None  # a new run: whatever an interrupted one left open is not charged
-
         ids = [str(i) for i in ids]
         pending = self._pending_request()
-        if pending is not None:
-            n, pids = pending
-            if sorted(pids) == sorted(ids):
-                return self._finish_request(n, backend=backend, workers=workers, ray_address=ray_address)
-            self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
+        if pending is not None and sorted(pending[1]) == sorted(ids):  # the same request, interrupted: finish it
+            self._warm_up()
+            return self._finish_request(pending[0], backend=backend, workers=workers, ray_address=ray_address)
         if not self.trained:
             raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
+        # Validated before torch is imported (a typo costs no start-up). A pending request's
+        # records are already marked deleted, so the answer is the one after it completes.
         recs = self._validate_ids(ids)
+        self._warm_up()  # import torch and pay its first-step costs before the clock starts
+        if pending is not None:
+            self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
         t0 = time.time()
         clock = time.perf_counter()
         head_before = self._ensure_signed_head()

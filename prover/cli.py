@@ -15,9 +15,12 @@ import traceback
 from collections.abc import Sequence
 
 from verifiable_mu import __version__
+from verifiable_mu._age import encrypt as age_encrypt
+from verifiable_mu._age import recipients as age_recipients
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
+from verifiable_mu._seeds import atomic_write
 
 from ._errors import BadInput
 from ._workspace import SPLITS
@@ -106,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write (a zip)")
+    b.add_argument(
+        "--recipient", action="append", default=[], metavar="AGE_KEY|FILE",
+        help="encrypt the bundle to this age X25519 recipient (age1...) or recipients file (repeatable; needs the "
+             "'age' extra); the agency reads it with vmu-verify --identity, or age -d",
+    )
     bg = b.add_mutually_exclusive_group()
     bg.add_argument("--transcript", type=int, metavar="N", help="cover deletion requests 1..N (default: all)")
     bg.add_argument("--all", action="store_true", help="cover every finished deletion request (the default)")
@@ -225,14 +233,25 @@ def _run(args: argparse.Namespace) -> int:
                 challenge = bytes.fromhex(args.challenge)
             except ValueError as e:
                 raise BadInput(f"--challenge must be hex: {e}") from e
+        to = age_recipients(args.recipient) if args.recipient else None  # before any work
         with Workspace.open(args.dir) as ws:
             known = [known_head_size(ws, path) for path in args.known_head]
-            info = write_bundle(
-                ws, args.out, transcript=None if args.all else args.transcript, challenge=challenge, replay=args.replay,
-                known_sizes=known, include_model_source=args.include_model_source,
-            )
+            target = args.out if to is None else f"{args.out}.plain.{os.getpid()}"
+            try:
+                info = write_bundle(
+                    ws, target, transcript=None if args.all else args.transcript, challenge=challenge,
+                    replay=args.replay, known_sizes=known, include_model_source=args.include_model_source,
+                )
+                if to is not None:  # the plain zip never reaches --out; it is removed either way
+                    with open(target, "rb") as f:
+                        atomic_write(args.out, age_encrypt(f.read(), to))
+            finally:
+                if to is not None and os.path.exists(target):
+                    os.remove(target)
+        if to is not None:
+            print(f"encrypted to {len(to)} age recipient(s): {args.out} is an age file (vmu-verify --identity, age -d)")
         print(
-            f"wrote {info.path}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "
+            f"wrote {args.out}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "
             f"segments disclosed for replay, {info.openings} record openings, {info.bytes_total} bytes "
             f"({info.bytes_without_checkpoints} without checkpoints)"
         )

@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 rm -rf .venv
 "$PY" -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e '.[full,test,report,ray]'
+.venv/bin/pip install -q -e '.[full,test,report,ray,age]'
 echo "== layering (import-linter)"
 .venv/bin/lint-imports
 echo "== lint (ruff)"

@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 rm -rf .venv
 "$PY" -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e '.[full,report]'
+.venv/bin/pip install -q -e '.[full,report,age]'
 WS=demo-workspace
 rm -rf "$WS" demo-bundle.vmu
 .venv/bin/vmu init "$WS" --data digits --shards 5 --slices 4

@@ -173,3 +173,30 @@ def test_status_ids_lists_each_split(tmp_path: Path, capsys: pytest.CaptureFixtu
         vmu_main(["status", d, "--ids", "everything"])
     assert e.value.code == 2
     assert os.path.isdir(d)
+
+
+def test_forget_validates_ids_before_torch_is_imported(tmp_path: Path) -> None:
+    d = str(tmp_path / "ws")
+    with Workspace.create(d, data="digits", config=SMALL) as ws:
+        ws.progress = False
+        ws.train()
+        deleted = ws.split_ids("train")[0]
+        ws.forget([deleted])
+    code = f"""
+import sys
+from prover import Workspace
+from prover._errors import BadInput
+with Workspace.open({d!r}) as ws:
+    for bad in (["no-such-id"], [{deleted!r}]):
+        try:
+            ws.forget(bad)
+        except BadInput as e:
+            print("BadInput |", e)
+print("torch imported:", "torch" in sys.modules)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert any(ln.startswith("BadInput |") and "unknown record id" in ln for ln in lines), lines
+    assert any(ln.startswith("BadInput |") and "already deleted" in ln for ln in lines), lines
+    assert lines[-1] == "torch imported: False"

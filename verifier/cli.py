@@ -17,6 +17,9 @@ import traceback
 from collections.abc import Sequence
 
 from verifiable_mu import __version__
+from verifiable_mu._age import AGE_MAGIC, is_age
+from verifiable_mu._age import decrypt as age_decrypt
+from verifiable_mu._age import identities as age_identities
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
 from verifiable_mu._keys import SigningKey, VerifyingKey
@@ -25,6 +28,7 @@ from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._seeds import atomic_write
 from verifiable_mu._witness import WitnessKey
 
+from ._bundle import Limits
 from ._checks import CheckResult, ExpectedHead, VerifyOptions, verify
 from ._policy import EXIT_REDUCED, POLICIES
 from ._report import render_text, step_line, to_json
@@ -75,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-': stdout, which then carries "
                    "the JSON alone; the summary goes to stderr)")
+    p.add_argument(
+        "--identity", action="append", default=[], metavar="FILE",
+        help="an age identity file (AGE-SECRET-KEY-1...) to decrypt a bundle encrypted to your age key by vmu bundle ("
+             "repeatable; needs the 'age' extra)",
+    )
     p.add_argument(
         "--trust-key", metavar="KEY",
         help="the owner's key to pin: a PEM file of its Ed25519 public key, or its C2SP note verifier key "
@@ -160,6 +169,29 @@ def _parse_head(text: str) -> ExpectedHead:
     except (UnicodeDecodeError, MalformedInput) as e:
         raise MalformedInput(f"--expect-head {text}: not a tree head note: {e}") from e
     return ExpectedHead(root=ck.root_hash, size=ck.size, origin=ck.origin)
+
+
+def _read_source(path: str, identity: Sequence[str]) -> str | bytes:
+    """The bundle to verify: the path itself for a plain bundle (read with the verifier's own
+    bounds), or the decrypted bytes of an age-encrypted one (--identity)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(AGE_MAGIC))
+    except OSError:
+        return path  # step 1 says what is wrong with it
+    if not is_age(head):
+        if identity:
+            raise MalformedInput(f"--identity was given but {path} is not an age-encrypted bundle")
+        return path
+    if not identity:
+        raise MalformedInput(f"{path} is an encrypted bundle (age): pass --identity with your age identity file")
+    keys = age_identities(identity)
+    size = os.path.getsize(path)
+    bound = Limits().max_archive_bytes
+    if size > bound:
+        raise MalformedInput(f"{path} is {size} bytes, above the verifier's bound of {bound} bytes")
+    with open(path, "rb") as f:
+        return age_decrypt(f.read(), keys, os.path.basename(path))
 
 
 def _trust_key(arg: str) -> tuple[VerifyingKey, str | None]:
@@ -303,7 +335,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 print_line(r)
 
     try:
-        v = verify(args.bundle, opts, on_result=on_result, on_progress=on_progress)
+        source = _read_source(args.bundle, args.identity)
+    except VmuError as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: error: {e}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        v = verify(source, opts, on_result=on_result, on_progress=on_progress)
     except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
         if args.verbose:
             traceback.print_exc()
