@@ -74,6 +74,7 @@ LOG = "log/entries.json"
 OPENINGS = "records/openings.json"
 SLICES_DIR = "slices/"
 ABSENCE = "slices/absence.json"
+MODEL_SOURCE_DIR = "model/source/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,25 @@ def known_head_size(ws: Workspace, path: str) -> int:
     return cp.size
 
 
+def _model_source(ws: Workspace, model: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The ``model/source/<path>`` members: the factory's source files as the config entry
+    commits them (specs/06 section 5b), read from this machine and checked against it."""
+    from verifiable_mu._modelcode import ModelCodeError, compare_files, locate_source
+
+    code = model.get("code")
+    if code is None:
+        raise BadInput("--include-model-source: the log commits no digest of the model factory's code (a workspace "
+                       "made before model code was committed)")
+    try:
+        files = locate_source(str(model["name"]).partition(":")[0])
+    except ModelCodeError as e:
+        raise BadInput(f"--include-model-source: {e}") from e
+    why = compare_files(code["files"], files)
+    if why is not None:
+        raise BadInput(f"--include-model-source: the model code on this machine differs from the committed code: {why}")
+    return [(MODEL_SOURCE_DIR + p, files[p]) for p in sorted(files, key=str.encode)]
+
+
 def write_bundle(
     ws: Workspace,
     out: str | os.PathLike[str],
@@ -170,13 +190,18 @@ def write_bundle(
     replay: int = DEFAULT_REPLAY,
     audit_max: int = AUDIT_DISCLOSE_MAX,
     known_sizes: Sequence[int] = (),
+    include_model_source: bool = False,
 ) -> BundleInfo:
     """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``.
 
     ``known_sizes``: sizes of heads the verifier saw before (``--known-head``); the bundle carries a
-    consistency proof from each to its final head (specs/08 section 3)."""
+    consistency proof from each to its final head (specs/08 section 3). ``include_model_source``:
+    ship a factory model's committed source files (``model/source/...``, specs/08 section 1)."""
     if replay < 0:
         raise BadInput("--replay must be >= 0")
+    if include_model_source and ":" not in ws.config.model:
+        raise BadInput(f"--include-model-source: the workspace's model {ws.config.model!r} is built in; it has no "
+                       "source to include")
     if not ws.trained:
         raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
     log = ws.log
@@ -453,7 +478,9 @@ def write_bundle(
     absence_doc = {"type": "vmu.bundle-absence", "version": 1,
                    "slices": [{"root": r, "proof": p} for r, p in sorted(absence.items())]}
 
+    source_members = _model_source(ws, log.entry(0).body["model"]) if include_model_source else []
     members: list[tuple[str, bytes]] = [
+        *source_members,
         (PUBKEY, ws.public_key.to_pem()),
         (FINAL_HEAD, head.note),
         *envs,

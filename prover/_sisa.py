@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -172,6 +173,25 @@ def _load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     return hit
 
 
+def _check_model_code(model: dict, built: Any) -> None:
+    """Refuse to train a factory model whose code here (this pool process or Ray node) is not the
+    committed code (specs/06 section 5b): its steps would not replay under that code."""
+    from verifiable_mu._modelcode import ModelCodeError, compare_files, locate_source
+    from verifiable_mu.training import structure_digest_of
+
+    from ._errors import WorkspaceError
+
+    code = model["code"]
+    try:
+        why = compare_files(code["files"], locate_source(str(model["name"]).partition(":")[0]))
+    except ModelCodeError as e:
+        why = str(e)
+    if why is None and structure_digest_of(built).hex() != code["structure"]:
+        why = "the built model's structure (parameter names, shapes, dtypes) differs"
+    if why is not None:
+        raise WorkspaceError(f"this worker's model code differs from the committed code: {why}")
+
+
 def _check_platform(logged: dict, device: object, threads: int) -> None:
     """Refuse to add steps that a replay on the logged platform would not reproduce bit for bit:
     a worker (a pool process, a Ray node) whose kernels, BLAS path or libraries differ from the
@@ -237,7 +257,10 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         _check_platform(task.platform, device, task.threads)
     spec = ModelSpec.from_json(task.model)
     hyper = Hyper.from_json(task.hyper)
-    model = prepare_model(build_model(spec, init_seed=0), hyper).to(device)
+    built = build_model(spec, init_seed=0)
+    if task.record and "code" in task.model:
+        _check_model_code(task.model, built)
+    model = prepare_model(built, hyper).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
     X_all, y_all = _load_data(task.data_path)

@@ -264,6 +264,7 @@ class Workspace:
         self._commit_of_row: dict[int, bytes] | None = None
         self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
+        self._model_code_at_init: dict[str, Any] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -297,6 +298,7 @@ class Workspace:
             config = WorkspaceConfig.from_json({**config.to_json(), "data_source": data})
         if config.model not in ("mlp", "logreg", "cnn") and ":" not in config.model:
             raise BadInput(f"unknown model {config.model!r} (use mlp, logreg, cnn or MODULE:FACTORY)")
+        model_code = _model_code(config, ds)  # a factory is imported and built now: fail fast
         parent = os.path.dirname(path) or "."
         os.makedirs(parent, exist_ok=True)
         # Build in a temporary directory beside the target, then rename: init is all or nothing.
@@ -317,6 +319,8 @@ class Workspace:
                 "data_digest": ds.digest(),
                 "created": int(time.time()),
             }
+            if model_code is not None:
+                cfg["model_code"] = model_code
             with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
                 json.dump(cfg, f, indent=2, sort_keys=True)
                 f.flush()
@@ -367,9 +371,11 @@ class Workspace:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(
+        ws = cls(
             path=path, name=cfg["name"], data_digest=cfg["data_digest"], config=config, key=key, log=log, lock_fd=lock_fd
         )
+        ws._model_code_at_init = cfg.get("model_code")
+        return ws
 
     def close(self) -> None:
         if self._lock_fd >= 0:
@@ -571,7 +577,7 @@ class Workspace:
                         "checkpoint_every": cfg.checkpoint_every,
                         "seed": str(cfg.seed),
                         "assignment": "sha256-rank-v1",
-                        "model": spec.to_json(),
+                        "model": self._model_json(spec),
                         "hyper": cfg.hyper_json(),
                         "platform": platform_info(device, cfg.threads),
                         "n_train": len(train_rows),
@@ -689,13 +695,17 @@ class Workspace:
                     )
                 )
         spec = self._model_spec()
+        model = spec.to_json()
+        code = self._log.entry(0).body["model"].get("code") if self._log.size else None
+        if code is not None:  # each worker (a pool process, a Ray node) checks its own copy of the code
+            model["code"] = code
         return _sisa.ShardTask(
             shard=shard,
             generation=gen,
             start_step=step,
             start_checkpoint=digest,
             stages=stages,
-            model=spec.to_json(),
+            model=model,
             hyper=cfg.hyper_json(),
             run_seed=cfg.seed,
             device=self._device(),
@@ -856,6 +866,40 @@ class Workspace:
             log_size=self._log.size,
         )
 
+    def _model_json(self, spec: Any) -> dict[str, Any]:
+        """The config entry's ``model`` (specs/06 section 5): the spec, and for a factory the
+        digests of its code (section 5b), which must be those recorded at init."""
+        out: dict[str, Any] = spec.to_json()
+        code = self.check_model_code()
+        if code is not None:
+            out["code"] = code
+        return out
+
+    def check_model_code(self) -> dict[str, Any] | None:
+        """For a factory model: the committed ``model.code`` (the logged one once committed, else
+        the one recorded at init), after checking that the factory importable now has the same
+        source files and builds the same structure; :class:`BadInput` otherwise (training with
+        other code would log steps that no verifier can replay). ``None`` for a built-in model."""
+        from verifiable_mu._modelcode import compare_files
+
+        if self.config.model in ("mlp", "logreg", "cnn"):
+            return None
+        want: dict[str, Any] | None = None
+        if self.committed and self._log.size:
+            want = self._log.entry(0).body["model"].get("code")
+        want = want or self._model_code_at_init
+        now = _model_code(self.config, self.data)
+        assert now is not None
+        if want is None:  # a workspace made before model code was committed: bind what runs now
+            return now
+        why = compare_files(want["files"], _source_of(self.config.model))
+        if why is None and now["structure"] != want["structure"]:
+            why = "the built model's structure (parameter names, shapes, dtypes) differs"
+        if why is not None:
+            raise BadInput(f"the model code differs from the code committed at init: {why}; restore that code (a "
+                           "workspace's model cannot change)")
+        return want
+
     def _model_spec(self) -> Any:
         """The workspace's :class:`verifiable_mu.training.ModelSpec`."""
         from verifiable_mu.training import ModelSpec
@@ -871,6 +915,8 @@ class Workspace:
         import numpy.random  # noqa: F401
 
         from verifiable_mu.training import Hyper, configure_determinism, warm_up
+
+        self.check_model_code()  # a factory must still be the code committed at init
 
         from . import _backend, _transcript  # noqa: F401
 
@@ -1271,6 +1317,32 @@ def _fault_point(where: str) -> None:
 
 def _init_seed(seed: int, shard: int) -> int:
     return int.from_bytes(tagged_hash(TAG_MODEL, b"init", struct.pack(">QI", seed, shard))[:8], "big") >> 1
+
+
+def _source_of(model: str) -> dict[str, bytes]:
+    from verifiable_mu._modelcode import ModelCodeError, locate_source
+
+    try:
+        return locate_source(model.partition(":")[0])
+    except ModelCodeError as e:
+        raise BadInput(f"--model {model}: {e}") from e
+
+
+def _model_code(config: WorkspaceConfig, ds: Dataset) -> dict[str, Any] | None:
+    """Import and build a factory model; its ``model.code`` (specs/06 section 5b), or ``None``
+    for a built-in model. One-line :class:`BadInput` on any failure."""
+    if config.model in ("mlp", "logreg", "cnn"):
+        return None
+    from verifiable_mu._errors import MalformedInput
+    from verifiable_mu.training import ModelSpec, commit_model_code
+
+    spec = ModelSpec(name=config.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape,
+                     hidden=config.hidden)
+    try:
+        return commit_model_code(spec)
+    except MalformedInput as e:
+        msg = str(e)
+        raise BadInput(msg if msg.startswith("--model") else f"--model {config.model}: {msg}") from e
 
 
 def _take_lock(path: str) -> int:

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a signed head of this log the verifier already holds: the bundle proves its history extends it",
     )
 
+    b.add_argument(
+        "--include-model-source", action="store_true",
+        help="ship a MODULE:FACTORY model's source files (as committed in the log) in the bundle, so an agency without "
+             "the module can verify it with --allow-factory",
+    )
+
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -235,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 info = write_bundle(
                     ws, target, transcript=None if args.all else args.transcript, challenge=challenge,
-                    replay=args.replay, known_sizes=known,
+                    replay=args.replay, known_sizes=known, include_model_source=args.include_model_source,
                 )
                 if to is not None:  # the plain zip never reaches --out; it is removed either way
                     with open(target, "rb") as f:

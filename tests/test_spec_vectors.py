@@ -19,6 +19,8 @@ SPEC = Path(__file__).resolve().parents[1] / "specs" / "06-training.md"
 TAG_STEP_SEED = b"vmu:step-seed:v1\x00"  # specs/00-hashing.md section 2
 TAG_CHECKPOINT = b"vmu:checkpoint:v1\x00"
 TAG_MODEL = b"vmu:model:v1\x00"
+TAG_MODEL_SOURCE = b"vmu:model-source:v1\x00"
+TAG_MODEL_STRUCTURE = b"vmu:model-structure:v1\x00"
 M32, M64, M128 = (1 << 32) - 1, (1 << 64) - 1, (1 << 128) - 1
 
 
@@ -143,7 +145,8 @@ def spec_checkpoint_digest(tensors: dict[str, list[float]]) -> tuple[bytes, byte
 # --- the vectors ---------------------------------------------------------------------------------
 
 NAMES = ["perm-seed-1", "step-seed-1", "seed-sequence-1", "permutation-1", "permutation-2", "permutation-3",
-         "checkpoint-digest-1", "model-digest-1", "grid-1", "grid-2", "grid-3"]  # fmt: skip
+         "checkpoint-digest-1", "model-digest-1", "grid-1", "grid-2", "grid-3", "model-source-1",
+         "model-structure-1"]  # fmt: skip
 
 
 def test_the_spec_has_every_vector() -> None:
@@ -231,3 +234,36 @@ def test_stage_epochs_rounds_the_exact_rational_half_to_even() -> None:
             want = fl + (1 if x - fl > Fraction(1, 2) or (x - fl == Fraction(1, 2) and fl % 2) else 0)
             assert stage_epochs(e, r) == max(1, want), (e, r)
     assert (stage_epochs(5, 3), stage_epochs(7, 3)) == (2, 4)  # the examples of specs/06 section 2
+
+
+def _rfc8785_ascii(obj: Any) -> bytes:
+    """RFC 8785 for objects of ASCII strings, integers, lists and objects (what section 5b hashes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def test_model_source_vector() -> None:
+    v = _vectors()["model-source-1"]
+    files = json.loads(v[0])
+    lst = [{"path": p, "sha256": hashlib.sha256(files[p].encode()).hexdigest()} for p in sorted(files, key=str.encode)]
+    assert lst == json.loads(v[1])
+    digest = hashlib.sha256(TAG_MODEL_SOURCE + _rfc8785_ascii({"version": 1, "files": lst})).hexdigest()
+    assert digest == v[2]
+    from verifiable_mu._modelcode import file_list, source_digest
+
+    assert file_list({p: c.encode() for p, c in files.items()}) == lst and source_digest(lst).hex() == v[2]
+
+
+def test_model_structure_vector() -> None:
+    v = _vectors()["model-structure-1"]
+    params = json.loads(v[0])
+    doc = {"version": 1, "parameters": [{"name": n, "shape": s, "dtype": d} for n, s, d in sorted(params)]}
+    assert _rfc8785_ascii(doc) == v[1].encode()
+    assert hashlib.sha256(TAG_MODEL_STRUCTURE + v[1].encode()).hexdigest() == v[2]
+    from verifiable_mu._modelcode import structure_digest
+
+    assert structure_digest([(n, s, d) for n, s, d in params]).hex() == v[2]
+    torch = pytest.importorskip("torch")
+    from verifiable_mu.training import structure_digest_of
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    assert structure_digest_of(model).hex() == v[2]

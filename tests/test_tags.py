@@ -23,7 +23,7 @@ def _named_tags() -> dict[str, bytes]:
 
 def test_all_tags_lists_every_tag_constant_once() -> None:
     named = _named_tags()
-    assert len(named) == len(ALL_TAGS) == 13
+    assert len(named) == len(ALL_TAGS) == 15
     assert list(named.values()) == list(ALL_TAGS)  # same order as __all__
     assert len(set(ALL_TAGS)) == len(ALL_TAGS)
     # No TAG_ constant in the module is left out of __all__.

@@ -26,6 +26,8 @@ __all__ = [
     "TAG_CHALLENGE",
     "TAG_TRANSCRIPT",
     "TAG_REQUEST",
+    "TAG_MODEL_SOURCE",
+    "TAG_MODEL_STRUCTURE",
     "ALL_TAGS",
     "tagged_hash",
 ]
@@ -43,6 +45,8 @@ TAG_STEP_SEED = b"vmu:step-seed:v1\x00"
 TAG_CHALLENGE = b"vmu:challenge:v1\x00"
 TAG_TRANSCRIPT = b"vmu:transcript:v1\x00"
 TAG_REQUEST = b"vmu:deletion-request:v1\x00"
+TAG_MODEL_SOURCE = b"vmu:model-source:v1\x00"
+TAG_MODEL_STRUCTURE = b"vmu:model-structure:v1\x00"
 
 ALL_TAGS: tuple[bytes, ...] = (
     TAG_RECORD_COMMITMENT,
@@ -58,6 +62,8 @@ ALL_TAGS: tuple[bytes, ...] = (
     TAG_CHALLENGE,
     TAG_TRANSCRIPT,
     TAG_REQUEST,
+    TAG_MODEL_SOURCE,
+    TAG_MODEL_STRUCTURE,
 )
 
 

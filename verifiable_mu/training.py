@@ -60,6 +60,9 @@ __all__ = [
     "resolve_device",
     "zero_momentum",
     "StepInput",
+    "commit_model_code",
+    "model_structure",
+    "structure_digest_of",
 ]
 
 _BUILTIN_MODELS = ("mlp", "logreg", "cnn")
@@ -181,8 +184,11 @@ class _CNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def build_model(spec: ModelSpec, *, init_seed: int) -> nn.Module:
-    """Build the model with a deterministic initialisation from ``init_seed``."""
+def build_model(spec: ModelSpec, *, init_seed: int, factory: Callable[..., Any] | None = None) -> nn.Module:
+    """Build the model with a deterministic initialisation from ``init_seed``.
+
+    ``factory``: for a ``module:factory`` model, the factory to call instead of importing it by
+    name (the verifier passes the one it loaded from the checked source files)."""
     torch.manual_seed(init_seed)
     if spec.name == "mlp":
         model: nn.Module = nn.Sequential(
@@ -194,16 +200,50 @@ def build_model(spec: ModelSpec, *, init_seed: int) -> nn.Module:
         model = _CNN(spec.input_shape, spec.n_classes)
     elif ":" in spec.name:
         mod_name, _, fn_name = spec.name.partition(":")
+        if factory is None:
+            try:
+                factory = getattr(importlib.import_module(mod_name), fn_name)
+            except Exception as e:  # ImportError, AttributeError, or the module's own code raising
+                raise MalformedInput(f"cannot import model factory {spec.name!r}: {type(e).__name__}: {e}") from e
+        if not callable(factory):
+            raise MalformedInput(f"model factory {spec.name!r} is not callable")
         try:
-            factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise MalformedInput(f"cannot import model factory {spec.name!r}: {e}") from e
-        model = factory(n_features=spec.n_features, n_classes=spec.n_classes, input_shape=spec.input_shape)
+            model = factory(n_features=spec.n_features, n_classes=spec.n_classes, input_shape=spec.input_shape)
+        except Exception as e:  # the owner's code: any exception is a model that cannot be built
+            raise MalformedInput(f"model factory {spec.name!r} raised {type(e).__name__}: {e}") from e
         if not isinstance(model, nn.Module):
             raise MalformedInput(f"model factory {spec.name!r} did not return a torch.nn.Module")
     else:
         raise MalformedInput(f"unknown model {spec.name!r} (use {', '.join(_BUILTIN_MODELS)} or module:factory)")
     return model.float()
+
+
+def model_structure(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(name, shape, dtype)`` of every parameter, in name order (specs/06 section 5b)."""
+    return sorted((n, tuple(int(x) for x in p.shape), str(p.dtype).removeprefix("torch."))
+                  for n, p in model.named_parameters())
+
+
+def structure_digest_of(model: nn.Module) -> bytes:
+    """The structure digest of a built model (specs/06 section 5b)."""
+    from ._modelcode import structure_digest
+
+    return structure_digest(model_structure(model))
+
+
+def commit_model_code(spec: ModelSpec) -> dict[str, Any] | None:
+    """The config's ``model.code`` for ``spec`` (``None`` for a built-in model): locate the
+    factory's source files, import it, build it and digest both (specs/06 section 5b). Raises
+    :class:`MalformedInput` with one line on a bad path, a missing module or function, a factory
+    that raises or returns no ``torch.nn.Module``."""
+    from ._modelcode import code_json, locate_source, split_factory
+
+    if spec.name in _BUILTIN_MODELS:
+        return None
+    split_factory(spec.name)
+    files = locate_source(spec.name.partition(":")[0])
+    model = build_model(spec, init_seed=0)
+    return code_json(files, structure_digest_of(model))
 
 
 _WARMED: set[tuple[str, str]] = set()

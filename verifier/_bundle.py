@@ -28,6 +28,7 @@ from verifiable_mu._dsse import Envelope
 from verifiable_mu._errors import InvalidBundle, UnsupportedVersion
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._log import LogEntry
+from verifiable_mu._modelcode import MAX_SOURCE_BYTES, MAX_SOURCE_FILE_BYTES, MAX_SOURCE_FILES, SOURCE_PATH_RE
 from verifiable_mu._multiproof import MultiProof
 from verifiable_mu._proofs import ConsistencyProof
 from verifiable_mu._range import RangeProof
@@ -72,8 +73,9 @@ ABSENCE = "slices/absence.json"
 _NAME_RE = re.compile(
     r"(manifest\.json|keys/signing-key\.pub\.pem|heads/final\.note|transcripts/[0-9]{6}\.dsse\.json"
     r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records"
-    r"|slices/absence\.json)"
+    r"|slices/absence\.json|model/source/" + SOURCE_PATH_RE.pattern + ")"
 )
+MODEL_SOURCE_DIR = "model/source/"
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
@@ -454,6 +456,9 @@ class Bundle:
     absence: Mapping[bytes, AbsenceProof] = field(repr=False, default_factory=dict)
     # consistency proofs from heads the verifier named to the prover (--known-head) to the final head
     known: tuple[ConsistencyProof, ...] = ()
+    # a factory model's shipped source files (model/source/<path>): relative path -> bytes, unchecked
+    # here (step 18 checks them against the config's committed digests before anything runs)
+    model_source: Mapping[str, bytes] = field(repr=False, default_factory=dict)
 
 
 def _json(members: Mapping[str, bytes], name: str, limits: Limits, budget: JsonBudget | None) -> Any:
@@ -668,8 +673,18 @@ def parse_large_members(bundle: Bundle, members: Mapping[str, bytes], limits: Li
         if name.startswith("slices/") and name.endswith(".records"):
             root = bytes.fromhex(name[len("slices/") : -len(".records")])
             slice_keys[root], slices[root] = _parse_slice_records(members[name], root, name)
+    source = {name[len(MODEL_SOURCE_DIR):]: blob for name, blob in sorted(members.items())
+              if name.startswith(MODEL_SOURCE_DIR)}
+    if len(source) > MAX_SOURCE_FILES:
+        raise InvalidBundle(f"the bundle ships {len(source)} model source files (at most {MAX_SOURCE_FILES})")
+    for name, blob in source.items():
+        if len(blob) > MAX_SOURCE_FILE_BYTES:
+            raise InvalidBundle(f"{MODEL_SOURCE_DIR}{name} is {len(blob)} bytes (at most {MAX_SOURCE_FILE_BYTES})")
+    if sum(map(len, source.values())) > MAX_SOURCE_BYTES:
+        raise InvalidBundle(f"the bundle's model source files hold more than {MAX_SOURCE_BYTES} bytes")
     return dataclasses.replace(
         bundle,
+        model_source=MappingProxyType(source),
         runs=runs,
         consistency=cons,
         known=known,

@@ -1420,7 +1420,7 @@ def _step_18(v: Verification) -> None:
         ))
     plan = _replay.ReplayPlan(
         model=cfg.model, hyper=cfg.hyper, platform=cfg.platform, segments=tuple(work), openings=v.openings,
-        mode=v.options.replay_mode, allow_factories=v.options.allow_factories,
+        mode=v.options.replay_mode, allow_factories=v.options.allow_factories, model_source=dict(b.model_source),
     )
     if v.options.backend == "local":
         v.replay_report = _replay.replay(plan, progress=v.progress)
@@ -1470,8 +1470,11 @@ def _step_19(v: Verification) -> None:
             raise SegmentMissing(f"the bundle lacks the {what} checkpoint {missing[0].hex()[:16]}... needed by step 19")
         return [(d, b.checkpoints[d]) for d in digests]
 
-    post = _models.load_models(cfg.model, files(post_d, "final"), allow_factories=v.options.allow_factories)
-    pre = _models.load_models(cfg.model, files(pre_d, "pre-deletion"), allow_factories=v.options.allow_factories)
+    src = dict(b.model_source)
+    post = _models.load_models(cfg.model, files(post_d, "final"), allow_factories=v.options.allow_factories,
+                               model_source=src)
+    pre = _models.load_models(cfg.model, files(pre_d, "pre-deletion"), allow_factories=v.options.allow_factories,
+                              model_source=src)
     shard_of = {r.commitment: r.shard for t in v.transcripts for r in t.records}
     op = b.openings
     # Held-out deleted records were never trained on: they are neither deleted records of the

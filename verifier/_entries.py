@@ -16,6 +16,7 @@ from typing import Any
 from verifiable_mu._canonical import hex32
 from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
 from verifiable_mu._log import LogEntry
+from verifiable_mu._modelcode import parse_code
 from verifiable_mu._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
 from verifiable_mu._sorted_tree import AbsenceProof, MembershipProof, NonMembershipProof
@@ -150,8 +151,16 @@ class ConfigBody:
             )
         for k in ("lr", "momentum", "weight_decay"):
             _float_str(hyper, k)
-        model = _Body(f"{what} model", b.obj("model"), {"name", "n_features", "n_classes", "input_shape", "hidden"})
+        model = _Body(f"{what} model", b.obj("model"), {"name", "n_features", "n_classes", "input_shape", "hidden"},
+                      {"code"})
         model.str("name", 256)
+        if "code" in model.d:  # specs/06 section 5b: only a factory model carries (and must carry) it
+            if model.d["name"] in ("mlp", "logreg", "cnn"):
+                raise InvalidBundle(f"{what} model: the built-in model {model.d['name']!r} carries no code digests")
+            try:
+                parse_code(model.d["code"], f"{what} model code")
+            except MalformedInput as x:
+                raise InvalidBundle(str(x)) from x
         model.int("n_features", 1, 2**24)
         model.int("n_classes", 1, 2**20)
         model.int("hidden", 0, 2**20)

@@ -15,7 +15,7 @@ import numpy as np
 
 from verifiable_mu._errors import InvalidBundle
 
-from ._segment import spec_checked
+from ._segment import model_factory
 
 __all__ = ["ProbaFn", "load_models", "load_params"]
 
@@ -43,15 +43,17 @@ def load_models(
     files: Sequence[tuple[bytes, bytes]],
     *,
     allow_factories: Sequence[str] = (),
+    model_source: Mapping[str, bytes] | None = None,
 ) -> list[ProbaFn]:
-    """One ``predict_proba`` per ``(digest, safetensors bytes)``, in order."""
+    """One ``predict_proba`` per ``(digest, safetensors bytes)``, in order. A factory model is
+    loaded only after the committed-code checks (:func:`verifier._segment.model_factory`)."""
     import torch
 
     training = importlib.import_module("verifiable_mu.training")
-    spec = spec_checked(model, allow_factories, "loading")
+    spec, factory = model_factory(model, allow_factories, model_source, "loading")
     out: list[ProbaFn] = []
     for i, (digest, data) in enumerate(files):
-        m = training.build_model(spec, init_seed=0)
+        m = training.build_model(spec, init_seed=0, factory=factory)
         training.load_into_model(m, _tensors(data, digest, f"checkpoint {digest.hex()[:16]}"), torch.device("cpu"))
         m.eval()
 

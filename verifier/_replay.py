@@ -22,7 +22,7 @@ import contextlib
 import importlib
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from verifiable_mu import _platform
@@ -35,9 +35,9 @@ from ._segment import (
     DISTANCE_THRESHOLD,
     SegmentPlan,
     SegmentWork,
+    model_factory,
     replay_segment,
     segment_name,
-    spec_checked,
 )
 
 __all__ = [
@@ -66,6 +66,7 @@ class ReplayPlan:
     openings: Mapping[bytes, RecordOpening]
     mode: str = "auto"  # auto | exact | distance
     allow_factories: tuple[str, ...] = ()
+    model_source: Mapping[str, bytes] = field(default_factory=dict)  # the bundle's model/source/ files
 
 
 def platform_differences(platform: Mapping[str, Any]) -> list[str]:
@@ -96,6 +97,7 @@ def segment_plans(plan: ReplayPlan, mode: str) -> list[SegmentPlan]:
             allow_factories=tuple(plan.allow_factories),
             work=w,
             openings={c: plan.openings[c] for c in commits},
+            model_source=dict(plan.model_source),
         ))  # fmt: skip
     return out
 
@@ -135,7 +137,7 @@ def replay(
     if ray_address is not None and backend != "ray":
         raise MalformedInput("--ray-address needs --backend ray")
     training = importlib.import_module("verifiable_mu.training")
-    spec_checked(plan.model, plan.allow_factories)
+    model_factory(plan.model, plan.allow_factories, plan.model_source)  # the committed-code checks, before any segment
     training.Hyper.from_json(dict(plan.hyper))
     threads = int(plan.platform["threads"])
     training.configure_determinism(threads)
@@ -193,4 +195,15 @@ def replay(
         "seconds": secs,
         "steps_per_second": total_steps / secs if secs > 0 else None,
         "warning": warning,
+        "model_code": _code_report(plan),
     }
+
+
+def _code_report(plan: ReplayPlan) -> dict[str, Any] | None:
+    """What step 18 checked of a factory model's code (``None`` for a built-in model): the
+    committed digests and where the code that ran came from (specs/09, step 18)."""
+    code = plan.model.get("code")
+    if code is None:
+        return None
+    return {"name": plan.model["name"], "source": code["source"], "structure": code["structure"],
+            "files": len(code["files"]), "from": "bundle" if plan.model_source else "verifier"}

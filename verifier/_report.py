@@ -143,6 +143,11 @@ def render_text(v: Verification, *, path: str | None = None, streamed: bool = Fa
             f"  replay: {rr['steps']} steps in {rr['seconds']:.2f} s, mode {rr['mode']}"
             + (f" (threshold {rr['threshold']:g})" if rr.get("threshold") else "")
         )
+        mc = rr.get("model_code")
+        if mc:
+            where = "the bundle's model source" if mc["from"] == "bundle" else "this machine's copy"
+            lines.append(f"  model code: {mc['name']} ran from {where}, {mc['files']} file(s) matching the committed "
+                         f"source digest {mc['source'][:16]}... and structure digest {mc['structure'][:16]}...")
     k = v.uniform_replayed
     probs = ", ".join(f"f={int(f * 100)}%: {p:.3g}" for f, p in zip(ESCAPE_FRACTIONS, v.escape().values(), strict=True))
     owner = " per owner try (SAMPLED BY THE OWNER)" if v.sampled_by == "owner" else ""

@@ -13,6 +13,7 @@ they share; it imports neither.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "SegmentPlan",
     "SegmentWork",
     "replay_segment",
+    "model_factory",
     "spec_checked",
     "segment_name",
 ]
@@ -65,6 +67,7 @@ class SegmentPlan:
     allow_factories: tuple[str, ...]
     work: SegmentWork
     openings: Mapping[bytes, RecordOpening]  # exactly the records this segment's batches use
+    model_source: Mapping[str, bytes] = dataclasses.field(default_factory=dict)  # the bundle's model/source/ files
 
 
 def _load(data: bytes, what: str) -> dict[str, Any]:
@@ -92,6 +95,81 @@ def spec_checked(model: Mapping[str, Any], allow_factories: Sequence[str], doing
     return spec
 
 
+#: Factories loaded (and checked) in this process: (model spec JSON, source digest) -> factory.
+_FACTORIES: dict[tuple[bytes, bytes], Any] = {}
+CODE_DIFFERS = "unusable input: model code differs from the committed code"
+
+
+def model_factory(
+    model: Mapping[str, Any],
+    allow_factories: Sequence[str],
+    source: Mapping[str, bytes] | None = None,
+    doing: str = "replaying",
+) -> tuple[Any, Any]:
+    """``(spec, factory)`` for the logged model (specs/09 step 18, "Committed model code"):
+    ``factory`` is ``None`` for a built-in model; for a ``module:factory`` model it is the
+    factory loaded only after (1) ``--allow-factory`` names it, (2) the code it would run -- the
+    bundle's shipped source (``source``, path -> bytes) when present, else the module importable
+    on this machine -- has the config's committed source digest, file by file, and (3) the model
+    it builds has the committed structure digest. Every failure is :class:`ModelCodeError`
+    (unusable input, exit 2). The code is imported from exactly the bytes hashed
+    (:func:`verifiable_mu._modelcode.isolated_import`)."""
+    from verifiable_mu._canonical import canonical_json
+    from verifiable_mu._modelcode import (
+        ModelCodeError,
+        compare_files,
+        file_list,
+        isolated_import,
+        locate_source,
+        source_digest,
+        split_factory,
+    )
+
+    spec = spec_checked(model, allow_factories, doing)
+    if spec.name in BUILTIN_MODELS:
+        return spec, None
+    code = model.get("code")
+    if code is None:
+        raise ModelCodeError(
+            f"the config commits no digest of the code of the factory {spec.name!r} (a log written before model code "
+            "was committed): the code this machine would run cannot be checked against the owner's"
+        )
+    mod_name, fn_name = split_factory(spec.name)
+    if source:
+        files, where = dict(source), "the bundle's model/source/ files"
+    else:
+        try:
+            files = locate_source(mod_name)
+        except ModelCodeError as e:
+            raise ModelCodeError(
+                f"{e}; the bundle ships no model source either (the owner can include it: vmu bundle "
+                "--include-model-source)"
+            ) from e
+        where = f"the module {mod_name.split('.')[0]!r} on this machine"
+    why = compare_files(code["files"], files)
+    if why is not None:
+        raise ModelCodeError(f"{CODE_DIFFERS}: {why} (in {where})")
+    # Cached only once these very files matched (a later call with other files checks them anew).
+    key = (canonical_json(dict(model)), source_digest(file_list(files)))
+    if key in _FACTORIES:
+        return spec, _FACTORIES[key]
+    module = isolated_import(mod_name, files)
+    factory = getattr(module, fn_name, None)
+    if not callable(factory):
+        raise ModelCodeError(f"model factory {spec.name!r}: the committed module has no function {fn_name!r}")
+    training = importlib.import_module("verifiable_mu.training")
+    built = training.build_model(spec, init_seed=0, factory=factory)
+    got = training.structure_digest_of(built)
+    if got.hex() != code["structure"]:
+        raise ModelCodeError(
+            f"{CODE_DIFFERS}: the built model's structure (parameter names, shapes, dtypes) differs: structure digest "
+            f"{got.hex()[:16]}..., the committed {code['structure'][:16]}... (the source matches; the factory builds "
+            "another model here)"
+        )
+    _FACTORIES[key] = factory
+    return spec, factory
+
+
 def segment_name(ref: SegmentRef) -> str:
     return f"segment ending at entry {ref.end_index} (shard {ref.shard}, generation {ref.generation})"
 
@@ -111,11 +189,11 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
     training = importlib.import_module("verifiable_mu.training")
     if sp.mode not in ("exact", "distance"):
         raise MalformedInput(f"replay mode must be exact or distance here, not {sp.mode!r}")
-    spec = spec_checked(sp.model, sp.allow_factories)
+    spec, factory = model_factory(sp.model, sp.allow_factories, sp.model_source)
     hyper = training.Hyper.from_json(dict(sp.hyper))
     training.configure_determinism(sp.threads)
     device = torch.device("cpu")
-    model = training.prepare_model(training.build_model(spec, init_seed=0), hyper)
+    model = training.prepare_model(training.build_model(spec, init_seed=0, factory=factory), hyper)
     w = sp.work
     where = segment_name(w.ref)
     try:

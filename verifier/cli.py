@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--allow-factory", action="append", default=[], metavar="MODULE:FACTORY",
-        help="allow replaying a model built by this (trusted, installed) factory",
+        help="allow running this factory's code to replay the model (only after it matches the code the log commits: "
+             "the bundle's model source if it ships one, else the module on this machine)",
     )
     p.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report (inline plots, no network)")
     p.add_argument(
