@@ -435,31 +435,36 @@ class Workspace:
         self._db().execute("INSERT OR REPLACE INTO p_meta(key, value) VALUES(?, ?)", (key, value))
 
     # --- compute time and steps, summed over interrupted and resumed runs ---------------------
-    # A run (train, or one request's forget) charges the wall time since its previous charge to
-    # its account at every stage commit, in the commit's own transaction: a run killed between
-    # commits loses only the uncommitted stage (whose work is redone, and charged, on resume),
-    # and the time the workspace sat idle between the runs is never charged.
+    # A run (train, or one request's forget) keeps an account in the workspace's meta table,
+    # charged inside the transactions that commit its work: each stage commit charges the stage's
+    # own compute time (measured where it ran) and the commit's; the driver's own phases (the
+    # commit block, the request's rollback, the closing model entry and transcript) charge their
+    # wall time. A stage computed but not committed when a run is interrupted is never charged
+    # (it is redone, and charged, on resume), and neither is the time between the runs.
 
     def _start_account(self, account: str) -> None:
         self._account, self._account_clock = account, time.perf_counter()
 
-    def _charge(self, steps: int) -> None:
-        """Inside a transaction: add the time since the last charge and ``steps`` to the account."""
+    def _charge(self, steps: int, seconds: float) -> None:
+        """Inside a transaction: add ``seconds`` and ``steps`` to the open account (if any)."""
         account = self._account
         if account is None:
             return
-        now = time.perf_counter()
-        secs = float(self._meta(f"{account}_seconds") or 0.0) + (now - self._account_clock)
+        secs = float(self._meta(f"{account}_seconds") or 0.0) + seconds
         self._set_meta(f"{account}_seconds", repr(secs))
         self._set_meta(f"{account}_steps", str(int(self._meta(f"{account}_steps") or 0) + steps))
+
+    def _charge_phase(self) -> None:
+        """Inside a transaction: charge the driver's wall time since the last charge point."""
+        now = time.perf_counter()
+        self._charge(0, now - self._account_clock)
         self._account_clock = now
 
     def _end_account(self) -> tuple[float, int]:
-        """Charge the time since the last commit (the run's closing work) and close the account;
-        return its totals."""
+        """Charge the run's closing phase and close the account; return its totals."""
         account = self._account
         with self._log.transaction():
-            self._charge(0)
+            self._charge_phase()
         self._account = None
         return float(self._meta(f"{account}_seconds") or 0.0), int(self._meta(f"{account}_steps") or 0)
 
@@ -742,6 +747,7 @@ class Workspace:
 
     def _commit_stage(self, task: _sisa.ShardTask, res: _sisa.StageResult) -> int:
         """Append one stage's steps and checkpoints and move the shard's state, atomically."""
+        t_commit = time.perf_counter()
         db = self._db()
         log = self._log
         ck = dict(res.checkpoints)
@@ -795,7 +801,8 @@ class Workspace:
             )
             if res.stage == self.config.slices:
                 db.execute("UPDATE p_shards SET target_from=NULL WHERE shard=?", (task.shard,))
-            self._charge(len(res.steps))
+            self._charge(len(res.steps), res.seconds + (time.perf_counter() - t_commit))
+            self._account_clock = time.perf_counter()  # the driver's next phase starts after this commit
             _fault_point("inside")
         _fault_point("after")
         return len(res.steps)
@@ -846,12 +853,14 @@ class Workspace:
         self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
         self._start_account("train")
         self.commit()
+        with self._log.transaction():
+            self._charge_phase()  # the commit block: records hashed, slice trees built
         tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
         steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
         if not self.trained:
             with self._log.transaction():
                 self._log_model("train", None)
-                self._charge(0)
+                self._charge_phase()
                 self._set_meta("trained", "1")
             self._sign_head()
         elif tasks:
@@ -1120,7 +1129,7 @@ class Workspace:
                 (n, json.dumps(ids), "pending", del_idx, size_before, head_before, t0, json.dumps(evidence)),
             )
             self._account, self._account_clock = f"request_{n}", clock  # the request's clock started above
-            self._charge(0)
+            self._charge_phase()
             # Roll back: new generation, new slice trees for the affected slices.
             for shard, from_stage in sorted(plan.items()):
                 gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0] + 1
