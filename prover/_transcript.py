@@ -23,6 +23,17 @@ __all__ = ["build_transcript", "TRANSCRIPT_VERSION"]
 TRANSCRIPT_VERSION = 1
 
 
+def _slice_tree(db: Any, shard: int, slc: int, after: int) -> SortedTree:
+    """The sorted tree of slice (shard, slc) as it stood once request ``after`` was done: its
+    training records that no request up to ``after`` deleted (``after = n - 1``: before request n)."""
+    rows = db.execute(
+        "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
+        "AND (deleted_by IS NULL OR deleted_by>?)",
+        (shard, slc, after),
+    ).fetchall()
+    return SortedTree.build((k, c) for k, c in rows)
+
+
 def _disclose(ws: Workspace, index: int, tree_size: int) -> dict[str, Any]:
     e = ws.log.entry(index)
     return {"entry": e.to_json(), "inclusion": ws.log.inclusion_proof(index, tree_size).to_json()}
@@ -50,12 +61,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
     records = []
     for _rid, shard, slc, commitment, key in deleted:
         # The slice tree this record was in: the live records of that slice before this request.
-        old_rows = db.execute(
-            "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
-            "AND (deleted_by IS NULL OR deleted_by>=?)",
-            (shard, slc, n),
-        ).fetchall()
-        old_tree = SortedTree.build((k, c) for k, c in old_rows)
+        old_tree = _slice_tree(db, shard, slc, n - 1)
         hexc = commitment.hex()
         records.append(
             {
@@ -78,11 +84,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
             idx = db.execute(
                 "SELECT log_index FROM p_slices WHERE shard=? AND slice=? ORDER BY generation DESC LIMIT 1", (shard, r)
             ).fetchone()[0]
-            live = db.execute(
-                "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? AND deleted_by IS NULL",
-                (shard, r),
-            ).fetchall()
-            tree = SortedTree.build((k, c) for k, c in live)
+            tree = _slice_tree(db, shard, r, n)
             slice_items.append(
                 {
                     "slice": _disclose(ws, idx, size_after),
@@ -166,12 +168,7 @@ def _held_out(ws: Workspace, n: int, size_after: int) -> dict[str, Any] | None:
                 "ORDER BY generation DESC LIMIT 1",
                 (s, r, size_after),
             ).fetchone()[0]
-            live = db.execute(
-                "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
-                "AND (deleted_by IS NULL OR deleted_by>?)",
-                (s, r, n),
-            ).fetchall()
-            tree = SortedTree.build((k, c) for k, c in live)
+            tree = _slice_tree(db, s, r, n)
             items.append({"slice": _disclose(ws, idx, size_after), "absence": tree.absence_proof(keys).to_json()})
     return {
         "records": [

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from verifiable_mu import __version__
 from verifiable_mu._age import encrypt as age_encrypt
 from verifiable_mu._age import recipients as age_recipients
+from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout
 from verifiable_mu._disclosure import disclosure_line
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import FULL_INSTALL, missing_module
@@ -31,9 +32,6 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as a shell reports it: 128 + 2
-#: The reader of stdout went away (SIGPIPE's 128 + 13, as a shell reports it).
-EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -315,8 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        detach_stdout()
         return EXIT_BROKEN_PIPE
     except OSError as e:
         if args.verbose:

@@ -1187,6 +1187,7 @@ def _step_15(v: Verification) -> None:
     assert cfg is not None and b is not None
     finals: dict[int, bytes] = {lin.shard: lin.final.digest for lin in v.lineages if lin.generation == 0}
     prev: Disclosure | None = None
+    file_sha256: dict[bytes, bytes] = {}
     for t in v.transcripts:
         w = f"request {t.request}"
         mb, ma = ModelBody.parse(t.model_before.entry), ModelBody.parse(t.model_after.entry)
@@ -1213,11 +1214,14 @@ def _step_15(v: Verification) -> None:
                 raise ModelMismatch(f"{w}: the statement's subjects are not the checkpoint files of model_after's "
                                     "constituents, in shard order")
             for s, (d, file_sha) in enumerate(t.subject_files):
-                data = b.checkpoints.get(d)  # the bundle holds the final model's files; earlier ones by name only
-                if data is not None and hashlib.sha256(data).digest() != file_sha:
+                if d not in b.checkpoints:  # the bundle holds the final model's files; earlier ones by name only
+                    continue
+                if d not in file_sha256:  # a shard no later request touched is in every transcript: hash once
+                    file_sha256[d] = hashlib.sha256(b.checkpoints[d]).digest()
+                if file_sha256[d] != file_sha:
                     raise ModelMismatch(f"{w}: subject {s} gives SHA-256 {file_sha.hex()[:16]}... for "
                                         f"checkpoints/{d.hex()}.safetensors, the bundle's file hashes to "
-                                        f"{hashlib.sha256(data).hexdigest()[:16]}...")
+                                        f"{file_sha256[d].hex()[:16]}...")
         prev = t.model_after
     assert prev is not None
     for s, d in enumerate(ModelBody.parse(prev.entry).shards):

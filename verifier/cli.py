@@ -20,6 +20,7 @@ from verifiable_mu import __version__
 from verifiable_mu._age import AGE_MAGIC, is_age
 from verifiable_mu._age import decrypt as age_decrypt
 from verifiable_mu._age import identities as age_identities
+from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
 from verifiable_mu._keys import SigningKey, VerifyingKey
@@ -38,9 +39,6 @@ __all__ = ["EXIT_ACCEPTED", "EXIT_REDUCED", "EXIT_REJECTED", "EXIT_UNUSABLE", "b
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
 EXIT_UNUSABLE = 2
-EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as a shell reports it
-#: The reader of stdout went away (SIGPIPE's 128 + 13, as a shell reports it).
-EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -230,8 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("vmu-verify: interrupted: no verdict", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        detach_stdout()
         return EXIT_BROKEN_PIPE
 
 
