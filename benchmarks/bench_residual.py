@@ -287,9 +287,10 @@ def excess_over_alpha(cells: Sequence[tuple[int, int]], alpha: float = 0.05) -> 
 
 
 def grid(runs: int, default_runs: int, shard_counts: Sequence[int], sizes: Sequence[int], budget_s: float,
-         old_everywhere: bool = False) -> int:
+         old_everywhere: bool = False, also_alpha: float | None = None) -> int:
     """False alarms (honest provers) and detection (provers that skip retraining) per cell, new test
-    and the test before issue 15 side by side."""
+    and the test before issue 15 side by side; with ``also_alpha``, the same runs decided at that
+    level too (what a stricter level trades: false alarms against detection)."""
     import collections
 
     old = old_residual_tests()
@@ -322,6 +323,11 @@ def grid(runs: int, default_runs: int, shard_counts: Sequence[int], sizes: Seque
                 k["runs"] += 1
                 k["h_" + h.verdict] += 1
                 k["c_fail"] += c.verdict == "fail"
+                if also_alpha is not None:
+                    h2 = residual_tests(post_models=post, **kw, **fast, alpha=also_alpha)
+                    c2 = residual_tests(post_models=w.pre, **kw, **fast, alpha=also_alpha)
+                    k["h2_" + h2.verdict] += 1
+                    k["c2_fail"] += c2.verdict == "fail"
                 if old is not None and (cell == DEFAULT_CELL or old_everywhere):
                     k["old_h_fail"] += old(post_models=post, n_boot=20, attacks=DECIDING, **kw).verdict == "fail"
                     k["old_c_fail"] += old(post_models=w.pre, n_boot=20, attacks=DECIDING, **kw).verdict == "fail"
@@ -354,6 +360,24 @@ def grid(runs: int, default_runs: int, shard_counts: Sequence[int], sizes: Seque
     if excess is not None:
         print(f"excess over alpha = 5%: smallest one-sided binomial p-value over cells that decide {excess[0]:.3g}, "
               f"Holm-adjusted over {excess[1]} cells {excess[2]:.3g} (small: some cell's rate is above alpha)")
+    if also_alpha is not None:
+        from verifier._canary import clopper_pearson_upper
+
+        print(f"\nthe same runs decided at alpha = {also_alpha:g}:")
+        print(f"{'cell (shards, records, drawn, requests)':40s} | false alarms [95% CI] | pass / inconclusive | "
+              f"skip-retraining caught (at alpha = 0.05 beside it)")
+        worst2 = 0.0
+        for cell in sorted(want, key=lambda c: (c != DEFAULT_CELL, c)):
+            k = C[cell]
+            n = k["runs"]
+            if not n:
+                continue
+            if k["h2_pass"] + k["h2_fail"]:
+                worst2 = max(worst2, clopper_pearson_upper(k["h2_fail"], n, 0.975))
+            print(f"{str(cell):40s} | {_rate(k['h2_fail'], n)} | {k['h2_pass']:3d} / {k['h2_inconclusive']:3d} | "
+                  f"{_rate(k['c2_fail'], n)} ({_rate(k['c_fail'], n)})")
+        print(f"largest upper 95% bound of the false-alarm rate over cells that decide at alpha = {also_alpha:g}: "
+              f"{worst2:.1%} (the criterion's bound: 2 x 0.05 = 10%)")
     print(f"{time.perf_counter() - t0:.0f} s, {seed} seeds")
     return 0
 
@@ -379,13 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=list(GRID_SIZES), help="grid: deleted-set sizes")
     ap.add_argument("--old-everywhere", action="store_true",
                     help="grid: run the test before issue 15 in every cell, not only the default one")
+    ap.add_argument("--also-alpha", type=float, default=None, metavar="A",
+                    help="grid: decide the same runs at level A too (false alarms and detection side by side)")
     ap.add_argument("--budget", type=float, default=3600, help="grid: stop starting new seeds after this many seconds")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     if args.grid:
-        return grid(args.runs, args.default_runs, args.shards, args.sizes, args.budget, args.old_everywhere)
+        return grid(args.runs, args.default_runs, args.shards, args.sizes, args.budget, args.old_everywhere,
+                    args.also_alpha)
     root = tempfile.mkdtemp(prefix="vmu-bench-residual-")
     try:
         if args.sweep:
