@@ -415,6 +415,15 @@ def _section_residual(res: Mapping[str, Any] | None) -> str:
                    "retained vs audit AUC"], rows)
     for a in res.get("skipped") or []:
         out += f'<p class="note">skipped {_e(a.get("attack"))}: {_e(a.get("why"))}</p>'
+    rob = res.get("robustness")
+    if isinstance(rob, Mapping):
+        bef, aft = rob.get("before") or {}, rob.get("after") or {}
+        out += (
+            f"<p><b>Robustness</b> (reported, not part of the verdict): {_e(rob.get('attack'))}, on "
+            f"{_num(rob.get('records'), 'd')} {_e(rob.get('records_are'))}. Before deletion: clean accuracy "
+            f"{_num(bef.get('clean_accuracy'), '.1%')}, robust {_num(bef.get('robust_accuracy'), '.1%')}; after: clean "
+            f"{_num(aft.get('clean_accuracy'), '.1%')}, robust {_num(aft.get('robust_accuracy'), '.1%')}.</p>"
+        )
     di = res.get("deletion_inference")
     if isinstance(di, Mapping):
         dn, drop = di.get("n") or {}, di.get("mean_drop_nats") or {}
