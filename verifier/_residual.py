@@ -71,7 +71,7 @@ TEST_DESCRIPTION = (
     "constituent is for a record none of them saw (exact or Monte Carlo over shard assignments; lira and rmia: "
     "stratified permutation test against audit records of the same label, reported)"
 )
-ATTACKS = ("loss", "confidence", "lira", "rmia", "shard")
+ATTACKS = ("loss", "confidence", "lira", "rmia", "shard", "label", "gradnorm")
 # The decision family: attacks calibrated per example on reference models. The population attacks
 # (loss, confidence) are reported but do not decide: they measure how easy a record is, not
 # whether it was trained on, and fail honest deletions of easy records (specs/10-residual.md).
@@ -86,7 +86,14 @@ ATTACK_INFO = {
     "standardised by reference models that never saw the record",
     "rmia": "offline RMIA (Zarifzadeh et al. 2024): true-class probability ratio target / corrected reference mean, "
     "as the fraction of audit-set records it dominates",
+    "label": "label-only (Choquette-Choo et al. 2021): how often the shard constituent still predicts the true label "
+    "for 8 copies of the record with Gaussian noise (sd 0.3 in feature units) added; needs no scores",
+    "gradnorm": "white-box: minus the L2 norm of the gradient of the shard constituent's loss on the record with "
+    "respect to its weights (trained records sit where the loss is flat)",
 }
+LABEL_QUERIES = 8
+LABEL_NOISE = 0.3
+_GRAD_ROWS = 256  # per-example gradients computed this many records at a time
 FPR_LEVELS = (0.01, 0.001)
 DEFAULT_RMIA_A = 1.0  # a < 1 favours records easy for every model: false alarms (spec)
 DEFAULT_GAMMA = 1.0
@@ -594,6 +601,56 @@ def _phase_scores(
     return out
 
 
+def label_only_scores(models: Sequence[ProbaFn], X: np.ndarray, y: np.ndarray, target: np.ndarray,
+                      seed: int) -> np.ndarray:
+    """Label-only membership score: the share of ``LABEL_QUERIES`` noisy copies of each record
+    (Gaussian, sd ``LABEL_NOISE``) that the record's target constituent labels correctly (argmax
+    only). A record's noise comes from a generator seeded with ``seed`` and the SHA-256 of its
+    features and label, so no score depends on the order the records came in."""
+    import hashlib
+
+    flat = np.ascontiguousarray(X, dtype=np.float32).reshape(len(X), -1)
+    noise = np.empty((LABEL_QUERIES,) + flat.shape, dtype=np.float32)
+    for i in range(len(flat)):
+        h = int.from_bytes(hashlib.sha256(flat[i].tobytes() + int(y[i]).to_bytes(8, "big", signed=True)).digest()[:8], "big")
+        noise[:, i] = np.random.default_rng([seed, 0x1AB, h]).standard_normal((LABEL_QUERIES, flat.shape[1]))
+    hits = np.zeros(len(X))
+    for q in range(LABEL_QUERIES):
+        Xq = (flat + LABEL_NOISE * noise[q]).reshape(X.shape)
+        for t in np.unique(target):
+            sel = np.flatnonzero(target == t)
+            P = _proba(models[int(t)], Xq[sel], None, f"model {int(t)} (label-only queries)")
+            hits[sel] += P.argmax(axis=1) == y[sel]
+    return hits / LABEL_QUERIES
+
+
+def grad_norm_scores(models: Sequence[ProbaFn], X: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """White-box membership score: minus the L2 norm of the gradient of the target constituent's
+    cross-entropy on each record with respect to all its parameters (per-example gradients with
+    torch.func, ``_GRAD_ROWS`` records at a time). The models must carry their ``module``."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    out = np.empty(len(X))
+    xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    for t in np.unique(target):
+        m = models[int(t)].module  # type: ignore[attr-defined]
+        params = {k: v.detach() for k, v in m.named_parameters()}
+
+        def loss(p: dict[str, Any], x: Any, yy: Any, _m: Any = m) -> Any:
+            return torch.nn.functional.cross_entropy(functional_call(_m, p, (x[None],)), yy[None])
+
+        per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+        sel = np.flatnonzero(target == t)
+        for a in range(0, len(sel), _GRAD_ROWS):
+            rows = torch.from_numpy(sel[a : a + _GRAD_ROWS])
+            g = per_example(params, xt[rows], yt[rows])
+            sq = sum((v.reshape(len(rows), -1).double() ** 2).sum(dim=1) for v in g.values())
+            out[sel[a : a + _GRAD_ROWS]] = -np.sqrt(np.asarray(sq))
+    return out
+
+
 # --- the matched test: deleted records against audit records of the same label -----------------
 
 
@@ -1030,7 +1087,12 @@ def residual_tests(
         P = np.stack([P0] + [_proba(m, X, P0.shape[1], f"{phase}-deletion model {j}") for j, m in enumerate(models[1:], 1)])
         if Pext is not None and Pext.shape[2] != P.shape[2]:
             raise MalformedInput("extra references and constituents disagree on the number of classes")
-        return _phase_scores(P, y, target, Pext, ext_use, a_idx, pool_idx, run_attacks, rmia_a, gamma)
+        out = _phase_scores(P, y, target, Pext, ext_use, a_idx, pool_idx, run_attacks, rmia_a, gamma)
+        if "label" in run_attacks:
+            out["label"] = label_only_scores(models, X, y, target, seed)
+        if "gradnorm" in run_attacks:
+            out["gradnorm"] = grad_norm_scores(models, X, y, target)
+        return out
 
     skipped: list[tuple[str, str]] = []
     n_refs = S - 1 + n_extra_used
@@ -1042,6 +1104,8 @@ def residual_tests(
             skipped.append((a, f"needs at least 2 reference models per record, has {n_refs}"))
         elif a == "rmia" and n_refs < 1:
             skipped.append((a, "needs at least 1 reference model per record, has 0"))
+        elif a == "gradnorm" and not all(hasattr(m, "module") for m in [*post_models, *(pre_models or ())]):
+            skipped.append((a, "needs the constituents' weights (torch modules), not only their predictions"))
         else:
             run_attacks.append(a)
     deciding = tuple(a for a in run_attacks if a in decision_attacks)
