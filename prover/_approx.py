@@ -1,4 +1,4 @@
-"""Approximate unlearning methods -- UNPROVEN (issue 13; specs/11-audit-package.md).
+"""Approximate unlearning methods -- UNPROVEN (issue 13; specs/12-audit-package.md).
 
 Every method here produces post-deletion constituent models *without* a proof: no deletion
 transcript, no log entry, no change to the workspace's committed state. The only evidence an

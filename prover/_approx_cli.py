@@ -1,5 +1,5 @@
 """``vmu forget --method NAME --package OUT`` (issue 13): an approximate, UNPROVEN method (or the
-exact one with a package beside its transcript), written as an audit package (specs/11)."""
+exact one with a package beside its transcript), written as an audit package (specs/12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Audit packages (specs/11-audit-package.md): what an *unproven* unlearning claim can offer an
+"""Audit packages (specs/12-audit-package.md): what an *unproven* unlearning claim can offer an
 agency -- the models before and after, the deleted records, the committed audit set and the model
 spec, every member's SHA-256 in an in-toto statement signed by the owner's key (DSSE). The only
 check an agency can run on it is a statistical residual audit (``vmu-audit``), never a proof.

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Issue 13: approximate (unproven) methods write an audit package, never a transcript (prover/_approx_cli.py).
     f.add_argument("--method", default="retrain", help="retrain (exact, proven; default) or an UNPROVEN approximate "
                    "method: finetune, neggrad, fisher, distill, oblivi (writes --package, no transcript)")
-    f.add_argument("--package", metavar="OUT", help="write an audit package (specs/11) to OUT")
+    f.add_argument("--package", metavar="OUT", help="write an audit package (specs/12) to OUT")
 
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
     b.add_argument("dir", metavar="DIR")

@@ -1,4 +1,4 @@
-"""Issue 13: approximate (unproven) unlearning, audit packages (specs/11-audit-package.md) and the
+"""Issue 13: approximate (unproven) unlearning, audit packages (specs/12-audit-package.md) and the
 residual-only audit (vmu-audit).
 
 Digits, 5 shards x 4 slices, 20 epochs; the request deletes a whole slice (shard 0, slice 0).
@@ -389,3 +389,17 @@ def test_vmu_forget_method_needs_a_package_and_writes_no_transcript(ws_dir: str,
     assert "UNPROVEN: APPROXIMATE UNLEARNING" in cap.err
     assert os.listdir(os.path.join(dst, "transcripts")) == []
     assert os.path.exists(tmp_path / "p.zip")
+
+
+def test_vmu_verify_residual_only_is_the_package_audit(packages: dict[str, str], ws_dir: str, tmp_path: Any,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from verifier.cli import main
+
+    m = members_of(packages["fisher"])
+    m["records/deleted.json"] = m["records/deleted.json"].replace(b'"shard":0', b'"shard":1', 1)
+    p = rezip(m, str(tmp_path / "t.zip"))
+    code = main(["--residual-only", p, "--trust-key", os.path.join(ws_dir, "signing-key.pub.pem")])
+    assert code == 1
+    assert "step A3: digest mismatch: records/deleted.json" in capsys.readouterr().err
+    assert main(["--residual-only", packages["fisher"], "--bootstrap", "200", "--quiet"]) == 1
+    assert capsys.readouterr().out.startswith("TRACE FOUND (fisher")

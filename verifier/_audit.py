@@ -1,4 +1,4 @@
-"""Residual-only audit of an audit package (specs/11-audit-package.md) -- a statistical audit,
+"""Residual-only audit of an audit package (specs/12-audit-package.md) -- a statistical audit,
 not a proof.
 
 Checks, in this order (the numbers are the package checklist's, ``AUDIT_STEPS``):

@@ -1,4 +1,4 @@
-"""``vmu-audit PACKAGE``: the residual-only audit of an audit package (specs/11-audit-package.md).
+"""``vmu-audit PACKAGE``: the residual-only audit of an audit package (specs/12-audit-package.md).
 
 Exit codes as vmu-verify: 0 the audit found no trace (pass) or could not decide (inconclusive,
 a warning; ``--require-residual`` turns it into 1), 1 rejected (a bad signature or digest, or
@@ -32,6 +32,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vmu-audit", description="Residual-only audit of an audit package (approximate or unproven "
                 "unlearning): a statistical audit, not a proof.")
+    from verifiable_mu import __version__
+
+    p.add_argument("--version", action="version", version=f"vmu-audit (verifiable-mu) {__version__}")
     p.add_argument("package", metavar="PACKAGE", help="the audit package (zip) written by 'vmu forget --package'")
     p.add_argument("--trust-key", metavar="KEY", help="the owner's public key (PEM); without it the package's own key "
                    "is used and the report says the key is not pinned")
