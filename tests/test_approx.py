@@ -403,3 +403,20 @@ def test_vmu_verify_residual_only_is_the_package_audit(packages: dict[str, str],
     assert "step A3: digest mismatch: records/deleted.json" in capsys.readouterr().err
     assert main(["--residual-only", packages["fisher"], "--bootstrap", "200", "--quiet"]) == 1
     assert capsys.readouterr().out.startswith("TRACE FOUND (fisher")
+
+
+def test_an_owner_who_ships_the_old_models_as_unlearned_fails_the_audit(
+    ws: Any, ws_dir: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cheating owner: claims finetune on a whole slice but ships the models before as the models
+    after (nothing unlearned). The package is validly signed (A1-A4 pass); A5, the statistical
+    test, fails it."""
+    from prover._approx import approximate_forget
+    from prover._audit_package import write_package
+
+    res = approximate_forget(ws, slice_ids(ws), "finetune")
+    res.post = list(res.pre)
+    p = write_package(ws, res, str(tmp_path / "lazy.zip"))
+    code, out, _ = audit(capsys, p, "--trust-key", os.path.join(ws_dir, "signing-key.pub.pem"))
+    assert code == 1
+    assert out.startswith("TRACE FOUND (finetune")
