@@ -29,6 +29,7 @@ from verifier._residual import (
     Reference,
     auc_score,
     bootstrap_metrics,
+    deletion_inference,
     holm,
     min_detectable_auc,
     residual_tests,
@@ -613,3 +614,23 @@ def test_spec_vector_residual_scores() -> None:
 def test_spec_vector_holm() -> None:
     v = spec_vectors()["holm-1"]
     assert holm(v["p"]) == pytest.approx(v["adjusted"])
+
+
+def test_deletion_inference_separates_forgotten_records_and_is_blind_without_a_change() -> None:
+    """Issue 14: deletion-inference exposure. A pre-deletion model that memorised the deleted
+    records and a post-deletion model that did not: AUC 1 (the drop is large for deleted records
+    only). The same model before and after: every drop is 0, AUC 0.5 and TPR at 1% FPR 0."""
+    rng = np.random.default_rng(3)
+    nd, nr = 30, 60
+    d_idx, r_idx = np.arange(nd), np.arange(nd, nd + nr)
+    post = np.log(rng.uniform(0.3, 0.6, nd + nr))
+    pre = post.copy()
+    pre[d_idx] = np.log(0.99)
+    di = deletion_inference(pre, post, d_idx, r_idx, 200, np.random.default_rng(0))
+    assert di is not None and di.auc == 1.0 and di.tpr_1pct == 1.0 and di.auc_ci[0] > 0.9
+    assert di.mean_drop_deleted > 0.4 and di.mean_drop_retained == 0.0
+    same = deletion_inference(post, post, d_idx, r_idx, 200, np.random.default_rng(0))
+    assert same is not None and same.auc == 0.5 and same.tpr_1pct == 0.0
+    assert deletion_inference(pre, post, d_idx, np.arange(0), 200, np.random.default_rng(0)) is None
+    j = di.to_json()
+    assert j["auc"] == 1.0 and j["n"] == {"deleted": nd, "retained": nr} and "reported" in j["meaning"]

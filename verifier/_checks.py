@@ -1451,7 +1451,7 @@ def _step_19(v: Verification) -> None:
         v.warnings.append("NO RESIDUAL TESTS: step 19 was turned off (--no-residual)")
         return
     require(("torch", "scipy", "sklearn"), "the residual tests", "pass --no-residual to skip them")
-    from . import _canary, _models, _residual, _temporal  # torch is imported by _models' loader
+    from . import _canary, _models, _residual, _robust, _temporal  # torch is imported by _models' loader
 
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None and v.transcripts
@@ -1526,6 +1526,10 @@ def _step_19(v: Verification) -> None:
         seed=_residual_seed(dels),
     )
     v.residual_report = rep.to_json()
+    # Informative only: robust accuracy under PGD on the audit records, before and after.
+    rob = _robust.robustness([getattr(f, "module", None) for f in pre], [getattr(f, "module", None) for f in post],
+                             aX, ay) if aX is not None else None
+    v.residual_report["robustness"] = rob.to_json() if rob else None
     if v.options.canary is not None:
         can = _canary.canary_test(
             trigger=v.options.canary,

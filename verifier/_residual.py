@@ -291,6 +291,61 @@ class Calibration:
         }
 
 
+DELETION_INFERENCE_MEANING = (
+    "how well someone holding the published models from before and after this deletion can tell the deleted "
+    "records from records that stayed (AUC 0.5: not at all, 1: perfectly), by how much more the earlier model "
+    "believes each record's label: the privacy cost of publishing both versions (Chen et al., CCS 2021); "
+    "reported, never part of the verdict"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeletionInference:
+    """Deletion-inference exposure (Chen et al. 2021, "When machine unlearning jeopardizes
+    privacy"): the score of a record is ``log p_pre(y) - log p_post(y)`` of the aggregated models
+    (how much belief in its label the deletion removed); deleted records are compared with the
+    retained sample. Reported only."""
+
+    auc: float
+    auc_ci: tuple[float, float]
+    tpr_1pct: float
+    tpr_01pct: float
+    n_deleted: int
+    n_retained: int
+    mean_drop_deleted: float  # mean score of the deleted records, in nats
+    mean_drop_retained: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "score": "log p_before(label) - log p_after(label) of the aggregated models",
+            "meaning": DELETION_INFERENCE_MEANING,
+            "auc": _r(self.auc),
+            "auc_ci95": [_r(x) for x in self.auc_ci],
+            "tpr_at_fpr_1pct": _r(self.tpr_1pct),
+            "tpr_at_fpr_0.1pct": _r(self.tpr_01pct),
+            "n": {"deleted": self.n_deleted, "retained": self.n_retained},
+            "mean_drop_nats": {"deleted": _r(self.mean_drop_deleted), "retained": _r(self.mean_drop_retained)},
+        }
+
+
+def deletion_inference(pre_logp: np.ndarray, post_logp: np.ndarray, d_idx: np.ndarray, r_idx: np.ndarray,
+                       n_boot: int, rng: np.random.Generator) -> DeletionInference | None:
+    """The exposure of the deleted records ``d_idx`` against the retained ``r_idx`` (None without
+    retained records). Scores are sorted first, so nothing depends on the records' order."""
+    if not len(r_idx) or not len(d_idx):
+        return None
+    drop = pre_logp - post_logp
+    pos, neg = np.sort(drop[d_idx]), np.sort(drop[r_idx])
+    boot = bootstrap_metrics(pos, neg, n_boot=n_boot, rng=rng)
+    return DeletionInference(
+        auc=auc_score(pos, neg),
+        auc_ci=(float(np.percentile(boot["auc"], 2.5)), float(np.percentile(boot["auc"], 97.5))),
+        tpr_1pct=tpr_at_fpr(pos, neg, 0.01), tpr_01pct=tpr_at_fpr(pos, neg, 0.001),
+        n_deleted=len(pos), n_retained=len(neg), mean_drop_deleted=float(pos.mean()),
+        mean_drop_retained=float(neg.mean()),
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResidualReport:
     """Everything the residual tests measured, and the verdict ("pass", "fail", "inconclusive")."""
@@ -315,6 +370,7 @@ class ResidualReport:
     shards: tuple[int, ...]
     references: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    deletion_inference: DeletionInference | None = None
 
     def result(self, attack: str, phase: str = "post") -> AttackResult:
         for r in self.post if phase == "post" else self.pre:
@@ -352,6 +408,7 @@ class ResidualReport:
             "calibration": self.calibration.to_json(),
             "post": [r.to_json() for r in self.post],
             "pre": [r.to_json() for r in self.pre],
+            "deletion_inference": self.deletion_inference.to_json() if self.deletion_inference else None,
             "seconds": round(self.seconds, 6),
         }
 
@@ -459,6 +516,7 @@ def _phase_scores(
     rows = np.arange(n)
     out: dict[str, np.ndarray] = {}
     agg = P.mean(axis=0)
+    out["agg:logp"] = np.log(np.maximum(agg[rows, y], _TINY))  # for the deletion-inference exposure
     if "loss" in attacks:
         out["loss"] = np.log(np.maximum(agg[rows, y], _TINY))
     if "confidence" in attacks:
@@ -988,10 +1046,15 @@ def residual_tests(
             run_attacks.append(a)
     deciding = tuple(a for a in run_attacks if a in decision_attacks)
     perms = Permutations(strata, n_perm, np.random.default_rng([seed, 0x9E47]))
-    post = _evaluate(run(post_models, "post"), run_attacks, deciding, "post", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
+    post_scores = run(post_models, "post")
+    post = _evaluate(post_scores, run_attacks, deciding, "post", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
     pre: tuple[AttackResult, ...] = ()
+    exposure = None
     if pre_models is not None:
-        pre = _evaluate(run(pre_models, "pre"), run_attacks, deciding, "pre", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
+        pre_scores = run(pre_models, "pre")
+        pre = _evaluate(pre_scores, run_attacks, deciding, "pre", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
+        exposure = deletion_inference(pre_scores["agg:logp"], post_scores["agg:logp"], d_idx, r_idx, n_boot,
+                                      np.random.default_rng([seed, 0xDE1]))
     post_reject = any(r.reject for r in post)
     control = None if pre_models is None else any(r.reject for r in pre)
     level = alpha  # an adjusted p-value is never below the raw one: above alpha nothing rejects
@@ -1033,6 +1096,7 @@ def residual_tests(
         shards=tuple(int(s) for s in shards),
         references={"siblings": S - 1, "extra_per_record": n_extra_used, "extra_models": len(extra_references)},
         seconds=time.perf_counter() - t0,
+        deletion_inference=exposure,
     )
 
 
