@@ -384,7 +384,14 @@ def test_vmu_forget_method_needs_a_package_and_writes_no_transcript(ws_dir: str,
     assert "give --package OUT" in capsys.readouterr().err
     assert main(["forget", dst, "--ids", ids, "--method", "magic", "--package", str(tmp_path / "p.zip")]) == 2
     assert "unknown --method 'magic'" in capsys.readouterr().err
-    assert main(["forget", dst, "--ids", ids, "--method", "finetune", "--package", str(tmp_path / "p.zip")]) == 0
+    assert main(["forget", dst, "--ids", ids, "--method", "oblivi", "--method-param", "epsilon=1",
+                 "--package", str(tmp_path / "p.zip")]) == 2
+    assert "--method-param 'epsilon=1': use KEY=VALUE with KEY one of" in capsys.readouterr().err
+    assert main(["forget", dst, "--ids", ids, "--method", "oblivi", "--method-param", "oblivi_epsilon=0",
+                 "--package", str(tmp_path / "p.zip")]) == 2
+    assert "oblivi_epsilon must be > 0" in capsys.readouterr().err
+    assert main(["forget", dst, "--ids", ids, "--method", "finetune", "--method-param", "finetune_epochs=1",
+                 "--package", str(tmp_path / "p.zip")]) == 0
     cap = capsys.readouterr()
     assert "UNPROVEN: APPROXIMATE UNLEARNING" in cap.err
     assert os.listdir(os.path.join(dst, "transcripts")) == []

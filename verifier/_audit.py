@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verifiable_mu._dsse import Envelope, verify_statement
-from verifiable_mu._errors import InvalidBundle, SignatureFailed, VerificationFailed
+from verifiable_mu._errors import InvalidBundle, MalformedInput, SignatureFailed, VerificationFailed
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sorted_tree import SortedTree
@@ -94,42 +94,42 @@ class AuditPackage:
 def _read_zip(data: bytes, limits: Limits) -> dict[str, bytes]:
     """A1: the members, bounded (no bundle name rules: the package's own, above)."""
     if len(data) > limits.max_archive_bytes:
-        raise InvalidBundle(f"the package is {len(data)} bytes (at most {limits.max_archive_bytes})")
+        raise InvalidBundle(f"step A1: the package is {len(data)} bytes (at most {limits.max_archive_bytes})")
     if not data.startswith(b"PK"):
-        raise InvalidBundle("not an audit package: the file is not a zip archive")
+        raise InvalidBundle("step A1: not an audit package: the file is not a zip archive")
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         infos = z.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise InvalidBundle(f"not a readable zip archive (truncated or damaged): {e}") from e
+        raise InvalidBundle(f"step A1: not a readable zip archive (truncated or damaged): {e}") from e
     if len(infos) > 2 * MAX_SHARDS + 8:
-        raise InvalidBundle(f"the package has {len(infos)} members (at most {2 * MAX_SHARDS + 8})")
+        raise InvalidBundle(f"step A1: the package has {len(infos)} members (at most {2 * MAX_SHARDS + 8})")
     total = 0
     out: dict[str, bytes] = {}
     for info in infos:
         name = info.filename
         if not _NAME_RE.fullmatch(name):
-            raise InvalidBundle(f"package member {name[:200]!r} is not a member an audit package of version 1 can hold")
+            raise InvalidBundle(f"step A1: package member {name[:200]!r} is not a member an audit package of version 1 can hold")
         if name in out:
-            raise InvalidBundle(f"package member {name!r} appears twice (duplicate entry)")
+            raise InvalidBundle(f"step A1: package member {name!r} appears twice (duplicate entry)")
         if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise InvalidBundle(f"package member {name!r} is encrypted or uses an unsupported compression")
+            raise InvalidBundle(f"step A1: package member {name!r} is encrypted or uses an unsupported compression")
         if info.file_size > limits.max_member_bytes:
-            raise InvalidBundle(f"package member {name!r} is {info.file_size} bytes (at most {limits.max_member_bytes})")
+            raise InvalidBundle(f"step A1: package member {name!r} is {info.file_size} bytes (at most {limits.max_member_bytes})")
         total += info.file_size
         if total > min(limits.max_total_bytes, limits.max_total_ratio * len(data) + limits.total_floor):
-            raise InvalidBundle("the package expands to more than its bounds allow (zip bomb?)")
+            raise InvalidBundle("step A1: the package expands to more than its bounds allow (zip bomb?)")
         try:
             with z.open(info) as f:
                 blob = f.read(info.file_size + 1)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-            raise InvalidBundle(f"package member {name!r} cannot be read (truncated or damaged): {e}") from e
+            raise InvalidBundle(f"step A1: package member {name!r} cannot be read (truncated or damaged): {e}") from e
         if len(blob) != info.file_size:
-            raise InvalidBundle(f"package member {name!r} does not have the size its header states")
+            raise InvalidBundle(f"step A1: package member {name!r} does not have the size its header states")
         out[name] = blob
     for need in (STATEMENT_MEMBER, "model.json", "records/deleted.json", "records/audit.json"):
         if need not in out:
-            raise InvalidBundle(f"the package lacks {need}")
+            raise InvalidBundle(f"step A1: the package lacks {need}")
     return out
 
 
@@ -157,9 +157,11 @@ def read_package(data: bytes, *, trust_key: VerifyingKey | None = None, limits: 
         key = VerifyingKey.from_pem(members["owner.pub.pem"])
     else:
         key = trust_key
-    env = Envelope.from_json(_json(members, STATEMENT_MEMBER, limits))
     try:
+        env = Envelope.from_json(_json(members, STATEMENT_MEMBER, limits))
         stmt = verify_statement(env, [key], predicate_type=PREDICATE_AUDIT_PACKAGE)
+    except MalformedInput as e:
+        raise type(e)(f"step A2: {e}") from e
     except SignatureFailed as e:
         which = "pinned" if key_pinned else "package's"
         raise SignatureFailed(f"step A2: bad signature: the package statement is not signed by the {which} key "
