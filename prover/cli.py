@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", metavar="ADDR", help="Ray cluster to join, host:port (default: RAY_ADDRESS, else a local instance)"
     )
     f.add_argument("--workers", type=int, default=None)
+    # Issue 13: approximate (unproven) methods write an audit package, never a transcript (prover/_approx_cli.py).
+    f.add_argument("--method", default="retrain", help="retrain (exact, proven; default) or an UNPROVEN approximate "
+                   "method: finetune, neggrad, fisher, distill, oblivi (writes --package, no transcript)")
+    f.add_argument("--package", metavar="OUT", help="write an audit package (specs/12) to OUT")
+    f.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE", help="an approximate method's "
+                   "parameter, e.g. oblivi_epsilon=1.0 (prover/_approx.py ApproxParams; repeatable)")
 
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
     b.add_argument("dir", metavar="DIR")
@@ -206,6 +212,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"log size {rep.log_size}; signed tree head:")
             print(rep.tree_head, end="")
         return EXIT_OK
+    if args.command == "forget" and (args.method != "retrain" or args.package or args.method_param):  # issue 13
+        from ._approx_cli import forget_with_package
+
+        return forget_with_package(args, _read_ids(args))
     if args.command == "forget":
         ids = _read_ids(args)
         with Workspace.open(args.dir) as ws:
