@@ -390,7 +390,9 @@ def attacks_check(n: int, alpha: float = 0.05) -> int:
     the retraining it audits (median over the runs, timed side by side in this process)."""
     import collections
 
+    from verifiable_mu.training import build_model
     from verifier._residual import ATTACKS, grad_norm_scores, label_only_scores
+    from verifier._shadow import train_shadow_attack
 
     fa: collections.Counter[str] = collections.Counter()
     ctl: collections.Counter[str] = collections.Counter()
@@ -403,7 +405,13 @@ def attacks_check(n: int, alpha: float = 0.05) -> int:
         post = w.forget([rows])
         retrain = time.perf_counter() - t0
         kw = w.inputs(rows)
-        rep = residual_tests(post_models=post, **kw, attacks=ATTACKS, n_boot=20, n_perm=999)
+        pool_X = np.concatenate([kw["audit_X"], kw["retained_X"]])
+        pool_y = np.concatenate([kw["audit_y"], kw["retained_y"]])
+        t0 = time.perf_counter()
+        shadow = train_shadow_attack(lambda s, w=w: build_model(w.spec, init_seed=s), w.hyper, pool_X, pool_y,
+                                     epochs=EPOCHS, seed=seed)
+        cost["shadow"].append((time.perf_counter() - t0) / retrain)
+        rep = residual_tests(post_models=post, **kw, attacks=ATTACKS, n_boot=20, n_perm=999, shadow=shadow)
         for r in rep.post:
             fa[r.attack] += r.p_value <= alpha
         for r in rep.pre:

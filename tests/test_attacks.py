@@ -80,3 +80,37 @@ def test_gradnorm_is_the_norm_of_the_plain_per_record_gradient(overfit: dict[str
         torch.nn.functional.cross_entropy(m(torch.from_numpy(X[i : i + 1])), torch.tensor([int(y[i])])).backward()
         norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in m.parameters())))
         assert got[i] == pytest.approx(-norm, rel=1e-5)
+
+
+def test_shadow_attack_detects_records_the_model_trained_on(overfit: dict[str, Any]) -> None:
+    """Shadows of the target's architecture, trained like it on halves of a pool of other records
+    (no member or non-member of the target among them), teach the attack models what trained-on
+    records look like; applied to the target's probabilities they single out its members."""
+    from sklearn.datasets import load_digits
+
+    from verifiable_mu.training import Hyper
+    from verifier._shadow import train_shadow_attack
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    pool = np.random.default_rng(0).permutation(len(y))[240:740]  # disjoint from the fixture's 240
+
+    def make(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+    attack = train_shadow_attack(make, Hyper(lr=0.1, batch_size=250), X[pool], y[pool], epochs=300, seed=5)
+    assert attack is not None
+    Xt, yt, n = overfit["X"], overfit["y"], overfit["n"]
+    s = attack(overfit["models"][0](Xt), yt)
+    assert auc_score(s[:n], s[n:]) > 0.6
+    assert mannwhitneyu(s[:n], s[n:], alternative="greater").pvalue < 0.01
+
+
+def test_shadow_attack_needs_a_pool() -> None:
+    from verifiable_mu.training import Hyper
+    from verifier._shadow import MIN_POOL, train_shadow_attack
+
+    small = np.zeros((MIN_POOL - 1, 4), np.float32)
+    assert train_shadow_attack(lambda s: torch.nn.Linear(4, 2), Hyper(), small, np.zeros(MIN_POOL - 1, np.int64),
+                               epochs=1, seed=0) is None

@@ -180,8 +180,10 @@ def test_honest_deletion_passes_with_a_working_control(synth: dict[str, Any]) ->
         # the retained sample is still a member of the post-deletion models
         assert rep.result(a, "post").retained_auc > 0.7  # type: ignore[operator]
     # synthetic models are predictions only: the white-box attack says why it did not run
-    assert rep.attacks == tuple(a for a in ATTACKS if a != "gradnorm") and rep.decision_attacks == DECISION_ATTACKS
+    assert rep.attacks == tuple(a for a in ATTACKS if a not in ("gradnorm", "shadow"))
+    assert rep.decision_attacks == DECISION_ATTACKS
     assert ("gradnorm", "needs the constituents' weights (torch modules), not only their predictions") in rep.skipped
+    assert ("shadow", "needs shadow models (step 19 trains them on the audit and retained records)") in rep.skipped
 
 
 def test_skipped_retraining_fails(synth: dict[str, Any]) -> None:
@@ -278,7 +280,8 @@ def test_too_few_references_skip_lira_and_then_rmia() -> None:
     rep = residual_tests(**two)
     assert rep.attacks == ("loss", "confidence", "rmia", "shard", "label")
     assert rep.skipped == (("lira", "needs at least 2 reference models per record, has 1"),
-                           ("gradnorm", "needs the constituents' weights (torch modules), not only their predictions"))
+                           ("gradnorm", "needs the constituents' weights (torch modules), not only their predictions"),
+                           ("shadow", "needs shadow models (step 19 trains them on the audit and retained records)"))
     assert rep.decision_attacks == ("shard",)
     one = kwargs(w, post_models=w["post"][:1], pre_models=w["pre"][:1], retained_X=None)
     rep1 = residual_tests(**one)
@@ -292,7 +295,7 @@ def test_report_json_is_canonical_and_complete(synth: dict[str, Any]) -> None:
     assert j["type"] == "vmu.residual-report" and j["version"] == 2
     assert j["verdict"] == "pass" and j["correction"] == "holm"
     assert j["n"] == {"deleted": 40, "audit": N_AUDIT, "retained": len(synth["retained"])}
-    ran = [a for a in ATTACKS if a != "gradnorm"]  # synthetic models: predictions only
+    ran = [a for a in ATTACKS if a not in ("gradnorm", "shadow")]  # synthetic models: predictions only
     assert [r["attack"] for r in j["post"]] == ran == [r["attack"] for r in j["pre"]]
     r = j["post"][2]
     for key in ("auc", "auc_ci95", "tpr_at_fpr_1pct", "tpr_at_fpr_1pct_ci95", "tpr_at_fpr_0.1pct", "tpr_at_fpr_0.1pct_ci95",

@@ -71,7 +71,7 @@ TEST_DESCRIPTION = (
     "constituent is for a record none of them saw (exact or Monte Carlo over shard assignments; lira and rmia: "
     "stratified permutation test against audit records of the same label, reported)"
 )
-ATTACKS = ("loss", "confidence", "lira", "rmia", "shard", "label", "gradnorm")
+ATTACKS = ("loss", "confidence", "lira", "rmia", "shard", "label", "gradnorm", "shadow")
 # The decision family: attacks calibrated per example on reference models. The population attacks
 # (loss, confidence) are reported but do not decide: they measure how easy a record is, not
 # whether it was trained on, and fail honest deletions of easy records (specs/10-residual.md).
@@ -90,6 +90,9 @@ ATTACK_INFO = {
     "for 8 copies of the record with Gaussian noise (sd 0.3 in feature units) added; needs no scores",
     "gradnorm": "white-box: minus the L2 norm of the gradient of the shard constituent's loss on the record with "
     "respect to its weights (trained records sit where the loss is flat)",
+    "shadow": "shadow models (Shokri et al. 2017): two models of the logged architecture trained on halves of the "
+    "audit and retained records, and a logistic-regression attack model per class on a record's label "
+    "log-probability and largest other log-probability, applied to the shard constituent's",
 }
 LABEL_QUERIES = 8
 LABEL_NOISE = 0.3
@@ -991,6 +994,7 @@ def residual_tests(
     rmia_a: float = DEFAULT_RMIA_A,
     gamma: float = DEFAULT_GAMMA,
     n_perm: int = N_PERMUTATIONS,
+    shadow: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> ResidualReport:
     """Run the membership-inference tests on the post-deletion constituents (``post_models``, one
     per shard, aggregated by the mean of their softmax) and the positive control on the
@@ -1092,6 +1096,8 @@ def residual_tests(
             out["label"] = label_only_scores(models, X, y, target, seed)
         if "gradnorm" in run_attacks:
             out["gradnorm"] = grad_norm_scores(models, X, y, target)
+        if "shadow" in run_attacks and shadow is not None:
+            out["shadow"] = np.asarray(shadow(P[target, np.arange(len(y))], y), dtype=np.float64)
         return out
 
     skipped: list[tuple[str, str]] = []
@@ -1104,6 +1110,8 @@ def residual_tests(
             skipped.append((a, f"needs at least 2 reference models per record, has {n_refs}"))
         elif a == "rmia" and n_refs < 1:
             skipped.append((a, "needs at least 1 reference model per record, has 0"))
+        elif a == "shadow" and shadow is None:
+            skipped.append((a, "needs shadow models (step 19 trains them on the audit and retained records)"))
         elif a == "gradnorm" and not all(hasattr(m, "module") for m in [*post_models, *(pre_models or ())]):
             skipped.append((a, "needs the constituents' weights (torch modules), not only their predictions"))
         else:
