@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "segments, more overhead)",
     )
     i.add_argument("--threads", type=int, default=1, help="torch intra-op threads (logged; replay must match) (default 1)")
+    i.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
+                   help="train with DP-SGD to this epsilon (at --dp-delta; the noise multiplier is chosen from the "
+                        "committed slice sizes by opacus's RDP accountant; specs/06 section 3b)")
+    i.add_argument("--dp-delta", type=float, default=0.0, metavar="D", help="the delta of --dp-epsilon, e.g. 1e-5")
+    i.add_argument("--dp-clip", type=float, default=1.0, metavar="C", help="DP-SGD's per-example clipping norm (default 1)")
+    i.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="DP-SGD's noise multiplier, instead of --dp-epsilon")
     i.add_argument("--lr", type=float, default=0.05)
     i.add_argument("--batch-size", type=int, default=32)
     i.add_argument("--workers", type=int, default=0, help="shard processes (0: min(cores, shards))")
@@ -188,6 +195,10 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             arithmetic=args.arithmetic,
+            dp_epsilon=args.dp_epsilon,
+            dp_delta=args.dp_delta,
+            dp_clip=args.dp_clip,
+            dp_noise=args.dp_noise,
         )
         with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
             print(f"created workspace {ws.path}")
