@@ -643,3 +643,27 @@ def test_deletion_inference_separates_forgotten_records_and_is_blind_without_a_c
     assert deletion_inference(pre, post, d_idx, np.arange(0), 200, np.random.default_rng(0)) is None
     j = di.to_json()
     assert j["auc"] == 1.0 and j["n"] == {"deleted": nd, "retained": nr} and "reported" in j["meaning"]
+
+
+def test_models_that_give_every_label_probability_zero_keep_the_report_finite() -> None:
+    """A model destroyed by DP noise (or any model) may give a record's label probability exactly
+    0 under every reference: the RMIA ratio must not divide by zero, and the report stays finite
+    (canonical JSON refuses NaN and infinity)."""
+    rng = np.random.default_rng(2)
+    X = rng.random((120, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+
+    def wrong(Xq: np.ndarray) -> np.ndarray:
+        P = np.zeros((len(Xq), 3))
+        P[:, 0] = 1.0  # class 0 with certainty: every other label gets probability exactly 0
+        return P
+
+    import warnings
+
+    models = [wrong, wrong, wrong]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no division by zero on the way
+        rep = residual_tests(post_models=models, pre_models=models, shard_of_deleted=np.arange(20) % 3,
+                             deleted_X=X[:20], deleted_y=y[:20], audit_X=X[20:], audit_y=y[20:], n_boot=20, n_perm=99)
+    canonical_json(rep.to_json())
+    assert np.all(np.isfinite(rep.result("rmia").scores_deleted))

@@ -585,7 +585,8 @@ def _phase_scores(
         def ratio(t: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             vals, mask = refs(t, idx, py_all, py_ext)
             mean = (vals * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1)
-            pr = 0.5 * ((1 + rmia_a) * mean + (1 - rmia_a))  # offline estimate of Pr(x)
+            pr = np.maximum(0.5 * ((1 + rmia_a) * mean + (1 - rmia_a)), _TINY)  # offline estimate of Pr(x); floored: a
+            # reference set that gives the label probability 0 (a model destroyed by DP noise) must not divide by 0
             return np.maximum(py_all[t, idx], _TINY) / pr, mean
 
         lr, _ = ratio(target, rows)

@@ -19,6 +19,7 @@ import numpy as np
 __all__ = ["ShadowAttack", "train_shadow_attack"]
 
 MIN_POOL = 40  # fewer pooled records than this: no shadows (the attack is skipped, with the reason)
+MAX_POOL = 4000  # at most this many pooled records train the shadows: step 19's cost stays bounded
 
 
 class ShadowAttack:
@@ -88,8 +89,8 @@ def train_shadow_attack(
     flat = np.ascontiguousarray(X, dtype=np.float32).reshape(len(X), -1)
     order = np.lexsort(np.column_stack([flat, y]).T[::-1])
     X, y = X[order], y[order]
-    perm = np.random.default_rng([seed, 0x5AD]).permutation(len(X))
-    halves = (perm[: len(X) // 2], perm[len(X) // 2 :])
+    perm = np.random.default_rng([seed, 0x5AD]).permutation(len(X))[:MAX_POOL]
+    halves = (perm[: len(perm) // 2], perm[len(perm) // 2 :])
     feats, member, labels = [], [], []
     for i, (ins, outs) in enumerate((halves, halves[::-1])):
         shadow = _train(make_model, hyper, X[ins], y[ins], epochs, seed + i + 1)
