@@ -69,6 +69,7 @@ def _row(ws: Any, res: Any, seconds: float, exact: Any, test: np.ndarray, full_s
         "lira_auc": post.get("lira", {}).get("auc"),
         "lira_tpr1": post.get("lira", {}).get("tpr_at_fpr_1pct"),
         "verdict": rep["verdict"],
+        "robust_after": (rep["residual"].get("robustness") or {}).get("after", {}).get("robust_accuracy"),
         "min_detectable": rep["residual"]["min_detectable_auc"],
         "control": rep["residual"]["control"]["best_auc"],
         "details": res.details,
@@ -123,15 +124,17 @@ def run(seed: int, n_boot: int) -> dict[str, Any]:
 def table(out: dict[str, Any]) -> str:
     lines = [f"digits 5x4, 20 epochs, seed {out['seed']}; full training {out['full_training_s']:.2f} s", "",
              "| request | method | time (s) | speed-up vs full / vs exact | test acc | consistency (model / shard) "
-             "| own-shard score | LiRA AUC | TPR@1%FPR | audit verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| own-shard score | LiRA AUC | TPR@1%FPR | PGD robust acc | audit verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in out["requests"].items():
         for row in r["rows"]:
             lines.append(
                 f"| {name} ({r['n']}) | {row['method']} | {row['seconds']:.3f} | {row['speedup_full']:.1f}x / "
                 f"{row['speedup_exact']:.1f}x | {row['test_acc']:.3f} | {row['consistency']:.3f} / "
                 f"{row['shard_consistency']:.3f} | "
-                f"{row['own_shard']:.3f} | {row['lira_auc']:.3f} | {row['lira_tpr1']:.3f} | {row['verdict']} |")
+                f"{row['own_shard']:.3f} | {row['lira_auc']:.3f} | {row['lira_tpr1']:.3f} | "
+                f"{row['robust_after'] if row['robust_after'] is None else format(row['robust_after'], '.3f')} | "
+                f"{row['verdict']} |")
     lines += ["", "power: smallest own-shard effect detectable with 80% power per request: " + ", ".join(
         f"{n} {r['rows'][0]['min_detectable']:.3f} (control {r['rows'][0]['control']})" for n, r in out["requests"].items()),
         PAPER]

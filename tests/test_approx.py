@@ -213,6 +213,9 @@ def test_whole_slice_the_audit_flags_an_approximate_method_and_passes_the_exact_
     rep = json.loads(open(rep_path).read())
     assert rep["verdict"] == "fail" and rep["statistical_audit_not_a_proof"] is True
     assert rep["residual"]["control"]["detected"] is True
+    rob = rep["residual"]["robustness"]  # issue 14: robust accuracy of the method's models, before and after
+    assert rob["records"] == rep["package"]["audit"] and rob["informative_only"] is True
+    assert 0 <= rob["after"]["robust_accuracy"] < rob["after"]["clean_accuracy"]
     code, out, err = audit(capsys, exact_package, "--trust-key", key)
     assert code == 0, (out, err)
     assert out.startswith("NO TRACE FOUND (retrain:")

@@ -264,7 +264,7 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
     from verifiable_mu._extras import require
 
     require(("torch", "scipy", "sklearn"), "the residual audit", "install verifiable-mu[full]")
-    from . import _models, _residual
+    from . import _models, _residual, _robust
     from ._checks import _residual_seed
 
     post = _models.load_models(pkg.model, pkg.post)
@@ -280,6 +280,10 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
         post_models=post, pre_models=pre, shard_of_deleted=pkg.shard_of_deleted, deleted_X=dX, deleted_y=dy,
         audit_X=aX, audit_y=ay, alpha=alpha, n_boot=n_boot, seed=_residual_seed(pkg.deleted),
     )
+    residual = rep.to_json()
+    # Informative, as in step 19: robust accuracy under PGD before and after (specs/10 section 7b).
+    rob = _robust.robustness([getattr(f, "module", None) for f in pre], [getattr(f, "module", None) for f in post], aX, ay)
+    residual["robustness"] = rob.to_json() if rob else None
     p = pkg.predicate
     warnings = [] if pkg.key_pinned else [
         "KEY NOT PINNED: the package was checked against the public key it ships (pass --trust-key with the "
@@ -305,7 +309,7 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
         "steps": [{"step": n, "name": name, "what": what, "status": "pass" if n != "A5" else rep.verdict}
                   for n, name, what in AUDIT_STEPS],
         "warnings": warnings,
-        "residual": rep.to_json(),
+        "residual": residual,
     }
 
 
