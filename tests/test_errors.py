@@ -71,6 +71,21 @@ def test_a_bug_in_a_check_is_a_verdict_with_the_bug_exit_code(monkeypatch: pytes
     assert h.title == "INTERNAL ERROR" and "please report it" in h.summary and f"exit code {EXIT_INTERNAL}" in h.summary
 
 
+@pytest.mark.parametrize("kind", [RuntimeError, ImportError, KeyError, AssertionError, TypeError, OverflowError])
+def test_every_foreign_exception_in_a_step_is_a_bug_at_that_step(monkeypatch: pytest.MonkeyPatch,
+                                                                 kind: type[Exception]) -> None:
+    """Not only ZeroDivisionError: the kinds the out-of-memory mapping looks at (RuntimeError,
+    ImportError) too, when they are not about memory."""
+
+    def raise_it(*_: Any) -> None:
+        raise kind("not memory")
+
+    monkeypatch.setattr(checks, "_ORDER", tuple((n, raise_it if n == 15 else f) for n, f in checks._ORDER))
+    v = verify(HONEST, FAST)
+    assert (v.exit_code, v.failed_step, type(v.failure).__name__) == (EXIT_INTERNAL, 15, "InternalError")
+    assert str(v.failure).startswith(f"{kind.__name__}: ") and type(v.failure.__cause__) is kind
+
+
 def test_a_bug_outside_every_step_is_still_a_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checks, "_emit", _boom)
     v = verify(HONEST, FAST)

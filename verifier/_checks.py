@@ -1654,16 +1654,12 @@ def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> boo
     try:
         try:
             fn(v, *args)
-        except (MemoryError, RuntimeError, ImportError) as oom:
-            if not _is_oom(oom):
-                raise
-            raise _out_of_memory(step, oom) from oom
-        except _CallerError:
+        except (_CallerError, VmuError):
             raise
-        except VmuError:
-            raise
-        except Exception as bug:  # no documented error covers it: a bug, never a verdict on the bundle
-            raise InternalError.wrap(bug) from bug
+        except Exception as exc:
+            if _is_oom(exc):
+                raise _out_of_memory(step, exc) from exc
+            raise InternalError.wrap(exc) from exc  # no documented error covers it: a bug, not a verdict
     except VmuError as e:
         e.at_step(step, _NAMES[step])
         if step == 13 and isinstance(e, OrderingViolation):
