@@ -86,6 +86,18 @@ def test_every_foreign_exception_in_a_step_is_a_bug_at_that_step(monkeypatch: py
     assert str(v.failure).startswith(f"{kind.__name__}: ") and type(v.failure.__cause__) is kind
 
 
+def test_a_bug_gets_an_html_page_and_no_attestation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from verifier import render_html
+    from verifier._attest import build_vsa
+
+    _break_step(monkeypatch, 10)
+    v = verify(HONEST, FAST)
+    page = render_html(to_json(v, path="b.vmu"))
+    assert "INTERNAL ERROR" in page and "ZeroDivisionError: division by zero" in page
+    with pytest.raises(ValueError, match="no attestation for unusable input or an internal error"):
+        build_vsa(v, name="b.vmu")
+
+
 def test_a_bug_outside_every_step_is_still_a_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checks, "_emit", _boom)
     v = verify(HONEST, FAST)
