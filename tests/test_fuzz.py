@@ -19,8 +19,13 @@ deletion lineage, every replay input a mutation can reach, is still replayed in 
 that could catch a mutation is switched off) and without step 19, the statistical residual
 tests, whose inputs (openings and final checkpoints) steps 15-16 bind byte for byte before it
 runs (without it, any mutation that got through steps 1-18 shows as exit 0 and fails this test).
+A second fuzz plays the owner, who holds the signing key: it mutates random bytes of the
+transcript's payload and signs the statement again, so each mutation gets past step 6's
+signature check to the checks of signed content (1,000 bundles; never a bug, never exit 0).
+
 Measured (``pytest tests/test_fuzz.py --durations=0`` on the shared 2-core development machine,
-load average about 6): 2,000 mutated bundles in 34-36 s, plus 5 s to build the bundle.
+load average about 6): the 2,000 mutated bundles in 21-36 s, the 1,000 owner-signed ones in 24 s,
+plus 3-5 s to build the bundle; the file in 49 s.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ MANIFEST_IGNORED = {"replay", "sample", "disclosure", "generator", "created"}
 CLASSES = (b"0123456789abcdef", b"0123456789", b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
+_KEY: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     from prover import Workspace, WorkspaceConfig
@@ -75,6 +83,7 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         ws.train(workers=1)
         ws.forget([ws.split_ids("train")[0]], workers=1)
         write_bundle(ws, str(root / "b.vmu"), replay=0)
+    _KEY["path"] = str(root / "ws" / "signing-key.pem")  # the owner's key, for the owner's own fuzz
     with zipfile.ZipFile(root / "b.vmu") as z:
         return {i.filename: z.read(i) for i in z.infolist()}
 
@@ -138,6 +147,25 @@ def _mutate(data: Any, raw: bytes) -> tuple[bytes, list[str]]:
     return bytes(out), ops
 
 
+def _check_outcome(v: Any, table: dict[str, set[int]], what: str) -> None:
+    """A rejected or unusable verdict (never a bug): a documented error at a step specs/09's table
+    lists for it, with a report and diagnostics that name the step."""
+    from verifier import render_text
+
+    f = v.failure
+    assert f is not None and v.failed_step is not None, what
+    assert not isinstance(f, InternalError), (what, f.diagnostics())
+    assert v.exit_code == (2 if isinstance(f, MalformedInput) else 1) and isinstance(f, (MalformedInput, VerificationFailed))
+    # documented: the error is in specs/09's table, at a step the table lists for it
+    documented = next((c.__name__ for c in type(f).__mro__ if c.__name__ in table), None)
+    assert documented is not None and v.failed_step in table[documented], (what, type(f).__name__, v.failed_step, str(f))
+    # the report names the step: its check line, and the verdict line
+    step = next(r for r in v.results if r.step == v.failed_step)
+    assert step.status == ("error" if v.exit_code == 2 else "fail") and step.detail == str(f) and str(f)
+    assert f"step {v.failed_step} ({step.name}): " in render_text(v).splitlines()[-1]
+    assert f.step == v.failed_step and f"step: {v.failed_step} ({step.name})" in f.diagnostics()
+
+
 def _zip(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
@@ -148,7 +176,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 def test_fuzz_mutated_bound_members_never_accepted_never_a_traceback(small_bundle: dict[str, bytes],
                                                                      tmp_path: Path) -> None:
-    from verifier import VerifyOptions, render_text, verify
+    from verifier import VerifyOptions, verify
 
     members = small_bundle
     opts = VerifyOptions(replay=0, residual=False)
@@ -182,19 +210,9 @@ def test_fuzz_mutated_bound_members_never_accepted_never_a_traceback(small_bundl
                 return  # nothing a signature binds changed (module docstring)
             where.write_bytes(bundle)
             raise AssertionError(f"a mutated {name} ({ops}) was accepted; bundle saved as {where}")
-        assert f is not None and v.failed_step is not None
         if isinstance(f, InternalError) or v.exit_code not in (1, 2):
             where.write_bytes(bundle)
-        assert not isinstance(f, InternalError), (name, ops, f.diagnostics(), str(where))
-        assert v.exit_code == (2 if isinstance(f, MalformedInput) else 1) and isinstance(f, (MalformedInput, VerificationFailed))
-        # documented: the error is in specs/09's table, at a step the table lists for it
-        documented = next((c.__name__ for c in type(f).__mro__ if c.__name__ in table), None)
-        assert documented is not None and v.failed_step in table[documented], (name, ops, type(f).__name__, v.failed_step, str(f))
-        # the report names the step: its check line, and the verdict line
-        step = next(r for r in v.results if r.step == v.failed_step)
-        assert step.status == ("error" if v.exit_code == 2 else "fail") and step.detail == str(f) and str(f)
-        assert f"step {v.failed_step} ({step.name}): " in render_text(v).splitlines()[-1]
-        assert f.step == v.failed_step and f"step: {v.failed_step} ({step.name})" in f.diagnostics()
+        _check_outcome(v, table, f"{name} {ops} (bundle: {where})")
 
     run()
     total = sum(seen.values())
@@ -206,6 +224,60 @@ def test_fuzz_mutated_bound_members_never_accepted_never_a_traceback(small_bundl
     # the fuzz reaches past the parsers: failures at the signature, proof, claim and opening steps
     steps = {s for (_, _, _, s) in seen}
     assert {2, 3, 5, 6, 9, 11, 16} <= steps, sorted(s for s in steps if s is not None)
+
+
+OWNER_EXAMPLES = 1000
+
+
+def test_fuzz_owner_signed_malformed_transcripts(small_bundle: dict[str, bytes], tmp_path: Path) -> None:
+    """The owner holds the signing key: random bytes of the transcript's *payload* are mutated and
+    the statement is signed again, so the mutation passes step 6's signature check and reaches the
+    checks of signed content (steps 6-17): malformed signed content is unusable (exit 2), false
+    signed claims are rejected (exit 1), and neither is ever a bug or an acceptance."""
+    import base64
+
+    from verifiable_mu._dsse import sign_statement
+    from verifiable_mu._errors import VmuError
+    from verifiable_mu._keys import SigningKey
+    from verifier import VerifyOptions, verify
+
+    members, key = small_bundle, SigningKey.load(_KEY["path"])
+    name = "transcripts/000001.dsse.json"
+    payload = base64.b64decode(json.loads(members[name])["payload"])
+    honest = json.loads(payload)
+    opts = VerifyOptions(replay=0, residual=False)
+    table = _failure_table()
+    seen: Counter[tuple[int, str, int | None]] = Counter()
+
+    @settings(max_examples=OWNER_EXAMPLES, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def run(data: Any) -> None:
+        raw, ops = _mutate(data, payload)
+        try:
+            stmt = json.loads(raw)
+            signed = sign_statement(stmt, [key]).to_bytes()
+        except (ValueError, VmuError):  # not JSON, or not a statement the signer accepts
+            assume(False)
+        assume(stmt != honest)  # the same statement in another layout is no mutation
+        mutated = dict(members)
+        mutated[name] = signed
+        old, new = hashlib.sha256(members[name]).hexdigest(), hashlib.sha256(signed).hexdigest()
+        mutated["manifest.json"] = members["manifest.json"].replace(old.encode(), new.encode())
+        bundle = _zip(mutated)
+        v = verify(bundle, opts)
+        seen[(v.exit_code, type(v.failure).__name__ if v.failure else "-", v.failed_step)] += 1
+        if v.exit_code == 0 or isinstance(v.failure, InternalError):
+            (tmp_path / "falsifying.vmu").write_bytes(bundle)
+        assert v.exit_code != 0, f"an owner-signed transcript with {ops} was accepted ({tmp_path / 'falsifying.vmu'})"
+        _check_outcome(v, table, f"payload {ops}")
+
+    run()
+    total = sum(seen.values())
+    print(f"\n{total} owner-signed mutated transcripts:\n" + "\n".join(f"{k}: {n}" for k, n in sorted(seen.items(), key=str)))
+    assert total >= OWNER_EXAMPLES
+    steps = {s for (_, _, s) in seen}
+    assert {6, 7, 8, 11, 15} <= steps, sorted(s for s in steps if s is not None)  # past the signature check
 
 
 def test_meaning_tells_a_bound_change_from_an_unbound_one(small_bundle: dict[str, bytes]) -> None:
@@ -243,3 +315,26 @@ def test_fuzz_finding_unsupported_proof_version_is_step_3_and_documented() -> No
     assert isinstance(v.failure, UnsupportedVersion) and v.failed_step == 3 and v.exit_code == 2
     assert "consistency proof version 2 is not supported" in str(v.failure)
     assert 3 in _failure_table()["UnsupportedVersion"]
+
+
+def test_fuzz_finding_transcript_origin_mismatch_is_step_6_and_documented(small_bundle: dict[str, bytes]) -> None:
+    """Found by the owner-signed fuzz: a transcript signed for another log origin is rejected at
+    step 6 with HeadMismatch, which specs/09's failure table did not list for step 6."""
+    import base64
+
+    from verifiable_mu._dsse import sign_statement
+    from verifiable_mu._keys import SigningKey
+    from verifier import HeadMismatch, VerifyOptions, verify
+
+    name = "transcripts/000001.dsse.json"
+    stmt = json.loads(base64.b64decode(json.loads(small_bundle[name])["payload"]))
+    origin = stmt["predicate"]["origin"]
+    stmt["predicate"]["origin"] = origin + "x"
+    members = dict(small_bundle)
+    members[name] = sign_statement(stmt, [SigningKey.load(_KEY["path"])]).to_bytes()
+    members["manifest.json"] = small_bundle["manifest.json"].replace(
+        hashlib.sha256(small_bundle[name]).hexdigest().encode(), hashlib.sha256(members[name]).hexdigest().encode())
+    v = verify(_zip(members), VerifyOptions(replay=0, residual=False))
+    assert isinstance(v.failure, HeadMismatch) and v.failed_step == 6 and v.exit_code == 1
+    assert f"is for log {origin + 'x'!r}, the bundle is for {origin!r}" in str(v.failure)
+    assert 6 in _failure_table()["HeadMismatch"]
