@@ -66,7 +66,8 @@ def test_a_bug_in_a_check_is_a_verdict_with_the_bug_exit_code(monkeypatch: pytes
     assert all(by_step[n].status == "pass" for n in range(1, step) if n != 3)
     report = to_json(v, path="b.vmu")
     jsonschema.Draft202012Validator(report_schema()).validate(report)
-    assert report["failure"] == {"step": step, "error": "InternalError", "message": "ZeroDivisionError: division by zero"}
+    assert report["failure"] == {"step": step, "error": "InternalError", "message": "ZeroDivisionError: division by zero",
+                                 "advice": InternalError.advice}
     h = headline(report)
     assert h.title == "INTERNAL ERROR" and "please report it" in h.summary and f"exit code {EXIT_INTERNAL}" in h.summary
 
@@ -94,6 +95,7 @@ def test_a_bug_gets_an_html_page_and_no_attestation(monkeypatch: pytest.MonkeyPa
     v = verify(HONEST, FAST)
     page = render_html(to_json(v, path="b.vmu"))
     assert "INTERNAL ERROR" in page and "ZeroDivisionError: division by zero" in page
+    assert "<b>What to do:</b> this is a bug in verifiable-mu, not a verdict on the input: please report it" in page
     with pytest.raises(ValueError, match="no attestation for unusable input or an internal error"):
         build_vsa(v, name="b.vmu")
 
@@ -196,6 +198,11 @@ def test_diagnostics_of_an_unsupported_version_say_upgrade() -> None:
     assert isinstance(v.failure, UnsupportedVersion) and v.failed_step == 2
     d = _lines(v.failure)
     assert d["step"].startswith("2 (manifest)") and "upgrade verifiable-mu" in d["what to do"]
+    # the report carries the advice, the text report ends the failure with it
+    assert to_json(v)["failure"]["advice"] == d["what to do"] == UnsupportedVersion.advice
+    from verifier import render_text
+
+    assert render_text(v).splitlines()[-2] == f"  what to do: {UnsupportedVersion.advice}"
 
 
 def test_diagnostics_of_a_bad_signature_say_do_not_accept() -> None:

@@ -485,6 +485,9 @@ _PAGE = """<!DOCTYPE html>
 <p>{% for css, text in h.labels %}<span class="label {{ css }}">{{ text }}</span>{% endfor %}</p>
 {%- endif %}
 <p>{{ h.summary }}</p>
+{%- if h.advice %}
+<p><b>What to do:</b> {{ h.advice }}</p>
+{%- endif %}
 {%- if h.unmet %}
 <ul>{% for name, why, required in h.unmet %}<li><b>{{ name }}</b>: {{ why }}{% if required %} (required: {{ required }}){% endif %}</li>{% endfor %}</ul>
 {%- endif %}
@@ -521,6 +524,7 @@ class Headline:
     summary: str
     labels: tuple[tuple[str, str], ...] = ()
     unmet: tuple[tuple[str, str, str], ...] = ()
+    advice: str = ""  # what to do about the failure (the report's failure.advice)
 
 
 def _unmet(report: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, str, str], ...]]:
@@ -560,19 +564,23 @@ def headline(report: Mapping[str, Any]) -> Headline:
     checks = [c for c in report.get("checks") or [] if isinstance(c, Mapping)]
     failure = report.get("failure") if isinstance(report.get("failure"), Mapping) else None
     why = f"step {failure.get('step')}: {failure.get('message')}" if failure else ""
+    advice = str(failure.get("advice")) if failure and isinstance(failure.get("advice"), str) else ""
     ext: dict[str, Mapping[str, Any]] = {k: d for k in ("residual", "canary") if isinstance(d := report.get(k), Mapping)}
     ext_verdict = {k: d.get("verdict") for k, d in ext.items()}
 
     if base == "internal-error":
         return Headline(overall, "bad", "INTERNAL ERROR",
                         f"A bug in verifiable-mu stopped the verification, so nothing was judged (exit code "
-                        f"{EXIT_INTERNAL}); please report it at {ISSUES_URL}" + (f": {why}" if why else "."))
+                        f"{EXIT_INTERNAL}); please report it at {ISSUES_URL}" + (f": {why}" if why else "."),
+                        advice=advice)
     if base == "unusable":
         return Headline(overall, "bad", "UNUSABLE INPUT",
-                        "The bundle could not be checked, so nothing was judged (exit code 2)" + (f": {why}" if why else "."))
+                        "The bundle could not be checked, so nothing was judged (exit code 2)" + (f": {why}" if why else "."),
+                        advice=advice)
     if overall == "rejected":
         if base == "rejected":
-            return Headline(overall, "bad", "REJECTED", "A check failed (exit code 1)" + (f": {why}" if why else "."))
+            return Headline(overall, "bad", "REJECTED", "A check failed (exit code 1)" + (f": {why}" if why else "."),
+                            advice=advice)
         failed = [k for k, v in ext_verdict.items() if v == "fail"]
         names = " and ".join("the residual-information tests" if k == "residual" else "the canary test" for k in failed)
         reasons = "; ".join(str(ext[k].get("reason")) for k in failed)

@@ -74,7 +74,8 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         ],
         "failure": None
         if v.failure is None
-        else {"step": v.failed_step, "error": type(v.failure).__name__, "message": str(v.failure)},
+        else {"step": v.failed_step, "error": type(v.failure).__name__, "message": str(v.failure),
+              "advice": v.failure.advice},
         "warnings": list(v.warnings),
         "challenge": {
             "mode": "interactive" if v.options.challenge is not None else ("fiat-shamir" if v.seed else None),
