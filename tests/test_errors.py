@@ -155,6 +155,14 @@ def test_vmu_bug_is_one_line_exit_70(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("vmu: internal error (a bug in verifiable-mu, not a verdict on the input): "
                           "ZeroDivisionError: division by zero; please report it at https://")
+
+    def two_lines(*_: Any, **__: Any) -> Any:
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(Workspace, "open", classmethod(lambda cls, *a, **k: two_lines()))
+    assert vmu_main(["status", str(tmp_path)]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ValueError: first line second line; please report it" in err, err
     assert vmu_main(["--verbose", "status", str(tmp_path)]) == EXIT_INTERNAL
     assert "Traceback" in capsys.readouterr().err
 

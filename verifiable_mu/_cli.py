@@ -29,7 +29,8 @@ def bug_line(prog: str, e: BaseException) -> str:
     what = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
     if isinstance(e, VmuError) and e.step is not None:
         what = f"step {e.step} ({e.step_name}): {what}"
-    return (f"{prog}: internal error (a bug in verifiable-mu, not a verdict on the input): {what[:300]}; "
+    what = " ".join(what.split())[:300]  # one line, whatever the exception's text holds
+    return (f"{prog}: internal error (a bug in verifiable-mu, not a verdict on the input): {what}; "
             f"please report it at {ISSUES_URL} with the output of --verbose")
 
 
