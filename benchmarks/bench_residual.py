@@ -382,6 +382,59 @@ def grid(runs: int, default_runs: int, shard_counts: Sequence[int], sizes: Seque
     return 0
 
 
+def attacks_check(n: int, alpha: float = 0.05) -> int:
+    """Issue 14: every attack of the suite over ``n`` honest deletions (5 shards, 50 records of
+    one shard, seeds 0..n-1): how often its own p-value is at most alpha on the honest
+    post-deletion models (its false alarms, had it decided alone), on the pre-deletion models
+    (the positive control) and on a prover that skipped retraining; and its cost as a ratio to
+    the retraining it audits (median over the runs, timed side by side in this process)."""
+    import collections
+
+    from verifiable_mu.training import build_model
+    from verifier._residual import ATTACKS, grad_norm_scores, label_only_scores
+    from verifier._shadow import train_shadow_attack
+
+    fa: collections.Counter[str] = collections.Counter()
+    ctl: collections.Counter[str] = collections.Counter()
+    cost: dict[str, list[float]] = collections.defaultdict(list)
+    for seed in range(n):
+        w = World(5, seed)
+        rng = np.random.default_rng([seed, 50])
+        rows = w.draw(N_DELETED, "shard", rng)
+        t0 = time.perf_counter()
+        post = w.forget([rows])
+        retrain = time.perf_counter() - t0
+        kw = w.inputs(rows)
+        pool_X = np.concatenate([kw["audit_X"], kw["retained_X"]])
+        pool_y = np.concatenate([kw["audit_y"], kw["retained_y"]])
+        t0 = time.perf_counter()
+        shadow = train_shadow_attack(lambda s, w=w: build_model(w.spec, init_seed=s), w.hyper, pool_X, pool_y,
+                                     epochs=EPOCHS, seed=seed)
+        cost["shadow"].append((time.perf_counter() - t0) / retrain)
+        rep = residual_tests(post_models=post, **kw, attacks=ATTACKS, n_boot=20, n_perm=999, shadow=shadow)
+        for r in rep.post:
+            fa[r.attack] += r.p_value <= alpha
+        for r in rep.pre:
+            ctl[r.attack] += r.p_value <= alpha
+        X = np.concatenate([kw["deleted_X"], kw["audit_X"]])
+        y = np.concatenate([kw["deleted_y"], kw["audit_y"]])
+        target = np.concatenate([kw["shard_of_deleted"], rng.integers(0, 5, len(kw["audit_y"]))])
+        t0 = time.perf_counter()
+        label_only_scores(post, X, y, target, seed)
+        cost["label"].append((time.perf_counter() - t0) / retrain)
+        t0 = time.perf_counter()
+        grad_norm_scores(post, X, y, target)
+        cost["gradnorm"].append((time.perf_counter() - t0) / retrain)
+        print(f"seed {seed}: verdict {rep.verdict}", file=sys.stderr, flush=True)
+    print(f"{n} honest deletions (5 shards, {N_DELETED} records of one shard): per attack, runs with p <= {alpha}")
+    print("| attack | honest post-deletion models (false alarms alone) | pre-deletion models (control) | cost / retraining |")
+    print("|---|---|---|---|")
+    for a in ATTACKS:
+        c = f"{statistics.median(cost[a]):.3f}" if a in cost else "-"
+        print(f"| {a} | {fa[a]}/{n} | {ctl[a]}/{n} | {c} |")
+    return 0
+
+
 def _time(fn: Any, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -397,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", type=int, default=0, metavar="N",
                     help="instead: honest and skipping provers over seeds 0..N-1 (false alarms, control power)")
     ap.add_argument("--grid", action="store_true", help="instead: the false-alarm and power grid (issue 15)")
+    ap.add_argument("--attacks", type=int, default=0, metavar="N",
+                    help="instead: every attack over N honest deletions (false alarms alone, control, cost; issue 14)")
     ap.add_argument("--runs", type=int, default=50, help="grid: honest runs per cell")
     ap.add_argument("--default-runs", type=int, default=200, help=f"grid: runs of the default cell {DEFAULT_CELL}")
     ap.add_argument("--shards", type=int, nargs="+", default=list(GRID_SHARDS), help="grid: shard counts")
@@ -410,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    if args.attacks:
+        return attacks_check(args.attacks)
     if args.grid:
         return grid(args.runs, args.default_runs, args.shards, args.sizes, args.budget, args.old_everywhere,
                     args.also_alpha)
