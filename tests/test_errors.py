@@ -167,6 +167,24 @@ def test_vmu_bug_is_one_line_exit_70(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_vmu_audit_bug_is_one_line_exit_70(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """The third CLI (vmu-audit, and vmu-verify --residual-only, which hands over to it) too."""
+    import verifier._audit as audit
+    from verifier.audit_cli import main as audit_main
+    from verifier.cli import main as verify_main
+
+    monkeypatch.setattr(audit, "read_package", _boom)
+    package = tmp_path / "p.zip"
+    package.write_bytes(b"PK\x05\x06" + bytes(18))
+    for run in (lambda: audit_main([str(package)]), lambda: verify_main([str(package), "--residual-only"])):
+        assert run() == EXIT_INTERNAL
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("vmu-audit: internal error (a bug in verifiable-mu, not a verdict on the input): "
+                              "ZeroDivisionError: division by zero; please report it at https://")
+
+
 def test_vmu_documented_error_verbose_shows_diagnostics(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                                         tmp_path: Path) -> None:
     from prover import Workspace

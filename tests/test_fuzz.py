@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError
 
 from verifiable_mu._errors import InternalError, MalformedInput, VerificationFailed
 
@@ -120,7 +121,7 @@ def _meaning(name: str, raw: bytes) -> Any:
 
             t = load(raw)
             return checkpoint_digest({k: t[k] for k in sorted(t)})
-    except Exception:  # noqa: BLE001 - the oracle's own decoding: undecodable means "changed"
+    except (ValueError, SafetensorError):  # undecodable (JSON, PEM, safetensors, dtype): "changed"
         return None
     return raw
 

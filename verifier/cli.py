@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detach_stdout()
         return EXIT_BROKEN_PIPE
     except Exception as e:  # a bug of this tool: one line asking for a report (--verbose: the traceback)
-        return report_bug("vmu-verify", e, verbose="--verbose" in (sys.argv[1:] if argv is None else argv))
+        return report_bug("vmu-verify", e, verbose="--verbose" in args)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
