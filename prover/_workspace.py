@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._dsse import sign_statement
+from verifiable_mu._dsse import PREDICATE_DELETION, sign_statement
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
@@ -55,7 +55,6 @@ __all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMA
 
 FORMAT_VERSION = 2  # 2: the config may name its arithmetic; version 1 workspaces are float32
 _READS_VERSIONS = (1, 2)
-PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 #: Rows per forward pass when predicting: bounds the activations held at once, and is faster
 #: than one large pass (the CNN on 16x16 images, 6,800 rows: 1.3-2.2 s in one pass, 0.8 s in
 #: passes of 128-256 rows; the digits MLP: the same either way).

@@ -1,8 +1,9 @@
 """``vmu``: the model owner's command line.
 
 Exit codes: 0 success; 2 bad usage or bad input (unknown id, already deleted, unreadable data,
-unsupported workspace version); 1 any other failure. Errors print one line; ``--verbose`` adds
-the traceback.
+unsupported workspace version); 1 any other documented failure; 70 internal error (a bug in
+verifiable-mu: the line asks for a report; the same code as ``vmu-verify``'s); 130 interrupted.
+Errors print one line; ``--verbose`` adds the traceback and the error's diagnostics.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from collections.abc import Sequence
 from verifiable_mu import __version__
 from verifiable_mu._age import encrypt as age_encrypt
 from verifiable_mu._age import recipients as age_recipients
-from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout
+from verifiable_mu._cli import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    detach_stdout,
+    report_bug,
+    report_error,
+)
 from verifiable_mu._disclosure import disclosure_line
-from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._errors import InternalError, MalformedInput, VmuError
 from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._seeds import atomic_write
@@ -27,7 +35,7 @@ from verifiable_mu._seeds import atomic_write
 from ._errors import BadInput
 from ._workspace import SPLITS
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -320,15 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except InternalError as e:
+        return report_bug("vmu", e, verbose=args.verbose)
     except MalformedInput as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: error: {e}", file=sys.stderr)
+        report_error("vmu", e, verbose=args.verbose)
         return EXIT_BAD_INPUT
     except VmuError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: error: {e}", file=sys.stderr)
+        report_error("vmu", e, verbose=args.verbose)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
@@ -346,16 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         missing = missing_module(e)
         if missing is None:
-            print(f"vmu: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
-            return EXIT_FAILURE
+            return report_bug("vmu", e, verbose=False)  # the traceback is printed above
         print(f"vmu: error: 'vmu {args.command}' needs {missing}, which this install lacks (the proof-only install): "
               f"install the full one with {FULL_INSTALL}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as e:  # a bug: still one line unless --verbose
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
-        return EXIT_FAILURE
+    except Exception as e:  # a bug: one line asking for a report (--verbose: the traceback)
+        return report_bug("vmu", e, verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

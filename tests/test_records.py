@@ -456,11 +456,12 @@ BAD_RECORDS = [
 
 
 @pytest.mark.parametrize(
-    ("record_id", "features", "label", "salt", "match"),
-    [c[1:] for c in BAD_RECORDS],
+    ("case", "record_id", "features", "label", "salt", "match"),
+    BAD_RECORDS,
     ids=[c[0] for c in BAD_RECORDS],
 )
-def test_bad_records_are_rejected_everywhere(record_id: Any, features: Any, label: Any, salt: Any, match: str) -> None:
+def test_bad_records_are_rejected_everywhere(case: str, record_id: Any, features: Any, label: Any, salt: Any,
+                                             match: str) -> None:
     with pytest.raises(MalformedRecord, match=match):
         commit_record(record_id, features, label, salt)
     if not match.startswith("salt"):
@@ -470,7 +471,8 @@ def test_bad_records_are_rejected_everywhere(record_id: Any, features: Any, labe
         RecordOpening(id=record_id, features=features, label=label, salt=salt)
     # The batch path refuses the same record (its messages are about the batch).
     batch = np.asarray(features)[None] if isinstance(features, np.ndarray) else features
-    with pytest.raises(MalformedRecord):
+    field = {"id": "record id", "features": "features", "label": "label", "salt": "salt"}[case.split("-")[0]]
+    with pytest.raises(MalformedRecord, match=field):  # the batch path's message names the bad field
         commit_records([record_id], batch, [label], [salt])
 
 

@@ -49,6 +49,8 @@ from typing import Any, TypeVar
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._dsse import IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE, verify_envelope
 from verifiable_mu._errors import (
+    EXIT_INTERNAL,
+    InternalError,
     InvalidBundle,
     MalformedInput,
     SignatureFailed,
@@ -152,6 +154,7 @@ STEPS: tuple[tuple[int, str, str], ...] = (
 )
 ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
 _NAMES = {n: name for n, name, _ in STEPS}
+_VERDICTS = {0: "accepted", 1: "rejected", 2: "unusable", EXIT_REDUCED: "accepted-reduced", EXIT_INTERNAL: "internal-error"}
 
 
 @dataclass(slots=True)
@@ -285,13 +288,17 @@ class Verification:
 
     @property
     def exit_code(self) -> int:
+        """0 accepted, 1 rejected, 2 unusable input, 3 accepted with reduced checks, 70 a bug
+        (:class:`~verifiable_mu._errors.InternalError`: nothing was judged)."""
         if self.failure is None:
             return EXIT_REDUCED if self.unmet else 0
+        if isinstance(self.failure, InternalError):
+            return EXIT_INTERNAL
         return 2 if isinstance(self.failure, MalformedInput) else 1
 
     @property
     def verdict(self) -> str:
-        return ("accepted", "rejected", "unusable", "accepted-reduced")[self.exit_code]
+        return _VERDICTS[self.exit_code]
 
     @property
     def replayed(self) -> int:
@@ -1647,23 +1654,49 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, ImportError) and ("failed to map segment" in msg or "Cannot allocate memory" in msg)
 
 
+class _CallerError(Exception):
+    """An exception raised by a callback of the caller of :func:`verify` (``on_result``,
+    ``on_progress``): it is the caller's, so :func:`verify` raises it again as it was (a closed
+    pipe, Ctrl-C), never turns it into a verdict."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _guarded(fn: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    if fn is None:
+        return None
+
+    def call(arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception as e:
+            raise _CallerError(e) from e
+
+    return call
+
+
 def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> bool:
     t0 = time.perf_counter()
     try:
         try:
             fn(v, *args)
-        except (MemoryError, RuntimeError, ImportError) as oom:
-            if not _is_oom(oom):
-                raise
-            raise _out_of_memory(step, oom) from oom
+        except (_CallerError, VmuError):
+            raise
+        except Exception as exc:
+            if _is_oom(exc):
+                raise _out_of_memory(step, exc) from exc
+            raise InternalError.wrap(exc) from exc  # no documented error covers it: a bug, not a verdict
     except VmuError as e:
+        e.at_step(step, _NAMES[step])
         if step == 13 and isinstance(e, OrderingViolation):
             step = 12
             v.results.append(CheckResult(12, _NAMES[12], "fail", str(e), time.perf_counter() - t0))
         else:
             if step == 13:
                 v.results.append(CheckResult(12, _NAMES[12], "pass"))
-            v.results.append(CheckResult(step, _NAMES[step], "error" if isinstance(e, MalformedInput) else "fail",
+            v.results.append(CheckResult(step, _NAMES[step], "error" if isinstance(e, (MalformedInput, InternalError)) else "fail",
                                          str(e), time.perf_counter() - t0))
         v.failure, v.failed_step = e, step
         return False
@@ -1703,13 +1736,29 @@ def verify(
 ) -> Verification:
     """Run every step on the bundle at ``source`` (a path or the bundle's bytes).
 
-    Never raises for bad input or a failed check: the outcome is in the returned object
-    (``exit_code``, ``verdict``, ``results``, ``failure``). ``on_result`` (optional) is called
-    with each step's result in step order as soon as it is final (``vmu-verify`` prints them as
-    they come); ``on_progress`` (optional) with a short line while step 18 replays a segment or
-    step 19 starts a phase.
+    Never raises, whatever the input: the outcome is in the returned object (``exit_code``,
+    ``verdict``, ``results``, ``failure``). A documented error is a rejection (exit 1,
+    :class:`VerificationFailed`) or unusable input (exit 2, :class:`MalformedInput`); any other
+    exception in a step is a bug, reported as :class:`InternalError` at that step (exit 70,
+    verdict ``internal-error``). Only what the callbacks themselves raise (and
+    ``KeyboardInterrupt``) propagates. ``on_result`` (optional) is called with each step's
+    result in step order as soon as it is final (``vmu-verify`` prints them as they come);
+    ``on_progress`` (optional) with a short line while step 18 replays a segment or step 19
+    starts a phase.
     """
-    v = Verification(options=options, listener=on_result, progress=on_progress)
+    v = Verification(options=options, listener=_guarded(on_result), progress=_guarded(on_progress))
+    try:
+        return _verify(v, source)
+    except _CallerError as e:
+        raise e.error from e.error.__cause__
+    except Exception as bug:  # outside every step (the runner itself): still a verdict, exit 70
+        err = InternalError.wrap(bug, "the verifier's runner")
+        err.__cause__ = bug
+        v.failure, v.failed_step = err, max((r.step for r in v.results), default=1)
+        return v
+
+
+def _verify(v: Verification, source: str | bytes) -> Verification:
     t0 = time.perf_counter()
     ok = (
         _run(v, 1, _step_01, source)

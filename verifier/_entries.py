@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from verifiable_mu._canonical import hex32
+from verifiable_mu._dsse import PREDICATE_DELETION
 from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
 from verifiable_mu._log import LogEntry
 from verifiable_mu._modelcode import parse_code
@@ -43,7 +44,6 @@ __all__ = [
 #: A per-file subject of a deletion transcript (specs/07).
 _SUBJECT_FILE = re.compile(r"checkpoints/([0-9a-f]{64})\.safetensors")
 
-PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?")
 _U32 = 2**32 - 1

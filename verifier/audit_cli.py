@@ -2,8 +2,8 @@
 
 Exit codes as vmu-verify: 0 the audit found no trace (pass) or could not decide (inconclusive,
 a warning; ``--require-residual`` turns it into 1), 1 rejected (a bad signature or digest, or
-the residual tests found a trace), 2 unusable input. Every verdict is a statistical audit, never
-a proof.
+the residual tests found a trace), 2 unusable input, 70 internal error (a bug: one line asking
+for a report). Every verdict is a statistical audit, never a proof.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout
+from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout, report_bug, report_error
 from verifiable_mu._errors import MalformedInput, VerificationFailed, VmuError
 
 __all__ = ["main", "build_parser"]
@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         detach_stdout()
         return EXIT_BROKEN_PIPE
+    except Exception as e:  # a bug: one line asking for a report (--verbose: the traceback), as vmu-verify
+        return report_bug("vmu-audit", e, verbose="--verbose" in (sys.argv[1:] if argv is None else argv))
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -93,9 +95,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"vmu-audit: REJECTED: {e}", file=sys.stderr)
         return EXIT_REJECTED
     except VmuError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu-audit: error: {e}", file=sys.stderr)
+        report_error("vmu-audit", e, verbose=args.verbose)
         return EXIT_UNUSABLE
     verdict = report["verdict"]
     code = EXIT_REJECTED if verdict == "fail" or (verdict != "pass" and args.require_residual) else EXIT_OK
