@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
+from verifiable_mu._scaling import Scaling
 from verifiable_mu._seeds import epoch_order
 from verifiable_mu._tags import TAG_ASSIGNMENT
 
@@ -107,6 +108,7 @@ class ShardTask:
     data_path: str  # the workspace's data.npz
     record: bool = True  # False: the same schedule without commitments, logging or checkpoints
     platform: dict | None = None  # the logged config's platform: a worker that differs refuses to train
+    scaling: dict | None = None  # the logged feature scaling (specs/06 section 5c), applied to every input
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ def _diverged(task: ShardTask, stage: int, step: int, why: str) -> Exception:
 
     return TrainingDiverged(
         f"training diverged in shard {task.shard}, stage {stage}, at step {step} ({why}); nothing of this stage "
-        f"was committed. Lower the learning rate (--lr, now {task.hyper['lr']}) or scale the features, in a new "
+        f"was committed. Lower the learning rate (--lr, now {task.hyper['lr']}) or scale the features (vmu init --standardize), in a new "
         "workspace: the committed configuration cannot change"
     )
 
@@ -264,6 +266,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
     X_all, y_all = _load_data(task.data_path)
+    scale = None if task.scaling is None else Scaling.from_json(task.scaling, int(np.prod(X_all.shape[1:]))).apply
     # Checkpoints are written synchronously: on a writer thread (tried) the GIL hand-offs cost
     # the training loop more than the hashing and fsync they hid (bench: +56 ms against +29 ms).
     B = hyper.batch_size
@@ -274,7 +277,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         t0 = time.perf_counter()
         res = StageResult(stage=st.stage)
         rows = np.asarray(st.rows, dtype=np.int64)
-        X = torch.from_numpy(X_all[rows]).to(device)
+        X = torch.from_numpy(X_all[rows] if scale is None else scale(X_all[rows])).to(device)
         y = torch.from_numpy(y_all[rows]).to(device)
         n = len(rows)
         # Each commitment as 64 hex characters; a batch's manifest is one gather and tobytes.

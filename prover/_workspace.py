@@ -42,6 +42,7 @@ from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
 from verifiable_mu._records import commit_records, new_salt_array, record_key
+from verifiable_mu._scaling import Scaling, fit_standardize
 from verifiable_mu._seeds import atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
@@ -98,6 +99,9 @@ class WorkspaceConfig:
     #: order fixes every batch); 1, the earlier format whose step entries list their batch (kept
     #: for logs written before, and for tests that forge batch lists)
     log_format: int = 2
+    #: standardize every feature with a mean and std fitted on the training split at commit time,
+    #: logged in the config entry (specs/06 section 5c); False for workspaces made before it
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -587,6 +591,7 @@ class Workspace:
                         "platform": platform_info(device, cfg.threads),
                         "n_train": len(train_rows),
                         "data_digest": self._data_digest,
+                        **({"scaling": fit_standardize(ds.X, train_rows).to_json()} if cfg.standardize else {}),
                     },
                 )
             ]
@@ -720,9 +725,18 @@ class Workspace:
             store=self.store,
             data_path=self.data_path,
             record=record,
+            scaling=self._scaling_json(),
             # A float32 log replays bit for bit only on its own platform; a portable one anywhere.
             platform=self._logged_platform() if record and not cfg.portable else None,
         )
+
+    def _scaling_json(self) -> dict[str, Any] | None:
+        """The logged feature scaling (specs/06 section 5c), or None: the signed config entry's."""
+        return self._log.entry(0).body.get("scaling") if self._log.size else None
+
+    def _scaling(self) -> Scaling | None:
+        d = self._scaling_json()
+        return None if d is None else Scaling.from_json(d, self.data.n_features)
 
     def batch_of(self, entry: Any) -> list[bytes]:
         """The record commitments of a step entry's batch, in batch order: listed in a format-1
@@ -979,7 +993,8 @@ class Workspace:
         import torch
 
         models = self.constituents()
-        xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        scaling = self._scaling()  # the models were trained on scaled features: scale the input the same way
+        xt = torch.from_numpy(np.ascontiguousarray(X if scaling is None else scaling.apply(X), dtype=np.float32))
         # In blocks of rows: one forward pass over a whole test split holds every activation of
         # every row at once (the CNN on 16x16 images: 1.6 GB for 20,000 rows, linear in rows).
         with torch.no_grad():

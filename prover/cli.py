@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="float32: replay is bit-exact on the same platform only; portable: float64 gradients rounded "
         "with logged hints, bit-exact on any CPU or GPU (slower steps; specs/06 section 3a) (default float32)",
     )
+    i.add_argument(
+        "--standardize", action="store_true",
+        help="scale every feature to mean 0 and std 1, fitted on the training split and signed in the config "
+             "(the verifier applies the same scaling; specs/06 section 5c). Use it for raw tabular features",
+    )
 
     t = sub.add_parser("train", help="train every shard and print the signed tree head")
     t.add_argument("dir", metavar="DIR")
@@ -182,11 +187,13 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             arithmetic=args.arithmetic,
+            standardize=args.standardize,
         )
         with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
             print(f"created workspace {ws.path}")
             print(f"  log origin: {ws.log_origin}")
-            print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices")
+            print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices"
+                  + (", features standardized on the training split" if cfg.standardize else ""))
             print(f"  signing key id: {ws.public_key.key_id}")
             print(f"  note verifier key: {ws.note_vkey}")
             if cfg.arithmetic == "float32" and ws._device() == "cuda":

@@ -76,6 +76,7 @@ from verifiable_mu._sampling import (
     single_escape,
     split_population,
 )
+from verifiable_mu._scaling import Scaling
 from verifiable_mu._seeds import assigned_slices, derive_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_CHALLENGE, TAG_MODEL, TAG_REQUEST, tagged_hash
@@ -1424,6 +1425,7 @@ def _step_18(v: Verification) -> None:
         ))
     plan = _replay.ReplayPlan(
         model=cfg.model, hyper=cfg.hyper, platform=cfg.platform, segments=tuple(work), openings=v.openings,
+        scaling=cfg.scaling,
         mode=v.options.replay_mode, allow_factories=v.options.allow_factories, model_source=dict(b.model_source),
     )
     if v.options.backend == "local":
@@ -1499,10 +1501,10 @@ def _step_19(v: Verification) -> None:
 
         if not lst:
             return None, None
-        return (
-            np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in lst]),
-            np.asarray([o.label for o in lst], dtype=np.int64),
-        )
+        X = np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in lst])
+        if cfg.scaling is not None:  # the constituents were trained on scaled features (signed config)
+            X = Scaling.from_json(cfg.scaling, X.shape[1]).apply(X)
+        return X, np.asarray([o.label for o in lst], dtype=np.int64)
 
     dX, dy = stack(dels)
     aX, ay = stack(audit_open)
