@@ -41,16 +41,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._disclosure import disclosure_summary
+from verifiable_mu._disclosure import disclosure_summary, replay_records
 from verifiable_mu._range import RangeProof, range_path
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
     DEFAULT_REPLAY,
+    LINEAGE_MODES,
     SegmentRef,
     challenge_seed,
     fiat_shamir_seed,
     head_body,
+    lineage_seed,
     sample_audit,
     sample_segments,
     split_population,
@@ -191,14 +193,20 @@ def write_bundle(
     audit_max: int = AUDIT_DISCLOSE_MAX,
     known_sizes: Sequence[int] = (),
     include_model_source: bool = False,
+    lineage: str = "complete",
 ) -> BundleInfo:
     """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``.
 
     ``known_sizes``: sizes of heads the verifier saw before (``--known-head``); the bundle carries a
     consistency proof from each to its final head (specs/08 section 3). ``include_model_source``:
-    ship a factory model's committed source files (``model/source/...``, specs/08 section 1)."""
+    ship a factory model's committed source files (``model/source/...``, specs/08 section 1).
+    ``lineage``: ``complete`` discloses every segment of the deletion lineage; ``sampled`` only the
+    ``replay`` uniform draws from it that a verifier with ``--lineage sampled`` replays (specs/08
+    section 5): less disclosure, and a verifier asking for the complete lineage rejects it."""
     if replay < 0:
         raise BadInput("--replay must be >= 0")
+    if lineage not in LINEAGE_MODES:
+        raise BadInput(f"--lineage must be one of {', '.join(LINEAGE_MODES)}, not {lineage!r}")
     if include_model_source and ":" not in ws.config.model:
         raise BadInput(f"--include-model-source: the workspace's model {ws.config.model!r} is built in; it has no "
                        "source to include")
@@ -279,6 +287,8 @@ def write_bundle(
         seed = fiat_shamir_seed(deletions, final_body)
         ch = {"mode": "fiat-shamir"}
     drawn = [rest[i] for i in sample_segments(len(rest), replay, seed)]
+    if lineage == "sampled":  # the draws a verifier with --lineage sampled makes (specs/08 section 5)
+        complete = [complete[i] for i in sample_segments(len(complete), replay, lineage_seed(seed))]
     picked = complete + drawn
 
     # Log entries to disclose.
@@ -353,10 +363,14 @@ def write_bundle(
         # digest covers their ids (specs/08 section 4).
         deleted_c |= {bytes.fromhex(r["commitment"]) for r in pred.get("held_out", {}).get("records", [])}
     used_c: set[bytes] = set()
+    by_kind: dict[str, set[bytes]] = {"lineage": set(), "sampled": set()}
+    complete_ends = {r.end_index for r in complete}
     for r in picked:
+        kind = by_kind["lineage" if r.end_index in complete_ends else "sampled"]
         for e in log.entries(min(max(0, r.end_index - r.steps), r.end_index), r.end_index):
             if e.kind == "step":
-                used_c |= set(ws.batch_of(e))
+                kind.update(ws.batch_of(e))
+        used_c |= kind
     ds = ws.data
     rows = {c: (row, role, salt) for row, role, salt, c in db.execute("SELECT row, role, salt, commitment FROM p_records")}
 
@@ -394,7 +408,8 @@ def write_bundle(
     if audit_proof is not None:
         openings_doc["audit_proof"] = audit_proof
     n_train = sum(1 for _, role, _ in rows.values() if role == "train")
-    disclosure = disclosure_summary(len(deleted), len(audit), len(training), n_train)
+    disclosure = disclosure_summary(len(deleted), len(audit), len(training), n_train,
+                                    replay_records(lineage, by_kind["lineage"], by_kind["sampled"], deleted_c))
 
     # Slice records: the (key, commitment) pairs of every slice a retraining trained on, so the
     # verifier can recompute each epoch's committed visiting order and check every retraining
