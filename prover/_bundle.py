@@ -40,10 +40,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._disclosure import disclosure_summary, replay_records
 from verifiable_mu._range import RangeProof, range_path
-from verifiable_mu._records import RecordOpening, record_key
+from verifiable_mu._records import RecordOpening
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
     DEFAULT_REPLAY,
@@ -60,6 +62,7 @@ from verifiable_mu._sampling import (
 from verifiable_mu._seeds import derive_slices
 from verifiable_mu._sorted_tree import SortedTree
 
+from . import _sisa
 from ._errors import BadInput, WorkspaceError
 
 if TYPE_CHECKING:
@@ -371,43 +374,60 @@ def write_bundle(
             if e.kind == "step":
                 kind.update(ws.batch_of(e))
         used_c |= kind
-    ds = ws.data
-    rows = {c: (row, role, salt) for row, role, salt, c in db.execute("SELECT row, role, salt, commitment FROM p_records")}
-
-    def opening(row: int, salt: bytes) -> dict[str, Any]:
-        return RecordOpening(id=ds.ids[row], features=ds.X[row], label=int(ds.y[row]), salt=salt).to_json()
+    # One pass over the committed records, keeping only what the openings need (not a table of
+    # every record: at 10^6 records that alone was hundreds of MB).
+    needed = deleted_c | used_c
+    rows: dict[bytes, tuple[int, str, bytes]] = {}  # commitment -> (row, id, salt)
+    audit_rows: dict[bytes, tuple[int, str, bytes, bytes]] = {}  # key -> (row, id, salt, commitment)
+    n_train = 0
+    cur = db.execute("SELECT row, id, role, salt, commitment, key FROM p_records")
+    while chunk := cur.fetchmany(65_536):
+        for row, rid, role, salt, c, k in chunk:
+            if role == "train":
+                n_train += 1
+            elif role == "audit":
+                audit_rows[k] = (row, rid, salt, c)
+            if c in needed:
+                rows[c] = (row, rid, salt)
+    for row, rid, salt, c in audit_rows.values():
+        rows.setdefault(c, (row, rid, salt))
 
     # The audit set: whole when small, else the challenge-selected sample with inclusion proofs in
     # the committed audit tree (so the bundle does not grow with the data set).
-    audit_rows = {
-        record_key(ds.ids[row]): (row, salt, c) for c, (row, role, salt) in rows.items() if role == "audit"
-    }
-    audit_tree = SortedTree.build((k, c) for k, (_, _, c) in audit_rows.items())
+    audit_tree = SortedTree.build((k, c) for k, (_, _, _, c) in audit_rows.items())
     positions = sample_audit(seed, len(audit_tree), audit_max)
     audit_proof: dict[str, Any] | None = None
     # An audit record deleted by a bundled request is opened among the deleted records, not here:
     # its leaf is accounted for from the transcript (specs/08 section 4).
     if len(positions) == len(audit_tree):
-        audit = [
-            opening(row, salt)
-            for c, (row, role, salt) in sorted(rows.items())
-            if role == "audit" and c not in deleted_c
-        ]
+        audit_c = sorted(c for _, _, _, c in audit_rows.values() if c not in deleted_c)
     else:
-        audit = []
+        audit_c = []
         for pos in positions:
-            row, salt, c = audit_rows[audit_tree.key_at(pos)]
+            c = audit_rows[audit_tree.key_at(pos)][3]
             if c not in deleted_c:
-                audit.append(opening(row, salt))
+                audit_c.append(c)
         audit_proof = audit_tree.multi_proof(positions).to_json()  # one multiproof for all of them
-    deleted = [opening(rows[c][0], rows[c][2]) for c in sorted(deleted_c)]
-    training = [opening(rows[c][0], rows[c][2]) for c in sorted(used_c - deleted_c)]
+    del audit_rows, audit_tree
+    deleted_l, training_l = sorted(deleted_c), sorted(used_c - deleted_c)
+    # The features and labels of exactly the opened rows, streamed from the data file (not the
+    # whole data set: Workspace.data would hold every record).
+    opened_rows = np.unique(np.asarray([rows[c][0] for c in [*audit_c, *deleted_l, *training_l]], dtype=np.int64))
+    X_open, y_open = _sisa._load_rows(ws.data_path, opened_rows)
+
+    def opening(c: bytes) -> dict[str, Any]:
+        row, rid, salt = rows[c]
+        at = int(np.searchsorted(opened_rows, row))
+        return RecordOpening(id=rid, features=X_open[at], label=int(y_open[at]), salt=salt).to_json()
+
+    audit = [opening(c) for c in audit_c]
+    deleted = [opening(c) for c in deleted_l]
+    training = [opening(c) for c in training_l]
     openings_doc: dict[str, Any] = {
         "type": "vmu.bundle-openings", "version": 1, "deleted": deleted, "audit": audit, "training": training,
     }
     if audit_proof is not None:
         openings_doc["audit_proof"] = audit_proof
-    n_train = sum(1 for _, role, _ in rows.values() if role == "train")
     disclosure = disclosure_summary(len(deleted), len(audit), len(training), n_train,
                                     replay_records(lineage, by_kind["lineage"], by_kind["sampled"], deleted_c))
 
@@ -445,12 +465,12 @@ def write_bundle(
     # A generation-0 slice whose records the opened records of the shard's disclosed original
     # steps already rebuild (verifiable_mu._seeds.derive_slices; the verifier does the same) is
     # not listed again.
-    key_of = {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
     opened_c = used_c | deleted_c
     derived: set[str] = set()
     # (A format-2 log lists no batches, so the verifier cannot tell which opened records a shard
     # trained on before it has the slices: every such slice is listed.)
     compact = int(log.entry(0).body["format"]) >= 2
+    key_of = {} if compact else {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
     for s, used in ({} if compact else original_used).items():
         sizes = [int(log.entry(1 + s * slices + j).body["size"]) for j in range(slices)]
         pairs = [(key_of[c], c) for c in used if c in opened_c]

@@ -265,7 +265,7 @@ class Workspace:
         self._lock_fd = lock_fd
         self._data: Dataset | None = None
         self._platform_cache: dict[str, Any] | None = None
-        self._commit_of_row: dict[int, bytes] | None = None
+        self._commit_of_row: np.ndarray | None = None  # (rows, 32) uint8: row -> commitment
         self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
         self._model_code_at_init: dict[str, Any] | None = None
@@ -747,8 +747,16 @@ class Workspace:
         if got is None:
             raise WorkspaceError(f"the prover has no batch for step entry {entry.index}: the workspace is damaged")
         if self._commit_of_row is None:
-            self._commit_of_row = dict(self._db().execute("SELECT row, commitment FROM p_records"))
-        return [self._commit_of_row[int(r)] for r in np.frombuffer(got[0], dtype="<i4")]
+            # One array, not a dict of a million bytes objects (32 MB at 10^6 records, not ~150).
+            db = self._db()
+            n = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM p_records").fetchone()[0]
+            arr = np.zeros((n, 32), dtype=np.uint8)
+            cur = db.execute("SELECT row, commitment FROM p_records")
+            while chunk := cur.fetchmany(65_536):
+                arr[[r for r, _ in chunk]] = np.frombuffer(b"".join(c for _, c in chunk), dtype=np.uint8).reshape(-1, 32)
+            self._commit_of_row = arr
+        table = self._commit_of_row
+        return [table[int(r)].tobytes() for r in np.frombuffer(got[0], dtype="<i4")]
 
     def _logged_platform(self) -> dict[str, Any]:
         """The ``platform`` of the workspace's logged config (entry 0)."""
