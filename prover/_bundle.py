@@ -348,15 +348,23 @@ def write_bundle(
         before = pred["model_before"]["entry"]["body"]["shards"]
         for sh in pred["shards"]:
             digests.add(before[int(sh["shard"])])
+    # Only each stage's last checkpoint: the temporal test reads no other (with --checkpoint-every
+    # a lineage has many more, which would only make the bundle bigger).
+    def stage_ends(ckpts: Sequence[tuple[int, dict[str, Any]]]) -> set[str]:
+        last: dict[int, tuple[int, str]] = {}
+        for i, body in ckpts:
+            st = int(body["stage"])
+            if st not in last or i > last[st][0]:
+                last[st] = (i, body["digest"])
+        return {d for _, d in last.values()}
+
     for s in affected:
-        for _, body in by_lineage[(s, 0)]:
-            digests.add(body["digest"])
+        digests |= stage_ends(by_lineage[(s, 0)])
     for pred in preds:
         for sh in pred["shards"]:
             a, b = int(sh["retraining"]["start"]), int(sh["retraining"]["end"])
-            for i, body in by_lineage[(int(sh["shard"]), int(sh["generation"]))]:
-                if a <= i < b:
-                    digests.add(body["digest"])
+            digests |= stage_ends([(i, body) for i, body in by_lineage[(int(sh["shard"]), int(sh["generation"]))]
+                                   if a <= i < b])
 
     # Record openings.
     deleted_c: set[bytes] = set()
