@@ -60,6 +60,7 @@ PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 #: than one large pass (the CNN on 16x16 images, 6,800 rows: 1.3-2.2 s in one pass, 0.8 s in
 #: passes of 128-256 rows; the digits MLP: the same either way).
 PREDICT_ROWS = 256
+EVAL_BLOCK = 65_536  # test rows scored per predict_proba call in evaluate()
 #: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
 AUTO_PARALLEL_STEPS = 20_000
 CONFIG_FILE = "vmu-workspace.json"
@@ -503,6 +504,9 @@ class Workspace:
         :meth:`train` does it first). Separate so a committed workspace can be copied."""
         if not self.committed:
             self._commit()
+            # Training needs none of it: the workers read their own rows from the data file.
+            self._data = None
+            _release_freed_memory()  # the commit's million small objects are garbage now
 
     def _commit(self) -> None:
         """Commit every record, the assignment, the slice trees, the audit set and the initial
@@ -736,7 +740,7 @@ class Workspace:
 
     def _scaling(self) -> Scaling | None:
         d = self._scaling_json()
-        return None if d is None else Scaling.from_json(d, self.data.n_features)
+        return None if d is None else Scaling.from_json(d, self._model_spec().n_features)
 
     def batch_of(self, entry: Any) -> list[bytes]:
         """The record commitments of a step entry's batch, in batch order: listed in a format-1
@@ -919,7 +923,8 @@ class Workspace:
         if self.committed and self._log.size:
             want = self._log.entry(0).body["model"].get("code")
         want = want or self._model_code_at_init
-        now = _model_code(self.config, self.data)
+        now = _model_code(self.config, self.data if not (self.committed and self._log.size) else None,
+                          self._model_spec())
         assert now is not None
         if want is None:  # a workspace made before model code was committed: bind what runs now
             return now
@@ -935,6 +940,8 @@ class Workspace:
         """The workspace's :class:`verifiable_mu.training.ModelSpec`."""
         from verifiable_mu.training import ModelSpec
 
+        if self.committed and self._log.size:  # the logged spec: no need to load the data set for it
+            return ModelSpec.from_json(self._log.entry(0).body["model"])
         cfg, ds = self.config, self.data
         return ModelSpec(
             name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
@@ -953,7 +960,8 @@ class Workspace:
 
         cfg = self.config
         configure_determinism(cfg.threads)
-        warm_up(self._model_spec(), Hyper.from_json(cfg.hyper_json()), tuple(self.data.X.shape[1:]), self._device())
+        spec = self._model_spec()
+        warm_up(spec, Hyper.from_json(cfg.hyper_json()), tuple(spec.input_shape), self._device())
 
     def _shard_digests(self) -> list[bytes]:
         rows = self._db().execute(
@@ -1057,9 +1065,15 @@ class Workspace:
         rows = self.split_rows("test")
         if len(rows) == 0:
             return None
-        ds = self.data
-        p = self.predict_proba(ds.X[rows], aggregation=aggregation)
-        return float((p.argmax(axis=1) == ds.y[rows]).mean())
+        if self._data is not None:
+            X, y = self._data.X[rows], self._data.y[rows]
+        else:  # only the test rows, streamed from the data file (not the whole data set)
+            X, y = _sisa._load_rows(self.data_path, rows)
+        right = 0
+        for a in range(0, len(rows), EVAL_BLOCK):  # bounded memory: the scaled copy is one block
+            p = self.predict_proba(X[a : a + EVAL_BLOCK], aggregation=aggregation)
+            right += int((p.argmax(axis=1) == y[a : a + EVAL_BLOCK]).sum())
+        return right / len(rows)
 
     # --- unlearning ----------------------------------------------------------------------------
 
@@ -1360,16 +1374,33 @@ def _source_of(model: str) -> dict[str, bytes]:
         raise BadInput(f"--model {model}: {e}") from e
 
 
-def _model_code(config: WorkspaceConfig, ds: Dataset) -> dict[str, Any] | None:
+def _release_freed_memory() -> None:
+    """Hand memory that Python freed back to the OS (glibc's ``malloc_trim``), so that a phase
+    after a large one (training after the commit) does not keep the large one's peak resident.
+    A no-op where glibc is not the allocator."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _model_code(config: WorkspaceConfig, ds: Dataset | None, spec: Any = None) -> dict[str, Any] | None:
     """Import and build a factory model; its ``model.code`` (specs/06 section 5b), or ``None``
-    for a built-in model. One-line :class:`BadInput` on any failure."""
+    for a built-in model. One-line :class:`BadInput` on any failure. ``spec``: the model spec when
+    known (the logged one), else built from ``ds``."""
     if config.model in ("mlp", "logreg", "cnn"):
         return None
     from verifiable_mu._errors import MalformedInput
     from verifiable_mu.training import ModelSpec, commit_model_code
 
-    spec = ModelSpec(name=config.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape,
-                     hidden=config.hidden)
+    if spec is None:
+        assert ds is not None
+        spec = ModelSpec(name=config.model, n_features=ds.n_features, n_classes=ds.n_classes,
+                         input_shape=ds.input_shape, hidden=config.hidden)
     try:
         return commit_model_code(spec)
     except MalformedInput as e:
