@@ -28,7 +28,7 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -326,6 +326,9 @@ class RecordOpening:
     features: np.ndarray
     label: int
     salt: bytes
+    # The commitment, computed once: an opening is immutable (read-only features), and the
+    # verifier asks for it several times per opening (steps 3, 16, 17).
+    _commitment: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _id_bytes(self.id)
@@ -352,7 +355,9 @@ class RecordOpening:
         return hash((self.salt, encode_record(self.id, self.features, self.label)))
 
     def commitment(self) -> bytes:
-        return commit_record(self.id, self.features, self.label, self.salt)
+        if not self._commitment:
+            object.__setattr__(self, "_commitment", commit_record(self.id, self.features, self.label, self.salt))
+        return self._commitment
 
     def key(self) -> bytes:
         return record_key(self.id)
