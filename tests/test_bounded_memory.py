@@ -38,3 +38,30 @@ def test_load_rows_reads_a_fortran_ordered_file_whole(tmp_path: Any) -> None:
     _sisa._DATA_CACHE.clear()
     Xr, yr = _sisa._load_rows(path, np.asarray([1, 4]))
     assert np.array_equal(Xr, X[[1, 4]]) and np.array_equal(yr, [1, 4])
+
+
+def test_bundle_and_forget_never_load_the_whole_data_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Workspace.data`` holds every record (256 MB of features and a million ids at 10^6):
+    neither ``forget`` nor ``write_bundle`` touches it; both read only the rows they need."""
+    from conftest_verifier import honest, trained_copy
+
+    from prover import Workspace
+    from prover._bundle import write_bundle
+    from verifier import VerifyOptions, verify
+
+    h = honest()
+    ws_dir = trained_copy(h, "no-data")
+
+    def refuse(self: Any) -> Any:
+        raise AssertionError("the whole data set was loaded")
+
+    monkeypatch.setattr(Workspace, "data", property(refuse))
+    _sisa._DATA_CACHE.clear()
+    with Workspace.open(ws_dir) as ws:
+        ws.progress = False
+        ws.forget(h.first_ids, workers=1)
+        out = os.path.join(os.path.dirname(ws_dir), "b.vmu")
+        write_bundle(ws, out, replay=2)
+    with open(out, "rb") as f:
+        v = verify(f.read(), VerifyOptions(residual=False, replay=2))
+    assert v.exit_code == 0, repr(v.failure)
