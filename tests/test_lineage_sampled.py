@@ -152,3 +152,18 @@ def test_write_bundle_refuses_an_unknown_lineage_mode() -> None:
     h = honest()
     with Workspace.open(h.ws_dir) as ws, pytest.raises(BadInput, match="--lineage must be one of complete, sampled"):
         write_bundle(ws, os.path.join(h.root, "x.vmu"), lineage="most")
+
+
+def test_vmu_bundle_prints_the_records_each_kind_of_replay_opens(tmp_path: Any,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from prover.cli import main as vmu_main
+
+    h = honest()
+    out = tmp_path / "s.vmu"
+    assert vmu_main(["bundle", h.ws_dir, "--out", str(out), "--lineage", "sampled", "--replay", "2"]) == 0
+    text = capsys.readouterr().out
+    d = json.loads(members_of(out.read_bytes())["manifest.json"])["disclosure"]
+    assert "(2 of the deletion lineage, sampled; 2 sampled)" in text
+    assert (f"replay opened {d['replay']['lineage']} for the deletion lineage (sampled) and "
+            f"{d['replay']['sampled']} more for the sampled segments") in text
+    assert d["replay"]["lineage"] + d["replay"]["sampled"] == d["training"]

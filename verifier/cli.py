@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replay", type=int, metavar="K", default=DEFAULT_REPLAY,
         help=f"segments outside the deletion lineage to sample and replay (default {DEFAULT_REPLAY}; the deletion "
-             "lineage of every retrained shard is always replayed in full; the bundle's manifest is not consulted)",
+             "lineage of every retrained shard is replayed in full unless --lineage sampled; the bundle's manifest is "
+             "not consulted)",
     )
     p.add_argument(
         "--lineage", choices=LINEAGE_MODES, default="complete",
