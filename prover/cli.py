@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
              f"(N // batch size steps; default {DEFAULT_MAX_SEGMENT_RECORDS}); 0: checkpoints at slice ends only",
     )
     i.add_argument("--threads", type=int, default=1, help="torch intra-op threads (logged; replay must match) (default 1)")
+    i.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
+                   help="train with DP-SGD to this epsilon (at --dp-delta; the noise multiplier is chosen from the "
+                        "committed slice sizes by opacus's RDP accountant; specs/06 section 3b)")
+    i.add_argument("--dp-delta", type=float, default=0.0, metavar="D", help="the delta of --dp-epsilon, e.g. 1e-5")
+    i.add_argument("--dp-clip", type=float, default=1.0, metavar="C", help="DP-SGD's per-example clipping norm (default 1)")
+    i.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="DP-SGD's noise multiplier, instead of --dp-epsilon")
     i.add_argument("--lr", type=float, default=0.05)
     i.add_argument("--batch-size", type=int, default=32)
     i.add_argument("--workers", type=int, default=0, help="shard processes (0: min(cores, shards))")
@@ -114,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", metavar="ADDR", help="Ray cluster to join, host:port (default: RAY_ADDRESS, else a local instance)"
     )
     f.add_argument("--workers", type=int, default=None)
+    # Issue 13: approximate (unproven) methods write an audit package, never a transcript (prover/_approx_cli.py).
+    f.add_argument("--method", default="retrain", help="retrain (exact, proven; default) or an UNPROVEN approximate "
+                   "method: finetune, neggrad, fisher, distill, oblivi (writes --package, no transcript)")
+    f.add_argument("--package", metavar="OUT", help="write an audit package (specs/12) to OUT")
+    f.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE", help="an approximate method's "
+                   "parameter, e.g. oblivi_epsilon=1.0 (prover/_approx.py ApproxParams; repeatable)")
 
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
     b.add_argument("dir", metavar="DIR")
@@ -200,6 +213,10 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             arithmetic=args.arithmetic,
             standardize=args.standardize,
+            dp_epsilon=args.dp_epsilon,
+            dp_delta=args.dp_delta,
+            dp_clip=args.dp_clip,
+            dp_noise=args.dp_noise,
         )
         with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
             print(f"created workspace {ws.path}")
@@ -228,6 +245,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"log size {rep.log_size}; signed tree head:")
             print(rep.tree_head, end="")
         return EXIT_OK
+    if args.command == "forget" and (args.method != "retrain" or args.package or args.method_param):  # issue 13
+        from ._approx_cli import forget_with_package
+
+        return forget_with_package(args, _read_ids(args))
     if args.command == "forget":
         ids = _read_ids(args)
         with Workspace.open(args.dir) as ws:

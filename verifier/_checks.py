@@ -1471,6 +1471,28 @@ def _residual_seed(deleted: Sequence[RecordOpening]) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def _step_19_shadow(v: Verification, pool: Sequence[RecordOpening], seed: int) -> Any:
+    """The shadow-model attack of step 19 (reported only; verifier/_shadow.py): two shadows of the
+    logged model and hyper-parameters on halves of the audit and retained records, ``epochs``
+    epochs (the config's). None (the attack is skipped, with the reason) for a pool too small."""
+    import numpy as np
+
+    from verifiable_mu.training import Hyper, build_model
+
+    from . import _shadow
+    from ._segment import model_factory
+
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    if len(pool) < _shadow.MIN_POOL:
+        return None
+    spec, factory = model_factory(cfg.model, v.options.allow_factories, dict(b.model_source), "loading")
+    X = np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in pool])
+    y = np.asarray([o.label for o in pool], dtype=np.int64)
+    return _shadow.train_shadow_attack(lambda s: build_model(spec, init_seed=s, factory=factory),
+                                       Hyper.from_json(cfg.hyper), X, y, epochs=cfg.epochs, seed=seed % 2**31)
+
+
 def _step_19(v: Verification) -> None:
     """Residual-information tests (specs/10-residual.md) on the models whose provenance steps
     1-18 established: post = the final constituents, pre = the constituents before the first
@@ -1479,7 +1501,7 @@ def _step_19(v: Verification) -> None:
         v.warnings.append("NO RESIDUAL TESTS: step 19 was turned off (--no-residual)")
         return
     require(("torch", "scipy", "sklearn"), "the residual tests", "pass --no-residual to skip them")
-    from . import _canary, _models, _residual, _temporal  # torch is imported by _models' loader
+    from . import _canary, _models, _residual, _robust, _temporal  # torch: imported by _models' loader
 
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None and v.transcripts
@@ -1538,7 +1560,9 @@ def _step_19(v: Verification) -> None:
     if v.progress is not None:
         v.progress(f"step 19: membership tests on {len(dels)} deleted and {len(op.audit)} audit records "
                    f"({len(post)} models after, {len(pre)} before)")
+    shadow = _step_19_shadow(v, [*audit_open, *retained], _residual_seed(dels))
     rep = _residual.residual_tests(
+        shadow=shadow,
         post_models=post,
         pre_models=pre,
         shard_of_deleted=[shard_of[o.commitment()] for o in dels],
@@ -1554,6 +1578,10 @@ def _step_19(v: Verification) -> None:
         seed=_residual_seed(dels),
     )
     v.residual_report = rep.to_json()
+    # Informative only: robust accuracy under PGD on the audit records, before and after.
+    rob = _robust.robustness([getattr(f, "module", None) for f in pre], [getattr(f, "module", None) for f in post],
+                             aX, ay) if aX is not None else None
+    v.residual_report["robustness"] = rob.to_json() if rob else None
     if v.options.canary is not None:
         can = _canary.canary_test(
             trigger=v.options.canary,

@@ -145,7 +145,8 @@ class ConfigBody:
             raise UnsupportedVersion(f"{what}: log format {str(fmt)[:20]!r} is not supported (only 1 and 2)")
         if b.d["assignment"] != "sha256-rank-v1":
             raise UnsupportedVersion(f"{what}: assignment {str(b.d['assignment'])[:40]!r} is not supported")
-        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"}, {"arithmetic"})
+        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"},
+                      {"arithmetic", "dp"})
         arithmetic = hyper.d.get("arithmetic")
         if (fmt, arithmetic) not in ((1, None), (2, "float32"), (2, "portable-v1")):
             raise UnsupportedVersion(
@@ -154,6 +155,15 @@ class ConfigBody:
             )
         for k in ("lr", "momentum", "weight_decay"):
             _float_str(hyper, k)
+        if "dp" in hyper.d:  # specs/06 section 3b: DP-SGD, float32 steps only
+            if arithmetic != "float32":
+                raise UnsupportedVersion(f"{what}: DP-SGD is defined for float32 steps only, not {str(arithmetic)[:40]!r}")
+            dp = _Body(f"{what} hyper dp", hyper.obj("dp"), {"clip", "noise_multiplier", "delta"})
+            for k in ("clip", "noise_multiplier", "delta"):
+                _float_str(dp, k)
+            clip, noise, delta = (float(dp.d[k]) for k in ("clip", "noise_multiplier", "delta"))
+            if not (0 < clip < 1e6 and 0 < noise < 1e6 and 0 < delta < 1):
+                raise InvalidBundle(f"{what} hyper dp: clip and noise multiplier must be > 0 and delta in (0, 1)")
         model = _Body(f"{what} model", b.obj("model"), {"name", "n_features", "n_classes", "input_shape", "hidden"},
                       {"code"})
         model.str("name", 256)

@@ -415,6 +415,26 @@ def _section_residual(res: Mapping[str, Any] | None) -> str:
                    "retained vs audit AUC"], rows)
     for a in res.get("skipped") or []:
         out += f'<p class="note">skipped {_e(a.get("attack"))}: {_e(a.get("why"))}</p>'
+    rob = res.get("robustness")
+    if isinstance(rob, Mapping):
+        bef, aft = rob.get("before") or {}, rob.get("after") or {}
+        out += (
+            f"<p><b>Robustness</b> (reported, not part of the verdict): {_e(rob.get('attack'))}, on "
+            f"{_num(rob.get('records'), 'd')} {_e(rob.get('records_are'))}. Before deletion: clean accuracy "
+            f"{_num(bef.get('clean_accuracy'), '.1%')}, robust {_num(bef.get('robust_accuracy'), '.1%')}; after: clean "
+            f"{_num(aft.get('clean_accuracy'), '.1%')}, robust {_num(aft.get('robust_accuracy'), '.1%')}.</p>"
+        )
+    di = res.get("deletion_inference")
+    if isinstance(di, Mapping):
+        dn, drop = di.get("n") or {}, di.get("mean_drop_nats") or {}
+        out += (
+            f"<p><b>Deletion-inference exposure</b> (reported, not part of the verdict): AUC "
+            f"{_num(di.get('auc'), '.3f')} (95% CI {_ci(di.get('auc_ci95'))}), TPR at 1% FPR "
+            f"{_num(di.get('tpr_at_fpr_1pct'), '.3f')}, over {_num(dn.get('deleted'), 'd')} deleted and "
+            f"{_num(dn.get('retained'), 'd')} retained records; mean drop in the label's log-probability "
+            f"{_num(drop.get('deleted'), '.3f')} nats (deleted) vs {_num(drop.get('retained'), '.3f')} (retained). "
+            f"{_e(di.get('meaning'))}.</p>"
+        )
     desc = res.get("attack_descriptions") or {}
     if desc:
         out += "<ul>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in desc.items()) + "</ul>"

@@ -9,6 +9,7 @@ from verifiable_mu._sampling import single_escape
 
 from ._checks import ESCAPE_FRACTIONS, CheckResult, Verification
 from ._policy import policy_descriptor
+from ._privacy import dp_summary
 
 __all__ = ["REPORT_TYPE", "REPORT_VERSION", "render_text", "to_json"]
 
@@ -111,6 +112,7 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "inconclusive": v.inconclusive,
         "nonfinite_shards": list(v.nonfinite_shards),
         "disclosure": disclosure(v),
+        "dp": dp_summary(v),
         "escape_probability": v.escape(),
         "timing": {k: round(x, 6) for k, x in v.timings.items()},
     }
@@ -141,6 +143,11 @@ def render_text(v: Verification, *, path: str | None = None, streamed: bool = Fa
     d = disclosure(v)
     if d is not None:
         lines.append("  " + disclosure_line(d))
+    dp = dp_summary(v)
+    if dp is not None:
+        eps = f"epsilon {dp['epsilon']:.3g}" if dp["epsilon"] is not None else "epsilon not recomputed"
+        lines.append(f"  DP-SGD: {eps} at delta {dp['delta']:g} (noise multiplier {dp['noise_multiplier']:.4g}, "
+                     f"clipping norm {dp['clip']:g}; {dp['note']})")
     if v.population:
         lines.append(f"  replay: {v.sampling_statement()}")
     if v.replay_report and v.replay_report.get("segments"):

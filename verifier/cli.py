@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SLSA VSA v1) of the verdict to OUT (needs --signing-key; none for unusable input)")
     p.add_argument("--signing-key", metavar="KEY", help="the verifier's Ed25519 private key (PKCS#8 PEM, mode 0600) "
                    "that signs the --attest output")
+    p.add_argument("--residual-only", action="store_true", help="BUNDLE is an audit package (specs/12): check its "
+                   "signature and digests, then run only the residual tests (vmu-audit; a statistical audit, not a proof)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
     return p
@@ -229,6 +231,11 @@ def _witness(arg: str) -> WitnessKey:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--residual-only" in args:  # issue 13: an audit package, not a bundle (verifier/audit_cli.py, specs/12)
+        from .audit_cli import main as audit_main
+
+        return audit_main([a for a in args if a != "--residual-only"])
     try:
         return _main(argv)
     except KeyboardInterrupt:  # nothing was judged; no report is written half
