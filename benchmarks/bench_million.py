@@ -134,6 +134,11 @@ def one_size(n: int, work: str, args: argparse.Namespace) -> dict[str, Any]:
     with zipfile.ZipFile(bundle) as z:
         manifest = json.loads(z.read("manifest.json"))
         row["bundle_without_ckpt"] = sum(i.compress_size for i in z.infolist() if not i.filename.startswith("checkpoints/"))
+        parts: dict[str, int] = {}
+        for i in z.infolist():  # compressed bytes by kind of member
+            kind = i.filename.split("/")[0] if "/" in i.filename else i.filename
+            parts[kind] = parts.get(kind, 0) + i.compress_size
+        row["bundle_parts"] = parts
     row["disclosure"] = manifest.get("disclosure") or {}
     verdict = [x for x in row["verify"]["out"].splitlines() if x.startswith("verdict:")]
     row["verdict"] = f"exit {row['verify']['rc']}: " + (verdict[0] if verdict else row["verify"]["err"].strip()[-300:])
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     for r in rows:
         print(f"{r['records']:,}: {r['verdict']}")
+        parts = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(r["bundle_parts"].items(), key=lambda kv: -kv[1]))
+        print(f"{r['records']:,}: bundle members (compressed): {parts}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: ({kk: vv for kk, vv in v.items() if kk not in ("out", "err")} if isinstance(v, dict) else v)
