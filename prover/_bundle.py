@@ -40,17 +40,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._disclosure import disclosure_summary
+from verifiable_mu._disclosure import disclosure_summary, replay_records
 from verifiable_mu._range import RangeProof, range_path
-from verifiable_mu._records import RecordOpening, record_key
+from verifiable_mu._records import RecordOpening
 from verifiable_mu._sampling import (
     AUDIT_DISCLOSE_MAX,
     DEFAULT_REPLAY,
+    LINEAGE_MODES,
     SegmentRef,
     challenge_seed,
     fiat_shamir_seed,
     head_body,
+    lineage_seed,
     sample_audit,
     sample_segments,
     split_population,
@@ -58,6 +62,7 @@ from verifiable_mu._sampling import (
 from verifiable_mu._seeds import derive_slices
 from verifiable_mu._sorted_tree import SortedTree
 
+from . import _sisa
 from ._errors import BadInput, WorkspaceError
 
 if TYPE_CHECKING:
@@ -191,14 +196,20 @@ def write_bundle(
     audit_max: int = AUDIT_DISCLOSE_MAX,
     known_sizes: Sequence[int] = (),
     include_model_source: bool = False,
+    lineage: str = "complete",
 ) -> BundleInfo:
     """Write the proof bundle of deletion requests 1..``transcript`` (default: all) to ``out``.
 
     ``known_sizes``: sizes of heads the verifier saw before (``--known-head``); the bundle carries a
     consistency proof from each to its final head (specs/08 section 3). ``include_model_source``:
-    ship a factory model's committed source files (``model/source/...``, specs/08 section 1)."""
+    ship a factory model's committed source files (``model/source/...``, specs/08 section 1).
+    ``lineage``: ``complete`` discloses every segment of the deletion lineage; ``sampled`` only the
+    ``replay`` uniform draws from it that a verifier with ``--lineage sampled`` replays (specs/08
+    section 5): less disclosure, and a verifier asking for the complete lineage rejects it."""
     if replay < 0:
         raise BadInput("--replay must be >= 0")
+    if lineage not in LINEAGE_MODES:
+        raise BadInput(f"--lineage must be one of {', '.join(LINEAGE_MODES)}, not {lineage!r}")
     if include_model_source and ":" not in ws.config.model:
         raise BadInput(f"--include-model-source: the workspace's model {ws.config.model!r} is built in; it has no "
                        "source to include")
@@ -279,6 +290,8 @@ def write_bundle(
         seed = fiat_shamir_seed(deletions, final_body)
         ch = {"mode": "fiat-shamir"}
     drawn = [rest[i] for i in sample_segments(len(rest), replay, seed)]
+    if lineage == "sampled":  # the draws a verifier with --lineage sampled makes (specs/08 section 5)
+        complete = [complete[i] for i in sample_segments(len(complete), replay, lineage_seed(seed))]
     picked = complete + drawn
 
     # Log entries to disclose.
@@ -335,15 +348,23 @@ def write_bundle(
         before = pred["model_before"]["entry"]["body"]["shards"]
         for sh in pred["shards"]:
             digests.add(before[int(sh["shard"])])
+    # Only each stage's last checkpoint: the temporal test reads no other (with --checkpoint-every
+    # a lineage has many more, which would only make the bundle bigger).
+    def stage_ends(ckpts: Sequence[tuple[int, dict[str, Any]]]) -> set[str]:
+        last: dict[int, tuple[int, str]] = {}
+        for i, body in ckpts:
+            st = int(body["stage"])
+            if st not in last or i > last[st][0]:
+                last[st] = (i, body["digest"])
+        return {d for _, d in last.values()}
+
     for s in affected:
-        for _, body in by_lineage[(s, 0)]:
-            digests.add(body["digest"])
+        digests |= stage_ends(by_lineage[(s, 0)])
     for pred in preds:
         for sh in pred["shards"]:
             a, b = int(sh["retraining"]["start"]), int(sh["retraining"]["end"])
-            for i, body in by_lineage[(int(sh["shard"]), int(sh["generation"]))]:
-                if a <= i < b:
-                    digests.add(body["digest"])
+            digests |= stage_ends([(i, body) for i, body in by_lineage[(int(sh["shard"]), int(sh["generation"]))]
+                                   if a <= i < b])
 
     # Record openings.
     deleted_c: set[bytes] = set()
@@ -353,48 +374,70 @@ def write_bundle(
         # digest covers their ids (specs/08 section 4).
         deleted_c |= {bytes.fromhex(r["commitment"]) for r in pred.get("held_out", {}).get("records", [])}
     used_c: set[bytes] = set()
+    by_kind: dict[str, set[bytes]] = {"lineage": set(), "sampled": set()}
+    complete_ends = {r.end_index for r in complete}
     for r in picked:
+        kind = by_kind["lineage" if r.end_index in complete_ends else "sampled"]
         for e in log.entries(min(max(0, r.end_index - r.steps), r.end_index), r.end_index):
             if e.kind == "step":
-                used_c |= set(ws.batch_of(e))
-    ds = ws.data
-    rows = {c: (row, role, salt) for row, role, salt, c in db.execute("SELECT row, role, salt, commitment FROM p_records")}
-
-    def opening(row: int, salt: bytes) -> dict[str, Any]:
-        return RecordOpening(id=ds.ids[row], features=ds.X[row], label=int(ds.y[row]), salt=salt).to_json()
+                kind.update(ws.batch_of(e))
+        used_c |= kind
+    # One pass over the committed records, keeping only what the openings need (not a table of
+    # every record: at 10^6 records that alone was hundreds of MB).
+    needed = deleted_c | used_c
+    rows: dict[bytes, tuple[int, str, bytes]] = {}  # commitment -> (row, id, salt)
+    audit_rows: dict[bytes, tuple[int, str, bytes, bytes]] = {}  # key -> (row, id, salt, commitment)
+    n_train = 0
+    cur = db.execute("SELECT row, id, role, salt, commitment, key FROM p_records")
+    while chunk := cur.fetchmany(65_536):
+        for row, rid, role, salt, c, k in chunk:
+            if role == "train":
+                n_train += 1
+            elif role == "audit":
+                audit_rows[k] = (row, rid, salt, c)
+            if c in needed:
+                rows[c] = (row, rid, salt)
+    for row, rid, salt, c in audit_rows.values():
+        rows.setdefault(c, (row, rid, salt))
 
     # The audit set: whole when small, else the challenge-selected sample with inclusion proofs in
     # the committed audit tree (so the bundle does not grow with the data set).
-    audit_rows = {
-        record_key(ds.ids[row]): (row, salt, c) for c, (row, role, salt) in rows.items() if role == "audit"
-    }
-    audit_tree = SortedTree.build((k, c) for k, (_, _, c) in audit_rows.items())
+    audit_tree = SortedTree.build((k, c) for k, (_, _, _, c) in audit_rows.items())
     positions = sample_audit(seed, len(audit_tree), audit_max)
     audit_proof: dict[str, Any] | None = None
     # An audit record deleted by a bundled request is opened among the deleted records, not here:
     # its leaf is accounted for from the transcript (specs/08 section 4).
     if len(positions) == len(audit_tree):
-        audit = [
-            opening(row, salt)
-            for c, (row, role, salt) in sorted(rows.items())
-            if role == "audit" and c not in deleted_c
-        ]
+        audit_c = sorted(c for _, _, _, c in audit_rows.values() if c not in deleted_c)
     else:
-        audit = []
+        audit_c = []
         for pos in positions:
-            row, salt, c = audit_rows[audit_tree.key_at(pos)]
+            c = audit_rows[audit_tree.key_at(pos)][3]
             if c not in deleted_c:
-                audit.append(opening(row, salt))
+                audit_c.append(c)
         audit_proof = audit_tree.multi_proof(positions).to_json()  # one multiproof for all of them
-    deleted = [opening(rows[c][0], rows[c][2]) for c in sorted(deleted_c)]
-    training = [opening(rows[c][0], rows[c][2]) for c in sorted(used_c - deleted_c)]
+    del audit_rows, audit_tree
+    deleted_l, training_l = sorted(deleted_c), sorted(used_c - deleted_c)
+    # The features and labels of exactly the opened rows, streamed from the data file (not the
+    # whole data set: Workspace.data would hold every record).
+    opened_rows = np.unique(np.asarray([rows[c][0] for c in [*audit_c, *deleted_l, *training_l]], dtype=np.int64))
+    X_open, y_open = _sisa._load_rows(ws.data_path, opened_rows)
+
+    def opening(c: bytes) -> dict[str, Any]:
+        row, rid, salt = rows[c]
+        at = int(np.searchsorted(opened_rows, row))
+        return RecordOpening(id=rid, features=X_open[at], label=int(y_open[at]), salt=salt).to_json()
+
+    audit = [opening(c) for c in audit_c]
+    deleted = [opening(c) for c in deleted_l]
+    training = [opening(c) for c in training_l]
     openings_doc: dict[str, Any] = {
         "type": "vmu.bundle-openings", "version": 1, "deleted": deleted, "audit": audit, "training": training,
     }
     if audit_proof is not None:
         openings_doc["audit_proof"] = audit_proof
-    n_train = sum(1 for _, role, _ in rows.values() if role == "train")
-    disclosure = disclosure_summary(len(deleted), len(audit), len(training), n_train)
+    disclosure = disclosure_summary(len(deleted), len(audit), len(training), n_train,
+                                    replay_records(lineage, by_kind["lineage"], by_kind["sampled"], deleted_c))
 
     # Slice records: the (key, commitment) pairs of every slice a retraining trained on, so the
     # verifier can recompute each epoch's committed visiting order and check every retraining
@@ -430,12 +473,12 @@ def write_bundle(
     # A generation-0 slice whose records the opened records of the shard's disclosed original
     # steps already rebuild (verifiable_mu._seeds.derive_slices; the verifier does the same) is
     # not listed again.
-    key_of = {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
     opened_c = used_c | deleted_c
     derived: set[str] = set()
     # (A format-2 log lists no batches, so the verifier cannot tell which opened records a shard
     # trained on before it has the slices: every such slice is listed.)
     compact = int(log.entry(0).body["format"]) >= 2
+    key_of = {} if compact else {c: k for k, c in db.execute("SELECT key, commitment FROM p_records")}
     for s, used in ({} if compact else original_used).items():
         sizes = [int(log.entry(1 + s * slices + j).body["size"]) for j in range(slices)]
         pairs = [(key_of[c], c) for c in used if c in opened_c]

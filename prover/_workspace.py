@@ -43,6 +43,7 @@ from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
 from verifiable_mu._records import commit_records, new_salt_array, record_key
+from verifiable_mu._scaling import Scaling, fit_standardize
 from verifiable_mu._seeds import atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
@@ -59,6 +60,7 @@ _READS_VERSIONS = (1, 2)
 #: than one large pass (the CNN on 16x16 images, 6,800 rows: 1.3-2.2 s in one pass, 0.8 s in
 #: passes of 128-256 rows; the digits MLP: the same either way).
 PREDICT_ROWS = 256
+EVAL_BLOCK = 65_536  # test rows scored per predict_proba call in evaluate()
 #: Below this many estimated steps, ``workers=0`` (auto) trains inline instead of starting processes.
 AUTO_PARALLEL_STEPS = 20_000
 CONFIG_FILE = "vmu-workspace.json"
@@ -107,6 +109,9 @@ class WorkspaceConfig:
     dp_delta: float = 0.0
     dp_clip: float = 1.0
     dp_noise: float = 0.0
+    #: standardize every feature with a mean and std fitted on the training split at commit time,
+    #: logged in the config entry (specs/06 section 5c); False for workspaces made before it
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -286,7 +291,7 @@ class Workspace:
         self._lock_fd = lock_fd
         self._data: Dataset | None = None
         self._platform_cache: dict[str, Any] | None = None
-        self._commit_of_row: dict[int, bytes] | None = None
+        self._commit_of_row: np.ndarray | None = None  # (rows, 32) uint8: row -> commitment
         self._note_signer = NoteSigner.from_private_key(name=log.origin, key=key.private_key)
         self.progress: bool = sys.stderr.isatty()
         self._model_code_at_init: dict[str, Any] | None = None
@@ -548,6 +553,9 @@ class Workspace:
         :meth:`train` does it first). Separate so a committed workspace can be copied."""
         if not self.committed:
             self._commit()
+            # Training needs none of it: the workers read their own rows from the data file.
+            self._data = None
+            _release_freed_memory()  # the commit's million small objects are garbage now
 
     def _commit(self) -> None:
         """Commit every record, the assignment, the slice trees, the audit set and the initial
@@ -638,6 +646,7 @@ class Workspace:
                         "platform": platform_info(device, cfg.threads),
                         "n_train": len(train_rows),
                         "data_digest": self._data_digest,
+                        **({"scaling": fit_standardize(ds.X, train_rows).to_json()} if cfg.standardize else {}),
                     },
                 )
             ]
@@ -771,9 +780,18 @@ class Workspace:
             store=self.store,
             data_path=self.data_path,
             record=record,
+            scaling=self._scaling_json(),
             # A float32 log replays bit for bit only on its own platform; a portable one anywhere.
             platform=self._logged_platform() if record and not cfg.portable else None,
         )
+
+    def _scaling_json(self) -> dict[str, Any] | None:
+        """The logged feature scaling (specs/06 section 5c), or None: the signed config entry's."""
+        return self._log.entry(0).body.get("scaling") if self._log.size else None
+
+    def _scaling(self) -> Scaling | None:
+        d = self._scaling_json()
+        return None if d is None else Scaling.from_json(d, self._model_spec().n_features)
 
     def batch_of(self, entry: Any) -> list[bytes]:
         """The record commitments of a step entry's batch, in batch order: listed in a format-1
@@ -784,8 +802,16 @@ class Workspace:
         if got is None:
             raise WorkspaceError(f"the prover has no batch for step entry {entry.index}: the workspace is damaged")
         if self._commit_of_row is None:
-            self._commit_of_row = dict(self._db().execute("SELECT row, commitment FROM p_records"))
-        return [self._commit_of_row[int(r)] for r in np.frombuffer(got[0], dtype="<i4")]
+            # One array, not a dict of a million bytes objects (32 MB at 10^6 records, not ~150).
+            db = self._db()
+            n = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM p_records").fetchone()[0]
+            arr = np.zeros((n, 32), dtype=np.uint8)
+            cur = db.execute("SELECT row, commitment FROM p_records")
+            while chunk := cur.fetchmany(65_536):
+                arr[[r for r, _ in chunk]] = np.frombuffer(b"".join(c for _, c in chunk), dtype=np.uint8).reshape(-1, 32)
+            self._commit_of_row = arr
+        table = self._commit_of_row
+        return [table[int(r)].tobytes() for r in np.frombuffer(got[0], dtype="<i4")]
 
     def _logged_platform(self) -> dict[str, Any]:
         """The ``platform`` of the workspace's logged config (entry 0)."""
@@ -948,7 +974,8 @@ class Workspace:
         if self.committed and self._log.size:
             want = self._log.entry(0).body["model"].get("code")
         want = want or self._model_code_at_init
-        now = _model_code(self.config, self.data)
+        now = _model_code(self.config, self.data if not (self.committed and self._log.size) else None,
+                          self._model_spec())
         assert now is not None
         if want is None:  # a workspace made before model code was committed: bind what runs now
             return now
@@ -964,6 +991,8 @@ class Workspace:
         """The workspace's :class:`verifiable_mu.training.ModelSpec`."""
         from verifiable_mu.training import ModelSpec
 
+        if self.committed and self._log.size:  # the logged spec: no need to load the data set for it
+            return ModelSpec.from_json(self._log.entry(0).body["model"])
         cfg, ds = self.config, self.data
         return ModelSpec(
             name=cfg.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape, hidden=cfg.hidden
@@ -982,7 +1011,8 @@ class Workspace:
 
         cfg = self.config
         configure_determinism(cfg.threads)
-        warm_up(self._model_spec(), Hyper.from_json(cfg.hyper_json()), tuple(self.data.X.shape[1:]), self._device())
+        spec = self._model_spec()
+        warm_up(spec, Hyper.from_json(cfg.hyper_json()), tuple(spec.input_shape), self._device())
 
     def _shard_digests(self) -> list[bytes]:
         rows = self._db().execute(
@@ -1030,7 +1060,8 @@ class Workspace:
         import torch
 
         models = self.constituents()
-        xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        scaling = self._scaling()  # the models were trained on scaled features: scale the input the same way
+        xt = torch.from_numpy(np.ascontiguousarray(X if scaling is None else scaling.apply(X), dtype=np.float32))
         # In blocks of rows: one forward pass over a whole test split holds every activation of
         # every row at once (the CNN on 16x16 images: 1.6 GB for 20,000 rows, linear in rows).
         with torch.no_grad():
@@ -1085,9 +1116,15 @@ class Workspace:
         rows = self.split_rows("test")
         if len(rows) == 0:
             return None
-        ds = self.data
-        p = self.predict_proba(ds.X[rows], aggregation=aggregation)
-        return float((p.argmax(axis=1) == ds.y[rows]).mean())
+        if self._data is not None:
+            X, y = self._data.X[rows], self._data.y[rows]
+        else:  # only the test rows, streamed from the data file (not the whole data set)
+            X, y = _sisa._load_rows(self.data_path, rows)
+        right = 0
+        for a in range(0, len(rows), EVAL_BLOCK):  # bounded memory: the scaled copy is one block
+            p = self.predict_proba(X[a : a + EVAL_BLOCK], aggregation=aggregation)
+            right += int((p.argmax(axis=1) == y[a : a + EVAL_BLOCK]).sum())
+        return right / len(rows)
 
     # --- unlearning ----------------------------------------------------------------------------
 
@@ -1388,16 +1425,33 @@ def _source_of(model: str) -> dict[str, bytes]:
         raise BadInput(f"--model {model}: {e}") from e
 
 
-def _model_code(config: WorkspaceConfig, ds: Dataset) -> dict[str, Any] | None:
+def _release_freed_memory() -> None:
+    """Hand memory that Python freed back to the OS (glibc's ``malloc_trim``), so that a phase
+    after a large one (training after the commit) does not keep the large one's peak resident.
+    A no-op where glibc is not the allocator."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _model_code(config: WorkspaceConfig, ds: Dataset | None, spec: Any = None) -> dict[str, Any] | None:
     """Import and build a factory model; its ``model.code`` (specs/06 section 5b), or ``None``
-    for a built-in model. One-line :class:`BadInput` on any failure."""
+    for a built-in model. One-line :class:`BadInput` on any failure. ``spec``: the model spec when
+    known (the logged one), else built from ``ds``."""
     if config.model in ("mlp", "logreg", "cnn"):
         return None
     from verifiable_mu._errors import MalformedInput
     from verifiable_mu.training import ModelSpec, commit_model_code
 
-    spec = ModelSpec(name=config.model, n_features=ds.n_features, n_classes=ds.n_classes, input_shape=ds.input_shape,
-                     hidden=config.hidden)
+    if spec is None:
+        assert ds is not None
+        spec = ModelSpec(name=config.model, n_features=ds.n_features, n_classes=ds.n_classes,
+                         input_shape=ds.input_shape, hidden=config.hidden)
     try:
         return commit_model_code(spec)
     except MalformedInput as e:

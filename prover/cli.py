@@ -76,11 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: CUDA when present")
     i.add_argument(
         "--checkpoint-every",
-        type=int,
-        default=0,
-        metavar="K",
+        type=_checkpoint_every,
+        default="auto",
+        metavar="K|auto",
         help="also checkpoint every K steps inside a slice (0: only at slice ends; more checkpoints = shorter replay "
-        "segments, more overhead)",
+        "segments, more overhead); auto (default): every --max-segment-records / --batch-size steps",
+    )
+    i.add_argument(
+        "--max-segment-records", type=int, default=None, metavar="N",
+        help=f"with --checkpoint-every auto: segments short enough that replaying one opens at most N records "
+             f"(N // batch size steps; default {DEFAULT_MAX_SEGMENT_RECORDS}); 0: checkpoints at slice ends only",
     )
     i.add_argument("--threads", type=int, default=1, help="torch intra-op threads (logged; replay must match) (default 1)")
     i.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
@@ -99,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float32", "portable"),
         help="float32: replay is bit-exact on the same platform only; portable: float64 gradients rounded "
         "with logged hints, bit-exact on any CPU or GPU (slower steps; specs/06 section 3a) (default float32)",
+    )
+    i.add_argument(
+        "--standardize", action="store_true",
+        help="scale every feature to mean 0 and std 1, fitted on the training split and signed in the config "
+             "(the verifier applies the same scaling; specs/06 section 5c). Use it for raw tabular features",
     )
 
     t = sub.add_parser("train", help="train every shard and print the signed tree head")
@@ -148,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
              f"(default {DEFAULT_REPLAY}; a verifier asking for more rejects the bundle)",
     )
     b.add_argument(
+        "--lineage", choices=("complete", "sampled"), default="complete",
+        help="complete (default): disclose every segment of the deletion lineage (a retrained shard's records); "
+             "sampled: only the --replay K draws from it that 'vmu-verify --lineage sampled' replays (far fewer "
+             "records opened; a verifier that asks for the complete lineage rejects the bundle)",
+    )
+    b.add_argument(
         "--known-head", action="append", default=[], metavar="NOTE",
         help="a signed head of this log the verifier already holds: the bundle proves its history extends it",
     )
@@ -190,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         raise BadInput("--ray-address needs --backend ray")
 
     if args.command == "init":
+        every = _resolve_checkpoint_every(args.checkpoint_every, args.max_segment_records, args.batch_size)
         cfg = WorkspaceConfig(
             shards=args.shards,
             slices=args.slices,
@@ -197,12 +214,13 @@ def _run(args: argparse.Namespace) -> int:
             model=args.model,
             seed=args.seed,
             device=args.device,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=every,
             threads=args.threads,
             lr=args.lr,
             batch_size=args.batch_size,
             workers=args.workers,
             arithmetic=args.arithmetic,
+            standardize=args.standardize,
             dp_epsilon=args.dp_epsilon,
             dp_delta=args.dp_delta,
             dp_clip=args.dp_clip,
@@ -211,7 +229,11 @@ def _run(args: argparse.Namespace) -> int:
         with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
             print(f"created workspace {ws.path}")
             print(f"  log origin: {ws.log_origin}")
-            print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices")
+            print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices"
+                  + (", features standardized on the training split" if cfg.standardize else ""))
+            print(f"  checkpoint every {cfg.checkpoint_every} steps inside a slice (a replayed segment opens at most "
+                  f"{cfg.checkpoint_every * cfg.batch_size} records)" if cfg.checkpoint_every else
+                  "  checkpoints at slice ends only (a replayed segment is a whole SISA stage)")
             print(f"  signing key id: {ws.public_key.key_id}")
             print(f"  note verifier key: {ws.note_vkey}")
             if cfg.arithmetic == "float32" and ws._device() == "cuda":
@@ -269,6 +291,7 @@ def _run(args: argparse.Namespace) -> int:
                 info = write_bundle(
                     ws, target, transcript=None if args.all else args.transcript, challenge=challenge,
                     replay=args.replay, known_sizes=known, include_model_source=args.include_model_source,
+                    lineage=args.lineage,
                 )
                 if to is not None:  # the plain zip never reaches --out; it is removed either way
                     with open(target, "rb") as f:
@@ -280,7 +303,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"encrypted to {len(to)} age recipient(s): {args.out} is an age file (vmu-verify --identity, age -d)")
         print(
             f"wrote {args.out}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "
-            f"segments disclosed for replay, {info.openings} record openings, {info.bytes_total} bytes "
+            f"segments disclosed for replay ({len(info.complete)} of the deletion lineage, {args.lineage}; "
+            f"{len(info.sampled)} sampled), {info.openings} record openings, {info.bytes_total} bytes "
             f"({info.bytes_without_checkpoints} without checkpoints)"
         )
         if info.disclosure is not None:
@@ -311,6 +335,34 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  request {r['n']}: {len(r['ids'])} id(s), {r['status']}, transcript {r['transcript']}")
         return EXIT_OK
     raise BadInput(f"unknown command {args.command}")  # pragma: no cover
+
+
+DEFAULT_MAX_SEGMENT_RECORDS = 4096
+
+
+def _checkpoint_every(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps or auto, not {v!r}") from None
+
+
+def _resolve_checkpoint_every(every: int | str, max_records: int | None, batch_size: int) -> int:
+    """The logged ``checkpoint_every``: K as given, or for ``auto`` the most steps whose batches
+    open at most ``max_records`` records (``max_records // batch_size``, at least 1; 0 records:
+    stage ends only). A segment of K steps uses at most K batches of ``batch_size`` records."""
+    if every != "auto":
+        if max_records is not None:
+            raise BadInput("give --checkpoint-every K or --max-segment-records N, not both")
+        return int(every)
+    n = DEFAULT_MAX_SEGMENT_RECORDS if max_records is None else max_records
+    if n < 0:
+        raise BadInput("--max-segment-records must be >= 0 (0: checkpoints at slice ends only)")
+    if batch_size < 1:
+        raise BadInput("--batch-size must be >= 1")
+    return 0 if n == 0 else max(1, n // batch_size)
 
 
 def _check_out_path(out: str) -> None:

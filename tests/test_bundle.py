@@ -28,6 +28,7 @@ from verifiable_mu._sampling import (
     fiat_shamir_seed,
     grinding_note,
     head_body,
+    lineage_seed,
     sample_segments,
     single_escape,
     split_population,
@@ -298,7 +299,8 @@ def _spec_vectors() -> dict[str, str]:
 
 def test_spec_08_vectors() -> None:
     v = _spec_vectors()
-    assert set(v) == {"range-5-root", "range-5-1-3", "head-body", "challenge-seed", "fiat-shamir-seed", "sample"}
+    assert set(v) == {"range-5-root", "range-5-1-3", "head-body", "challenge-seed", "fiat-shamir-seed", "sample",
+                      "lineage-seed", "lineage-sample"}
     leaves = [leaf_hash(bytes([i])) for i in range(5)]
     t = MerkleTree(leaves)
     assert t.root().hex() == v["range-5-root"].strip()
@@ -312,6 +314,9 @@ def test_spec_08_vectors() -> None:
     fs = fiat_shamir_seed(d, body)
     assert fs.hex() == v["fiat-shamir-seed"].strip()
     assert sample_segments(10, 4, fs) == [int(x) for x in v["sample"].split()]
+    ls = lineage_seed(fs)  # the sampled deletion lineage's own stream (specs/08 section 5)
+    assert ls.hex() == v["lineage-seed"].strip()
+    assert sample_segments(6, 3, ls) == [int(x) for x in v["lineage-sample"].split()]
 
 
 def test_spec_09_steps_match_code() -> None:

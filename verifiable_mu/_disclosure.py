@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["WHY", "disclosure_line", "disclosure_summary"]
+__all__ = ["WHY", "disclosure_line", "disclosure_summary", "replay_records"]
 
 WHY = {
     "deleted": "the residual tests (step 19) score the deleted records themselves, so their features and labels "
@@ -27,9 +27,22 @@ WHY = {
 }
 
 
-def disclosure_summary(deleted: int, audit: int, training: int, n_train: int) -> dict[str, Any]:
-    """The disclosure summary (one JSON object; counts of opened records by kind)."""
+def replay_records(mode: str, lineage: set[bytes], sampled: set[bytes], deleted: set[bytes]) -> dict[str, Any]:
+    """The training records the replayed segments open, by the kind of replay that needs them:
+    ``lineage`` (segments of the deletion lineage, ``lineage_mode`` complete or sampled) and
+    ``sampled`` (the uniform draws, not counting records a lineage segment opens already); the
+    deleted records are counted apart (they are opened for the residual tests anyway)."""
+    lin = lineage - deleted
+    return {"lineage_mode": mode, "lineage": len(lin), "sampled": len(sampled - deleted - lin)}
+
+
+def disclosure_summary(
+    deleted: int, audit: int, training: int, n_train: int, replay: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The disclosure summary (one JSON object; counts of opened records by kind; ``replay``: the
+    training records by kind of replay, from :func:`replay_records`, when known)."""
     return {
+        **({"replay": dict(replay)} if replay is not None else {}),
         "deleted": deleted,
         "audit": audit,
         "training": training,
@@ -47,4 +60,6 @@ def disclosure_line(d: dict[str, Any]) -> str:
         + (" with their features (the residual tests score them)" if d["deleted_features"] else "")
         + f", {d['audit']} audit records (never trained on), {d['training']} training records "
         f"({100 * d['training_fraction']:.1f}% of the {d['train_records']} committed: the replayed segments' batches)"
+        + (f"; replay opened {d['replay']['lineage']} for the deletion lineage ({d['replay']['lineage_mode']}) and "
+           f"{d['replay']['sampled']} more for the sampled segments" if "replay" in d else "")
     )

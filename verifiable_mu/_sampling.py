@@ -53,6 +53,9 @@ __all__ = [
     "fiat_shamir_seed",
     "grinding_note",
     "head_body",
+    "LINEAGE_MODES",
+    "lineage_seed",
+    "lineage_note",
     "sample_audit",
     "sample_segments",
     "single_escape",
@@ -65,6 +68,10 @@ MAX_CHALLENGE_BYTES = 64
 #: Uniform draws from the sampled population: what ``vmu bundle`` discloses and what
 #: ``vmu-verify`` replays unless told otherwise (the verifier's policy, never the manifest's).
 DEFAULT_REPLAY = 8
+#: How a verifier replays the deletion lineage: ``complete`` (every segment; the default and what
+#: ``--policy agency`` requires) or ``sampled`` (``k`` uniform draws from it, a stated escape
+#: probability per forged segment, for less disclosure and a smaller bundle; specs/08 section 5).
+LINEAGE_MODES = ("complete", "sampled")
 _TWO64 = 1 << 64
 
 
@@ -189,6 +196,26 @@ def sample_segments(population_size: int, k: int, seed: bytes) -> list[int]:
     while len(chosen) < k and remaining:
         chosen.append(remaining.pop(rng.below(len(remaining))))
     return chosen
+
+
+def lineage_seed(seed: bytes) -> bytes:
+    """The seed of the sampled deletion lineage's draws: ``SHA-256(TAG_CHALLENGE || "lineage" 0x00
+    || seed)`` (its own stream, so the lineage draws never shift the other segments' draws)."""
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise MalformedInput("a sampling seed is 32 bytes")
+    return tagged_hash(TAG_CHALLENGE, b"lineage\x00", seed)
+
+
+def lineage_note(population: int, k: int, sampled_by: str | None) -> str:
+    """What a sampled deletion lineage is worth: one forged lineage segment escapes ``k`` draws
+    with probability ``1 - min(k, N)/N``."""
+    p = single_escape(population, k)
+    text = (f"SAMPLED DELETION LINEAGE: {min(k, population)} of its {population} segments replayed; one forged "
+            f"segment of the deletion lineage (the retraining included) escapes with probability {p:.3g} (1 - k/N)")
+    if sampled_by == "owner" and p > 0:
+        text += ("; the seed is the owner's (Fiat-Shamir): re-drawing it costs one new tree head per try, so against "
+                 "a grinding owner this bounds nothing; use --challenge")
+    return text
 
 
 #: An audit set larger than this is disclosed as a challenge-selected sample of this many records

@@ -511,7 +511,8 @@ def _parse_openings(d: Any) -> Openings:
         lst = d[part]
         if not isinstance(lst, list):
             raise InvalidBundle(f"{OPENINGS} {part} must be a list")
-        out[part] = tuple(_wrap(f"{OPENINGS} {part}[{i}]", RecordOpening.from_json, o) for i, o in enumerate(lst))
+        out[part] = tuple(o if isinstance(o, RecordOpening)  # already converted (parse_openings_streamed)
+                          else _wrap(f"{OPENINGS} {part}[{i}]", RecordOpening.from_json, o) for i, o in enumerate(lst))
     if "audit_proof" in d:
         proof = _wrap(f"{OPENINGS} audit_proof", MultiProof.from_json, d["audit_proof"])
         if len(proof.positions) < len(out["audit"]):  # more: deleted audit records, checked in step 16
@@ -519,6 +520,115 @@ def _parse_openings(d: Any) -> Openings:
                                 f"({len(out['audit'])}), it proves {len(proof.positions)}")
         out["audit_proof"] = proof
     return Openings(**out)
+
+
+_S = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+#: A JSON object whose values are scalars or arrays of scalars (an opening, an audit multiproof).
+_FLAT_OBJECT = re.compile(rb"\{(?:[^{}\[\]\"]|" + _S + rb"|\[(?:[^{}\[\]\"]|" + _S + rb")*\])*\}")
+_SCALAR = re.compile(_S + rb"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
+_KEY = re.compile(_S)
+_WS = re.compile(rb"[ \t\n\r]*")
+_OPENING_PARTS = ("deleted", "audit", "training")
+
+
+def openings_fit_whole(data: bytes, limits: Limits) -> bool:
+    """Whether ``records/openings.json`` is parsed whole (the usual bounded parse) rather than one
+    opening at a time (:func:`parse_openings_streamed`, for members above the memory bound)."""
+    return json_memory_estimate(data) <= min(limits.max_json_memory, limits.max_json_memory_total)
+
+
+def parse_openings_streamed(data: bytes, limits: Limits, budget: JsonBudget | None = None) -> Openings:
+    """``records/openings.json`` parsed one opening at a time, for a member too large to parse
+    whole within :attr:`Limits.max_json_memory`: the top-level object's values must be scalars,
+    flat objects (``audit_proof``) or arrays of flat objects (the openings); each piece is
+    checked against the memory bound before it is parsed, and each opening is converted at
+    once, so the peak is the member's text and the parsed openings, never every opening's JSON
+    objects together. Same fields and checks as the whole parse (:func:`_parse_openings`)."""
+    if len(data) > limits.max_json_bytes:
+        raise InvalidBundle(f"{OPENINGS} is too large ({len(data)} bytes > {limits.max_json_bytes})")
+    cap = limits.max_json_memory if budget is None else min(limits.max_json_memory, budget.left)
+    pos = 0
+
+    def bad(why: str) -> InvalidBundle:
+        return InvalidBundle(f"{OPENINGS} is not valid JSON of the openings' form: {why} at byte {pos}")
+
+    def skip() -> None:
+        nonlocal pos
+        m = _WS.match(data, pos)
+        pos = m.end() if m else pos
+
+    def piece(rx: re.Pattern[bytes], what: str) -> Any:
+        nonlocal pos
+        skip()
+        m = rx.match(data, pos)
+        if m is None:
+            raise bad(f"expected {what}")
+        text = m.group()
+        if json_memory_estimate(text) > cap:
+            raise InvalidBundle(f"{OPENINGS}: one value would take about {json_memory_estimate(text) >> 20} MiB of "
+                                f"memory to parse (at most {cap >> 20} MiB)")
+        try:
+            v = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InvalidBundle(f"{OPENINGS} is not valid JSON: {str(e)[:200]}") from e
+        pos = m.end()
+        return v
+
+    def punct(chars: bytes) -> bytes:
+        nonlocal pos
+        skip()
+        c = data[pos : pos + 1]
+        if not c or c not in chars:
+            raise bad(f"expected one of {chars.decode()!r}")
+        pos += 1
+        return c
+
+    d: dict[str, Any] = {}
+    retained = 0
+    punct(b"{")
+    skip()
+    if data[pos : pos + 1] == b"}":
+        pos += 1
+    else:
+        while True:
+            key = piece(_KEY, "a key")
+            if key in d:
+                raise InvalidBundle(f"{OPENINGS} is not valid JSON: duplicate key {key[:60]!r}")
+            punct(b":")
+            skip()
+            first = data[pos : pos + 1]
+            if first == b"[":
+                pos += 1
+                items: list[Any] = []
+                skip()
+                if data[pos : pos + 1] == b"]":
+                    pos += 1
+                else:
+                    while True:
+                        start = pos
+                        o = piece(_FLAT_OBJECT, "an opening (a flat JSON object)")
+                        if key in _OPENING_PARTS:
+                            o = _wrap(f"{OPENINGS} {key}[{len(items)}]", RecordOpening.from_json, o)
+                            retained += 2 * (pos - start)  # a parsed opening keeps about its text's size, twice
+                        items.append(o)
+                        if punct(b",]") == b"]":
+                            break
+                d[key] = items
+            elif first == b"{":
+                d[key] = piece(_FLAT_OBJECT, "a flat JSON object")
+            else:
+                d[key] = piece(_SCALAR, "a value")
+            if punct(b",}") == b"}":
+                break
+    skip()
+    if pos != len(data):
+        raise bad("trailing data")
+    if budget is not None:
+        if retained > budget.left:
+            raise InvalidBundle(f"{OPENINGS}: the openings would take about {retained >> 20} MiB of memory (at most "
+                                f"{budget.left >> 20} MiB left for this bundle)")
+        budget.left -= retained
+    return _parse_openings(d)
 
 
 # --- checkpoints without torch ---------------------------------------------------------------
@@ -659,7 +769,11 @@ def parse_large_members(bundle: Bundle, members: Mapping[str, bytes], limits: Li
     if len(cons) != len(bundle.transcripts):
         raise InvalidBundle(f"{LOG} must hold one consistency proof per transcript ({len(bundle.transcripts)}), "
                             f"it has {len(cons)}")
-    openings = _parse_openings(_json(members, OPENINGS, limits, budget))
+    raw = members[OPENINGS]
+    if openings_fit_whole(raw, limits):
+        openings = _parse_openings(_json(members, OPENINGS, limits, budget))
+    else:  # too large to parse whole within the bound: one opening at a time (specs/09 step 3)
+        openings = parse_openings_streamed(raw, limits, budget)
     ckpts = {}
     for name in sorted(members):
         if name.startswith("checkpoints/"):

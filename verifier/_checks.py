@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from verifiable_mu._canonical import canonical_json
+from verifiable_mu._disclosure import replay_records
 from verifiable_mu._dsse import IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE, verify_envelope
 from verifiable_mu._errors import (
     EXIT_INTERNAL,
@@ -73,11 +74,14 @@ from verifiable_mu._sampling import (
     fiat_shamir_seed,
     grinding_note,
     head_body,
+    lineage_note,
+    lineage_seed,
     sample_audit,
     sample_segments,
     single_escape,
     split_population,
 )
+from verifiable_mu._scaling import Scaling
 from verifiable_mu._seeds import assigned_slices, derive_slices, epoch_order, shard_size, step_seed
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root, record_leaf_hash
 from verifiable_mu._tags import TAG_CHALLENGE, TAG_MODEL, TAG_REQUEST, tagged_hash
@@ -184,6 +188,9 @@ class VerifyOptions:
     # Uniform draws from the sampled population (the verifier's policy; the manifest's ``replay``
     # is ignored). The deletion lineage is replayed in full on top of them.
     replay: int = DEFAULT_REPLAY
+    # "complete": every segment of the deletion lineage is replayed; "sampled": ``replay`` uniform
+    # draws from it (specs/08 section 5, "Sampled lineage"); the verifier's choice, never the bundle's.
+    lineage: str = "complete"
     unsafe_no_replay: bool = False  # step 18 replays nothing (warning UNSAFE NO REPLAY)
     requests: tuple[int, ...] | None = None  # the request counts the verifier accepts (step 7)
     expect_head: ExpectedHead | None = None  # the final head the verifier expects (step 5)
@@ -269,7 +276,9 @@ class Verification:
     lineages: list[_Lineage] = field(default_factory=list)
     openings: dict[bytes, RecordOpening] = field(default_factory=dict)
     population: list[SegmentRef] = field(default_factory=list)
-    complete: list[SegmentRef] = field(default_factory=list)  # the deletion lineage, replayed in full
+    complete: list[SegmentRef] = field(default_factory=list)  # the deletion lineage segments replayed (all, or drawn)
+    lineage_population: int = 0  # the deletion lineage's segments (what a sampled lineage draws from)
+    replay_records: dict[str, Any] | None = None  # records the replayed segments open, by kind (step 17)
     sampled_population: int = 0  # the segments the uniform draws come from
     sample: list[SegmentRef] = field(default_factory=list)  # the uniform draws, in draw order
     seed: bytes = b""
@@ -335,7 +344,15 @@ class Verification:
         shards = sorted({r.shard for r in self.complete})
         done = ("NOT replayed (--unsafe-no-replay)" if self.options.unsafe_no_replay else "replayed in full"
                 if self.replayed else "not replayed (verification stopped before step 18)")
-        text = (f"deletion lineage of shard(s) {shards} ({len(self.complete)} segments) {done}; "
+        if self.options.lineage == "sampled":
+            p = single_escape(self.lineage_population, len(self.complete) if self.replayed else 0)
+            done = (f"sampled: {len(self.complete)} of its {self.lineage_population} segments "
+                    + ("replayed" if self.replayed else "drawn, not replayed")
+                    + f", one forged lineage segment escapes with probability {p:.3g}")
+            text = f"deletion lineage of shard(s) {shards} {done}; "
+        else:
+            text = f"deletion lineage of shard(s) {shards} ({len(self.complete)} segments) {done}; "
+        text += (
                 f"{k} of the {n} other segments sampled and replayed: one forged segment among them "
                 f"escapes with probability {self.single_escape():.3g} (1 - k/N)")
         if self.sampled_by == "owner":
@@ -1366,6 +1383,11 @@ def _step_17(v: Verification) -> None:
             if rb.generation == 0:
                 gen0_rollback[sc.shard] = max(gen0_rollback.get(sc.shard, -1), rb.index)
     complete, rest = split_population(pop, gen0_rollback)
+    v.lineage_population = len(complete)
+    if v.options.lineage == "sampled":  # the verifier's choice (specs/08 section 5, "Sampled lineage")
+        complete = [complete[i] for i in sample_segments(len(complete), v.options.replay, lineage_seed(v.seed))]
+        if not v.options.unsafe_no_replay:
+            v.warnings.append(lineage_note(v.lineage_population, len(complete), v.sampled_by))
     v.complete, v.sampled_population = complete, len(rest)
     op = b.openings
     if op.audit_proof is not None:
@@ -1386,6 +1408,7 @@ def _step_17(v: Verification) -> None:
         return
     lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
     complete_ends = {r.end_index for r in complete}
+    opened: dict[str, set[bytes]] = {"lineage": set(), "sampled": set()}
     for r in [*complete, *drawn]:
         kind = "segment of the deletion lineage" if r.end_index in complete_ends else "sampled segment"
         w = f"{kind} ending at entry {r.end_index} (shard {r.shard}, generation {r.generation}, stage {r.stage})"
@@ -1395,13 +1418,17 @@ def _step_17(v: Verification) -> None:
             st = StepBody.parse(_entry(v, idx, w))
             _check_step(v, st, lin, r.start_step + j, w)
             _check_batch(v, st, lin, w)  # original training too: its slices' records are in the bundle
-            for rec in _batch_of(v, st, w):
+            batch = _batch_of(v, st, w)
+            for rec in batch:
                 if rec not in v.openings:
                     raise SegmentMissing(f"{w}: the bundle does not open record {rec.hex()[:16]}... used by step {idx}")
+            opened["lineage" if r.end_index in complete_ends else "sampled"].update(batch)
         for idx in (r.start_index, r.end_index):
             dg = CheckpointBody.parse(_entry(v, idx, w)).digest
             if dg not in b.checkpoints:
                 raise SegmentMissing(f"{w}: the bundle lacks checkpoint {dg.hex()[:16]}... (entry {idx})")
+    deleted = {o.commitment() for o in b.openings.deleted}
+    v.replay_records = replay_records(v.options.lineage, opened["lineage"], opened["sampled"], deleted)
 
 
 def _step_18(v: Verification) -> None:
@@ -1431,6 +1458,7 @@ def _step_18(v: Verification) -> None:
         ))
     plan = _replay.ReplayPlan(
         model=cfg.model, hyper=cfg.hyper, platform=cfg.platform, segments=tuple(work), openings=v.openings,
+        scaling=cfg.scaling,
         mode=v.options.replay_mode, allow_factories=v.options.allow_factories, model_source=dict(b.model_source),
     )
     if v.options.backend == "local":
@@ -1528,10 +1556,10 @@ def _step_19(v: Verification) -> None:
 
         if not lst:
             return None, None
-        return (
-            np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in lst]),
-            np.asarray([o.label for o in lst], dtype=np.int64),
-        )
+        X = np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in lst])
+        if cfg.scaling is not None:  # the constituents were trained on scaled features (signed config)
+            X = Scaling.from_json(cfg.scaling, X.shape[1]).apply(X)
+        return X, np.asarray([o.label for o in lst], dtype=np.int64)
 
     dX, dy = stack(dels)
     aX, ay = stack(audit_open)

@@ -20,6 +20,7 @@ from verifiable_mu._log import LogEntry
 from verifiable_mu._modelcode import parse_code
 from verifiable_mu._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
 from verifiable_mu._proofs import ConsistencyProof, InclusionProof
+from verifiable_mu._scaling import Scaling
 from verifiable_mu._sorted_tree import AbsenceProof, MembershipProof, NonMembershipProof
 
 from ._errors import EntryKindMismatch
@@ -127,6 +128,7 @@ class ConfigBody:
     n_train: int
     portable: bool = False
     compact: bool = False  # format 2: step entries carry no batch list (specs/06 section 5)
+    scaling: dict[str, Any] | None = None  # the logged feature scaling (specs/06 section 5c), checked
 
     @classmethod
     def parse(cls, e: LogEntry) -> ConfigBody:
@@ -136,6 +138,7 @@ class ConfigBody:
             e.body,
             {"format", "shards", "slices", "epochs", "stage_epochs", "checkpoint_every", "seed", "assignment",
              "model", "hyper", "platform", "n_train", "data_digest"},
+            {"scaling"},
         )
         fmt = b.d["format"]
         if fmt not in (1, 2) or type(fmt) is not int:
@@ -187,6 +190,12 @@ class ConfigBody:
         if platform.d["dtype"] != "float32" or platform.d["deterministic"] is not True:
             raise UnsupportedVersion(f"{what}: only deterministic float32 training is supported")
         b.str("data_digest", 128)
+        scaling = b.d.get("scaling")
+        if scaling is not None:
+            try:
+                Scaling.from_json(scaling, model.d["n_features"])
+            except MalformedInput as x:
+                raise InvalidBundle(f"{what}: {x}") from x
         return cls(
             index=e.index,
             shards=b.int("shards", 1, 1 << 16),
@@ -203,6 +212,7 @@ class ConfigBody:
             n_train=b.int("n_train", 0, 2**40),
             portable=arithmetic == "portable-v1",
             compact=fmt == 2,
+            scaling=scaling,
         )
 
 

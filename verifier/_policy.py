@@ -47,7 +47,7 @@ _REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
                                   "final head and the request count fixed before it was issued "
                                   "(--expect-head, --requests)"),
         ("complete-replay", f"the deletion lineage is replayed in full and at least {DEFAULT_REPLAY} other segments "
-                            "are sampled (no --unsafe-no-replay, --replay not below the default)"),
+                            "are sampled (no --unsafe-no-replay, no --lineage sampled, --replay not below the default)"),
         ("residual-passed", "step 19 ran and passed (no --no-residual; an inconclusive result does not count)"),
         ("finite-models", "every final constituent model has finite weights and momentum (step 15 found no NaN or "
                           "infinity)"),
@@ -106,6 +106,8 @@ def unmet_requirements(
             out.append("complete-replay: --unsafe-no-replay (nothing was replayed)")
         elif options.replay < DEFAULT_REPLAY:
             out.append(f"complete-replay: --replay {options.replay} is below the default {DEFAULT_REPLAY}")
+        if not options.unsafe_no_replay and getattr(options, "lineage", "complete") != "complete":
+            out.append("complete-replay: --lineage sampled (the deletion lineage was sampled, not replayed in full)")
     if "residual-passed" in ids:
         st = status.get(19)
         if not options.residual:

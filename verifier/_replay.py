@@ -67,6 +67,7 @@ class ReplayPlan:
     mode: str = "auto"  # auto | exact | distance
     allow_factories: tuple[str, ...] = ()
     model_source: Mapping[str, bytes] = field(default_factory=dict)  # the bundle's model/source/ files
+    scaling: Mapping[str, Any] | None = None  # the signed config entry's feature scaling, or None
 
 
 def platform_differences(platform: Mapping[str, Any]) -> list[str]:
@@ -98,6 +99,7 @@ def segment_plans(plan: ReplayPlan, mode: str) -> list[SegmentPlan]:
             work=w,
             openings={c: plan.openings[c] for c in commits},
             model_source=dict(plan.model_source),
+            scaling=plan.scaling,
         ))  # fmt: skip
     return out
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from verifiable_mu._disclosure import disclosure_line, disclosure_summary
 from verifiable_mu._errors import EXIT_INTERNAL
+from verifiable_mu._sampling import single_escape
 
 from ._checks import ESCAPE_FRACTIONS, CheckResult, Verification
 from ._policy import policy_descriptor
@@ -37,7 +38,7 @@ def disclosure(v: Verification) -> dict[str, Any] | None:
                                                                                         if r.status == "pass"}:
         return None
     op = b.openings
-    return disclosure_summary(len(op.deleted), len(op.audit), len(op.training), cfg.n_train)
+    return disclosure_summary(len(op.deleted), len(op.audit), len(op.training), cfg.n_train, v.replay_records)
 
 
 def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
@@ -84,6 +85,11 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
             "sampled_by": v.sampled_by,
         },
         "sampling": {
+            "lineage": v.options.lineage,
+            "lineage_population": v.lineage_population,
+            # one forged segment of the deletion lineage escapes with this probability (0: complete replay)
+            "lineage_segment_escape": (single_escape(v.lineage_population, len(v.complete)) if v.replayed
+                                       else (1.0 if v.lineage_population else 0.0)),
             "population": len(v.population),
             "complete": len(v.complete),
             "complete_shards": sorted({r.shard for r in v.complete}),

@@ -23,6 +23,7 @@ from typing import Any
 from verifiable_mu._errors import InvalidBundle, MalformedInput
 from verifiable_mu._records import RecordOpening
 from verifiable_mu._sampling import SegmentRef
+from verifiable_mu._scaling import Scaling
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -68,6 +69,7 @@ class SegmentPlan:
     work: SegmentWork
     openings: Mapping[bytes, RecordOpening]  # exactly the records this segment's batches use
     model_source: Mapping[str, bytes] = dataclasses.field(default_factory=dict)  # the bundle's model/source/ files
+    scaling: Mapping[str, Any] | None = None  # the signed config's feature scaling (specs/06 section 5c)
 
 
 def _load(data: bytes, what: str) -> dict[str, Any]:
@@ -203,7 +205,12 @@ def replay_segment(sp: SegmentPlan) -> dict[str, Any]:
     commits = sorted({c for _, batch in w.steps for c in batch})
     pos = {c: i for i, c in enumerate(commits)}
     ops = [sp.openings[c] for c in commits]
-    X = torch.from_numpy(np.ascontiguousarray(np.stack([o.features for o in ops]), dtype=np.float32)) if ops else None
+    X = None
+    if ops:
+        Xn = np.ascontiguousarray(np.stack([o.features for o in ops]), dtype=np.float32)
+        if sp.scaling is not None:  # from the signed config entry only (ReplayPlan.scaling)
+            Xn = Scaling.from_json(sp.scaling, spec.n_features).apply(Xn)
+        X = torch.from_numpy(Xn)
     y = torch.from_numpy(np.asarray([o.label for o in ops], dtype=np.int64))
     hints = w.hints or (None,) * len(w.steps)
     if len(hints) != len(w.steps):

@@ -35,7 +35,7 @@ from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._note import Checkpoint, NoteVerifier
-from verifiable_mu._sampling import DEFAULT_REPLAY
+from verifiable_mu._sampling import DEFAULT_REPLAY, LINEAGE_MODES
 from verifiable_mu._seeds import atomic_write
 from verifiable_mu._witness import WitnessKey
 
@@ -71,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replay", type=int, metavar="K", default=DEFAULT_REPLAY,
         help=f"segments outside the deletion lineage to sample and replay (default {DEFAULT_REPLAY}; the deletion "
-             "lineage of every retrained shard is always replayed in full; the bundle's manifest is not consulted)",
+             "lineage of every retrained shard is replayed in full unless --lineage sampled; the bundle's manifest is "
+             "not consulted)",
+    )
+    p.add_argument(
+        "--lineage", choices=LINEAGE_MODES, default="complete",
+        help="complete (default): replay every segment of the deletion lineage of every retrained shard; sampled: "
+             "replay K uniform draws from it (the same --replay K), with the escape probability of a forged lineage "
+             "segment stated in the verdict; less disclosure, and --policy agency reports it as an unmet requirement",
     )
     p.add_argument(
         "--unsafe-no-replay", action="store_true",
@@ -307,6 +314,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             trigger = Trigger.from_json(parse_json_strict(raw, what="--canary trigger"))
         opts = VerifyOptions(
             trust_key=key, trust_origin=trust_origin, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
+            lineage=args.lineage,
             unsafe_no_replay=args.unsafe_no_replay, requests=requests, expect_head=expect_head,
             allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
             require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
