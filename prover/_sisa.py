@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._seeds import epoch_order
+from verifiable_mu._seeds import DurableBatch, epoch_order
 from verifiable_mu._tags import TAG_ASSIGNMENT
 
 __all__ = [
@@ -234,21 +234,16 @@ def _finite(ckpt: dict, task: ShardTask, stage: int, step: int) -> dict:
 
 def train_shard(task: ShardTask) -> list[StageResult]:
     """Run the task's stages from its start checkpoint; return what the driver must log."""
-    import torch
 
     from verifiable_mu.training import (
         Hyper,
         ModelSpec,
         build_model,
-        checkpoint_from_model,
         configure_determinism,
         load_checkpoint,
         load_into_model,
         prepare_model,
         resolve_device,
-        save_checkpoint,
-        step_seed,
-        train_step,
     )
 
     configure_determinism(task.threads)
@@ -263,9 +258,32 @@ def train_shard(task: ShardTask) -> list[StageResult]:
     model = prepare_model(built, hyper).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
-    X_all, y_all = _load_data(task.data_path)
     # Checkpoints are written synchronously: on a writer thread (tried) the GIL hand-offs cost
     # the training loop more than the hashing and fsync they hid (bench: +56 ms against +29 ms).
+    # They are made durable together, once, before the task returns (one file-system sync, not
+    # an fsync per file): the driver logs their digests only after that.
+    batch = DurableBatch(task.store) if task.record else None
+    try:
+        out = _train_stages(task, model, momentum, hyper, device, batch)
+        if batch is not None:
+            t0 = time.perf_counter()
+            batch.commit()
+            if out:
+                out[-1].seconds += time.perf_counter() - t0
+    finally:
+        if batch is not None:
+            batch.discard()  # after a failure: the staged files' temporary names
+    return out
+
+
+def _train_stages(
+    task: ShardTask, model: Any, momentum: Any, hyper: Any, device: Any, batch: DurableBatch | None
+) -> list[StageResult]:
+    import torch
+
+    from verifiable_mu.training import checkpoint_from_model, save_checkpoint, step_seed, train_step
+
+    X_all, y_all = _load_data(task.data_path)
     B = hyper.batch_size
     lr_json = canonical_json(task.hyper["lr"])
     step = task.start_step
@@ -277,8 +295,13 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         X = torch.from_numpy(X_all[rows]).to(device)
         y = torch.from_numpy(y_all[rows]).to(device)
         n = len(rows)
-        # Each commitment as 64 hex characters; a batch's manifest is one gather and tobytes.
-        commits = np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
+        rows32 = rows.astype("<i4")  # the prover's own record of each batch: one gather and tobytes
+        # Format 1 lists a batch's commitments: each as 64 hex characters, one gather and tobytes.
+        commits = (
+            np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
+            if task.record and task.log_format == 1
+            else None
+        )
         in_stage = 0
         total = st.epochs * ((n + B - 1) // B)
         for epoch in range(st.epochs):
@@ -308,15 +331,15 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                         step=step - 1,
                         seed=seed,
                         lr_json=lr_json,
-                        batch_hex=commits[idx].tobytes() if task.log_format == 1 else None,
+                        batch_hex=None if commits is None else commits[idx].tobytes(),
                         hints=hints if hyper.portable else None,
                     )
-                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body, rows[idx].astype("<i4").tobytes()))
+                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body, rows32[idx].tobytes()))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
                         ck = _finite(checkpoint_from_model(model, momentum), task, st.stage, step)
-                        res.checkpoints.append((step, save_checkpoint(ck, task.store)))
+                        res.checkpoints.append((step, save_checkpoint(ck, task.store, batch=batch)))
         if task.record:
-            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store)
+            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store, batch=batch)
             res.checkpoints.append((step, d))
         else:
             # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.

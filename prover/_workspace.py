@@ -42,7 +42,7 @@ from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
 from verifiable_mu._records import commit_records, new_salt_array, record_key
-from verifiable_mu._seeds import atomic_write
+from verifiable_mu._seeds import DurableBatch, atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
@@ -532,9 +532,14 @@ class Workspace:
         spec = self._model_spec()
         device = resolve_device(cfg.device)
         init_digests = []
-        for s in range(cfg.shards):
-            model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
-            init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store))
+        files = DurableBatch(self.store)  # made durable together, before the log names them
+        try:
+            for s in range(cfg.shards):
+                model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
+                init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store, batch=files))
+            files.commit()
+        finally:
+            files.discard()
         descriptors = []
         slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
         for s in range(cfg.shards):
