@@ -41,7 +41,7 @@ from verifiable_mu._dsse import sign_statement
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
-from verifiable_mu._records import commit_records, new_salt_array, record_key
+from verifiable_mu._records import SALT_SIZE, commit_records, new_salt_array, record_key
 from verifiable_mu._seeds import DurableBatch, atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
@@ -498,7 +498,8 @@ class Workspace:
         """Commit the records, assignment, slice trees, audit set and initial models (once;
         :meth:`train` does it first). Separate so a committed workspace can be copied."""
         if not self.committed:
-            self._commit()
+            with self._log.relaxed_sync():  # the head _commit signs at its end makes it all durable
+                self._commit()
 
     def _commit(self) -> None:
         """Commit every record, the assignment, the slice trees, the audit set and the initial
@@ -557,20 +558,21 @@ class Workspace:
         roles = {0: "train", 1: "audit", 2: "test"}
         db = self._db()
         with self._log.transaction():
+            # Each column as a Python list first (one C-level conversion each), zipped into rows.
+            is_train = (role == 0).tolist()
+            salt_raw = salts.tobytes()
             db.executemany(
                 "INSERT INTO p_records(row, id, role, shard, slice, salt, commitment, key) VALUES(?,?,?,?,?,?,?,?)",
-                (
-                    (
-                        i,
-                        ds.ids[i],
-                        roles[int(role[i])],
-                        int(rec_shard[i]) if role[i] == 0 else None,
-                        int(rec_slice[i]) if role[i] == 0 else None,
-                        salts[i].tobytes(),
-                        commits[i],
-                        keys[i],
-                    )
-                    for i in range(n)
+                zip(
+                    range(n),
+                    ds.ids,
+                    [roles[r] for r in role.tolist()],
+                    [s if t else None for s, t in zip(rec_shard.tolist(), is_train, strict=True)],
+                    [r if t else None for r, t in zip(rec_slice.tolist(), is_train, strict=True)],
+                    [salt_raw[i : i + SALT_SIZE] for i in range(0, n * SALT_SIZE, SALT_SIZE)],
+                    commits,
+                    keys,
+                    strict=True,
                 ),
             )
             # One sort after the bulk insert is cheaper than keeping the index up to date row by row.
@@ -838,15 +840,13 @@ class Workspace:
         # Stage commits need atomicity, not an fsync each: in WAL mode synchronous=NORMAL keeps
         # every commit atomic and the database consistent after a crash, and the FULL-synchronous
         # commit that signs the next tree head makes all of them durable before anything is signed.
-        db = self._db()
-        db.execute("PRAGMA synchronous=NORMAL")
         try:
-            for task, results in run_tasks(tasks, backend=backend, workers=workers, ray_address=ray_address):
-                for res in results:
-                    steps += self._commit_stage(task, res)
-                    bar(1)
+            with self._log.relaxed_sync():
+                for task, results in run_tasks(tasks, backend=backend, workers=workers, ray_address=ray_address):
+                    for res in results:
+                        steps += self._commit_stage(task, res)
+                        bar(1)
         finally:
-            db.execute("PRAGMA synchronous=FULL")
             bar(None)
         return steps
 
@@ -857,19 +857,28 @@ class Workspace:
         self._account = None  # a new run: whatever an interrupted one left open is not charged
         self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
         self._start_account("train")
-        self.commit()
-        with self._log.transaction():
-            self._charge_phase()  # the commit block: records hashed, slice trees built
-        tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
-        steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
-        if not self.trained:
+        # Every transaction of the run commits with synchronous=NORMAL (atomic, consistent after a
+        # crash); the full-synchronous commit of each signed head makes all before it durable.
+        with self._log.relaxed_sync():
+            self.commit()
             with self._log.transaction():
-                self._log_model("train", None)
-                self._charge_phase()
-                self._set_meta("trained", "1")
-            self._sign_head()
-        elif tasks:
-            self._sign_head()
+                self._charge_phase()  # the commit block: records hashed, slice trees built
+            tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
+            steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
+            signed = True
+            if not self.trained:
+                with self._log.transaction():
+                    self._log_model("train", None)
+                    self._charge_phase()
+                    self._set_meta("trained", "1")
+                self._sign_head()
+            elif tasks:
+                self._sign_head()
+            else:
+                signed = False
+        if not signed:  # nothing new to sign: the charge itself commits with a full sync
+            with self._log.transaction():
+                self._charge(0, 0.0)
         self._account = None
         head = self._log.latest_tree_head()
         return TrainReport(

@@ -100,3 +100,64 @@ def test_assignment_matches_the_spec_formula(n: int, seed: int, shards: int, sli
     keys = [record_key(f"r{i}") for i in range(n)]
     shard, slc = assign(keys, seed=seed, shards=shards, slices=slices)
     assert list(zip(shard.tolist(), slc.tolist(), strict=True)) == _naive_assign(keys, seed, shards, slices)
+
+
+def test_committed_record_rows_match_the_records_row_by_row(tmp_path: os.PathLike) -> None:
+    """The commit block's bulk insert of the prover's record table (columns converted as whole
+    lists) against each record worked out on its own: commitment from its id, features, label
+    and stored salt; key; role from the committed split; shard and slice from the spec's
+    assignment formula, for training records only."""
+    from prover import Workspace, WorkspaceConfig
+    from verifiable_mu._records import commit_record
+
+    ws = Workspace.create(os.path.join(os.fspath(tmp_path), "ws"), data="digits",
+                          config=WorkspaceConfig(shards=3, slices=2, epochs=1, workers=1, seed=11))  # fmt: skip
+    try:
+        ws.commit()
+        ds = ws.data
+        rows = ws.log.connection.execute(
+            "SELECT row, id, role, shard, slice, salt, commitment, key FROM p_records ORDER BY row"
+        ).fetchall()
+        assert [r[0] for r in rows] == list(range(len(ds.ids)))
+        split = ws._split(len(ds.ids))
+        train = [i for i in range(len(ds.ids)) if split[i] == 0]
+        placed = dict(zip(train, _naive_assign([record_key(ds.ids[i]) for i in train], 11, 3, 2), strict=True))
+        for i, rid, role, shard, slc, salt, commitment, key in rows:
+            assert rid == ds.ids[i] and key == record_key(rid)
+            assert len(salt) == 32 and commitment == commit_record(rid, ds.X[i], int(ds.y[i]), salt)
+            assert role == {0: "train", 1: "audit", 2: "test"}[int(split[i])]
+            assert (shard, slc) == (placed[i] if i in placed else (None, None))
+        assert len({r[5] for r in rows}) == len(rows)  # fresh salts
+    finally:
+        ws.close()
+
+
+_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+_special = st.sampled_from([float("nan"), float("inf"), -float("inf"), 3.4028234663852886e38, -3.4028234663852886e38])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_f32 | _special, min_size=1, max_size=300), st.sampled_from([(-1,), (3, -1)]))
+def test_all_finite_matches_torch_isfinite(values: list[float], shape: tuple[int, ...]) -> None:
+    """The divergence check's one-sum test against the element-wise one, with values at the
+    float32 limits (a float32 sum would overflow there), infinities of both signs and NaN."""
+    import numpy as np
+    import torch
+
+    from prover._sisa import all_finite
+
+    if len(shape) == 2:
+        values = values[: len(values) // 3 * 3] or [0.0, 0.0, 0.0]
+    t = torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
+    assert all_finite(t) == bool(torch.isfinite(t).all())
+
+
+def test_all_finite_at_the_float32_limit() -> None:
+    import torch
+
+    from prover._sisa import all_finite
+
+    big = torch.full((10_000,), 3.4028234663852886e38)
+    assert all_finite(big) and all_finite(-big)  # a float32 sum would be inf here
+    big[1234] = float("nan")
+    assert not all_finite(big)

@@ -134,9 +134,10 @@ def test_batched_checkpoints_are_the_files_save_checkpoint_writes(use_syncfs: bo
     assert got == want
     assert len(batch) == 3  # the repeated content is staged once
     assert not [n for n in os.listdir(batched) if n.endswith(".safetensors")]  # nothing in place yet
+    assert len([n for n in os.listdir(batched) if ".tmp." in n]) == 3
     batch.commit()
     assert sorted(os.listdir(batched)) == sorted(os.listdir(alone))
-    for n in os.listdir(alone):
+    for n in os.listdir(alone):  # no temporary file left
         assert open(os.path.join(alone, n), "rb").read() == open(os.path.join(batched, n), "rb").read()
     assert T.save_checkpoint(cks[0], batched, batch=batch) == want[0] and len(batch) == 0  # in place: left alone
 
@@ -153,9 +154,9 @@ def test_a_discarded_batch_leaves_nothing(tmp_path: os.PathLike) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_a_failed_sync_puts_no_file_in_place(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
-    """If the file-system sync fails, no file of the batch is moved into place (a file under its
-    final name is always durable) and the temporary files are removed."""
+def test_a_failed_sync_raises_and_leaves_no_temporary_file(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the file-system sync fails, commit raises (so the caller never logs the digests) and
+    no temporary file is left behind."""
     import ctypes
 
     from verifiable_mu import _seeds
@@ -168,7 +169,35 @@ def test_a_failed_sync_puts_no_file_in_place(tmp_path: os.PathLike, monkeypatch:
     T.save_checkpoint(_ckpt("mlp", 5), tmp_path, batch=batch)
     with pytest.raises(OSError, match="syncfs of .* failed"):
         batch.commit()
-    assert os.listdir(tmp_path) == []
+    assert not [n for n in os.listdir(tmp_path) if ".tmp." in n]
+
+
+@pytest.mark.parametrize("mode", ["alone", "syncfs", "fsync"])
+@pytest.mark.parametrize("damage", [lambda raw: b"", lambda raw: raw[: len(raw) // 2], lambda raw: raw[:-1] + b"x"])
+def test_a_damaged_file_in_place_is_rewritten_not_trusted(mode: str, damage, tmp_path: os.PathLike) -> None:  # type: ignore[no-untyped-def]
+    """A file under a checkpoint's name but not its bytes (a power loss between a batch's renames
+    and its sync can leave one) is replaced; an intact one is left alone."""
+    from verifiable_mu._seeds import DurableBatch
+
+    ck = _ckpt("mlp", 8)
+    d = T.save_checkpoint(ck, tmp_path)
+    path = os.path.join(os.fspath(tmp_path), d.hex() + ".safetensors")
+    good = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(damage(good))
+    batch = None if mode == "alone" else DurableBatch(tmp_path, use_syncfs=mode == "syncfs")
+    assert T.save_checkpoint(ck, tmp_path, batch=batch) == d
+    if batch is not None:
+        assert len(batch) == 1
+        batch.commit()
+    assert open(path, "rb").read() == good
+    mtime = os.stat(path).st_mtime_ns
+    batch = None if mode == "alone" else DurableBatch(tmp_path, use_syncfs=mode == "syncfs")
+    assert T.save_checkpoint(ck, tmp_path, batch=batch) == d
+    if batch is not None:
+        assert len(batch) == 0  # intact: nothing staged
+        batch.commit()
+    assert os.stat(path).st_mtime_ns == mtime and sorted(os.listdir(tmp_path)) == [d.hex() + ".safetensors"]
 
 
 def test_a_batch_of_another_folder_is_refused(tmp_path: os.PathLike) -> None:

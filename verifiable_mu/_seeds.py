@@ -94,27 +94,38 @@ def _fsync_dir(folder: str) -> None:
 
 
 class DurableBatch:
-    """Files of one folder written together and made durable together, all or nothing each.
+    """Files of one folder written together and made durable together, each all or nothing.
 
-    :meth:`add` writes a file's bytes under a temporary name; :meth:`commit` makes every added
-    file's data durable at once, then moves each into place and syncs the folder once. A file
-    under its final name is therefore always complete and durable (as with :func:`atomic_write`,
-    which syncs each file on its own), and a crash before :meth:`commit` leaves only temporary
-    files. One sync for the batch: ``syncfs(2)`` on Linux (one journal commit for the whole
-    file system, where an ``fsync`` per file costs a journal commit each), else an ``fsync`` of
-    each file. :meth:`discard` removes the temporary files of a batch given up.
+    :meth:`add` writes a file's bytes under a temporary name; :meth:`commit` moves each into
+    place and makes the batch durable with one sync: ``syncfs(2)`` on Linux, one journal commit
+    for the data and the renames of every file (an ``fsync`` per file costs a journal commit
+    each), else an ``fsync`` of each file before its rename and one of the folder after. Nothing
+    may refer to a file of the batch before :meth:`commit` returns. After a power loss between
+    the renames and the sync, a file under its final name may be incomplete: a writer that finds
+    its file already there compares the content before relying on it (see
+    :meth:`existing_matches`), and a crash leaves no other trace than temporary files.
+    :meth:`discard` removes the temporary files of a batch given up.
     """
 
     def __init__(self, folder: str | os.PathLike[str], *, use_syncfs: bool = True) -> None:
         self.folder = os.fspath(folder)
         self._use_syncfs = use_syncfs and _SYNCFS is not None
         self._pending: dict[str, str] = {}  # final path -> temporary path
+        self._present: list[str] = []  # files found in place with the right content: synced too
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def pending(self, path: str) -> bool:
         return path in self._pending
+
+    def existing_matches(self, path: str, data: bytes) -> bool:
+        """Whether ``path`` is already in place with exactly ``data`` (then it is made durable
+        with the batch, as it may be the unsynced leftover of a crashed writer)."""
+        if not _same_content(path, data):
+            return False
+        self._present.append(path)
+        return True
 
     def add(self, name: str, data: bytes) -> None:
         path = os.path.join(self.folder, name)
@@ -136,9 +147,12 @@ class DurableBatch:
         self._pending[path] = tmp
 
     def commit(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._present:
             return
         try:
+            for path, tmp in self._pending.items():
+                os.replace(tmp, path)
+            self._pending.clear()
             if self._use_syncfs:
                 fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
                 try:
@@ -147,18 +161,34 @@ class DurableBatch:
                         raise OSError(err, f"syncfs of {self.folder} failed: {os.strerror(err)}")
                 finally:
                     os.close(fd)
-            for path, tmp in self._pending.items():
-                os.replace(tmp, path)
-            _fsync_dir(self.folder)
-        except BaseException:
+            else:
+                for path in self._present:
+                    _fsync_file(path)
+                _fsync_dir(self.folder)
+        finally:
             self.discard()
-            raise
-        self._pending.clear()
 
     def discard(self) -> None:
         for tmp in self._pending.values():
             _unlink_quietly(tmp)
         self._pending.clear()
+        self._present.clear()
+
+
+def _same_content(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _errno() -> int:

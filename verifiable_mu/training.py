@@ -31,7 +31,7 @@ from torch import nn
 
 from ._canonical import canonical_json
 from ._errors import CommitmentMismatch, MalformedInput
-from ._seeds import DurableBatch, atomic_write, step_seed
+from ._seeds import DurableBatch, _same_content, atomic_write, step_seed
 from ._tags import TAG_CHECKPOINT
 
 __all__ = [
@@ -532,8 +532,8 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str], *, batc
     """Write ``<digest hex>.safetensors`` atomically (content-addressed); return the digest.
 
     The file is written by :func:`_safetensors_bytes` (the safetensors library), so the same
-    content always gives the same bytes. Existing files are
-    left alone: same name, same content. With ``batch`` (a :class:`DurableBatch` of
+    content always gives the same bytes. An existing file with those bytes is left alone (one
+    that differs, left incomplete by a crash, is replaced). With ``batch`` (a :class:`DurableBatch` of
     ``directory``) the file is only staged: it is durable and in place once the caller commits
     the batch, which it must do before anything refers to the digest.
     """
@@ -543,9 +543,16 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str], *, batc
     path = os.path.join(os.fspath(directory), name)
     if batch is not None and os.path.abspath(batch.folder) != os.path.abspath(os.fspath(directory)):
         raise ValueError("the durable batch writes to another folder than the checkpoint store")
-    if os.path.exists(path) or (batch is not None and batch.pending(path)):
+    if batch is not None and batch.pending(path):
         return digest
     data = _checkpoint_file_bytes(views, digest)
+    if os.path.exists(path):
+        # Content-addressed: the same name holds the same bytes -- unless a writer crashed
+        # between moving the file into place and syncing it, so the bytes are compared.
+        if batch is None and _same_content(path, data):
+            return digest
+        if batch is not None and batch.existing_matches(path, data):
+            return digest
     if batch is None:
         atomic_write(path, data)
     else:
