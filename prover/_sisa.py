@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,7 +32,9 @@ __all__ = [
     "StepRecord",
     "StageResult",
     "train_shard",
+    "train_shard_staged",
     "step_body_json",
+    "step_body_template",
 ]
 
 
@@ -109,14 +111,29 @@ class ShardTask:
     platform: dict | None = None  # the logged config's platform: a worker that differs refuses to train
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
+class StepRecord(NamedTuple):
+    """One step as the worker hands it to the driver (a tuple: built 800 times a second per core
+    in the training loop, where a frozen dataclass's constructor cost more than the body)."""
+
     stage: int
     epoch: int
     step: int
     seed: int
     body: bytes  # the step log entry's canonical JSON body, from step_body_json
     rows: bytes = b""  # the batch's data rows, little-endian int32 (the prover's own record)
+
+
+def step_body_template(*, shard: int, generation: int, stage: int, epoch: int, lr_json: bytes) -> bytes:
+    """The format-2 float32 step body of one epoch of one stage with its two varying fields left
+    as ``%d``: ``template % (seed, step)`` is :func:`step_body_json` of that step (the constant
+    parts are formatted once per epoch, not per step; tests check the two agree)."""
+    return b'{"epoch":%d,"generation":%d,"lr":%s,"seed":"%%d","shard":%d,"stage":%d,"step":"%%d"}' % (
+        epoch,
+        generation,
+        lr_json.replace(b"%", b"%%"),
+        shard,
+        stage,
+    )
 
 
 def step_body_json(
@@ -240,8 +257,25 @@ def _finite(ckpt: dict, task: ShardTask, stage: int, step: int) -> dict:
 
 
 def train_shard(task: ShardTask) -> list[StageResult]:
-    """Run the task's stages from its start checkpoint; return what the driver must log."""
+    """Run the task's stages from its start checkpoint; return what the driver must log. Its
+    checkpoint files are in place and durable when it returns."""
+    out, batch = train_shard_staged(task)
+    if batch is not None:
+        try:
+            t0 = time.perf_counter()
+            batch.commit()
+            if out:
+                out[-1].seconds += time.perf_counter() - t0
+        finally:
+            batch.discard()
+    return out
 
+
+def train_shard_staged(task: ShardTask) -> tuple[list[StageResult], DurableBatch | None]:
+    """:func:`train_shard` without the last step: the checkpoint files are written but only
+    staged in the returned batch (None for a task that records nothing), which the caller must
+    commit before the driver logs the results (the inline backend commits it while the next
+    task trains)."""
     from verifiable_mu.training import (
         Hyper,
         ModelSpec,
@@ -267,20 +301,15 @@ def train_shard(task: ShardTask) -> list[StageResult]:
     momentum = load_into_model(model, ckpt, device)
     # Checkpoints are written synchronously: on a writer thread (tried) the GIL hand-offs cost
     # the training loop more than the hashing and fsync they hid (bench: +56 ms against +29 ms).
-    # They are made durable together, once, before the task returns (one file-system sync, not
-    # an fsync per file): the driver logs their digests only after that.
+    # They are made durable together, once per task (one file-system sync, not an fsync per
+    # file): the driver logs their digests only after that.
     batch = DurableBatch(task.store) if task.record else None
     try:
-        out = _train_stages(task, model, momentum, hyper, device, batch)
+        return _train_stages(task, model, momentum, hyper, device, batch), batch
+    except BaseException:
         if batch is not None:
-            t0 = time.perf_counter()
-            batch.commit()
-            if out:
-                out[-1].seconds += time.perf_counter() - t0
-    finally:
-        if batch is not None:
-            batch.discard()  # after a failure: the staged files' temporary names
-    return out
+            batch.discard()  # the staged files' temporary names
+        raise
 
 
 def _train_stages(
@@ -315,6 +344,12 @@ def _train_stages(
             perm = epoch_order(
                 task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, n=n
             )
+            # Format 2, float32: one template per epoch, two numbers per step.
+            template = (
+                step_body_template(shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, lr_json=lr_json)
+                if task.record and commits is None and not hyper.portable
+                else None
+            )
             for b in range(0, n, B):
                 idx = perm[b : b + B]
                 seed = step_seed(
@@ -330,7 +365,7 @@ def _train_stages(
                 step += 1
                 in_stage += 1
                 if task.record:
-                    body = step_body_json(
+                    body = template % (seed, step - 1) if template is not None else step_body_json(
                         shard=task.shard,
                         generation=task.generation,
                         stage=st.stage,

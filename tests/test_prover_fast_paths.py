@@ -161,3 +161,92 @@ def test_all_finite_at_the_float32_limit() -> None:
     assert all_finite(big) and all_finite(-big)  # a float32 sum would be inf here
     big[1234] = float("nan")
     assert not all_finite(big)
+
+
+def _committed_tasks(tmp_path: os.PathLike) -> tuple:  # type: ignore[type-arg]
+    from prover import Workspace, WorkspaceConfig
+
+    ws = Workspace.create(os.path.join(os.fspath(tmp_path), "ws"), data="digits",
+                          config=WorkspaceConfig(shards=3, slices=2, epochs=1, workers=1, seed=5))  # fmt: skip
+    ws.progress = False
+    ws.commit()
+    return ws, [ws._shard_task(s) for s in range(3)]
+
+
+def test_the_inline_backend_hands_over_each_task_once_its_files_are_durable(tmp_path: os.PathLike) -> None:
+    """The inline backend syncs a task's checkpoint files while the next one trains: every task
+    still comes out in order, with every checkpoint it names in place (never a temporary file),
+    and the same results as the plain worker (which syncs before it returns)."""
+    from prover import _sisa
+    from prover._backend import _inline
+
+    ws, tasks = _committed_tasks(tmp_path)
+    try:
+        got = []
+        for t, out in _inline(tasks):
+            for res in out:
+                for _, d in res.checkpoints:
+                    assert os.path.exists(os.path.join(ws.store, d.hex() + ".safetensors"))
+            got.append((t.shard, [(r.stage, r.checkpoints, [s.body for s in r.steps]) for r in out]))
+        assert [s for s, _ in got] == [0, 1, 2]
+        assert not [n for n in os.listdir(ws.store) if ".tmp." in n]
+        want = [(t.shard, [(r.stage, r.checkpoints, [s.body for s in r.steps]) for r in _sisa.train_shard(t)]) for t in tasks]
+        assert got == want
+    finally:
+        ws.close()
+
+
+def test_the_inline_backend_hands_over_the_task_before_a_failure(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prover import _sisa
+    from prover._backend import _inline
+
+    ws, tasks = _committed_tasks(tmp_path)
+    real = _sisa.train_shard_staged
+
+    def second_fails(task):  # type: ignore[no-untyped-def]
+        if task.shard == 1:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(_sisa, "train_shard_staged", second_fails)
+    try:
+        gen = _inline(tasks)
+        t, out = next(gen)
+        assert t.shard == 0 and out
+        for _, d in out[-1].checkpoints:
+            assert os.path.exists(os.path.join(ws.store, d.hex() + ".safetensors"))
+        with pytest.raises(KeyboardInterrupt):
+            next(gen)
+    finally:
+        ws.close()
+
+
+def test_the_inline_backend_raises_a_failed_sync_and_hands_over_nothing(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from prover._backend import _inline
+    from verifiable_mu import _seeds
+
+    if _seeds._SYNCFS is None:
+        pytest.skip("no syncfs here")
+    ws, tasks = _committed_tasks(tmp_path)
+    monkeypatch.setattr(_seeds, "_SYNCFS", lambda fd: -1)
+    monkeypatch.setattr(ctypes, "get_errno", lambda: 28)  # ENOSPC
+    try:
+        with pytest.raises(OSError, match="syncfs of .* failed"):
+            next(_inline(tasks))
+    finally:
+        ws.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_small, _small, _small, _small, _u63, _u63, _lr)
+def test_step_body_template_is_step_body_json(shard, generation, stage, epoch, step, seed, lr) -> None:
+    """The per-epoch template filled with a step's seed and number is the step's body, as
+    step_body_json writes it (itself checked against canonical_json above)."""
+    from prover._sisa import step_body_template
+
+    template = step_body_template(shard=shard, generation=generation, stage=stage, epoch=epoch, lr_json=canonical_json(lr))
+    want = step_body_json(shard=shard, generation=generation, stage=stage, epoch=epoch, step=step, seed=seed,
+                          lr_json=canonical_json(lr), batch_hex=None)  # fmt: skip
+    assert template % (seed, step) == want

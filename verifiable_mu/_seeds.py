@@ -17,6 +17,7 @@ from ._sorted_tree import SortedTree
 from ._tags import TAG_ASSIGNMENT, TAG_STEP_SEED, tagged_hash
 
 __all__ = [
+    "BackgroundCommit",
     "DurableBatch",
     "assigned_slices",
     "assignment_rank",
@@ -168,11 +169,45 @@ class DurableBatch:
         finally:
             self.discard()
 
+    def commit_in_background(self) -> BackgroundCommit:
+        """:meth:`commit` on a thread (the sync waits on the disk, holding no lock that training
+        needs); the caller must :meth:`BackgroundCommit.wait` before anything refers to the
+        files. Its own view of the batch is handed over: this object is empty afterwards."""
+        mine = DurableBatch(self.folder, use_syncfs=self._use_syncfs)
+        mine._pending, mine._present = self._pending, self._present
+        self._pending, self._present = {}, []
+        return BackgroundCommit(mine)
+
     def discard(self) -> None:
         for tmp in self._pending.values():
             _unlink_quietly(tmp)
         self._pending.clear()
         self._present.clear()
+
+
+class BackgroundCommit:
+    """A :class:`DurableBatch` committing on its own thread; :meth:`wait` returns once the files
+    are in place and durable, or raises what the commit raised."""
+
+    def __init__(self, batch: DurableBatch) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+        self._batch = batch
+        self._thread = threading.Thread(target=self._run, name="vmu-durable-batch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._batch.commit()
+        except BaseException as e:  # handed to the waiter
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
 
 def _same_content(path: str, data: bytes) -> bool:
