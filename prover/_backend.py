@@ -63,10 +63,7 @@ def _inline(tasks: Sequence[_sisa.ShardTask]) -> Iterator[tuple[_sisa.ShardTask,
             yield settle(done)
     finally:
         if prev is not None and prev[2] is not None:  # abandoned (the driver stopped): never logged
-            try:
-                prev[2].wait()
-            except OSError:
-                pass  # nothing refers to these files; the driver's own error is the one to report
+            prev[2].wait_quietly()
 
 
 def run_tasks(

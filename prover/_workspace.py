@@ -538,112 +538,119 @@ class Workspace:
             for s in range(cfg.shards):
                 model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
                 init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store, batch=files))
-            files.commit()
-        finally:
+        except BaseException:
             files.discard()
-        descriptors = []
-        slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
-        for s in range(cfg.shards):
-            for r in range(cfg.slices):
-                rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
-                tree = SortedTree.build((keys[i], commits[i]) for i in rows)
-                slice_roots[(s, r)] = (tree.root, len(tree))
-                descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
-        audit_rows = np.flatnonzero(role == 1)
-        audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
-        # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
-        # test record can be proven to name a committed record that no slice holds.
-        test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
-        ds_root = dataset_root(descriptors)
-        roles = {0: "train", 1: "audit", 2: "test"}
-        db = self._db()
-        with self._log.transaction():
-            # Each column as a Python list first (one C-level conversion each), zipped into rows.
-            is_train = (role == 0).tolist()
-            salt_raw = salts.tobytes()
-            db.executemany(
-                "INSERT INTO p_records(row, id, role, shard, slice, salt, commitment, key) VALUES(?,?,?,?,?,?,?,?)",
-                zip(
-                    range(n),
-                    ds.ids,
-                    [roles[r] for r in role.tolist()],
-                    [s if t else None for s, t in zip(rec_shard.tolist(), is_train, strict=True)],
-                    [r if t else None for r, t in zip(rec_slice.tolist(), is_train, strict=True)],
-                    [salt_raw[i : i + SALT_SIZE] for i in range(0, n * SALT_SIZE, SALT_SIZE)],
-                    commits,
-                    keys,
-                    strict=True,
-                ),
-            )
-            # One sort after the bulk insert is cheaper than keeping the index up to date row by row.
-            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS p_records_id ON p_records(id)")
-            items: list[tuple[str, dict[str, Any]]] = [
-                (
-                    "config",
-                    {
-                        "format": cfg.log_format,
-                        "shards": cfg.shards,
-                        "slices": cfg.slices,
-                        "epochs": cfg.epochs,
-                        "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
-                        "checkpoint_every": cfg.checkpoint_every,
-                        "seed": str(cfg.seed),
-                        "assignment": "sha256-rank-v1",
-                        "model": self._model_json(spec),
-                        "hyper": cfg.hyper_json(),
-                        "platform": platform_info(device, cfg.threads),
-                        "n_train": len(train_rows),
-                        "data_digest": self._data_digest,
-                    },
-                )
-            ]
-            slice_at: dict[tuple[int, int], int] = {}
+            raise
+        # Synced on a thread while the trees are built and the records stored; waited for before
+        # the transaction that names them commits.
+        init_files = files.commit_in_background()
+        try:
+            descriptors = []
+            slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
             for s in range(cfg.shards):
                 for r in range(cfg.slices):
-                    root, size = slice_roots[(s, r)]
-                    slice_at[(s, r)] = len(items)
-                    items.append(
-                        ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
-                    )
-            items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
-            items.append(
-                (
-                    "audit",
-                    {
-                        "root": audit_tree.root.hex(),
-                        "size": str(len(audit_tree)),
-                        "test_root": test_tree.root.hex(),
-                        "test_size": str(len(test_tree)),
-                    },
+                    rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
+                    tree = SortedTree.build((keys[i], commits[i]) for i in rows)
+                    slice_roots[(s, r)] = (tree.root, len(tree))
+                    descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
+            audit_rows = np.flatnonzero(role == 1)
+            audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+            # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
+            # test record can be proven to name a committed record that no slice holds.
+            test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
+            ds_root = dataset_root(descriptors)
+            roles = {0: "train", 1: "audit", 2: "test"}
+            db = self._db()
+            with self._log.transaction():
+                # Each column as a Python list first (one C-level conversion each), zipped into rows.
+                is_train = (role == 0).tolist()
+                salt_raw = salts.tobytes()
+                db.executemany(
+                    "INSERT INTO p_records(row, id, role, shard, slice, salt, commitment, key) VALUES(?,?,?,?,?,?,?,?)",
+                    zip(
+                        range(n),
+                        ds.ids,
+                        [roles[r] for r in role.tolist()],
+                        [s if t else None for s, t in zip(rec_shard.tolist(), is_train, strict=True)],
+                        [r if t else None for r, t in zip(rec_slice.tolist(), is_train, strict=True)],
+                        [salt_raw[i : i + SALT_SIZE] for i in range(0, n * SALT_SIZE, SALT_SIZE)],
+                        commits,
+                        keys,
+                        strict=True,
+                    ),
                 )
-            )
-            ckpt_at = []
-            for s in range(cfg.shards):
-                ckpt_at.append(len(items))
+                # One sort after the bulk insert is cheaper than keeping the index up to date row by row.
+                db.execute("CREATE UNIQUE INDEX IF NOT EXISTS p_records_id ON p_records(id)")
+                items: list[tuple[str, dict[str, Any]]] = [
+                    (
+                        "config",
+                        {
+                            "format": cfg.log_format,
+                            "shards": cfg.shards,
+                            "slices": cfg.slices,
+                            "epochs": cfg.epochs,
+                            "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
+                            "checkpoint_every": cfg.checkpoint_every,
+                            "seed": str(cfg.seed),
+                            "assignment": "sha256-rank-v1",
+                            "model": self._model_json(spec),
+                            "hyper": cfg.hyper_json(),
+                            "platform": platform_info(device, cfg.threads),
+                            "n_train": len(train_rows),
+                            "data_digest": self._data_digest,
+                        },
+                    )
+                ]
+                slice_at: dict[tuple[int, int], int] = {}
+                for s in range(cfg.shards):
+                    for r in range(cfg.slices):
+                        root, size = slice_roots[(s, r)]
+                        slice_at[(s, r)] = len(items)
+                        items.append(
+                            ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
+                        )
+                items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
                 items.append(
                     (
-                        "checkpoint",
-                        {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                        "audit",
+                        {
+                            "root": audit_tree.root.hex(),
+                            "size": str(len(audit_tree)),
+                            "test_root": test_tree.root.hex(),
+                            "test_size": str(len(test_tree)),
+                        },
                     )
                 )
-            base = self._log.append_many(items).start
-            db.executemany(
-                "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
-                (
-                    (s, r, 0, slice_roots[(s, r)][0], slice_roots[(s, r)][1], base + slice_at[(s, r)])
-                    for s in range(cfg.shards)
-                    for r in range(cfg.slices)
-                ),
-            )
-            db.executemany(
-                "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
-                ((s, 0, 0, 0, init_digests[s], base + ckpt_at[s]) for s in range(cfg.shards)),
-            )
-            db.executemany(
-                "INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)",
-                ((s, 0, 1) for s in range(cfg.shards)),
-            )
-            self._set_meta("committed", "1")
+                ckpt_at = []
+                for s in range(cfg.shards):
+                    ckpt_at.append(len(items))
+                    items.append(
+                        (
+                            "checkpoint",
+                            {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                        )
+                    )
+                base = self._log.append_many(items).start
+                db.executemany(
+                    "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
+                    (
+                        (s, r, 0, slice_roots[(s, r)][0], slice_roots[(s, r)][1], base + slice_at[(s, r)])
+                        for s in range(cfg.shards)
+                        for r in range(cfg.slices)
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
+                    ((s, 0, 0, 0, init_digests[s], base + ckpt_at[s]) for s in range(cfg.shards)),
+                )
+                db.executemany(
+                    "INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)",
+                    ((s, 0, 1) for s in range(cfg.shards)),
+                )
+                self._set_meta("committed", "1")
+                init_files.wait()  # the initial models' files are durable before the log names them
+        finally:
+            init_files.wait_quietly()
         self._sign_head()
 
     # --- training ----------------------------------------------------------------------------

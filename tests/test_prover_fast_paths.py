@@ -250,3 +250,25 @@ def test_step_body_template_is_step_body_json(shard, generation, stage, epoch, s
     want = step_body_json(shard=shard, generation=generation, stage=stage, epoch=epoch, step=step, seed=seed,
                           lr_json=canonical_json(lr), batch_hex=None)  # fmt: skip
     assert template % (seed, step) == want
+
+
+def test_a_commit_block_that_fails_commits_nothing_and_leaves_no_temporary_file(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initial models' files sync on a thread while the trees are built: a failure there
+    still waits for it, commits nothing, and leaves no temporary file; a retry commits."""
+    import prover._workspace as W
+    from prover import Workspace, WorkspaceConfig
+
+    ws = Workspace.create(os.path.join(os.fspath(tmp_path), "ws"), data="digits",
+                          config=WorkspaceConfig(shards=2, slices=2, epochs=1, workers=1))  # fmt: skip
+    try:
+        real = W.dataset_root
+        monkeypatch.setattr(W, "dataset_root", lambda d: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            ws.commit()
+        assert not ws.committed and ws.log.size == 0
+        assert not [n for n in os.listdir(ws.store) if ".tmp." in n]
+        monkeypatch.setattr(W, "dataset_root", real)
+        ws.commit()
+        assert ws.committed and ws.log.latest_tree_head() is not None
+    finally:
+        ws.close()

@@ -209,6 +209,13 @@ class BackgroundCommit:
             err, self._error = self._error, None
             raise err
 
+    def wait_quietly(self) -> None:
+        """Wait, ignoring a failure: for a batch given up, whose files nothing will name."""
+        try:
+            self.wait()
+        except OSError:
+            pass
+
 
 def _same_content(path: str, data: bytes) -> bool:
     try:
