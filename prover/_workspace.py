@@ -41,7 +41,7 @@ from verifiable_mu._dsse import sign_statement
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
-from verifiable_mu._records import SALT_SIZE, commit_records, new_salt_array, record_key
+from verifiable_mu._records import SALT_SIZE, commit_records, new_salt_array, record_keys
 from verifiable_mu._seeds import DurableBatch, atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
@@ -524,7 +524,7 @@ class Workspace:
             )
         salts = new_salt_array(n)
         commits = commit_records(ds.ids, ds.X, ds.y, salts)
-        keys = [record_key(i) for i in ds.ids]
+        keys = record_keys(ds.ids)
         shard, slc = _sisa.assign([keys[i] for i in train_rows], seed=cfg.seed, shards=cfg.shards, slices=cfg.slices)
         rec_shard = np.full(n, -1, dtype=np.int64)
         rec_slice = np.full(n, -1, dtype=np.int64)
