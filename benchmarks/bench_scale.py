@@ -108,7 +108,11 @@ def _reset_hwm() -> None:
 def prover_child(args: dict[str, Any]) -> dict[str, Any]:
     """One size: generate, commit, both sides of training, one deletion, the bundle."""
     import verifiable_mu.training as T
-    from benchmarks.bench_prover import plain_sisa_seconds
+    # by file, not as benchmarks.bench_prover: opacus installs a top-level package named
+    # 'benchmarks' that shadows this folder
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_prover import plain_sisa_seconds
+
     from prover import Workspace, WorkspaceConfig, _sisa, from_arrays
     from prover._bundle import write_bundle
     from verifiable_mu._canonical import canonical_json

@@ -10,15 +10,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from verifiable_mu._dsse import make_statement
+from verifiable_mu._dsse import PREDICATE_DELETION, make_statement
+from verifiable_mu._log import TransparencyLog
 from verifiable_mu._sorted_tree import SortedTree
 
-if TYPE_CHECKING:
-    from ._workspace import Workspace
+__all__ = ["build_transcript", "TRANSCRIPT_VERSION", "TranscriptSource"]
 
-__all__ = ["build_transcript", "TRANSCRIPT_VERSION"]
+
+class _Grid(Protocol):
+    @property
+    def shards(self) -> int: ...
+    @property
+    def slices(self) -> int: ...
+
+
+class TranscriptSource(Protocol):
+    """What a transcript is built from: :class:`prover._workspace.Workspace` is one. A protocol,
+    so that this module does not import the workspace module, which imports it (no import
+    cycle, pyproject.toml's import-linter contracts)."""
+
+    @property
+    def log(self) -> TransparencyLog: ...
+    @property
+    def store(self) -> str: ...
+    @property
+    def config(self) -> _Grid: ...
+    def _meta(self, key: str) -> str | None: ...
+
 
 TRANSCRIPT_VERSION = 1
 
@@ -34,15 +54,13 @@ def _slice_tree(db: Any, shard: int, slc: int, after: int) -> SortedTree:
     return SortedTree.build((k, c) for k, c in rows)
 
 
-def _disclose(ws: Workspace, index: int, tree_size: int) -> dict[str, Any]:
+def _disclose(ws: TranscriptSource, index: int, tree_size: int) -> dict[str, Any]:
     e = ws.log.entry(index)
     return {"entry": e.to_json(), "inclusion": ws.log.inclusion_proof(index, tree_size).to_json()}
 
 
-def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
+def build_transcript(ws: TranscriptSource, n: int) -> dict[str, Any]:
     """The in-toto Statement (not yet signed) for finished request ``n``."""
-    from ._workspace import PREDICATE_DELETION
-
     db = ws.log.connection
     row = db.execute(
         "SELECT ids, deletion_index, size_before, head_before, plan FROM p_requests WHERE n=?", (n,)
@@ -141,7 +159,7 @@ def build_transcript(ws: Workspace, n: int) -> dict[str, Any]:
     )
 
 
-def _held_out(ws: Workspace, n: int, size_after: int) -> dict[str, Any] | None:
+def _held_out(ws: TranscriptSource, n: int, size_after: int) -> dict[str, Any] | None:
     """The held-out part of request ``n`` (specs/07, ``held_out``): its test and audit records,
     each proven in the committed tree of its split, and one absence proof of all their keys in
     every current slice of every shard after the request. None when the request has none."""

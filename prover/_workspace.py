@@ -19,6 +19,7 @@ deterministic, so the log gets the same entries it would have got).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
-from verifiable_mu._dsse import sign_statement
+from verifiable_mu._dsse import PREDICATE_DELETION, sign_statement
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
@@ -54,7 +55,6 @@ __all__ = ["Workspace", "WorkspaceConfig", "TrainReport", "ForgetReport", "FORMA
 
 FORMAT_VERSION = 2  # 2: the config may name its arithmetic; version 1 workspaces are float32
 _READS_VERSIONS = (1, 2)
-PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 #: Rows per forward pass when predicting: bounds the activations held at once, and is faster
 #: than one large pass (the CNN on 16x16 images, 6,800 rows: 1.3-2.2 s in one pass, 0.8 s in
 #: passes of 128-256 rows; the digits MLP: the same either way).
@@ -68,6 +68,9 @@ DATA_FILE = "data.npz"
 DB_FILE = "state.db"
 CKPT_DIR = "checkpoints"
 TRANSCRIPT_DIR = "transcripts"
+
+
+_DP_FLOATS = ("dp_epsilon", "dp_delta", "dp_clip", "dp_noise")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +101,12 @@ class WorkspaceConfig:
     #: order fixes every batch); 1, the earlier format whose step entries list their batch (kept
     #: for logs written before, and for tests that forge batch lists)
     log_format: int = 2
+    #: DP-SGD (specs/06 section 3b): a target epsilon at dp_delta (the noise multiplier is chosen
+    #: at commit from the committed slice sizes), or the noise multiplier itself; 0: off
+    dp_epsilon: float = 0.0
+    dp_delta: float = 0.0
+    dp_clip: float = 1.0
+    dp_noise: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -115,6 +124,10 @@ class WorkspaceConfig:
             (self.arithmetic in ("float32", "portable"), "--arithmetic must be float32 or portable"),
             (self.log_format in (1, 2), "the log format must be 1 or 2"),
             (self.log_format == 2 or self.arithmetic == "float32", "portable arithmetic needs log format 2"),
+            (not self.dp or self.arithmetic == "float32", "DP-SGD (--dp-epsilon/--dp-noise) needs --arithmetic float32"),
+            (not self.dp or 0 < self.dp_delta < 1, "--dp-delta must be in (0, 1) with --dp-epsilon or --dp-noise"),
+            (not self.dp or 0 < self.dp_clip < 1e6, "--dp-clip must be > 0"),
+            (self.dp_epsilon >= 0 and self.dp_noise >= 0, "--dp-epsilon and --dp-noise must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -122,8 +135,11 @@ class WorkspaceConfig:
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k in ("lr", "momentum", "weight_decay", "test_fraction", "audit_fraction"):
+        for k in ("lr", "momentum", "weight_decay", "test_fraction", "audit_fraction", *_DP_FLOATS):
             d[k] = repr(float(d[k]))
+        if not self.dp:  # a workspace without DP keeps the file it always had
+            for k in _DP_FLOATS:
+                del d[k]
         return d
 
     @classmethod
@@ -132,6 +148,9 @@ class WorkspaceConfig:
             kw = dict(d)
             for k in ("lr", "momentum", "weight_decay", "test_fraction", "audit_fraction"):
                 kw[k] = float(kw[k])
+            for k in _DP_FLOATS:
+                if k in kw:
+                    kw[k] = float(kw[k])
             return cls(**kw)
         except (TypeError, ValueError, KeyError) as e:
             raise WorkspaceError(f"workspace configuration is damaged: {e}") from e
@@ -143,7 +162,13 @@ class WorkspaceConfig:
             "weight_decay": repr(float(self.weight_decay)),
             "batch_size": self.batch_size,
             **({"arithmetic": "portable-v1" if self.portable else "float32"} if self.log_format == 2 else {}),
+            **({"dp": {"clip": repr(float(self.dp_clip)), "noise_multiplier": repr(float(self.dp_noise)),
+                       "delta": repr(float(self.dp_delta))}} if self.dp_noise > 0 else {}),
         }
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_epsilon > 0 or self.dp_noise > 0
 
     @property
     def portable(self) -> bool:
@@ -494,6 +519,30 @@ class Workspace:
         role[perm[n_test : n_test + n_audit]] = 1
         return role
 
+    def _choose_dp_noise(self, cfg: WorkspaceConfig, rec_shard: np.ndarray, rec_slice: np.ndarray) -> WorkspaceConfig:
+        """The noise multiplier for the target epsilon, from the committed slice sizes
+        (verifiable_mu._dp); written to the workspace's settings before the config entry is logged,
+        so training, replay and the verifier's recomputed epsilon all use it."""
+        from verifiable_mu import _dp
+        from verifiable_mu._errors import MalformedInput
+        from verifiable_mu._extras import require
+
+        require(("opacus",), "DP-SGD's privacy accounting")
+        scheds = {s: _dp.schedule([int(np.count_nonzero((rec_shard == s) & (rec_slice == r))) for r in range(cfg.slices)],
+                                  _sisa.stage_epochs(cfg.epochs, cfg.slices), cfg.batch_size) for s in range(cfg.shards)}
+        try:
+            noise = _dp.noise_for_epsilon(cfg.dp_epsilon, cfg.dp_delta, scheds)
+        except MalformedInput as e:
+            raise BadInput(str(e)) from e
+        cfg = dataclasses.replace(cfg, dp_noise=noise)
+        path = os.path.join(self.path, CONFIG_FILE)
+        with open(path) as f:
+            doc = json.load(f)
+        doc["config"] = cfg.to_json()
+        atomic_write(path, json.dumps(doc, indent=2, sort_keys=True).encode())
+        self.config = cfg
+        return cfg
+
     def commit(self) -> None:
         """Commit the records, assignment, slice trees, audit set and initial models (once;
         :meth:`train` does it first). Separate so a committed workspace can be copied."""
@@ -530,6 +579,8 @@ class Workspace:
         rec_slice = np.full(n, -1, dtype=np.int64)
         rec_shard[train_rows] = shard
         rec_slice[train_rows] = slc
+        if cfg.dp_epsilon > 0 and cfg.dp_noise == 0:
+            cfg = self._choose_dp_noise(cfg, rec_shard, rec_slice)
         spec = self._model_spec()
         device = resolve_device(cfg.device)
         init_digests = []

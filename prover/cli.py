@@ -1,8 +1,9 @@
 """``vmu``: the model owner's command line.
 
 Exit codes: 0 success; 2 bad usage or bad input (unknown id, already deleted, unreadable data,
-unsupported workspace version); 1 any other failure. Errors print one line; ``--verbose`` adds
-the traceback.
+unsupported workspace version); 1 any other documented failure; 70 internal error (a bug in
+verifiable-mu: the line asks for a report; the same code as ``vmu-verify``'s); 130 interrupted.
+Errors print one line; ``--verbose`` adds the traceback and the error's diagnostics.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from collections.abc import Sequence
 from verifiable_mu import __version__
 from verifiable_mu._age import encrypt as age_encrypt
 from verifiable_mu._age import recipients as age_recipients
-from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout
+from verifiable_mu._cli import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    detach_stdout,
+    report_bug,
+    report_error,
+)
 from verifiable_mu._disclosure import disclosure_line
-from verifiable_mu._errors import MalformedInput, VmuError
+from verifiable_mu._errors import InternalError, MalformedInput, VmuError
 from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._seeds import atomic_write
@@ -27,7 +35,7 @@ from verifiable_mu._seeds import atomic_write
 from ._errors import BadInput
 from ._workspace import SPLITS
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -75,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         "segments, more overhead)",
     )
     i.add_argument("--threads", type=int, default=1, help="torch intra-op threads (logged; replay must match) (default 1)")
+    i.add_argument("--dp-epsilon", type=float, default=0.0, metavar="E",
+                   help="train with DP-SGD to this epsilon (at --dp-delta; the noise multiplier is chosen from the "
+                        "committed slice sizes by opacus's RDP accountant; specs/06 section 3b)")
+    i.add_argument("--dp-delta", type=float, default=0.0, metavar="D", help="the delta of --dp-epsilon, e.g. 1e-5")
+    i.add_argument("--dp-clip", type=float, default=1.0, metavar="C", help="DP-SGD's per-example clipping norm (default 1)")
+    i.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="DP-SGD's noise multiplier, instead of --dp-epsilon")
     i.add_argument("--lr", type=float, default=0.05)
     i.add_argument("--batch-size", type=int, default=32)
     i.add_argument("--workers", type=int, default=0, help="shard processes (0: min(cores, shards))")
@@ -104,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", metavar="ADDR", help="Ray cluster to join, host:port (default: RAY_ADDRESS, else a local instance)"
     )
     f.add_argument("--workers", type=int, default=None)
+    # Issue 13: approximate (unproven) methods write an audit package, never a transcript (prover/_approx_cli.py).
+    f.add_argument("--method", default="retrain", help="retrain (exact, proven; default) or an UNPROVEN approximate "
+                   "method: finetune, neggrad, fisher, distill, oblivi (writes --package, no transcript)")
+    f.add_argument("--package", metavar="OUT", help="write an audit package (specs/12) to OUT")
+    f.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE", help="an approximate method's "
+                   "parameter, e.g. oblivi_epsilon=1.0 (prover/_approx.py ApproxParams; repeatable)")
 
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
     b.add_argument("dir", metavar="DIR")
@@ -182,6 +203,10 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             arithmetic=args.arithmetic,
+            dp_epsilon=args.dp_epsilon,
+            dp_delta=args.dp_delta,
+            dp_clip=args.dp_clip,
+            dp_noise=args.dp_noise,
         )
         with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
             print(f"created workspace {ws.path}")
@@ -206,6 +231,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"log size {rep.log_size}; signed tree head:")
             print(rep.tree_head, end="")
         return EXIT_OK
+    if args.command == "forget" and (args.method != "retrain" or args.package or args.method_param):  # issue 13
+        from ._approx_cli import forget_with_package
+
+        return forget_with_package(args, _read_ids(args))
     if args.command == "forget":
         ids = _read_ids(args)
         with Workspace.open(args.dir) as ws:
@@ -299,15 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except InternalError as e:
+        return report_bug("vmu", e, verbose=args.verbose)
     except MalformedInput as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: error: {e}", file=sys.stderr)
+        report_error("vmu", e, verbose=args.verbose)
         return EXIT_BAD_INPUT
     except VmuError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: error: {e}", file=sys.stderr)
+        report_error("vmu", e, verbose=args.verbose)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
@@ -325,16 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         missing = missing_module(e)
         if missing is None:
-            print(f"vmu: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
-            return EXIT_FAILURE
+            return report_bug("vmu", e, verbose=False)  # the traceback is printed above
         print(f"vmu: error: 'vmu {args.command}' needs {missing}, which this install lacks (the proof-only install): "
               f"install the full one with {FULL_INSTALL}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as e:  # a bug: still one line unless --verbose
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
-        return EXIT_FAILURE
+    except Exception as e:  # a bug: one line asking for a report (--verbose: the traceback)
+        return report_bug("vmu", e, verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -281,7 +281,7 @@ def test_overall_verdict(residual: Any, canary: Any, expected: str) -> None:
 def test_bad_reports_are_rejected() -> None:
     with pytest.raises(MalformedInput, match="must be a JSON object"):
         render_html([])  # type: ignore[arg-type]
-    with pytest.raises(MalformedInput, match="verdict must be accepted, rejected, unusable or accepted-reduced"):
+    with pytest.raises(MalformedInput, match="verdict must be accepted, rejected, unusable, accepted-reduced or internal-error"):
         render_html({"verdict": "maybe"})
     with pytest.raises(MalformedInput, match="cannot be embedded as JSON"):
         render_html({"verdict": "accepted", "timing": {"x": float("nan")}})

@@ -144,8 +144,9 @@ def test_non_ed25519_and_encrypted_pem_rejected() -> None:
 
 
 def test_malformed_key_is_malformed_input() -> None:
-    with pytest.raises(MalformedInput):
+    with pytest.raises(MalformedInput, match="an Ed25519 public key is 32 bytes, got 0") as e:
         VerifyingKey.from_bytes(b"")
+    assert isinstance(e.value, MalformedKey)
 
 
 # --- key files ----------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def test_load_oversized_and_non_regular(tmp_path) -> None:
 
 
 def test_missing_key_file_is_os_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="nope.pem"):
         SigningKey.load(tmp_path / "nope.pem")
 
 

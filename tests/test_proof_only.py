@@ -142,4 +142,4 @@ def test_the_base_install_requires_none_of_the_full_extra() -> None:
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
     assert names == {"numpy", "cryptography", "rfc8785", "safetensors"}
     full = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["optional-dependencies"]["full"]}
-    assert full == {"torch", "scikit-learn", "scipy", "tqdm"}
+    assert full == {"torch", "scikit-learn", "scipy", "tqdm", "opacus"}

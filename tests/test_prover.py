@@ -314,7 +314,7 @@ def test_newer_workspace_version_is_refused(trained_ws: str, capsys: pytest.Capt
 def test_missing_wrong_or_exposed_key(trained_ws: str, capsys: pytest.CaptureFixture) -> None:
     key = os.path.join(trained_ws, "signing-key.pem")
     os.chmod(key, 0o644)
-    with pytest.raises(MalformedKey):
+    with pytest.raises(MalformedKey, match="has mode 0644: group/others may access it; run 'chmod 600' on it"):
         Workspace.open(trained_ws)
     os.unlink(key)
     assert vmu_main(["status", trained_ws]) == 2

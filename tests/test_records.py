@@ -456,11 +456,12 @@ BAD_RECORDS = [
 
 
 @pytest.mark.parametrize(
-    ("record_id", "features", "label", "salt", "match"),
-    [c[1:] for c in BAD_RECORDS],
+    ("case", "record_id", "features", "label", "salt", "match"),
+    BAD_RECORDS,
     ids=[c[0] for c in BAD_RECORDS],
 )
-def test_bad_records_are_rejected_everywhere(record_id: Any, features: Any, label: Any, salt: Any, match: str) -> None:
+def test_bad_records_are_rejected_everywhere(case: str, record_id: Any, features: Any, label: Any, salt: Any,
+                                             match: str) -> None:
     with pytest.raises(MalformedRecord, match=match):
         commit_record(record_id, features, label, salt)
     if not match.startswith("salt"):
@@ -470,7 +471,8 @@ def test_bad_records_are_rejected_everywhere(record_id: Any, features: Any, labe
         RecordOpening(id=record_id, features=features, label=label, salt=salt)
     # The batch path refuses the same record (its messages are about the batch).
     batch = np.asarray(features)[None] if isinstance(features, np.ndarray) else features
-    with pytest.raises(MalformedRecord):
+    field = {"id": "record id", "features": "features", "label": "label", "salt": "salt"}[case.split("-")[0]]
+    with pytest.raises(MalformedRecord, match=field):  # the batch path's message names the bad field
         commit_records([record_id], batch, [label], [salt])
 
 
@@ -618,6 +620,42 @@ def test_spec_record_2_field_breakdown() -> None:
     assert struct.unpack(">H", fields["id-length"])[0] == len(fields["id"]) == 19
     assert fields["dtype"] == bytes([DTYPE_CODES["int64"]])
     assert struct.unpack(">q", fields["label"])[0] == -3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bool", "complex64", "int16", "uint16", "float128", "U3", "f4,f4"])
+def test_unsupported_dtypes_are_refused_by_the_fast_dtype_lookup(dtype: str) -> None:
+    try:
+        arr = np.zeros(2, dtype=np.dtype(dtype))
+    except TypeError:
+        pytest.skip(f"numpy has no {dtype} here")
+    with pytest.raises(MalformedRecord, match="is not supported"):
+        encode_record("a", arr, 1)
+
+
+@pytest.mark.parametrize("name", sorted(DTYPE_CODES))
+@pytest.mark.parametrize("order", ["<", ">", "="])
+def test_fast_dtype_lookup_agrees_with_the_dtype_name(name: str, order: str) -> None:
+    # the slow, obviously correct rule: the code is DTYPE_CODES[dtype.name], whatever the byte order
+    arr = np.arange(3).astype(np.dtype(name).newbyteorder(order))
+    enc = encode_record("a", arr, 1)
+    assert enc[1 + 2 + 1] == DTYPE_CODES[arr.dtype.name]
+    assert enc == encode_record("a", arr.astype(np.dtype(name).newbyteorder("<")), 1)
+
+
+def test_an_openings_cached_commitment_is_the_commitment_and_survives_nothing_it_depends_on() -> None:
+    import dataclasses
+
+    f = np.arange(4, dtype=np.float32)
+    o = RecordOpening(id="r", features=f, label=3, salt=bytes(range(32)))
+    c = o.commitment()
+    assert c == commit_record("r", f, 3, bytes(range(32))) == o.commitment()
+    f[0] = 99.0  # the caller's array: the opening holds its own read-only copy
+    assert o.commitment() == c
+    with pytest.raises(ValueError, match="read-only"):
+        o.features[0] = 1.0
+    other = dataclasses.replace(o, label=4)  # a new opening computes its own
+    assert other.commitment() == commit_record("r", np.arange(4, dtype=np.float32), 4, bytes(range(32))) != c
+    assert o == RecordOpening(id="r", features=np.arange(4, dtype=np.float32), label=3, salt=bytes(range(32)))
 
 
 _any_id = st.text(max_size=300) | st.sampled_from(["", "x" * 257, "\ud800", "é" * 129, "ok"]) | st.integers() | st.none()

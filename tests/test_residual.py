@@ -29,6 +29,7 @@ from verifier._residual import (
     Reference,
     auc_score,
     bootstrap_metrics,
+    deletion_inference,
     holm,
     min_detectable_auc,
     residual_tests,
@@ -145,7 +146,10 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate() -> None:
     assert np.array_equal(a["auc"], b["auc"]) and np.array_equal(a["tpr@0.01"], b["tpr@0.01"])
     lo, hi = np.percentile(a["auc"], [2.5, 97.5])
     assert lo < auc_score(pos, neg) < hi
-    assert 0.0 <= a["tpr@0.001"].min() and a["tpr@0.001"].max() <= 1.0
+    # a TPR is a count of the 60 positives; a stricter FPR never admits more of them (same resamples)
+    for f in ("tpr@0.001", "tpr@0.01"):
+        assert np.array_equal(a[f] * 60, np.round(a[f] * 60)) and a[f].std() > 0, f
+    assert np.all(a["tpr@0.001"] <= a["tpr@0.01"]) and np.any(a["tpr@0.001"] < a["tpr@0.01"])
 
 
 def test_vectorised_bootstrap_equals_the_plain_loop() -> None:
@@ -178,7 +182,11 @@ def test_honest_deletion_passes_with_a_working_control(synth: dict[str, Any]) ->
         assert rep.result(a, "post").reject is False
         # the retained sample is still a member of the post-deletion models
         assert rep.result(a, "post").retained_auc > 0.7  # type: ignore[operator]
-    assert rep.attacks == ATTACKS and rep.decision_attacks == DECISION_ATTACKS
+    # synthetic models are predictions only: the white-box attack says why it did not run
+    assert rep.attacks == tuple(a for a in ATTACKS if a not in ("gradnorm", "shadow"))
+    assert rep.decision_attacks == DECISION_ATTACKS
+    assert ("gradnorm", "needs the constituents' weights (torch modules), not only their predictions") in rep.skipped
+    assert ("shadow", "needs shadow models (step 19 trains them on the audit and retained records)") in rep.skipped
 
 
 def test_skipped_retraining_fails(synth: dict[str, Any]) -> None:
@@ -207,7 +215,12 @@ def test_population_attacks_are_reported_but_do_not_decide(synth: dict[str, Any]
     for a in ("loss", "confidence"):
         r = rep.result(a)
         assert r.decides is False and r.p_adj is None and r.reject is False
-        assert 0 <= r.p_value <= 1
+        # a permutation p-value: (1 + hits) / (1 + B) by Monte Carlo, hits / arrangements when exact
+        cal = rep.calibration
+        assert cal.smallest_p <= r.p_value <= 1
+        if not cal.exact:
+            hits = r.p_value * (1 + cal.n_perm)
+            assert abs(hits - round(hits)) < 1e-6 and round(hits) >= 1
     # A decision family made of population attacks only is possible, but must be asked for.
     rep2 = residual_tests(**kwargs(synth, decision_attacks=("loss",)))
     assert rep2.decision_attacks == ("loss",)
@@ -273,8 +286,10 @@ def test_too_few_references_skip_lira_and_then_rmia() -> None:
     keep = w["retained"][w["shard"][w["retained"]] < 2]
     two.update(retained_X=w["X"][keep], retained_y=w["y"][keep], retained_shard=w["shard"][keep])
     rep = residual_tests(**two)
-    assert rep.attacks == ("loss", "confidence", "rmia", "shard")
-    assert rep.skipped == (("lira", "needs at least 2 reference models per record, has 1"),)
+    assert rep.attacks == ("loss", "confidence", "rmia", "shard", "label")
+    assert rep.skipped == (("lira", "needs at least 2 reference models per record, has 1"),
+                           ("gradnorm", "needs the constituents' weights (torch modules), not only their predictions"),
+                           ("shadow", "needs shadow models (step 19 trains them on the audit and retained records)"))
     assert rep.decision_attacks == ("shard",)
     one = kwargs(w, post_models=w["post"][:1], pre_models=w["pre"][:1], retained_X=None)
     rep1 = residual_tests(**one)
@@ -288,7 +303,8 @@ def test_report_json_is_canonical_and_complete(synth: dict[str, Any]) -> None:
     assert j["type"] == "vmu.residual-report" and j["version"] == 2
     assert j["verdict"] == "pass" and j["correction"] == "holm"
     assert j["n"] == {"deleted": 40, "audit": N_AUDIT, "retained": len(synth["retained"])}
-    assert [r["attack"] for r in j["post"]] == list(ATTACKS) == [r["attack"] for r in j["pre"]]
+    ran = [a for a in ATTACKS if a not in ("gradnorm", "shadow")]  # synthetic models: predictions only
+    assert [r["attack"] for r in j["post"]] == ran == [r["attack"] for r in j["pre"]]
     r = j["post"][2]
     for key in ("auc", "auc_ci95", "tpr_at_fpr_1pct", "tpr_at_fpr_1pct_ci95", "tpr_at_fpr_0.1pct", "tpr_at_fpr_0.1pct_ci95",
                 "p_value", "p_adjusted", "reject", "decides", "roc", "scores", "retained_vs_audit_auc", "matched_auc", "matched_auc_ci95"):
@@ -449,6 +465,7 @@ def softmax_of(module: Any) -> Any:
         with torch.no_grad():
             return torch.softmax(module(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))), dim=1).numpy()
 
+    predict_proba.module = module  # type: ignore[attr-defined]  # the white-box attack needs the weights
     return predict_proba
 
 
@@ -599,7 +616,8 @@ def test_spec_vector_residual_scores() -> None:
     # strata (label 0: 1 deleted, 2 audit; label 1: 1 deleted, 1 audit) admit 3 x 2 arrangements
     assert rep.verdict == "inconclusive" and rep.reason.startswith("too few references or records")
     assert rep.calibration.smallest_p == pytest.approx(exp["smallest_p"], rel=1e-8)
-    for attack in ATTACKS:
+    assert "label" in rep.attacks  # reported; its noisy queries have no vector (the models here are lookup tables)
+    for attack in ("loss", "confidence", "lira", "rmia", "shard"):
         r = rep.result(attack)
         assert list(r.scores_deleted) == pytest.approx(exp[attack]["deleted"], rel=1e-8, abs=1e-9)
         assert list(r.scores_audit) == pytest.approx(exp[attack]["audit"], rel=1e-8, abs=1e-9)
@@ -613,3 +631,47 @@ def test_spec_vector_residual_scores() -> None:
 def test_spec_vector_holm() -> None:
     v = spec_vectors()["holm-1"]
     assert holm(v["p"]) == pytest.approx(v["adjusted"])
+
+
+def test_deletion_inference_separates_forgotten_records_and_is_blind_without_a_change() -> None:
+    """Issue 14: deletion-inference exposure. A pre-deletion model that memorised the deleted
+    records and a post-deletion model that did not: AUC 1 (the drop is large for deleted records
+    only). The same model before and after: every drop is 0, AUC 0.5 and TPR at 1% FPR 0."""
+    rng = np.random.default_rng(3)
+    nd, nr = 30, 60
+    d_idx, r_idx = np.arange(nd), np.arange(nd, nd + nr)
+    post = np.log(rng.uniform(0.3, 0.6, nd + nr))
+    pre = post.copy()
+    pre[d_idx] = np.log(0.99)
+    di = deletion_inference(pre, post, d_idx, r_idx, 200, np.random.default_rng(0))
+    assert di is not None and di.auc == 1.0 and di.tpr_1pct == 1.0 and di.auc_ci[0] > 0.9
+    assert di.mean_drop_deleted > 0.4 and di.mean_drop_retained == 0.0
+    same = deletion_inference(post, post, d_idx, r_idx, 200, np.random.default_rng(0))
+    assert same is not None and same.auc == 0.5 and same.tpr_1pct == 0.0
+    assert deletion_inference(pre, post, d_idx, np.arange(0), 200, np.random.default_rng(0)) is None
+    j = di.to_json()
+    assert j["auc"] == 1.0 and j["n"] == {"deleted": nd, "retained": nr} and "reported" in j["meaning"]
+
+
+def test_models_that_give_every_label_probability_zero_keep_the_report_finite() -> None:
+    """A model destroyed by DP noise (or any model) may give a record's label probability exactly
+    0 under every reference: the RMIA ratio must not divide by zero, and the report stays finite
+    (canonical JSON refuses NaN and infinity)."""
+    rng = np.random.default_rng(2)
+    X = rng.random((120, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+
+    def wrong(Xq: np.ndarray) -> np.ndarray:
+        P = np.zeros((len(Xq), 3))
+        P[:, 0] = 1.0  # class 0 with certainty: every other label gets probability exactly 0
+        return P
+
+    import warnings
+
+    models = [wrong, wrong, wrong]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no division by zero on the way
+        rep = residual_tests(post_models=models, pre_models=models, shard_of_deleted=np.arange(20) % 3,
+                             deleted_X=X[:20], deleted_y=y[:20], audit_X=X[20:], audit_y=y[20:], n_boot=20, n_perm=99)
+    canonical_json(rep.to_json())
+    assert np.all(np.isfinite(rep.result("rmia").scores_deleted))

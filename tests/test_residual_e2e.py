@@ -125,3 +125,19 @@ def test_step_19_issue_15_class_sorted_deletion_in_two_requests(tmp_path) -> Non
 
     dels = read_bundle(bundle).openings.deleted
     assert res["bootstrap"]["seed"] == _residual_seed(dels) == _residual_seed(list(reversed(dels)))
+
+
+def test_deletion_inference_exposure_is_reported_from_the_bundles_models(honest_50: tuple[str, str]) -> None:
+    """Issue 14: the exposure of publishing both versions, computed in step 19 on the proven
+    pre- and post-deletion constituents: the pre-deletion models trained on the deleted records,
+    the post-deletion ones did not, so the deleted records lose more belief in their labels than
+    the retained ones (the same model twice would give every record a drop of exactly 0 and an
+    AUC of 0.5)."""
+    bundle, _ = honest_50
+    rep = to_json(verify(bundle, VerifyOptions(n_boot=200)))
+    di = rep["residual"]["deletion_inference"]
+    assert di["n"]["deleted"] == rep["residual"]["n"]["deleted"] == 50
+    assert di["n"]["retained"] == rep["residual"]["n"]["retained"] > 0
+    assert di["mean_drop_nats"]["deleted"] > di["mean_drop_nats"]["retained"]
+    assert di["auc_ci95"][0] > 0.5 and di["auc"] > 0.6
+    assert "privacy cost of publishing both versions" in di["meaning"]

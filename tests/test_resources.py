@@ -330,8 +330,9 @@ def test_memory_error_is_unusable_input(monkeypatch: pytest.MonkeyPatch, capsys:
         raise RuntimeError("a bug, not memory")
 
     monkeypatch.setattr(_checks, "check_model_fits", bug)
-    with pytest.raises(RuntimeError, match="a bug"):  # a real bug still surfaces as one
-        verify(h.bundle, _opts())
+    v = verify(h.bundle, _opts())  # a real bug still surfaces as one: exit 70, never "out of memory"
+    assert (v.exit_code, v.failed_step, type(v.failure).__name__) == (70, 15, "InternalError")
+    assert str(v.failure) == "RuntimeError: a bug, not memory" and isinstance(v.failure.__cause__, RuntimeError)
 
 
 # --- peak memory of vmu-verify ----------------------------------------------------------------

@@ -707,14 +707,14 @@ CASES: dict[str, Case] = {
     "step_06_predicate_version": Case(6, 2, "UnsupportedVersion", "transcript version",
                                       _resign(lambda p: p.update(version=2))),
     # 7. tree heads
-    "step_07_bundle_consistency_flipped": Case(7, 1, "ConsistencyProofFailed", "",
+    "step_07_bundle_consistency_flipped": Case(7, 1, "ConsistencyProofFailed", "consistency proof does not reproduce the old root",
                                                _edit_json("log/entries.json", lambda d: d["consistency"][0]["path"].__setitem__(
                                                    0, _flip_hex(d["consistency"][0]["path"][0])))),
     "step_07_transcripts_swapped": Case(7, 1, "HeadMismatch", "requests 1..N in order", _swap_transcripts),
     "step_07_head_before_replaced": Case(7, 1, "HeadMismatch", "consistency proof is for sizes",
                                          _resign(lambda p: p["log"].update(head_before=p["log"]["head_after"]))),
     # 8. transcript proofs
-    "step_08_transcript_inclusion_flipped": Case(8, 1, "InclusionProofFailed", "", _resign(
+    "step_08_transcript_inclusion_flipped": Case(8, 1, "InclusionProofFailed", r"inclusion proof for leaf \d+ of \d+ does not lead to the expected root", _resign(
         lambda p: p["model_after"]["inclusion"]["path"].__setitem__(0, _flip_hex(p["model_after"]["inclusion"]["path"][0])))),
     # 9. log runs
     "step_09_entry_body_edited": Case(9, 1, "InclusionProofFailed", "do not lead to the root", _edit_json(
@@ -781,7 +781,7 @@ CASES: dict[str, Case] = {
                                              _forged(pred=_p_first_use_wrong)),
     "step_12_rollback_to_stale_generation": Case(12, 1, "OrderingViolation", "current lineage", _p_stale_rollback),
     # 13. schedule
-    "step_13_step_seed": Case(13, 1, "ScheduleViolation", "seed", _forged(_f_seed)),
+    "step_13_step_seed": Case(13, 1, "ScheduleViolation", r"has seed \d+, the committed derivation gives \d+", _forged(_f_seed)),
     "step_13_short_batch": Case(13, 1, "ScheduleViolation", "batch of", _forged_v1(_f_short_batch)),
     "step_13_batch_listed_in_format_2": Case(13, 1, "ScheduleViolation", "lists a batch, which a format-2 log",
                                              _forged(_f_batch_listed)),
@@ -808,7 +808,7 @@ CASES: dict[str, Case] = {
     # 16. openings
     "step_16_deleted_opening_features": Case(16, 1, "OpeningMismatch", "deleted-record openings",
                                              _opening_edit(_deleted_features)),
-    "step_16_audit_opening_removed": Case(16, 1, "OpeningMismatch", "audit", _opening_edit(lambda d: d["audit"].pop())),
+    "step_16_audit_opening_removed": Case(16, 1, "OpeningMismatch", r"audit openings and 0 deleted audit record\(s\) do not rebuild the committed audit set", _opening_edit(lambda d: d["audit"].pop())),
     "step_16_extra_training_opening": Case(16, 1, "OpeningMismatch", "which no disclosed step uses",
                                            _extra_training_opening),
     "step_16_opening_duplicated": Case(16, 1, "OpeningMismatch", "disclosed twice",

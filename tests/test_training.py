@@ -241,15 +241,15 @@ _MODULES = {
 
 @pytest.mark.parametrize("model", ["mlp", "logreg", "cnn"])
 def test_built_in_models_initialise_as_under_torch_manual_seed(model: str) -> None:
-    """Built-in models seed only the CPU generator (the fast path); a factory building the same
-    modules is built after torch.manual_seed (the slow path): the same weights, whatever the
-    generator's state before."""
+    """build_model seeds the generators directly (the fast path); the same modules built after
+    torch.manual_seed (the slow path) have the same weights, whatever the generator's state
+    before."""
     spec = T.ModelSpec(name=model, n_features=64, n_classes=10, input_shape=(8, 8), hidden=32)
     torch.rand(5)  # disturb the global generator: build_model must reseed it
     builtin = T.build_model(spec, init_seed=7)
     torch.rand(3)
-    slow = T.build_model(T.ModelSpec(name="tests:same", n_features=64, n_classes=10, input_shape=(8, 8), hidden=32),
-                         init_seed=7, factory=lambda **kw: _MODULES[model]())  # fmt: skip
+    torch.manual_seed(7)
+    slow = _MODULES[model]().float()
     pairs = list(zip(builtin.named_parameters(), slow.named_parameters(), strict=True))
     assert pairs
     for (n, a), (m, b) in pairs:

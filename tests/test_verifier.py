@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest_verifier import honest_fixture  # noqa: F401  (session fixture)
 
+from verifiable_mu._errors import InvalidBundle
 from verifiable_mu._keys import SigningKey
 from verifier import STEPS, VerifyOptions, read_bundle, to_json, verify
 from verifier._checks import step_seed
@@ -148,5 +149,6 @@ def test_read_bundle_api(honest_fixture) -> None:  # noqa: F811
     b = read_bundle(honest_fixture.bundle_path)
     assert b.manifest.origin.startswith("verifiable-mu.local/")
     assert len(b.transcripts) == 2 and len(b.consistency) == 2
-    with pytest.raises(Exception, match="not a zip"):
+    with pytest.raises(InvalidBundle, match="^not a proof bundle: the file is not a zip archive$") as e:
         read_bundle(b"nope")
+    assert e.value.step is None  # read outside verify(): no step of the checklist raised it

@@ -37,6 +37,7 @@ from ._keys import SigningKey, VerifyingKey
 __all__ = [
     "IN_TOTO_PAYLOAD_TYPE",
     "STATEMENT_TYPE",
+    "PREDICATE_DELETION",
     "MAX_SIGNATURES",
     "MAX_ENVELOPE_BYTES",
     "pae",
@@ -51,6 +52,8 @@ __all__ = [
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+#: The predicateType of a deletion transcript (specs/07), written by the prover, required by the verifier.
+PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 
 MAX_SIGNATURES = 16
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024

@@ -28,7 +28,7 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,11 @@ _CHUNK_BYTES = 1 << 20  # commit_records encodes about this many bytes at a time
 #: dtype name -> one-byte code. Element bytes are always little-endian.
 DTYPE_CODES: dict[str, int] = {"float32": 1, "float64": 2, "int32": 3, "int64": 4, "uint8": 5}
 _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+#: numpy dtype (either byte order) -> its code: a dict lookup instead of ``dtype.name``, which
+#: numpy computes in Python on every access (the verifier encodes every opened record).
+_NP_CODES: dict[np.dtype[Any], int] = {
+    np.dtype(n).newbyteorder(o): c for n, c in DTYPE_CODES.items() for o in ("<", ">")
+}
 
 _COMMIT_PREFIX = hashlib.sha256(TAG_RECORD_COMMITMENT)
 _KEY_PREFIX = hashlib.sha256(TAG_RECORD_KEY)
@@ -87,8 +92,9 @@ def _id_bytes(record_id: str) -> bytes:
 def _features_le(features: Any) -> tuple[int, tuple[int, ...], np.ndarray]:
     if not isinstance(features, np.ndarray):
         raise MalformedRecord(f"features must be a numpy array, not {type(features).__name__}")
-    name = features.dtype.name
-    if name not in DTYPE_CODES:
+    code = _NP_CODES.get(features.dtype)
+    if code is None:
+        name = features.dtype.name
         raise MalformedRecord(f"features dtype {name} is not supported (use one of {', '.join(DTYPE_CODES)})")
     if features.ndim > MAX_NDIM:
         raise MalformedRecord(f"features have {features.ndim} dims (at most {MAX_NDIM})")
@@ -97,7 +103,7 @@ def _features_le(features: Any) -> tuple[int, tuple[int, ...], np.ndarray]:
     if features.nbytes > MAX_FEATURE_BYTES:
         raise MalformedRecord("features are too large")
     le = np.ascontiguousarray(features, dtype=features.dtype.newbyteorder("<"))
-    return DTYPE_CODES[name], tuple(int(d) for d in features.shape), le
+    return code, tuple(int(d) for d in features.shape), le
 
 
 def _label_bytes(label: Any) -> bytes:
@@ -346,6 +352,9 @@ class RecordOpening:
     features: np.ndarray
     label: int
     salt: bytes
+    #: the commitment, computed on first use: every field is frozen and the features are a
+    #: private read-only copy, so it cannot go stale
+    _commitment: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _id_bytes(self.id)
@@ -372,7 +381,11 @@ class RecordOpening:
         return hash((self.salt, encode_record(self.id, self.features, self.label)))
 
     def commitment(self) -> bytes:
-        return commit_record(self.id, self.features, self.label, self.salt)
+        c = self._commitment
+        if c is None:
+            c = commit_record(self.id, self.features, self.label, self.salt)
+            object.__setattr__(self, "_commitment", c)
+        return c
 
     def key(self) -> bytes:
         return record_key(self.id)

@@ -44,6 +44,7 @@ __all__ = [
     "platform_info",
     "step_seed",
     "sgd_step",
+    "dp_step",
     "portable_step",
     "train_step",
     "prepare_model",
@@ -133,14 +134,32 @@ class Hyper:
     #: ``float32`` (bit-exact only on the same platform) or ``portable-v1`` (specs/06 section 3a:
     #: float64 gradients on a fixed grid with rounding hints, bit-exact on any platform)
     arithmetic: str = "float32"
+    #: DP-SGD (specs/06 section 3b): per-example gradients clipped to L2 norm ``dp_clip``, summed,
+    #: plus Gaussian noise of standard deviation ``dp_noise * dp_clip`` drawn from the step seed;
+    #: both 0 for plain SGD
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 0.0  # the delta the owner's epsilon is stated at (reporting only)
 
     def __post_init__(self) -> None:
         if self.arithmetic not in ARITHMETICS:
             raise MalformedInput(f"unknown arithmetic {self.arithmetic!r} (use {' or '.join(ARITHMETICS)})")
+        if (self.dp_clip or self.dp_noise) and not (
+            math.isfinite(self.dp_clip) and math.isfinite(self.dp_noise) and self.dp_clip > 0 and self.dp_noise > 0
+        ):
+            raise MalformedInput("DP-SGD needs a finite clipping norm > 0 and a finite noise multiplier > 0")
+        if self.dp and not 0 < self.dp_delta < 1:
+            raise MalformedInput("DP-SGD needs a delta in (0, 1)")
+        if self.dp and self.portable:
+            raise MalformedInput("DP-SGD is defined for float32 arithmetic only")
 
     @property
     def portable(self) -> bool:
         return self.arithmetic == PORTABLE
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip > 0
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -151,6 +170,8 @@ class Hyper:
         }
         if self.portable:  # float32 logs keep the fields they always had
             d["arithmetic"] = self.arithmetic
+        if self.dp:
+            d["dp"] = {"clip": repr(self.dp_clip), "noise_multiplier": repr(self.dp_noise), "delta": repr(self.dp_delta)}
         return d
 
     @classmethod
@@ -162,9 +183,20 @@ class Hyper:
                 weight_decay=float(d["weight_decay"]),
                 batch_size=int(d["batch_size"]),
                 arithmetic=str(d.get("arithmetic", FLOAT32)),
+                **_dp_fields(d.get("dp")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MalformedInput(f"hyper-parameters are not valid: {e}") from e
+
+
+def _dp_fields(d: Any) -> dict[str, float]:
+    if d is None:
+        return {}
+    if not isinstance(d, dict) or set(d) != {"clip", "noise_multiplier", "delta"}:
+        raise ValueError("'dp' must hold exactly 'clip', 'noise_multiplier' and 'delta'")
+    if not all(isinstance(v, str) for v in d.values()):
+        raise ValueError("DP parameters travel as decimal strings")
+    return {"dp_clip": float(d["clip"]), "dp_noise": float(d["noise_multiplier"]), "dp_delta": float(d["delta"])}
 
 
 class _CNN(nn.Module):
@@ -190,12 +222,11 @@ def build_model(spec: ModelSpec, *, init_seed: int, factory: Callable[..., Any] 
 
     ``factory``: for a ``module:factory`` model, the factory to call instead of importing it by
     name (the verifier passes the one it loaded from the checked source files)."""
-    if spec.name in _BUILTIN_MODELS:
-        # Built on the CPU from the CPU generator alone: seed it directly (torch.manual_seed also
-        # queues the seeding of every accelerator's generators through Python wrappers, ~0.3 ms).
-        torch.default_generator.manual_seed(init_seed)
-    else:
-        torch.manual_seed(init_seed)  # a factory's code may draw from any generator
+    # What torch.manual_seed does, without queueing a lazy CUDA seeding (which formats a stack
+    # trace, ~3 ms) on a machine that has no CUDA device.
+    torch.default_generator.manual_seed(init_seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(init_seed)
     if spec.name == "mlp":
         model: nn.Module = nn.Sequential(
             nn.Flatten(), nn.Linear(spec.n_features, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, spec.n_classes)
@@ -752,6 +783,58 @@ def portable_step(
     return float(loss.detach()), out
 
 
+#: Domain separation of the DP noise generator's seed from the step's own (dropout) seed.
+_DP_NOISE_SEED_XOR = 0x44502D53_47440001
+
+
+def dp_step(
+    model: nn.Module,
+    momentum: dict[str, torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    hyper: Hyper,
+    seed: int,
+) -> float:
+    """One DP-SGD step (Abadi et al. 2016; specs/06 section 3b), then momentum as in
+    :func:`sgd_step`: per-example gradients (torch.func), each scaled to L2 norm at most
+    ``hyper.dp_clip`` over all parameters, summed, plus ``N(0, (dp_noise * dp_clip)^2)`` noise per
+    element drawn in sorted parameter-name order from a CPU generator seeded with
+    ``seed ^ _DP_NOISE_SEED_XOR`` (so a replay draws the same noise on any device), divided by the
+    batch size. Returns the batch loss."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.default_generator.manual_seed(seed)
+    if xb.is_cuda:
+        torch.cuda.manual_seed(seed)
+    model.train()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    names = sorted(params)
+
+    def loss_of(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, p, (x[None],)), y[None])
+
+    g = vmap(grad(loss_of), in_dims=(None, 0, 0))(params, xb, yb)
+    n = xb.shape[0]
+    norms = torch.sqrt(sum((g[k].reshape(n, -1) ** 2).sum(dim=1) for k in names))  # type: ignore[arg-type]
+    scale = torch.clamp(hyper.dp_clip / (norms + 1e-12), max=1.0)
+    gen = torch.Generator(device="cpu").manual_seed(seed ^ _DP_NOISE_SEED_XOR)
+    lr, mom, wd = hyper.lr, hyper.momentum, hyper.weight_decay
+    live = dict(model.named_parameters())
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        for k in names:
+            p = live[k]
+            summed = (g[k] * scale.reshape((n,) + (1,) * (g[k].dim() - 1))).sum(dim=0)
+            noise = torch.randn(summed.shape, generator=gen, dtype=summed.dtype).to(summed.device)
+            gk = (summed + noise * (hyper.dp_noise * hyper.dp_clip)) / n
+            if wd:
+                gk = gk.add(p, alpha=wd)
+            buf = momentum[k]
+            buf.mul_(mom).add_(gk)
+            p.add_(buf, alpha=-lr)
+    return float(loss)
+
+
 def train_step(
     model: nn.Module,
     momentum: dict[str, torch.Tensor],
@@ -767,6 +850,8 @@ def train_step(
         return portable_step(model, momentum, xb, yb, hyper, seed, hints)
     if hints:
         raise RoundingHintInvalid("a float32 step carries rounding hints")
+    if hyper.dp:
+        return dp_step(model, momentum, xb, yb, hyper, seed), []
     return sgd_step(model, momentum, xb, yb, hyper, seed), []
 
 

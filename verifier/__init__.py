@@ -6,7 +6,9 @@ It imports the shared core (:mod:`verifiable_mu`) and never the prover. Importin
     from verifier import verify, VerifyOptions
     v = verify("bundle.zip", VerifyOptions(replay=8))
     v.exit_code   # 0 accepted, 1 rejected, 2 unusable input, 3 accepted with reduced checks
-                  # (only with VerifyOptions(policy="agency"), see verifier/_policy.py)
+                  # (only with VerifyOptions(policy="agency"), see verifier/_policy.py), 70 a bug
+                  # (InternalError: nothing was judged); verify() never raises
+    print(v.failure.diagnostics())  # on a failure: what failed, the step, what to do
 """
 
 from ._bundle import Bundle, Limits, Manifest, read_bundle

@@ -19,6 +19,7 @@ from typing import Any
 
 from verifiable_mu import __version__
 from verifiable_mu._dsse import Envelope, make_statement, sign_statement
+from verifiable_mu._errors import EXIT_INTERNAL
 from verifiable_mu._keys import SigningKey
 
 from ._checks import Verification
@@ -47,11 +48,11 @@ def _rfc3339(t: _dt.datetime) -> str:
 def build_vsa(v: Verification, *, name: str, now: _dt.datetime | None = None) -> dict[str, Any]:
     """The in-toto Statement v1 of a VSA for verification ``v`` of the bundle file ``name``.
 
-    Only for a verdict on a readable bundle (exit 0, 1 or 3): unusable input (exit 2) gets no
-    attestation, and the caller must not ask for one.
+    Only for a verdict on a readable bundle (exit 0, 1 or 3): unusable input (exit 2) and a bug
+    (exit 70: nothing was judged) get no attestation, and the caller must not ask for one.
     """
-    if v.exit_code == 2 or not v.sha256:
-        raise ValueError("no attestation for unusable input")
+    if v.exit_code in (2, EXIT_INTERNAL) or not v.sha256:
+        raise ValueError("no attestation for unusable input or an internal error")
     passed = v.exit_code == 0
     policy = v.options.policy
     predicate = {

@@ -49,6 +49,8 @@ from typing import Any, TypeVar
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._dsse import IN_TOTO_PAYLOAD_TYPE, STATEMENT_TYPE, verify_envelope
 from verifiable_mu._errors import (
+    EXIT_INTERNAL,
+    InternalError,
     InvalidBundle,
     MalformedInput,
     SignatureFailed,
@@ -152,6 +154,7 @@ STEPS: tuple[tuple[int, str, str], ...] = (
 )
 ESCAPE_FRACTIONS = (0.01, 0.05, 0.1)
 _NAMES = {n: name for n, name, _ in STEPS}
+_VERDICTS = {0: "accepted", 1: "rejected", 2: "unusable", EXIT_REDUCED: "accepted-reduced", EXIT_INTERNAL: "internal-error"}
 
 
 @dataclass(slots=True)
@@ -285,13 +288,17 @@ class Verification:
 
     @property
     def exit_code(self) -> int:
+        """0 accepted, 1 rejected, 2 unusable input, 3 accepted with reduced checks, 70 a bug
+        (:class:`~verifiable_mu._errors.InternalError`: nothing was judged)."""
         if self.failure is None:
             return EXIT_REDUCED if self.unmet else 0
+        if isinstance(self.failure, InternalError):
+            return EXIT_INTERNAL
         return 2 if isinstance(self.failure, MalformedInput) else 1
 
     @property
     def verdict(self) -> str:
-        return ("accepted", "rejected", "unusable", "accepted-reduced")[self.exit_code]
+        return _VERDICTS[self.exit_code]
 
     @property
     def replayed(self) -> int:
@@ -1443,6 +1450,28 @@ def _residual_seed(deleted: Sequence[RecordOpening]) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def _step_19_shadow(v: Verification, pool: Sequence[RecordOpening], seed: int) -> Any:
+    """The shadow-model attack of step 19 (reported only; verifier/_shadow.py): two shadows of the
+    logged model and hyper-parameters on halves of the audit and retained records, ``epochs``
+    epochs (the config's). None (the attack is skipped, with the reason) for a pool too small."""
+    import numpy as np
+
+    from verifiable_mu.training import Hyper, build_model
+
+    from . import _shadow
+    from ._segment import model_factory
+
+    cfg, b = v.config, v.bundle
+    assert cfg is not None and b is not None
+    if len(pool) < _shadow.MIN_POOL:
+        return None
+    spec, factory = model_factory(cfg.model, v.options.allow_factories, dict(b.model_source), "loading")
+    X = np.stack([np.asarray(o.features, dtype=np.float32).reshape(-1) for o in pool])
+    y = np.asarray([o.label for o in pool], dtype=np.int64)
+    return _shadow.train_shadow_attack(lambda s: build_model(spec, init_seed=s, factory=factory),
+                                       Hyper.from_json(cfg.hyper), X, y, epochs=cfg.epochs, seed=seed % 2**31)
+
+
 def _step_19(v: Verification) -> None:
     """Residual-information tests (specs/10-residual.md) on the models whose provenance steps
     1-18 established: post = the final constituents, pre = the constituents before the first
@@ -1451,7 +1480,7 @@ def _step_19(v: Verification) -> None:
         v.warnings.append("NO RESIDUAL TESTS: step 19 was turned off (--no-residual)")
         return
     require(("torch", "scipy", "sklearn"), "the residual tests", "pass --no-residual to skip them")
-    from . import _canary, _models, _residual, _temporal  # torch is imported by _models' loader
+    from . import _canary, _models, _residual, _robust, _temporal  # torch: imported by _models' loader
 
     b, cfg = v.bundle, v.config
     assert b is not None and cfg is not None and v.transcripts
@@ -1510,7 +1539,9 @@ def _step_19(v: Verification) -> None:
     if v.progress is not None:
         v.progress(f"step 19: membership tests on {len(dels)} deleted and {len(op.audit)} audit records "
                    f"({len(post)} models after, {len(pre)} before)")
+    shadow = _step_19_shadow(v, [*audit_open, *retained], _residual_seed(dels))
     rep = _residual.residual_tests(
+        shadow=shadow,
         post_models=post,
         pre_models=pre,
         shard_of_deleted=[shard_of[o.commitment()] for o in dels],
@@ -1526,6 +1557,10 @@ def _step_19(v: Verification) -> None:
         seed=_residual_seed(dels),
     )
     v.residual_report = rep.to_json()
+    # Informative only: robust accuracy under PGD on the audit records, before and after.
+    rob = _robust.robustness([getattr(f, "module", None) for f in pre], [getattr(f, "module", None) for f in post],
+                             aX, ay) if aX is not None else None
+    v.residual_report["robustness"] = rob.to_json() if rob else None
     if v.options.canary is not None:
         can = _canary.canary_test(
             trigger=v.options.canary,
@@ -1619,23 +1654,49 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, ImportError) and ("failed to map segment" in msg or "Cannot allocate memory" in msg)
 
 
+class _CallerError(Exception):
+    """An exception raised by a callback of the caller of :func:`verify` (``on_result``,
+    ``on_progress``): it is the caller's, so :func:`verify` raises it again as it was (a closed
+    pipe, Ctrl-C), never turns it into a verdict."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _guarded(fn: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    if fn is None:
+        return None
+
+    def call(arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception as e:
+            raise _CallerError(e) from e
+
+    return call
+
+
 def _run(v: Verification, step: int, fn: Callable[..., None], *args: Any) -> bool:
     t0 = time.perf_counter()
     try:
         try:
             fn(v, *args)
-        except (MemoryError, RuntimeError, ImportError) as oom:
-            if not _is_oom(oom):
-                raise
-            raise _out_of_memory(step, oom) from oom
+        except (_CallerError, VmuError):
+            raise
+        except Exception as exc:
+            if _is_oom(exc):
+                raise _out_of_memory(step, exc) from exc
+            raise InternalError.wrap(exc) from exc  # no documented error covers it: a bug, not a verdict
     except VmuError as e:
+        e.at_step(step, _NAMES[step])
         if step == 13 and isinstance(e, OrderingViolation):
             step = 12
             v.results.append(CheckResult(12, _NAMES[12], "fail", str(e), time.perf_counter() - t0))
         else:
             if step == 13:
                 v.results.append(CheckResult(12, _NAMES[12], "pass"))
-            v.results.append(CheckResult(step, _NAMES[step], "error" if isinstance(e, MalformedInput) else "fail",
+            v.results.append(CheckResult(step, _NAMES[step], "error" if isinstance(e, (MalformedInput, InternalError)) else "fail",
                                          str(e), time.perf_counter() - t0))
         v.failure, v.failed_step = e, step
         return False
@@ -1675,13 +1736,29 @@ def verify(
 ) -> Verification:
     """Run every step on the bundle at ``source`` (a path or the bundle's bytes).
 
-    Never raises for bad input or a failed check: the outcome is in the returned object
-    (``exit_code``, ``verdict``, ``results``, ``failure``). ``on_result`` (optional) is called
-    with each step's result in step order as soon as it is final (``vmu-verify`` prints them as
-    they come); ``on_progress`` (optional) with a short line while step 18 replays a segment or
-    step 19 starts a phase.
+    Never raises, whatever the input: the outcome is in the returned object (``exit_code``,
+    ``verdict``, ``results``, ``failure``). A documented error is a rejection (exit 1,
+    :class:`VerificationFailed`) or unusable input (exit 2, :class:`MalformedInput`); any other
+    exception in a step is a bug, reported as :class:`InternalError` at that step (exit 70,
+    verdict ``internal-error``). Only what the callbacks themselves raise (and
+    ``KeyboardInterrupt``) propagates. ``on_result`` (optional) is called with each step's
+    result in step order as soon as it is final (``vmu-verify`` prints them as they come);
+    ``on_progress`` (optional) with a short line while step 18 replays a segment or step 19
+    starts a phase.
     """
-    v = Verification(options=options, listener=on_result, progress=on_progress)
+    v = Verification(options=options, listener=_guarded(on_result), progress=_guarded(on_progress))
+    try:
+        return _verify(v, source)
+    except _CallerError as e:
+        raise e.error from e.error.__cause__
+    except Exception as bug:  # outside every step (the runner itself): still a verdict, exit 70
+        err = InternalError.wrap(bug, "the verifier's runner")
+        err.__cause__ = bug
+        v.failure, v.failed_step = err, max((r.step for r in v.results), default=1)
+        return v
+
+
+def _verify(v: Verification, source: str | bytes) -> Verification:
     t0 = time.perf_counter()
     ok = (
         _run(v, 1, _step_01, source)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from verifiable_mu._canonical import hex32
+from verifiable_mu._dsse import PREDICATE_DELETION
 from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
 from verifiable_mu._log import LogEntry
 from verifiable_mu._modelcode import parse_code
@@ -43,7 +44,6 @@ __all__ = [
 #: A per-file subject of a deletion transcript (specs/07).
 _SUBJECT_FILE = re.compile(r"checkpoints/([0-9a-f]{64})\.safetensors")
 
-PREDICATE_DELETION = "https://verifiable-mu.dev/deletion-transcript/v1"
 _DEC = re.compile(r"0|[1-9][0-9]{0,18}")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?")
 _U32 = 2**32 - 1
@@ -142,7 +142,8 @@ class ConfigBody:
             raise UnsupportedVersion(f"{what}: log format {str(fmt)[:20]!r} is not supported (only 1 and 2)")
         if b.d["assignment"] != "sha256-rank-v1":
             raise UnsupportedVersion(f"{what}: assignment {str(b.d['assignment'])[:40]!r} is not supported")
-        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"}, {"arithmetic"})
+        hyper = _Body(f"{what} hyper", b.obj("hyper"), {"lr", "momentum", "weight_decay", "batch_size"},
+                      {"arithmetic", "dp"})
         arithmetic = hyper.d.get("arithmetic")
         if (fmt, arithmetic) not in ((1, None), (2, "float32"), (2, "portable-v1")):
             raise UnsupportedVersion(
@@ -151,6 +152,15 @@ class ConfigBody:
             )
         for k in ("lr", "momentum", "weight_decay"):
             _float_str(hyper, k)
+        if "dp" in hyper.d:  # specs/06 section 3b: DP-SGD, float32 steps only
+            if arithmetic != "float32":
+                raise UnsupportedVersion(f"{what}: DP-SGD is defined for float32 steps only, not {str(arithmetic)[:40]!r}")
+            dp = _Body(f"{what} hyper dp", hyper.obj("dp"), {"clip", "noise_multiplier", "delta"})
+            for k in ("clip", "noise_multiplier", "delta"):
+                _float_str(dp, k)
+            clip, noise, delta = (float(dp.d[k]) for k in ("clip", "noise_multiplier", "delta"))
+            if not (0 < clip < 1e6 and 0 < noise < 1e6 and 0 < delta < 1):
+                raise InvalidBundle(f"{what} hyper dp: clip and noise multiplier must be > 0 and delta in (0, 1)")
         model = _Body(f"{what} model", b.obj("model"), {"name", "n_features", "n_classes", "input_shape", "hidden"},
                       {"code"})
         model.str("name", 256)

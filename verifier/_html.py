@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from verifiable_mu._errors import MalformedInput
+from verifiable_mu._errors import EXIT_INTERNAL, ISSUES_URL, MalformedInput
 
 from ._policy import policy_document
 
@@ -64,14 +64,15 @@ def overall_verdict(report: Mapping[str, Any]) -> str:
     """Combine the bundle checks with the residual and canary verdicts (the page's headline
     writes ``inconclusive`` as "accepted, residual tests inconclusive": the bundle was accepted).
 
-    ``unusable`` or ``rejected`` from the checks stand; otherwise a residual or canary ``fail``
+    ``unusable``, ``rejected`` or ``internal-error`` (a bug: nothing was judged) from the checks stand; otherwise a residual or canary ``fail``
     rejects; ``accepted-reduced`` (``--policy agency``: a requirement not met) stands; an
     ``inconclusive`` residual or canary test makes an accepted bundle ``inconclusive``.
     """
     base = report.get("verdict")
-    if base not in ("accepted", "rejected", "unusable", "accepted-reduced"):
-        raise MalformedInput("the report's verdict must be accepted, rejected, unusable or accepted-reduced")
-    if base in ("rejected", "unusable"):
+    if base not in _EXIT_CODES:
+        raise MalformedInput("the report's verdict must be accepted, rejected, unusable, accepted-reduced or "
+                             "internal-error")
+    if base in ("rejected", "unusable", "internal-error"):
         return str(base)
     extra = [d.get("verdict") for d in (report.get("residual"), report.get("canary")) if isinstance(d, Mapping)]
     if "fail" in extra:
@@ -415,6 +416,26 @@ def _section_residual(res: Mapping[str, Any] | None) -> str:
                    "retained vs audit AUC"], rows)
     for a in res.get("skipped") or []:
         out += f'<p class="note">skipped {_e(a.get("attack"))}: {_e(a.get("why"))}</p>'
+    rob = res.get("robustness")
+    if isinstance(rob, Mapping):
+        bef, aft = rob.get("before") or {}, rob.get("after") or {}
+        out += (
+            f"<p><b>Robustness</b> (reported, not part of the verdict): {_e(rob.get('attack'))}, on "
+            f"{_num(rob.get('records'), 'd')} {_e(rob.get('records_are'))}. Before deletion: clean accuracy "
+            f"{_num(bef.get('clean_accuracy'), '.1%')}, robust {_num(bef.get('robust_accuracy'), '.1%')}; after: clean "
+            f"{_num(aft.get('clean_accuracy'), '.1%')}, robust {_num(aft.get('robust_accuracy'), '.1%')}.</p>"
+        )
+    di = res.get("deletion_inference")
+    if isinstance(di, Mapping):
+        dn, drop = di.get("n") or {}, di.get("mean_drop_nats") or {}
+        out += (
+            f"<p><b>Deletion-inference exposure</b> (reported, not part of the verdict): AUC "
+            f"{_num(di.get('auc'), '.3f')} (95% CI {_ci(di.get('auc_ci95'))}), TPR at 1% FPR "
+            f"{_num(di.get('tpr_at_fpr_1pct'), '.3f')}, over {_num(dn.get('deleted'), 'd')} deleted and "
+            f"{_num(dn.get('retained'), 'd')} retained records; mean drop in the label's log-probability "
+            f"{_num(drop.get('deleted'), '.3f')} nats (deleted) vs {_num(drop.get('retained'), '.3f')} (retained). "
+            f"{_e(di.get('meaning'))}.</p>"
+        )
     desc = res.get("attack_descriptions") or {}
     if desc:
         out += "<ul>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in desc.items()) + "</ul>"
@@ -484,6 +505,9 @@ _PAGE = """<!DOCTYPE html>
 <p>{% for css, text in h.labels %}<span class="label {{ css }}">{{ text }}</span>{% endfor %}</p>
 {%- endif %}
 <p>{{ h.summary }}</p>
+{%- if h.advice %}
+<p><b>What to do:</b> {{ h.advice }}</p>
+{%- endif %}
 {%- if h.unmet %}
 <ul>{% for name, why, required in h.unmet %}<li><b>{{ name }}</b>: {{ why }}{% if required %} (required: {{ required }}){% endif %}</li>{% endfor %}</ul>
 {%- endif %}
@@ -505,7 +529,7 @@ _PAGE = """<!DOCTYPE html>
 """
 
 #: The exit code of ``vmu-verify`` for each bundle verdict (cli.py, specs/09).
-_EXIT_CODES = {"accepted": 0, "rejected": 1, "unusable": 2, "accepted-reduced": 3}
+_EXIT_CODES = {"accepted": 0, "rejected": 1, "unusable": 2, "accepted-reduced": 3, "internal-error": EXIT_INTERNAL}
 
 
 @dataclass(frozen=True)
@@ -520,6 +544,7 @@ class Headline:
     summary: str
     labels: tuple[tuple[str, str], ...] = ()
     unmet: tuple[tuple[str, str, str], ...] = ()
+    advice: str = ""  # what to do about the failure (the report's failure.advice)
 
 
 def _unmet(report: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, str, str], ...]]:
@@ -559,15 +584,23 @@ def headline(report: Mapping[str, Any]) -> Headline:
     checks = [c for c in report.get("checks") or [] if isinstance(c, Mapping)]
     failure = report.get("failure") if isinstance(report.get("failure"), Mapping) else None
     why = f"step {failure.get('step')}: {failure.get('message')}" if failure else ""
+    advice = str(failure.get("advice")) if failure and isinstance(failure.get("advice"), str) else ""
     ext: dict[str, Mapping[str, Any]] = {k: d for k in ("residual", "canary") if isinstance(d := report.get(k), Mapping)}
     ext_verdict = {k: d.get("verdict") for k, d in ext.items()}
 
+    if base == "internal-error":
+        return Headline(overall, "bad", "INTERNAL ERROR",
+                        f"A bug in verifiable-mu stopped the verification, so nothing was judged (exit code "
+                        f"{EXIT_INTERNAL}); please report it at {ISSUES_URL}" + (f": {why}" if why else "."),
+                        advice=advice)
     if base == "unusable":
         return Headline(overall, "bad", "UNUSABLE INPUT",
-                        "The bundle could not be checked, so nothing was judged (exit code 2)" + (f": {why}" if why else "."))
+                        "The bundle could not be checked, so nothing was judged (exit code 2)" + (f": {why}" if why else "."),
+                        advice=advice)
     if overall == "rejected":
         if base == "rejected":
-            return Headline(overall, "bad", "REJECTED", "A check failed (exit code 1)" + (f": {why}" if why else "."))
+            return Headline(overall, "bad", "REJECTED", "A check failed (exit code 1)" + (f": {why}" if why else "."),
+                            advice=advice)
         failed = [k for k, v in ext_verdict.items() if v == "fail"]
         names = " and ".join("the residual-information tests" if k == "residual" else "the canary test" for k in failed)
         reasons = "; ".join(str(ext[k].get("reason")) for k in failed)

@@ -69,6 +69,7 @@ def load_models(
                     ]
                 )
 
+        proba.module = m  # type: ignore[attr-defined]  # the torch module, for the robustness figures (_robust)
         out.append(proba)
         del i
     return out

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from verifiable_mu._disclosure import disclosure_line, disclosure_summary
+from verifiable_mu._errors import EXIT_INTERNAL
 
 from ._checks import ESCAPE_FRACTIONS, CheckResult, Verification
 from ._policy import policy_descriptor
+from ._privacy import dp_summary
 
 __all__ = ["REPORT_TYPE", "REPORT_VERSION", "render_text", "to_json"]
 
@@ -73,7 +75,8 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         ],
         "failure": None
         if v.failure is None
-        else {"step": v.failed_step, "error": type(v.failure).__name__, "message": str(v.failure)},
+        else {"step": v.failed_step, "error": type(v.failure).__name__, "message": str(v.failure),
+              "advice": v.failure.advice},
         "warnings": list(v.warnings),
         "challenge": {
             "mode": "interactive" if v.options.challenge is not None else ("fiat-shamir" if v.seed else None),
@@ -105,6 +108,7 @@ def to_json(v: Verification, *, path: str | None = None) -> dict[str, Any]:
         "inconclusive": v.inconclusive,
         "nonfinite_shards": list(v.nonfinite_shards),
         "disclosure": disclosure(v),
+        "dp": dp_summary(v),
         "escape_probability": v.escape(),
         "timing": {k: round(x, 6) for k, x in v.timings.items()},
     }
@@ -135,6 +139,11 @@ def render_text(v: Verification, *, path: str | None = None, streamed: bool = Fa
     d = disclosure(v)
     if d is not None:
         lines.append("  " + disclosure_line(d))
+    dp = dp_summary(v)
+    if dp is not None:
+        eps = f"epsilon {dp['epsilon']:.3g}" if dp["epsilon"] is not None else "epsilon not recomputed"
+        lines.append(f"  DP-SGD: {eps} at delta {dp['delta']:g} (noise multiplier {dp['noise_multiplier']:.4g}, "
+                     f"clipping norm {dp['clip']:g}; {dp['note']})")
     if v.population:
         lines.append(f"  replay: {v.sampling_statement()}")
     if v.replay_report and v.replay_report.get("segments"):
@@ -169,7 +178,8 @@ def render_text(v: Verification, *, path: str | None = None, streamed: bool = Fa
             lines.append("    " + "; ".join(best))
     if v.canary_report is not None:
         lines.append(f"  canary: {v.canary_report.get('verdict')} -- {v.canary_report.get('reason')}")
-    verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT", 3: "ACCEPTED WITH REDUCED CHECKS"}[v.exit_code]
+    verdict = {0: "ACCEPTED", 1: "REJECTED", 2: "UNUSABLE INPUT", 3: "ACCEPTED WITH REDUCED CHECKS",
+               EXIT_INTERNAL: "INTERNAL ERROR (a bug in verifiable-mu: nothing was judged)"}[v.exit_code]
     if v.exit_code == 3:
         verdict += f" (policy {v.options.policy}; not met: " + "; ".join(v.unmet) + ")"
     if v.exit_code == 0 and v.inconclusive:
@@ -180,8 +190,11 @@ def render_text(v: Verification, *, path: str | None = None, streamed: bool = Fa
         verdict += " [UNSAFE NO REPLAY]"
     reason = ""
     if v.failure is not None and v.failed_step is not None:
-        reason = f" -- step {v.failed_step} ({v.results[v.failed_step - 1].name}): {v.failure}"
+        name = next((r.name for r in v.results if r.step == v.failed_step), "?")
+        reason = f" -- step {v.failed_step} ({name}): {v.failure}"
     elif v.failure is not None:
         reason = f" -- {v.failure}"
+    if v.failure is not None:
+        lines.append(f"  what to do: {v.failure.advice}")
     lines.append(f"verdict: {verdict}{reason}")
     return "\n".join(lines) + "\n"

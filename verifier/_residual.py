@@ -71,7 +71,7 @@ TEST_DESCRIPTION = (
     "constituent is for a record none of them saw (exact or Monte Carlo over shard assignments; lira and rmia: "
     "stratified permutation test against audit records of the same label, reported)"
 )
-ATTACKS = ("loss", "confidence", "lira", "rmia", "shard")
+ATTACKS = ("loss", "confidence", "lira", "rmia", "shard", "label", "gradnorm", "shadow")
 # The decision family: attacks calibrated per example on reference models. The population attacks
 # (loss, confidence) are reported but do not decide: they measure how easy a record is, not
 # whether it was trained on, and fail honest deletions of easy records (specs/10-residual.md).
@@ -86,7 +86,17 @@ ATTACK_INFO = {
     "standardised by reference models that never saw the record",
     "rmia": "offline RMIA (Zarifzadeh et al. 2024): true-class probability ratio target / corrected reference mean, "
     "as the fraction of audit-set records it dominates",
+    "label": "label-only (Choquette-Choo et al. 2021): how often the shard constituent still predicts the true label "
+    "for 8 copies of the record with Gaussian noise (sd 0.3 in feature units) added; needs no scores",
+    "gradnorm": "white-box: minus the L2 norm of the gradient of the shard constituent's loss on the record with "
+    "respect to its weights (trained records sit where the loss is flat)",
+    "shadow": "shadow models (Shokri et al. 2017): two models of the logged architecture trained on halves of the "
+    "audit and retained records, and a logistic-regression attack model per class on a record's label "
+    "log-probability and largest other log-probability, applied to the shard constituent's",
 }
+LABEL_QUERIES = 8
+LABEL_NOISE = 0.3
+_GRAD_ROWS = 256  # per-example gradients computed this many records at a time
 FPR_LEVELS = (0.01, 0.001)
 DEFAULT_RMIA_A = 1.0  # a < 1 favours records easy for every model: false alarms (spec)
 DEFAULT_GAMMA = 1.0
@@ -291,6 +301,61 @@ class Calibration:
         }
 
 
+DELETION_INFERENCE_MEANING = (
+    "how well someone holding the published models from before and after this deletion can tell the deleted "
+    "records from records that stayed (AUC 0.5: not at all, 1: perfectly), by how much more the earlier model "
+    "believes each record's label: the privacy cost of publishing both versions (Chen et al., CCS 2021); "
+    "reported, never part of the verdict"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeletionInference:
+    """Deletion-inference exposure (Chen et al. 2021, "When machine unlearning jeopardizes
+    privacy"): the score of a record is ``log p_pre(y) - log p_post(y)`` of the aggregated models
+    (how much belief in its label the deletion removed); deleted records are compared with the
+    retained sample. Reported only."""
+
+    auc: float
+    auc_ci: tuple[float, float]
+    tpr_1pct: float
+    tpr_01pct: float
+    n_deleted: int
+    n_retained: int
+    mean_drop_deleted: float  # mean score of the deleted records, in nats
+    mean_drop_retained: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "score": "log p_before(label) - log p_after(label) of the aggregated models",
+            "meaning": DELETION_INFERENCE_MEANING,
+            "auc": _r(self.auc),
+            "auc_ci95": [_r(x) for x in self.auc_ci],
+            "tpr_at_fpr_1pct": _r(self.tpr_1pct),
+            "tpr_at_fpr_0.1pct": _r(self.tpr_01pct),
+            "n": {"deleted": self.n_deleted, "retained": self.n_retained},
+            "mean_drop_nats": {"deleted": _r(self.mean_drop_deleted), "retained": _r(self.mean_drop_retained)},
+        }
+
+
+def deletion_inference(pre_logp: np.ndarray, post_logp: np.ndarray, d_idx: np.ndarray, r_idx: np.ndarray,
+                       n_boot: int, rng: np.random.Generator) -> DeletionInference | None:
+    """The exposure of the deleted records ``d_idx`` against the retained ``r_idx`` (None without
+    retained records). Scores are sorted first, so nothing depends on the records' order."""
+    if not len(r_idx) or not len(d_idx):
+        return None
+    drop = pre_logp - post_logp
+    pos, neg = np.sort(drop[d_idx]), np.sort(drop[r_idx])
+    boot = bootstrap_metrics(pos, neg, n_boot=n_boot, rng=rng)
+    return DeletionInference(
+        auc=auc_score(pos, neg),
+        auc_ci=(float(np.percentile(boot["auc"], 2.5)), float(np.percentile(boot["auc"], 97.5))),
+        tpr_1pct=tpr_at_fpr(pos, neg, 0.01), tpr_01pct=tpr_at_fpr(pos, neg, 0.001),
+        n_deleted=len(pos), n_retained=len(neg), mean_drop_deleted=float(pos.mean()),
+        mean_drop_retained=float(neg.mean()),
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResidualReport:
     """Everything the residual tests measured, and the verdict ("pass", "fail", "inconclusive")."""
@@ -315,6 +380,7 @@ class ResidualReport:
     shards: tuple[int, ...]
     references: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    deletion_inference: DeletionInference | None = None
 
     def result(self, attack: str, phase: str = "post") -> AttackResult:
         for r in self.post if phase == "post" else self.pre:
@@ -352,6 +418,7 @@ class ResidualReport:
             "calibration": self.calibration.to_json(),
             "post": [r.to_json() for r in self.post],
             "pre": [r.to_json() for r in self.pre],
+            "deletion_inference": self.deletion_inference.to_json() if self.deletion_inference else None,
             "seconds": round(self.seconds, 6),
         }
 
@@ -459,6 +526,7 @@ def _phase_scores(
     rows = np.arange(n)
     out: dict[str, np.ndarray] = {}
     agg = P.mean(axis=0)
+    out["agg:logp"] = np.log(np.maximum(agg[rows, y], _TINY))  # for the deletion-inference exposure
     if "loss" in attacks:
         out["loss"] = np.log(np.maximum(agg[rows, y], _TINY))
     if "confidence" in attacks:
@@ -517,7 +585,8 @@ def _phase_scores(
         def ratio(t: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             vals, mask = refs(t, idx, py_all, py_ext)
             mean = (vals * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1)
-            pr = 0.5 * ((1 + rmia_a) * mean + (1 - rmia_a))  # offline estimate of Pr(x)
+            pr = np.maximum(0.5 * ((1 + rmia_a) * mean + (1 - rmia_a)), _TINY)  # offline estimate of Pr(x); floored: a
+            # reference set that gives the label probability 0 (a model destroyed by DP noise) must not divide by 0
             return np.maximum(py_all[t, idx], _TINY) / pr, mean
 
         lr, _ = ratio(target, rows)
@@ -533,6 +602,56 @@ def _phase_scores(
             below = np.searchsorted(lr_z, q, side="left") + np.searchsorted(lr_z, q, side="right")
             score[sel] = below / (2.0 * len(lr_z))
         out["rmia"] = score
+    return out
+
+
+def label_only_scores(models: Sequence[ProbaFn], X: np.ndarray, y: np.ndarray, target: np.ndarray,
+                      seed: int) -> np.ndarray:
+    """Label-only membership score: the share of ``LABEL_QUERIES`` noisy copies of each record
+    (Gaussian, sd ``LABEL_NOISE``) that the record's target constituent labels correctly (argmax
+    only). A record's noise comes from a generator seeded with ``seed`` and the SHA-256 of its
+    features and label, so no score depends on the order the records came in."""
+    import hashlib
+
+    flat = np.ascontiguousarray(X, dtype=np.float32).reshape(len(X), -1)
+    noise = np.empty((LABEL_QUERIES,) + flat.shape, dtype=np.float32)
+    for i in range(len(flat)):
+        h = int.from_bytes(hashlib.sha256(flat[i].tobytes() + int(y[i]).to_bytes(8, "big", signed=True)).digest()[:8], "big")
+        noise[:, i] = np.random.default_rng([seed, 0x1AB, h]).standard_normal((LABEL_QUERIES, flat.shape[1]))
+    hits = np.zeros(len(X))
+    for q in range(LABEL_QUERIES):
+        Xq = (flat + LABEL_NOISE * noise[q]).reshape(X.shape)
+        for t in np.unique(target):
+            sel = np.flatnonzero(target == t)
+            P = _proba(models[int(t)], Xq[sel], None, f"model {int(t)} (label-only queries)")
+            hits[sel] += P.argmax(axis=1) == y[sel]
+    return hits / LABEL_QUERIES
+
+
+def grad_norm_scores(models: Sequence[ProbaFn], X: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """White-box membership score: minus the L2 norm of the gradient of the target constituent's
+    cross-entropy on each record with respect to all its parameters (per-example gradients with
+    torch.func, ``_GRAD_ROWS`` records at a time). The models must carry their ``module``."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    out = np.empty(len(X))
+    xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    for t in np.unique(target):
+        m = models[int(t)].module  # type: ignore[attr-defined]
+        params = {k: v.detach() for k, v in m.named_parameters()}
+
+        def loss(p: dict[str, Any], x: Any, yy: Any, _m: Any = m) -> Any:
+            return torch.nn.functional.cross_entropy(functional_call(_m, p, (x[None],)), yy[None])
+
+        per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+        sel = np.flatnonzero(target == t)
+        for a in range(0, len(sel), _GRAD_ROWS):
+            rows = torch.from_numpy(sel[a : a + _GRAD_ROWS])
+            g = per_example(params, xt[rows], yt[rows])
+            sq = sum((v.reshape(len(rows), -1).double() ** 2).sum(dim=1) for v in g.values())
+            out[sel[a : a + _GRAD_ROWS]] = -np.sqrt(np.asarray(sq))
     return out
 
 
@@ -876,6 +995,7 @@ def residual_tests(
     rmia_a: float = DEFAULT_RMIA_A,
     gamma: float = DEFAULT_GAMMA,
     n_perm: int = N_PERMUTATIONS,
+    shadow: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> ResidualReport:
     """Run the membership-inference tests on the post-deletion constituents (``post_models``, one
     per shard, aggregated by the mean of their softmax) and the positive control on the
@@ -972,7 +1092,14 @@ def residual_tests(
         P = np.stack([P0] + [_proba(m, X, P0.shape[1], f"{phase}-deletion model {j}") for j, m in enumerate(models[1:], 1)])
         if Pext is not None and Pext.shape[2] != P.shape[2]:
             raise MalformedInput("extra references and constituents disagree on the number of classes")
-        return _phase_scores(P, y, target, Pext, ext_use, a_idx, pool_idx, run_attacks, rmia_a, gamma)
+        out = _phase_scores(P, y, target, Pext, ext_use, a_idx, pool_idx, run_attacks, rmia_a, gamma)
+        if "label" in run_attacks:
+            out["label"] = label_only_scores(models, X, y, target, seed)
+        if "gradnorm" in run_attacks:
+            out["gradnorm"] = grad_norm_scores(models, X, y, target)
+        if "shadow" in run_attacks and shadow is not None:
+            out["shadow"] = np.asarray(shadow(P[target, np.arange(len(y))], y), dtype=np.float64)
+        return out
 
     skipped: list[tuple[str, str]] = []
     n_refs = S - 1 + n_extra_used
@@ -984,14 +1111,23 @@ def residual_tests(
             skipped.append((a, f"needs at least 2 reference models per record, has {n_refs}"))
         elif a == "rmia" and n_refs < 1:
             skipped.append((a, "needs at least 1 reference model per record, has 0"))
+        elif a == "shadow" and shadow is None:
+            skipped.append((a, "needs shadow models (step 19 trains them on the audit and retained records)"))
+        elif a == "gradnorm" and not all(hasattr(m, "module") for m in [*post_models, *(pre_models or ())]):
+            skipped.append((a, "needs the constituents' weights (torch modules), not only their predictions"))
         else:
             run_attacks.append(a)
     deciding = tuple(a for a in run_attacks if a in decision_attacks)
     perms = Permutations(strata, n_perm, np.random.default_rng([seed, 0x9E47]))
-    post = _evaluate(run(post_models, "post"), run_attacks, deciding, "post", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
+    post_scores = run(post_models, "post")
+    post = _evaluate(post_scores, run_attacks, deciding, "post", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
     pre: tuple[AttackResult, ...] = ()
+    exposure = None
     if pre_models is not None:
-        pre = _evaluate(run(pre_models, "pre"), run_attacks, deciding, "pre", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
+        pre_scores = run(pre_models, "pre")
+        pre = _evaluate(pre_scores, run_attacks, deciding, "pre", d_idx, a_idx, r_idx, perms, alpha, n_boot, seed)
+        exposure = deletion_inference(pre_scores["agg:logp"], post_scores["agg:logp"], d_idx, r_idx, n_boot,
+                                      np.random.default_rng([seed, 0xDE1]))
     post_reject = any(r.reject for r in post)
     control = None if pre_models is None else any(r.reject for r in pre)
     level = alpha  # an adjusted p-value is never below the raw one: above alpha nothing rejects
@@ -1033,6 +1169,7 @@ def residual_tests(
         shards=tuple(int(s) for s in shards),
         references={"siblings": S - 1, "extra_per_record": n_extra_used, "extra_models": len(extra_references)},
         seconds=time.perf_counter() - t0,
+        deletion_inference=exposure,
     )
 
 

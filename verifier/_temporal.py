@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from verifiable_mu._errors import MalformedInput
+from verifiable_mu._memory import flatten_params, stage_residual
 
 from ._residual import _labels, _proba, _r
 
@@ -36,29 +37,6 @@ TEMPORAL_REPORT_TYPE = "vmu.temporal-report"
 TEMPORAL_REPORT_VERSION = 1
 
 ProbaFn = Callable[[np.ndarray], Any]
-
-
-def flatten_params(p: Any) -> np.ndarray:
-    """A checkpoint (mapping name -> array) or an array, as one float64 vector (names sorted;
-    only ``param/*`` entries when there are any)."""
-    if isinstance(p, Mapping):
-        names = sorted(p)
-        if any(n.startswith("param/") for n in names):
-            names = [n for n in names if n.startswith("param/")]
-        if not names:
-            raise MalformedInput("a checkpoint without tensors cannot be compared")
-        try:
-            parts = [np.asarray(p[n], dtype=np.float64).ravel() for n in names]
-        except (TypeError, ValueError) as e:
-            raise MalformedInput(f"checkpoint tensors must be numeric: {e}") from e
-        return np.concatenate(parts)
-    try:
-        v = np.asarray(p, dtype=np.float64).ravel()
-    except (TypeError, ValueError) as e:
-        raise MalformedInput(f"parameters must be numeric: {e}") from e
-    if v.size == 0:
-        raise MalformedInput("empty parameter vector")
-    return v
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,9 +123,7 @@ def temporal_memory(
         nv = flatten_params(retrained[r])
         if o.shape != rollback.shape or nv.shape != rollback.shape:
             raise MalformedInput(f"stage {r}: checkpoints of the two lineages have different sizes")
-        inf_o = o - prev_o
-        inf_n = nv - prev_n
-        res = float(np.abs(inf_o - inf_n).sum())
+        res, rel = stage_residual(prev_o, o, prev_n, nv)
         margin = None
         if margins:
             try:
@@ -162,7 +138,7 @@ def temporal_memory(
                 stage=r,
                 t=r - start_stage,
                 residual_l1=res,
-                residual_rel=res / max(float(np.abs(inf_o).sum()), 1e-300),
+                residual_rel=rel,
                 distance_rel=float(np.linalg.norm(o - nv)) / max(float(np.linalg.norm(o)), 1e-300),
                 margin_nats=margin,
             )

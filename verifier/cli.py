@@ -3,8 +3,10 @@
 Exit codes: 0 accepted; 1 rejected (a check failed: the bundle's claims are false); 2 unusable
 input (not a bundle, unsupported version, unreadable, unsafe archive, bad arguments); 3 accepted
 with reduced checks (only under ``--policy agency``: every check passed, but a requirement of the
-policy was not met); 130 interrupted (Ctrl-C: no verdict). Errors are one line; ``--verbose``
-adds the traceback.
+policy was not met); 70 internal error (a bug in verifiable-mu, not a verdict on the bundle:
+nothing was judged; the line asks for a report; the same code as ``vmu``'s); 130 interrupted
+(Ctrl-C: no verdict). Errors are one line; ``--verbose`` adds the traceback and the error's
+diagnostics (what failed, at which step, what to do).
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from verifiable_mu import __version__
 from verifiable_mu._age import AGE_MAGIC, is_age
 from verifiable_mu._age import decrypt as age_decrypt
 from verifiable_mu._age import identities as age_identities
-from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout
+from verifiable_mu._cli import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    bug_line,
+    detach_stdout,
+    report_bug,
+    report_error,
+)
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
 from verifiable_mu._keys import SigningKey, VerifyingKey
@@ -34,7 +44,7 @@ from ._checks import CheckResult, ExpectedHead, VerifyOptions, verify
 from ._policy import EXIT_REDUCED, POLICIES
 from ._report import render_text, step_line, to_json
 
-__all__ = ["EXIT_ACCEPTED", "EXIT_REDUCED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
+__all__ = ["EXIT_ACCEPTED", "EXIT_INTERNAL", "EXIT_REDUCED", "EXIT_REJECTED", "EXIT_UNUSABLE", "build_parser", "main"]
 
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
@@ -52,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="vmu-verify",
         description="Verify a verifiable-mu proof bundle: signatures, proofs, ordering, and a sampled replay of training.",
-        epilog="Exit codes: 0 accepted, 1 rejected, 2 unusable input, 3 accepted with reduced checks (--policy agency).",
+        epilog="Exit codes: 0 accepted, 1 rejected, 2 unusable input, 3 accepted with reduced checks (--policy agency), "
+               f"{EXIT_INTERNAL} internal error (a bug: please report it), 130 interrupted.",
     )
     p.add_argument("--version", action="version", version=f"vmu-verify (verifiable-mu) {__version__}")
     p.add_argument("bundle", metavar="BUNDLE", help="the proof bundle (zip) written by 'vmu bundle'")
@@ -132,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SLSA VSA v1) of the verdict to OUT (needs --signing-key; none for unusable input)")
     p.add_argument("--signing-key", metavar="KEY", help="the verifier's Ed25519 private key (PKCS#8 PEM, mode 0600) "
                    "that signs the --attest output")
+    p.add_argument("--residual-only", action="store_true", help="BUNDLE is an audit package (specs/12): check its "
+                   "signature and digests, then run only the residual tests (vmu-audit; a statistical audit, not a proof)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
     return p
@@ -222,6 +235,11 @@ def _witness(arg: str) -> WitnessKey:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--residual-only" in args:  # issue 13: an audit package, not a bundle (verifier/audit_cli.py, specs/12)
+        from .audit_cli import main as audit_main
+
+        return audit_main([a for a in args if a != "--residual-only"])
     try:
         return _main(argv)
     except KeyboardInterrupt:  # nothing was judged; no report is written half
@@ -230,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
         detach_stdout()
         return EXIT_BROKEN_PIPE
+    except Exception as e:  # a bug of this tool: one line asking for a report (--verbose: the traceback)
+        return report_bug("vmu-verify", e, verbose="--verbose" in args)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -294,9 +314,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             witness_threshold=args.witness_threshold, known_heads=tuple(known), policy=args.policy,
         )
     except VmuError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu-verify: error: {e}", file=sys.stderr)
+        report_error("vmu-verify", e, verbose=args.verbose)
         return EXIT_UNUSABLE
     # The summary goes to stdout (to stderr with --json -, where stdout carries the JSON alone);
     # each check's line is printed as soon as the check is done, the rest at the end.
@@ -334,9 +352,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         source = _read_source(args.bundle, args.identity)
     except VmuError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu-verify: error: {e}", file=sys.stderr)
+        report_error("vmu-verify", e, verbose=args.verbose)
         return EXIT_UNUSABLE
     try:
         v = verify(source, opts, on_result=on_result, on_progress=on_progress)
@@ -346,18 +362,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"vmu-verify: error: out of memory reading {args.bundle} ({e or 'MemoryError'}): unusable input",
               file=sys.stderr)
         return EXIT_UNUSABLE
-    except Exception as e:  # a bug: still one line unless --verbose
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu-verify: internal error: {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
-        return EXIT_UNUSABLE
+    except Exception as e:  # verify() returns a verdict for any input: this is a bug around it
+        return report_bug("vmu-verify", e, verbose=args.verbose)
     if args.verbose and v.failure is not None:
         traceback.print_exception(v.failure)
+        print(v.failure.diagnostics(), file=sys.stderr)
     text = render_text(v, path=os.path.basename(args.bundle), streamed=not args.quiet)
     if args.quiet:
         text = text.splitlines()[-1] + "\n"
     out.write(text)
-    if v.failure is not None:
+    if v.exit_code == EXIT_INTERNAL and v.failure is not None:
+        print(bug_line("vmu-verify", v.failure), file=sys.stderr)
+    elif v.failure is not None:
         print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
     if args.html:
         from ._html import render_html
@@ -380,7 +396,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             except OSError as e:
                 print(f"vmu-verify: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_UNUSABLE
-    if signing_key is not None and v.exit_code != EXIT_UNUSABLE:
+    if signing_key is not None and v.exit_code not in (EXIT_UNUSABLE, EXIT_INTERNAL):
         from ._attest import build_vsa, sign_vsa
 
         try:
