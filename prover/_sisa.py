@@ -15,13 +15,13 @@ import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from verifiable_mu._canonical import canonical_json
 from verifiable_mu._scaling import Scaling
-from verifiable_mu._seeds import epoch_order
+from verifiable_mu._seeds import DurableBatch, epoch_order
 from verifiable_mu._tags import TAG_ASSIGNMENT
 
 __all__ = [
@@ -34,7 +34,9 @@ __all__ = [
     "StepRecord",
     "StageResult",
     "train_shard",
+    "train_shard_staged",
     "step_body_json",
+    "step_body_template",
 ]
 
 
@@ -112,14 +114,29 @@ class ShardTask:
     scaling: dict | None = None  # the logged feature scaling (specs/06 section 5c), applied to every input
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
+class StepRecord(NamedTuple):
+    """One step as the worker hands it to the driver (a tuple: built 800 times a second per core
+    in the training loop, where a frozen dataclass's constructor cost more than the body)."""
+
     stage: int
     epoch: int
     step: int
     seed: int
     body: bytes  # the step log entry's canonical JSON body, from step_body_json
     rows: bytes = b""  # the batch's data rows, little-endian int32 (the prover's own record)
+
+
+def step_body_template(*, shard: int, generation: int, stage: int, epoch: int, lr_json: bytes) -> bytes:
+    """The format-2 float32 step body of one epoch of one stage with its two varying fields left
+    as ``%d``: ``template % (seed, step)`` is :func:`step_body_json` of that step (the constant
+    parts are formatted once per epoch, not per step; tests check the two agree)."""
+    return b'{"epoch":%d,"generation":%d,"lr":%s,"seed":"%%d","shard":%d,"stage":%d,"step":"%%d"}' % (
+        epoch,
+        generation,
+        lr_json.replace(b"%", b"%%"),
+        shard,
+        stage,
+    )
 
 
 def step_body_json(
@@ -252,33 +269,52 @@ def _diverged(task: ShardTask, stage: int, step: int, why: str) -> Exception:
     )
 
 
+def all_finite(t: Any) -> bool:
+    """Whether every value of a CPU float32 tensor is finite, from one float64 sum: a sum of
+    float32 values (each below 2^128 in magnitude) cannot overflow float64, and an infinity or
+    a NaN among them makes it infinite or NaN (``tests/test_prover_fast_paths.py`` checks it
+    against ``torch.isfinite``). One pass, no temporary tensor of flags."""
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN: the answer, not a problem
+        return math.isfinite(float(t.numpy().sum(dtype=np.float64)))
+
+
 def _finite(ckpt: dict, task: ShardTask, stage: int, step: int) -> dict:
     """``ckpt`` if every weight and momentum value is finite; else the divergence error."""
-    import torch
-
     for name, t in ckpt.items():
-        if not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise _diverged(task, stage, step, f"{name} is not finite")
     return ckpt
 
 
 def train_shard(task: ShardTask) -> list[StageResult]:
-    """Run the task's stages from its start checkpoint; return what the driver must log."""
-    import torch
+    """Run the task's stages from its start checkpoint; return what the driver must log. Its
+    checkpoint files are in place and durable when it returns."""
+    out, batch = train_shard_staged(task)
+    if batch is not None:
+        try:
+            t0 = time.perf_counter()
+            batch.commit()
+            if out:
+                out[-1].seconds += time.perf_counter() - t0
+        finally:
+            batch.discard()
+    return out
 
+
+def train_shard_staged(task: ShardTask) -> tuple[list[StageResult], DurableBatch | None]:
+    """:func:`train_shard` without the last step: the checkpoint files are written but only
+    staged in the returned batch (None for a task that records nothing), which the caller must
+    commit before the driver logs the results (the inline backend commits it while the next
+    task trains)."""
     from verifiable_mu.training import (
         Hyper,
         ModelSpec,
         build_model,
-        checkpoint_from_model,
         configure_determinism,
         load_checkpoint,
         load_into_model,
         prepare_model,
         resolve_device,
-        save_checkpoint,
-        step_seed,
-        train_step,
     )
 
     configure_determinism(task.threads)
@@ -293,12 +329,30 @@ def train_shard(task: ShardTask) -> list[StageResult]:
     model = prepare_model(built, hyper).to(device)
     ckpt = load_checkpoint(os.path.join(task.store, task.start_checkpoint.hex() + ".safetensors"))
     momentum = load_into_model(model, ckpt, device)
+    # Checkpoints are written synchronously: on a writer thread (tried) the GIL hand-offs cost
+    # the training loop more than the hashing and fsync they hid (bench: +56 ms against +29 ms).
+    # They are made durable together, once per task (one file-system sync, not an fsync per
+    # file): the driver logs their digests only after that.
+    batch = DurableBatch(task.store) if task.record else None
+    try:
+        return _train_stages(task, model, momentum, hyper, device, batch), batch
+    except BaseException:
+        if batch is not None:
+            batch.discard()  # the staged files' temporary names
+        raise
+
+
+def _train_stages(
+    task: ShardTask, model: Any, momentum: Any, hyper: Any, device: Any, batch: DurableBatch | None
+) -> list[StageResult]:
+    import torch
+
+    from verifiable_mu.training import checkpoint_from_model, save_checkpoint, step_seed, train_step
+
     # Only the rows this task trains on (every stage's rows are among them).
     needed = np.unique(np.concatenate([np.asarray(st.rows, dtype=np.int64) for st in task.stages] or [np.empty(0, np.int64)]))
     X_all, y_all = _load_rows(task.data_path, needed)
     scale = None if task.scaling is None else Scaling.from_json(task.scaling, int(np.prod(X_all.shape[1:]))).apply
-    # Checkpoints are written synchronously: on a writer thread (tried) the GIL hand-offs cost
-    # the training loop more than the hashing and fsync they hid (bench: +56 ms against +29 ms).
     B = hyper.batch_size
     lr_json = canonical_json(task.hyper["lr"])
     step = task.start_step
@@ -311,13 +365,24 @@ def train_shard(task: ShardTask) -> list[StageResult]:
         X = torch.from_numpy(X_all[at] if scale is None else scale(X_all[at])).to(device)
         y = torch.from_numpy(y_all[at]).to(device)
         n = len(rows)
-        # Each commitment as 64 hex characters; a batch's manifest is one gather and tobytes.
-        commits = np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
+        rows32 = rows.astype("<i4")  # the prover's own record of each batch: one gather and tobytes
+        # Format 1 lists a batch's commitments: each as 64 hex characters, one gather and tobytes.
+        commits = (
+            np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
+            if task.record and task.log_format == 1
+            else None
+        )
         in_stage = 0
         total = st.epochs * ((n + B - 1) // B)
         for epoch in range(st.epochs):
             perm = epoch_order(
                 task.run_seed, shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, n=n
+            )
+            # Format 2, float32: one template per epoch, two numbers per step.
+            template = (
+                step_body_template(shard=task.shard, generation=task.generation, stage=st.stage, epoch=epoch, lr_json=lr_json)
+                if task.record and commits is None and not hyper.portable
+                else None
             )
             for b in range(0, n, B):
                 idx = perm[b : b + B]
@@ -334,7 +399,7 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                 step += 1
                 in_stage += 1
                 if task.record:
-                    body = step_body_json(
+                    body = template % (seed, step - 1) if template is not None else step_body_json(
                         shard=task.shard,
                         generation=task.generation,
                         stage=st.stage,
@@ -342,15 +407,15 @@ def train_shard(task: ShardTask) -> list[StageResult]:
                         step=step - 1,
                         seed=seed,
                         lr_json=lr_json,
-                        batch_hex=commits[idx].tobytes() if task.log_format == 1 else None,
+                        batch_hex=None if commits is None else commits[idx].tobytes(),
                         hints=hints if hyper.portable else None,
                     )
-                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body, rows[idx].astype("<i4").tobytes()))
+                    res.steps.append(StepRecord(st.stage, epoch, step - 1, seed, body, rows32[idx].tobytes()))
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
                         ck = _finite(checkpoint_from_model(model, momentum), task, st.stage, step)
-                        res.checkpoints.append((step, save_checkpoint(ck, task.store)))
+                        res.checkpoints.append((step, save_checkpoint(ck, task.store, batch=batch)))
         if task.record:
-            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store)
+            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store, batch=batch)
             res.checkpoints.append((step, d))
         else:
             # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.

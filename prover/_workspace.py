@@ -42,9 +42,9 @@ from verifiable_mu._dsse import PREDICATE_DELETION, sign_statement
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._note import NoteSigner
-from verifiable_mu._records import commit_records, new_salt_array, record_key
+from verifiable_mu._records import SALT_SIZE, commit_records, new_salt_array, record_keys
 from verifiable_mu._scaling import Scaling, fit_standardize
-from verifiable_mu._seeds import atomic_write
+from verifiable_mu._seeds import DurableBatch, atomic_write
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 from verifiable_mu._tags import TAG_MODEL, TAG_REQUEST, tagged_hash
 
@@ -552,7 +552,8 @@ class Workspace:
         """Commit the records, assignment, slice trees, audit set and initial models (once;
         :meth:`train` does it first). Separate so a committed workspace can be copied."""
         if not self.committed:
-            self._commit()
+            with self._log.relaxed_sync():  # the head _commit signs at its end makes it all durable
+                self._commit()
             # Training needs none of it: the workers read their own rows from the data file.
             self._data = None
             _release_freed_memory()  # the commit's million small objects are garbage now
@@ -580,7 +581,7 @@ class Workspace:
             )
         salts = new_salt_array(n)
         commits = commit_records(ds.ids, ds.X, ds.y, salts)
-        keys = [record_key(i) for i in ds.ids]
+        keys = record_keys(ds.ids)
         shard, slc = _sisa.assign([keys[i] for i in train_rows], seed=cfg.seed, shards=cfg.shards, slices=cfg.slices)
         rec_shard = np.full(n, -1, dtype=np.int64)
         rec_slice = np.full(n, -1, dtype=np.int64)
@@ -591,112 +592,125 @@ class Workspace:
         spec = self._model_spec()
         device = resolve_device(cfg.device)
         init_digests = []
-        for s in range(cfg.shards):
-            model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
-            init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store))
-        descriptors = []
-        slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
-        for s in range(cfg.shards):
-            for r in range(cfg.slices):
-                rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
-                tree = SortedTree.build((keys[i], commits[i]) for i in rows)
-                slice_roots[(s, r)] = (tree.root, len(tree))
-                descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
-        audit_rows = np.flatnonzero(role == 1)
-        audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
-        # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
-        # test record can be proven to name a committed record that no slice holds.
-        test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
-        ds_root = dataset_root(descriptors)
-        roles = {0: "train", 1: "audit", 2: "test"}
-        db = self._db()
-        with self._log.transaction():
-            db.executemany(
-                "INSERT INTO p_records(row, id, role, shard, slice, salt, commitment, key) VALUES(?,?,?,?,?,?,?,?)",
-                (
-                    (
-                        i,
-                        ds.ids[i],
-                        roles[int(role[i])],
-                        int(rec_shard[i]) if role[i] == 0 else None,
-                        int(rec_slice[i]) if role[i] == 0 else None,
-                        salts[i].tobytes(),
-                        commits[i],
-                        keys[i],
-                    )
-                    for i in range(n)
-                ),
-            )
-            # One sort after the bulk insert is cheaper than keeping the index up to date row by row.
-            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS p_records_id ON p_records(id)")
-            items: list[tuple[str, dict[str, Any]]] = [
-                (
-                    "config",
-                    {
-                        "format": cfg.log_format,
-                        "shards": cfg.shards,
-                        "slices": cfg.slices,
-                        "epochs": cfg.epochs,
-                        "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
-                        "checkpoint_every": cfg.checkpoint_every,
-                        "seed": str(cfg.seed),
-                        "assignment": "sha256-rank-v1",
-                        "model": self._model_json(spec),
-                        "hyper": cfg.hyper_json(),
-                        "platform": platform_info(device, cfg.threads),
-                        "n_train": len(train_rows),
-                        "data_digest": self._data_digest,
-                        **({"scaling": fit_standardize(ds.X, train_rows).to_json()} if cfg.standardize else {}),
-                    },
-                )
-            ]
-            slice_at: dict[tuple[int, int], int] = {}
+        files = DurableBatch(self.store)  # made durable together, before the log names them
+        try:
+            for s in range(cfg.shards):
+                model = build_model(spec, init_seed=_init_seed(cfg.seed, s))
+                init_digests.append(save_checkpoint(checkpoint_from_model(model, zero_momentum(model)), self.store, batch=files))
+        except BaseException:
+            files.discard()
+            raise
+        # Synced on a thread while the trees are built and the records stored; waited for before
+        # the transaction that names them commits.
+        init_files = files.commit_in_background()
+        try:
+            descriptors = []
+            slice_roots: dict[tuple[int, int], tuple[bytes, int]] = {}
             for s in range(cfg.shards):
                 for r in range(cfg.slices):
-                    root, size = slice_roots[(s, r)]
-                    slice_at[(s, r)] = len(items)
-                    items.append(
-                        ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
-                    )
-            items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
-            items.append(
-                (
-                    "audit",
-                    {
-                        "root": audit_tree.root.hex(),
-                        "size": str(len(audit_tree)),
-                        "test_root": test_tree.root.hex(),
-                        "test_size": str(len(test_tree)),
-                    },
+                    rows = np.flatnonzero((rec_shard == s) & (rec_slice == r))
+                    tree = SortedTree.build((keys[i], commits[i]) for i in rows)
+                    slice_roots[(s, r)] = (tree.root, len(tree))
+                    descriptors.append(SliceDescriptor(shard=s, slice=r, size=len(tree), root=tree.root))
+            audit_rows = np.flatnonzero(role == 1)
+            audit_tree = SortedTree.build((keys[i], commits[i]) for i in audit_rows)
+            # The test split is committed too (specs/06 sections 1 and 5), so that a deletion request for a
+            # test record can be proven to name a committed record that no slice holds.
+            test_tree = SortedTree.build((keys[i], commits[i]) for i in np.flatnonzero(role == 2))
+            ds_root = dataset_root(descriptors)
+            roles = {0: "train", 1: "audit", 2: "test"}
+            db = self._db()
+            with self._log.transaction():
+                # Each column as a Python list first (one C-level conversion each), zipped into rows.
+                is_train = (role == 0).tolist()
+                salt_raw = salts.tobytes()
+                db.executemany(
+                    "INSERT INTO p_records(row, id, role, shard, slice, salt, commitment, key) VALUES(?,?,?,?,?,?,?,?)",
+                    zip(
+                        range(n),
+                        ds.ids,
+                        [roles[r] for r in role.tolist()],
+                        [s if t else None for s, t in zip(rec_shard.tolist(), is_train, strict=True)],
+                        [r if t else None for r, t in zip(rec_slice.tolist(), is_train, strict=True)],
+                        [salt_raw[i : i + SALT_SIZE] for i in range(0, n * SALT_SIZE, SALT_SIZE)],
+                        commits,
+                        keys,
+                        strict=True,
+                    ),
                 )
-            )
-            ckpt_at = []
-            for s in range(cfg.shards):
-                ckpt_at.append(len(items))
+                # One sort after the bulk insert is cheaper than keeping the index up to date row by row.
+                db.execute("CREATE UNIQUE INDEX IF NOT EXISTS p_records_id ON p_records(id)")
+                items: list[tuple[str, dict[str, Any]]] = [
+                    (
+                        "config",
+                        {
+                            "format": cfg.log_format,
+                            "shards": cfg.shards,
+                            "slices": cfg.slices,
+                            "epochs": cfg.epochs,
+                            "stage_epochs": _sisa.stage_epochs(cfg.epochs, cfg.slices),
+                            "checkpoint_every": cfg.checkpoint_every,
+                            "seed": str(cfg.seed),
+                            "assignment": "sha256-rank-v1",
+                            "model": self._model_json(spec),
+                            "hyper": cfg.hyper_json(),
+                            "platform": platform_info(device, cfg.threads),
+                            "n_train": len(train_rows),
+                            "data_digest": self._data_digest,
+                            **({"scaling": fit_standardize(ds.X, train_rows).to_json()} if cfg.standardize else {}),
+                        },
+                    )
+                ]
+                slice_at: dict[tuple[int, int], int] = {}
+                for s in range(cfg.shards):
+                    for r in range(cfg.slices):
+                        root, size = slice_roots[(s, r)]
+                        slice_at[(s, r)] = len(items)
+                        items.append(
+                            ("slice", {"shard": s, "slice": r, "generation": 0, "root": root.hex(), "size": str(size)})
+                        )
+                items.append(("dataset", {"version": 0, "root": ds_root.hex(), "slices": len(descriptors)}))
                 items.append(
                     (
-                        "checkpoint",
-                        {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                        "audit",
+                        {
+                            "root": audit_tree.root.hex(),
+                            "size": str(len(audit_tree)),
+                            "test_root": test_tree.root.hex(),
+                            "test_size": str(len(test_tree)),
+                        },
                     )
                 )
-            base = self._log.append_many(items).start
-            db.executemany(
-                "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
-                (
-                    (s, r, 0, slice_roots[(s, r)][0], slice_roots[(s, r)][1], base + slice_at[(s, r)])
-                    for s in range(cfg.shards)
-                    for r in range(cfg.slices)
-                ),
-            )
-            db.executemany(
-                "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
-                ((s, 0, 0, 0, init_digests[s], base + ckpt_at[s]) for s in range(cfg.shards)),
-            )
-            db.executemany(
-                "INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)",
-                ((s, 0, 1) for s in range(cfg.shards)),
-            )
-            self._set_meta("committed", "1")
+                ckpt_at = []
+                for s in range(cfg.shards):
+                    ckpt_at.append(len(items))
+                    items.append(
+                        (
+                            "checkpoint",
+                            {"shard": s, "generation": 0, "stage": 0, "step": "0", "digest": init_digests[s].hex()},
+                        )
+                    )
+                base = self._log.append_many(items).start
+                db.executemany(
+                    "INSERT INTO p_slices(shard, slice, generation, root, size, log_index) VALUES(?,?,?,?,?,?)",
+                    (
+                        (s, r, 0, slice_roots[(s, r)][0], slice_roots[(s, r)][1], base + slice_at[(s, r)])
+                        for s in range(cfg.shards)
+                        for r in range(cfg.slices)
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO p_stage(shard, stage, generation, step, digest, ckpt_index) VALUES(?,?,?,?,?,?)",
+                    ((s, 0, 0, 0, init_digests[s], base + ckpt_at[s]) for s in range(cfg.shards)),
+                )
+                db.executemany(
+                    "INSERT INTO p_shards(shard, generation, target_from) VALUES(?,?,?)",
+                    ((s, 0, 1) for s in range(cfg.shards)),
+                )
+                self._set_meta("committed", "1")
+                init_files.wait()  # the initial models' files are durable before the log names them
+        finally:
+            init_files.wait_quietly()
         self._sign_head()
 
     # --- training ----------------------------------------------------------------------------
@@ -910,15 +924,13 @@ class Workspace:
         # Stage commits need atomicity, not an fsync each: in WAL mode synchronous=NORMAL keeps
         # every commit atomic and the database consistent after a crash, and the FULL-synchronous
         # commit that signs the next tree head makes all of them durable before anything is signed.
-        db = self._db()
-        db.execute("PRAGMA synchronous=NORMAL")
         try:
-            for task, results in run_tasks(tasks, backend=backend, workers=workers, ray_address=ray_address):
-                for res in results:
-                    steps += self._commit_stage(task, res)
-                    bar(1)
+            with self._log.relaxed_sync():
+                for task, results in run_tasks(tasks, backend=backend, workers=workers, ray_address=ray_address):
+                    for res in results:
+                        steps += self._commit_stage(task, res)
+                        bar(1)
         finally:
-            db.execute("PRAGMA synchronous=FULL")
             bar(None)
         return steps
 
@@ -929,19 +941,28 @@ class Workspace:
         self._account = None  # a new run: whatever an interrupted one left open is not charged
         self._resume_pending_request(backend=backend, workers=workers, ray_address=ray_address)
         self._start_account("train")
-        self.commit()
-        with self._log.transaction():
-            self._charge_phase()  # the commit block: records hashed, slice trees built
-        tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
-        steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
-        if not self.trained:
+        # Every transaction of the run commits with synchronous=NORMAL (atomic, consistent after a
+        # crash); the full-synchronous commit of each signed head makes all before it durable.
+        with self._log.relaxed_sync():
+            self.commit()
             with self._log.transaction():
-                self._log_model("train", None)
-                self._charge_phase()
-                self._set_meta("trained", "1")
-            self._sign_head()
-        elif tasks:
-            self._sign_head()
+                self._charge_phase()  # the commit block: records hashed, slice trees built
+            tasks = [t for t in (self._shard_task(s) for s in range(self.config.shards)) if t is not None]
+            steps = self._run_shards(tasks, backend=backend, workers=workers, ray_address=ray_address)
+            signed = True
+            if not self.trained:
+                with self._log.transaction():
+                    self._log_model("train", None)
+                    self._charge_phase()
+                    self._set_meta("trained", "1")
+                self._sign_head()
+            elif tasks:
+                self._sign_head()
+            else:
+                signed = False
+        if not signed:  # nothing new to sign: the charge itself commits with a full sync
+            with self._log.transaction():
+                self._charge(0, 0.0)
         self._account = None
         head = self._log.latest_tree_head()
         return TrainReport(

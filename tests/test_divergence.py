@@ -32,6 +32,7 @@ def test_divergence_stops_the_stage_before_it_is_committed(tmp_path: os.PathLike
         assert "Lower the learning rate (--lr, now 1e+30)" in str(e.value)
         kinds = [x.kind for x in ws.log.entries()]
         assert "step" not in kinds and "model" not in kinds  # only the commit block
+        assert not [n for n in os.listdir(ws.store) if ".tmp." in n]  # the stage's staged files are removed
         for name in os.listdir(ws.store):  # every stored checkpoint is finite (only the initial ones)
             assert all(bool(torch.isfinite(t).all()) for t in load_file(os.path.join(ws.store, name)).values())
         assert not ws.trained

@@ -677,3 +677,50 @@ def test_spec_go_vector() -> None:
     text = v["go-note"].split("\n\n")[0] + "\n"
     assert sign_note(text, [signer]).decode() == v["go-note"]
     assert open_note(v["go-note"].encode(), [NoteVerifier.from_vkey(v["go-vkey"])]).text == text
+
+
+# --- durability levels: bulk work relaxed, every signed head full --------------------------------
+
+
+def _traced(lg: TransparencyLog) -> list[str]:
+    seen: list[str] = []
+    lg.connection.set_trace_callback(seen.append)
+    return seen
+
+
+def _commit_levels(statements: list[str], level: int) -> list[tuple[int, bool]]:
+    """``(synchronous level, stored a signed head)`` of each COMMIT, following the PRAGMAs."""
+    names = {"NORMAL": 1, "FULL": 2, "EXTRA": 3, "OFF": 0}
+    out, head = [], False
+    for s in statements:
+        m = re.fullmatch(r"PRAGMA synchronous=(\w+)", s.strip())
+        if m:
+            level = int(m.group(1)) if m.group(1).isdigit() else names[m.group(1)]
+        elif s.startswith("BEGIN"):
+            head = False
+        elif "INSERT INTO log_tree_heads" in s:
+            head = True
+        elif s == "COMMIT":
+            out.append((level, head))
+    return out
+
+
+def test_a_signed_head_commits_full_inside_relaxed_work(log: TransparencyLog) -> None:
+    """Entries appended inside relaxed_sync commit with NORMAL; the head that covers them commits
+    with FULL (its WAL sync makes them durable first); the level is restored afterwards."""
+    seen = _traced(log)
+    with log.relaxed_sync():
+        with log.transaction():
+            log.append_many(items(0, 5))
+        with log.transaction():
+            log.append_many(items(5, 9))
+        log.sign_tree_head(SIGNER, timestamp=1)
+        assert log.connection.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert log.connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert _commit_levels(seen, 2) == [(1, False), (1, False), (2, True)]
+
+
+def test_the_sync_level_cannot_change_inside_a_transaction(log: TransparencyLog) -> None:
+    with log.transaction(), pytest.raises(LogError, match="only change between transactions"):
+        with log.relaxed_sync():
+            pass

@@ -412,3 +412,32 @@ def test_process_pool_gives_the_same_log_as_inline(tmp_path: os.PathLike) -> Non
     with _open(a) as wa, _open(b) as wb:
         assert wa.log.size == wb.log.size
         assert wa.log.root() == wb.log.root()
+
+
+def test_train_signs_nothing_before_it_is_durable(tmp_path: os.PathLike[str]) -> None:
+    """vmu train commits its bulk work with synchronous=NORMAL, but every signed head's commit is
+    FULL (its WAL sync makes all before it durable), the run ends with one, and the connection
+    is back at FULL afterwards."""
+    import verifiable_mu.training as T
+    from tests.test_log import _commit_levels
+
+    ws = Workspace.create(os.path.join(os.fspath(tmp_path), "ws"), data="digits", config=WorkspaceConfig(**SMALL))
+    ws.progress = False
+    try:
+        seen: list[str] = []
+        ws.log.connection.set_trace_callback(seen.append)
+        ws.train()
+        ws.log.connection.set_trace_callback(None)
+        levels = _commit_levels(seen, 2)
+        heads = [lv for lv, head in levels if head]
+        assert len(heads) == 2 and set(heads) == {2}  # after the commit block, after training
+        assert levels[-1] == (2, True)  # nothing committed after the last signed head
+        assert {lv for lv, head in levels if not head} == {1}  # the bulk work: relaxed
+        assert ws.log.connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert not [n for n in os.listdir(ws.store) if ".tmp." in n]
+        for e in ws.log.entries(0, ws.log.size):  # every logged checkpoint is in place, content as named
+            if e.kind == "checkpoint":
+                path = os.path.join(ws.store, e.body["digest"] + ".safetensors")
+                T.load_checkpoint(path, expected_digest=bytes.fromhex(e.body["digest"]))
+    finally:
+        ws.close()

@@ -656,3 +656,25 @@ def test_an_openings_cached_commitment_is_the_commitment_and_survives_nothing_it
     other = dataclasses.replace(o, label=4)  # a new opening computes its own
     assert other.commitment() == commit_record("r", np.arange(4, dtype=np.float32), 4, bytes(range(32))) != c
     assert o == RecordOpening(id="r", features=np.arange(4, dtype=np.float32), label=3, salt=bytes(range(32)))
+
+
+_any_id = st.text(max_size=300) | st.sampled_from(["", "x" * 257, "\ud800", "é" * 129, "ok"]) | st.integers() | st.none()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_any_id, max_size=8))
+def test_record_keys_is_record_key_of_each(ids: list) -> None:  # type: ignore[type-arg]
+    """The batch key function against record_key one by one: the same keys for valid ids, the
+    same error (type and message) for a batch holding an invalid one."""
+    from verifiable_mu._records import record_keys
+
+    try:
+        want: list[bytes] | str = [record_key(i) for i in ids]
+    except MalformedRecord as e:
+        want = str(e)
+    if isinstance(want, str):
+        with pytest.raises(MalformedRecord) as got:
+            record_keys(ids)
+        assert str(got.value) == want
+    else:
+        assert record_keys(ids) == want

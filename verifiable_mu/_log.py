@@ -27,7 +27,10 @@ Durability: WAL journal with ``synchronous=FULL``. A signed tree head may be pub
 ``synchronous=NORMAL`` in WAL mode keeps the database consistent but can lose the last committed
 transactions on power failure, after which a log could re-append *different* entries below a
 published head -- a split view. FULL costs one extra fsync per transaction, which bulk appends
-amortise. A crash (or kill) inside a transaction leaves the database as of the last commit.
+amortise. Bulk work that a later head will cover may commit with NORMAL inside
+:meth:`TransparencyLog.relaxed_sync`: the transaction that stores a signed head is always FULL,
+and its sync of the WAL makes every earlier transaction durable with it, before the note is
+returned. A crash (or kill) inside a transaction leaves the database as of the last commit.
 """
 
 from __future__ import annotations
@@ -286,6 +289,37 @@ class TransparencyLog:
             raise LogError("the transparency log is closed")
 
     # -- transactions ----------------------------------------------------------------------------
+
+    @contextmanager
+    def relaxed_sync(self) -> Iterator[TransparencyLog]:
+        """Commit the block's transactions with ``synchronous=NORMAL``: each stays atomic and the
+        database consistent after a crash, but the last of them may be lost on power failure
+        until the next full-synchronous commit, which :meth:`sign_tree_head` always is. For bulk
+        work whose every entry is covered by a head signed later: no entry is signed before it
+        is durable. Nested blocks and the previous level are restored on exit."""
+        self._check_open()
+        if self._depth or self._conn.in_transaction:
+            raise LogError("the sync level can only change between transactions")
+        before = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield self
+        finally:
+            if not self._closed and not self._conn.in_transaction:
+                self._conn.execute(f"PRAGMA synchronous={before}")
+
+    @contextmanager
+    def full_sync(self) -> Iterator[TransparencyLog]:
+        """Commit the block's transactions with ``synchronous=FULL`` (the WAL is synced at each
+        commit, and with it every transaction committed before), whatever the level outside."""
+        before = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+        if before < 2:
+            self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            yield self
+        finally:
+            if before < 2 and not self._closed and not self._conn.in_transaction:
+                self._conn.execute(f"PRAGMA synchronous={before}")
 
     @contextmanager
     def transaction(self) -> Iterator[TransparencyLog]:
@@ -631,7 +665,7 @@ class TransparencyLog:
             raise LogError(f"expected a NoteSigner, got {type(signer).__name__}")
         if self._depth or self._conn.in_transaction:
             raise LogError("sign_tree_head must not run inside a transaction: it may only sign committed entries")
-        with self.transaction():
+        with self.full_sync(), self.transaction():
             try:
                 size = self.size
                 root = self.root(size)

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "encode_record",
     "record_key",
+    "record_keys",
     "commit_record",
     "commit_records",
     "new_salts",
@@ -136,6 +137,25 @@ def record_key(record_id: str) -> bytes:
     h = _KEY_PREFIX.copy()
     h.update(_id_bytes(record_id))
     return h.digest()
+
+
+def record_keys(record_ids: Sequence[str]) -> list[bytes]:
+    """:func:`record_key` of each id (a test checks it), validated as a whole: any id that is
+    not a string of 1..MAX_ID_BYTES UTF-8 bytes sends the batch to the one-by-one path, which
+    raises its error."""
+    try:
+        encoded = [i.encode("utf-8") for i in record_ids if type(i) is str]
+    except UnicodeEncodeError:
+        encoded = []
+    if len(encoded) != len(record_ids) or (encoded and not 1 <= min(map(len, encoded)) <= max(map(len, encoded)) <= MAX_ID_BYTES):
+        return [record_key(i) for i in record_ids]
+    prefix = _KEY_PREFIX
+    out = []
+    for b in encoded:
+        h = prefix.copy()
+        h.update(b)
+        out.append(h.digest())
+    return out
 
 
 def _check_salt(salt: Any) -> bytes:

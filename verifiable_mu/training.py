@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import os
+import re
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +31,7 @@ from torch import nn
 
 from ._canonical import canonical_json
 from ._errors import CommitmentMismatch, MalformedInput
-from ._seeds import atomic_write, step_seed
+from ._seeds import DurableBatch, _same_content, atomic_write, step_seed
 from ._tags import TAG_CHECKPOINT
 
 __all__ = [
@@ -518,19 +519,75 @@ def _safetensors_bytes(views: list[tuple[str, list[int], memoryview]], digest: b
     return bytes(save(arrays, metadata={_META_KEY: meta}))
 
 
-def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str]) -> bytes:
+_FILE_HEADERS: dict[tuple[tuple[str, tuple[int, ...]], ...], tuple[bytes, bytes] | None] = {}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_./:\-]+")
+_DIGEST_MARK = "@" * 64  # where the digest's hex goes in the header (never in a plain name)
+
+
+def _file_header_parts(views: list[tuple[str, list[int], memoryview]]) -> tuple[bytes, bytes] | None:
+    """The file's header (length prefix included) around the digest's 64 hex characters, built
+    once per layout as specs/06 section 4 words it; None for a tensor name that JSON would need
+    to escape (the library writes those files)."""
+    key = tuple((n, tuple(shape)) for n, shape, _ in views)
+    if key in _FILE_HEADERS:
+        return _FILE_HEADERS[key]
+    parts: tuple[bytes, bytes] | None = None
+    if all(_PLAIN_NAME.fullmatch(n) for n, _, _ in views):
+        meta = json.dumps({"version": 1, "digest": _DIGEST_MARK}, sort_keys=True, separators=(",", ":"))
+        header: dict[str, Any] = {"__metadata__": {_META_KEY: meta}}
+        pos = 0
+        for n, shape, mv in views:
+            header[n] = {"dtype": "F32", "shape": list(shape), "data_offsets": [pos, pos + len(mv)]}
+            pos += len(mv)
+        hb = json.dumps(header, separators=(",", ":")).encode("ascii")
+        hb += b" " * (-len(hb) % 8)
+        pre, post = (struct.pack("<Q", len(hb)) + hb).split(_DIGEST_MARK.encode("ascii"))
+        parts = (pre, post)
+    if len(_FILE_HEADERS) > 64:
+        _FILE_HEADERS.clear()
+    _FILE_HEADERS[key] = parts
+    return parts
+
+
+def _checkpoint_file_bytes(views: list[tuple[str, list[int], memoryview]], digest: bytes) -> bytes:
+    """The same bytes as :func:`_safetensors_bytes`, written out directly: the header (built once
+    per layout) around the digest, then the tensor bytes in name order (``tests/test_training.py``
+    checks the two byte for byte)."""
+    parts = _file_header_parts(views)
+    if parts is None:
+        return _safetensors_bytes(views, digest)
+    return b"".join([parts[0], digest.hex().encode("ascii"), parts[1], *(mv for _, _, mv in views)])
+
+
+def save_checkpoint(ckpt: Checkpoint, directory: str | os.PathLike[str], *, batch: DurableBatch | None = None) -> bytes:
     """Write ``<digest hex>.safetensors`` atomically (content-addressed); return the digest.
 
     The file is written by :func:`_safetensors_bytes` (the safetensors library), so the same
-    content always gives the same bytes. Existing files are
-    left alone: same name, same content.
+    content always gives the same bytes. An existing file with those bytes is left alone (one
+    that differs, left incomplete by a crash, is replaced). With ``batch`` (a :class:`DurableBatch` of
+    ``directory``) the file is only staged: it is durable and in place once the caller commits
+    the batch, which it must do before anything refers to the digest.
     """
     views = _tensor_views(ckpt)
     digest = _digest_of_views(views)
-    path = os.path.join(os.fspath(directory), digest.hex() + ".safetensors")
-    if os.path.exists(path):
+    name = digest.hex() + ".safetensors"
+    path = os.path.join(os.fspath(directory), name)
+    if batch is not None and os.path.abspath(batch.folder) != os.path.abspath(os.fspath(directory)):
+        raise ValueError("the durable batch writes to another folder than the checkpoint store")
+    if batch is not None and batch.pending(path):
         return digest
-    atomic_write(path, _safetensors_bytes(views, digest))
+    data = _checkpoint_file_bytes(views, digest)
+    if os.path.exists(path):
+        # Content-addressed: the same name holds the same bytes -- unless a writer crashed
+        # between moving the file into place and syncing it, so the bytes are compared.
+        if batch is None and _same_content(path, data):
+            return digest
+        if batch is not None and batch.existing_matches(path, data):
+            return digest
+    if batch is None:
+        atomic_write(path, data)
+    else:
+        batch.add(name, data)
     return digest
 
 
