@@ -8,7 +8,9 @@ is a documented error of specs/09's failure table, raised at a step the table li
 never an ``InternalError``; the exit code is 1 or 2, never 0; the report names the step. The
 only exit-0 outcomes allowed are mutations that change nothing a signature binds, each by a rule
 of the specs: the manifest's informative fields (``replay``, ``sample``, ``disclosure``,
-``generator``, ``created``, specs/08 section 2) and its layout; text outside the PEM block of
+``generator``, ``created``, specs/08 section 2) and its layout; the layout (whitespace) of any JSON
+member, whose parsed value is what every check reads (specs/08 asks no canonical form of bundle
+members; the signed statements inside DSSE payloads are bytes and stay bound); text outside the PEM block of
 the public key (RFC 7468 section 2); a checkpoint file's header layout and metadata, whose
 content digest covers only the tensors (specs/06 section 4: "readers accept any valid
 safetensors layout"). The oracle checks that each such outcome is one of those, by decoding.
@@ -110,6 +112,8 @@ def _meaning(name: str, raw: bytes) -> Any:
         if name == "manifest.json":
             doc = json.loads(raw)
             return json.dumps({k: v for k, v in doc.items() if k not in MANIFEST_IGNORED}, sort_keys=True)
+        if name.endswith(".json"):  # JSON whitespace binds nothing: the parsed value does
+            return json.dumps(json.loads(raw), sort_keys=True)
         if name.startswith("keys/"):
             from verifiable_mu._keys import VerifyingKey
 
