@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         base = best[sizes[0]] * n / sizes[0]
         print(f"{n:>9}  {best[n]:>8.3f}  {best[n] / n * 1e6:>9.2f}  {best[n] / base:>13.2f}")
         del pairs
-    if not args.no_pymerkle and PYMERKLE_N <= args.max_n:
+    if not args.no_pymerkle and args.max_n >= PYMERKLE_N:
         try:
             r = measure_ratio(PYMERKLE_N, rounds=args.repeat)
         except ImportError:

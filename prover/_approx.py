@@ -76,7 +76,7 @@ class ApproxParams:
             (self.fisher_alpha > 0 and self.fisher_max_std > 0, "fisher_alpha and fisher_max_std must be > 0"),
             (1 <= self.distill_epochs <= 1000, "distill_epochs must be between 1 and 1000"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
-            (0 < self.oblivi_epsilon, "oblivi_epsilon must be > 0"),
+            (self.oblivi_epsilon > 0, "oblivi_epsilon must be > 0"),
             (0 <= self.seed < 2**63, "seed must be a non-negative 63-bit integer"),
         ]
         for ok, msg in checks:

@@ -79,8 +79,7 @@ def run_tasks(
             return
         # spawn, not fork: torch's thread pools do not survive fork reliably.
         with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as ex:
-            for t, res in zip(tasks, ex.map(_sisa.train_shard, tasks), strict=True):
-                yield t, res
+            yield from zip(tasks, ex.map(_sisa.train_shard, tasks), strict=True)
         return
     if backend == "ray":
         from ._ray import run_ray  # optional extra

@@ -26,6 +26,7 @@ tasks (a shared file system); a task on a node that cannot see it fails with a c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections import deque
@@ -152,7 +153,5 @@ def run_ray(
             yield task, results
     finally:
         for _, ref in pending:  # the driver stopped early: do not leave work running (only tasks not fetched)
-            try:
+            with contextlib.suppress(Exception):  # best effort; the task may have finished
                 ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - best effort; the task may have finished
-                pass

@@ -19,6 +19,7 @@ deterministic, so the log gets the same entries it would have got).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -1459,10 +1460,8 @@ def _release_freed_memory() -> None:
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _model_code(config: WorkspaceConfig, ds: Dataset | None, spec: Any = None) -> dict[str, Any] | None:

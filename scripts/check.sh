@@ -15,7 +15,8 @@ echo "== layering (import-linter)"
 echo "== lint (ruff)"
 .venv/bin/ruff check verifiable_mu prover verifier tests benchmarks
 echo "== types (mypy: the core, the prover and the verifier)"
-.venv/bin/mypy verifiable_mu prover verifier
+.venv/bin/mypy verifiable_mu prover verifier  # the core strictly (pyproject: per-module strict flags)
+.venv/bin/mypy --strict verifiable_mu
 echo "== browser (Debian's headless Chromium: tests/test_html.py renders the report in it)"
 # The HTML report's browser tests (screenshot at a phone's width, no network request, the page's
 # laid-out width) run here, never skip: VMU_REQUIRE_BROWSER=1 makes a missing browser a failure.

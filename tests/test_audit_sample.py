@@ -19,7 +19,7 @@ def test_sample_audit_is_uniform_without_replacement_and_deterministic() -> None
     seed = bytes(range(32))
     a = sample_audit(seed, 10_000, 512)
     assert a == sample_audit(seed, 10_000, 512) and len(set(a)) == 512 and a == sorted(a)
-    assert 0 <= a[0] and a[-1] < 10_000
+    assert a[0] >= 0 and a[-1] < 10_000
     assert sample_audit(seed, 100, 512) == list(range(100))
     assert sample_audit(bytes(32), 10_000, 512) != a
     # every position is equally likely: over many seeds the mean position is near the middle

@@ -23,7 +23,7 @@ def test_generator_is_seeded_and_class_conditional() -> None:
     assert X.shape == (3000, 8, 8) and X.dtype == np.float32 and y.dtype == np.int64
     assert np.array_equal(X, X2) and np.array_equal(y, y2)
     assert not np.array_equal(X, bench_scale.synthetic_images(3000, side=8, seed=2)[0])
-    assert 0.0 <= X.min() and X.max() <= 1.0 and set(y.tolist()) == set(range(10))
+    assert X.min() >= 0.0 and X.max() <= 1.0 and set(y.tolist()) == set(range(10))
     # the classes differ: nearest class mean beats chance by far
     means = np.stack([X[y == c].mean(axis=0) for c in range(10)])
     pred = ((X[:, None] - means[None]) ** 2).sum(axis=(2, 3)).argmin(axis=1)

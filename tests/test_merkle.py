@@ -17,7 +17,7 @@ import hashlib
 import json
 import random
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -201,7 +201,7 @@ DATA = [b"leaf-%d" % i for i in range(300)]
 HASHES = [leaf_hash(x) for x in DATA]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tree(n: int) -> MerkleTree:
     return MerkleTree(HASHES[:n])
 

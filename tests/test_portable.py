@@ -48,10 +48,7 @@ def _slow_grid_round(values: list[float]) -> tuple[list[float], list[tuple[int, 
         s = Fraction(x) / unit
         fl = math.floor(s)
         frac = s - fl
-        if frac > Fraction(1, 2) or (frac == Fraction(1, 2) and fl % 2 == 1):
-            q = fl + 1
-        else:
-            q = fl
+        q = fl + 1 if frac > Fraction(1, 2) or frac == Fraction(1, 2) and fl % 2 == 1 else fl
         if abs(frac - Fraction(1, 2)) < Fraction(1, 2**14):
             hints.append((i, q))
         out.append(float(q * unit))

@@ -126,7 +126,7 @@ def test_committed_record_rows_match_the_records_row_by_row(tmp_path: os.PathLik
             assert rid == ds.ids[i] and key == record_key(rid)
             assert len(salt) == 32 and commitment == commit_record(rid, ds.X[i], int(ds.y[i]), salt)
             assert role == {0: "train", 1: "audit", 2: "test"}[int(split[i])]
-            assert (shard, slc) == (placed[i] if i in placed else (None, None))
+            assert (shard, slc) == (placed.get(i, (None, None)))
         assert len({r[5] for r in rows}) == len(rows)  # fresh salts
     finally:
         ws.close()

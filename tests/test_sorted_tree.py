@@ -11,7 +11,7 @@ import json
 import random
 import re
 from array import array
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def _commitment(key: bytes) -> bytes:
     return hashlib.sha256(b"commitment of " + key).digest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _random_tree(n: int, seed: int = 0) -> tuple[SortedTree, tuple[bytes, ...]]:
     rnd = random.Random(seed * 1_000_003 + n)
     keys = tuple(sorted({rnd.randbytes(32) for _ in range(n)}))

@@ -48,7 +48,7 @@ def test_every_subject_is_a_final_checkpoint_file_with_its_sha256() -> None:
     model_after = stmt["predicate"]["model_after"]["entry"]["body"]
     assert [s["name"] for s in stmt["subject"]] == [f"checkpoints/{d}.safetensors" for d in model_after["shards"]]
     for s in stmt["subject"]:
-        data = members[s["name"]] if s["name"] in members else None
+        data = members.get(s["name"], None)
         assert data is not None, "the final model's files are in the bundle"
         assert s["digest"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert _verify(h.bundle).exit_code == 0

@@ -39,7 +39,7 @@ def _is_simple(obj: Any, depth: int = 0) -> bool:
     if t is str or t is bool or obj is None:
         return True
     if t is int:
-        return -(2**53) < obj < 2**53
+        return bool(-(2**53) < obj < 2**53)
     if t is float:
         return 1e-4 <= abs(obj) < 1e16 and not obj.is_integer()
     if depth > 32:

@@ -432,4 +432,5 @@ def verify_statement(
         )
     if _statement_payload(obj) != payload:
         raise MalformedEnvelope("statement payload is not in RFC 8785 canonical form")
-    return obj
+    statement: dict[str, Any] = obj
+    return statement

@@ -21,6 +21,7 @@ check: protect key files there with the folder's access control list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -310,10 +311,8 @@ class SigningKey:
                         ) from None
                     os.replace(tmp, target)
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         if _POSIX:
             _fsync_dir(folder)
 

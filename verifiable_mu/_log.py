@@ -398,7 +398,7 @@ class TransparencyLog:
         """Number of entries (as seen by this connection, including its own uncommitted appends)."""
         self._check_open()
         try:
-            return self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries").fetchone()[0]
+            return int(self._conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries").fetchone()[0])
         except sqlite3.Error as e:
             raise LogError(f"cannot read the log size: {e}") from e
 
@@ -425,7 +425,7 @@ class TransparencyLog:
                 )
         while len(hashes) > 1:
             hashes = [node_hash(hashes[j], hashes[j + 1]) for j in range(0, len(hashes), 2)]
-        return hashes[0]
+        return bytes(hashes[0])
 
     def _oracle(self) -> Callable[[int, int], bytes]:
         """A memoising ``mth(start, end)`` for one proof: O(log n) lookups per proof."""

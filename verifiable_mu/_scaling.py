@@ -74,7 +74,8 @@ class Scaling:
         flat = Xf.reshape(len(Xf), -1) if Xf.ndim > 1 else Xf.reshape(1, -1)
         out = np.subtract(flat, self.mean, dtype=np.float32)
         np.divide(out, self.std, out=out, dtype=np.float32)
-        return out.reshape(Xf.shape)
+        result: np.ndarray = out.reshape(Xf.shape)
+        return result
 
 
 def fit_standardize(X: np.ndarray, rows: np.ndarray) -> Scaling:

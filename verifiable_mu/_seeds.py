@@ -5,6 +5,7 @@ Torch-free, so the verifier's proof checks (which recompute step seeds) need not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -61,10 +62,8 @@ def atomic_write(path: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -211,10 +210,8 @@ class BackgroundCommit:
 
     def wait_quietly(self) -> None:
         """Wait, ignoring a failure: for a batch given up, whose files nothing will name."""
-        try:
+        with contextlib.suppress(OSError):
             self.wait()
-        except OSError:
-            pass
 
 
 def _same_content(path: str, data: bytes) -> bool:
@@ -240,10 +237,8 @@ def _errno() -> int:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def assignment_rank(run_seed: int, key: bytes) -> bytes:

@@ -214,7 +214,8 @@ class _CNN(nn.Module):
         x = x.reshape(x.shape[0], 1, self.side, self.side)
         x = torch.relu(self.conv1(x))
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc(x.flatten(1))
+        out: torch.Tensor = self.fc(x.flatten(1))
+        return out
 
 
 def build_model(spec: ModelSpec, *, init_seed: int, factory: Callable[..., Any] | None = None) -> nn.Module:
@@ -628,7 +629,7 @@ def checkpoint_distance(a: Checkpoint, b: Checkpoint) -> float:
             return float("inf")
         num += float(((da - db) ** 2).sum())
         den += float((db**2).sum())
-    return (num**0.5) / max(den**0.5, 1e-30)
+    return float((num**0.5) / max(den**0.5, 1e-30))
 
 
 # --- the step ----------------------------------------------------------------------------
@@ -815,7 +816,7 @@ def dp_step(
 
     g = vmap(grad(loss_of), in_dims=(None, 0, 0))(params, xb, yb)
     n = xb.shape[0]
-    norms = torch.sqrt(sum((g[k].reshape(n, -1) ** 2).sum(dim=1) for k in names))  # type: ignore[arg-type]
+    norms = torch.sqrt(sum((g[k].reshape(n, -1) ** 2).sum(dim=1) for k in names))
     scale = torch.clamp(hyper.dp_clip / (norms + 1e-12), max=1.0)
     gen = torch.Generator(device="cpu").manual_seed(seed ^ _DP_NOISE_SEED_XOR)
     lr, mom, wd = hyper.lr, hyper.momentum, hyper.weight_decay

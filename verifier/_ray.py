@@ -24,6 +24,7 @@ This module imports neither Ray nor torch at import time, and never the prover.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections import deque
 from collections.abc import Generator, Sequence
@@ -95,10 +96,7 @@ def run_segments(
     ray = _ray_support.import_ray(missing=MalformedInput)
     connect(address)
     cpus = task_cpus(ray, max(sp.threads for sp in plans))
-    if max_parallel > 0:
-        window = max_parallel
-    else:
-        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 0) // cpus))
+    window = max_parallel if max_parallel > 0 else 2 * max(1, int(ray.cluster_resources().get("CPU", 0) // cpus))
     remote = _remote(ray)
     pending: deque[tuple[SegmentPlan, Any]] = deque()
     todo = deque(plans)
@@ -131,7 +129,5 @@ def run_segments(
             yield seg
     finally:
         for _, ref in pending:  # stopped early (a mismatch, an error): do not leave work running
-            try:
+            with contextlib.suppress(Exception):  # best effort; the task may have finished
                 ray.cancel(ref)
-            except Exception:  # noqa: BLE001 - best effort; the task may have finished
-                pass

@@ -162,7 +162,7 @@ def bootstrap_metrics(
         aucs.append((lo + 0.5 * (hi - lo)).sum(axis=1) / (n1 * n2))
         for j, k in enumerate(ks):
             thr = Q[:, n2 - 1 - k] if k < n2 else np.full(b, -1)
-            tprs[j].append(np.mean(P > thr[:, None], axis=1))
+            tprs[j].append(np.mean(thr[:, None] < P, axis=1))
         done += b
     out["auc"] = np.concatenate(aucs)
     for j, f in enumerate(fprs):

@@ -102,7 +102,7 @@ def train_shadow_attack(
     fallback = LogisticRegression(max_iter=2000).fit(F, M)
     per_class = {}
     for c in np.unique(L):
-        sel = L == c
+        sel = c == L
         if len(np.unique(M[sel])) == 2 and sel.sum() >= 10:
             per_class[int(c)] = LogisticRegression(max_iter=2000).fit(F[sel], M[sel])
     return ShadowAttack(per_class, fallback)
