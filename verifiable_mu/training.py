@@ -635,6 +635,23 @@ def checkpoint_distance(a: Checkpoint, b: Checkpoint) -> float:
 # --- the step ----------------------------------------------------------------------------
 
 
+def _seed_step(seed: int, xb: torch.Tensor) -> None:
+    """Item 1 of a step (specs/06 section 3): the generators seeded with the step seed.
+    torch.manual_seed goes through Python wrappers costing ~170 us; seed the generators directly."""
+    torch.default_generator.manual_seed(seed)
+    if xb.is_cuda:
+        torch.cuda.manual_seed(seed)
+
+
+def _momentum_update(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, hyper: Hyper) -> None:
+    """The float32 update of one parameter (specs/06 section 3, item 3): weight decay, momentum,
+    the step. Shared by plain SGD and DP-SGD, so the two differ only in the gradient."""
+    if hyper.weight_decay:
+        g = g.add(p, alpha=hyper.weight_decay)
+    buf.mul_(hyper.momentum).add_(g)
+    p.add_(buf, alpha=-hyper.lr)
+
+
 def sgd_step(
     model: nn.Module,
     momentum: dict[str, torch.Tensor],
@@ -644,26 +661,16 @@ def sgd_step(
     seed: int,
 ) -> float:
     """One deterministic SGD-with-momentum step; returns the batch loss."""
-    # torch.manual_seed goes through Python wrappers costing ~170 us; seed the generators directly.
-    torch.default_generator.manual_seed(seed)
-    if xb.is_cuda:
-        torch.cuda.manual_seed(seed)
+    _seed_step(seed, xb)
     model.train()
     for p in model.parameters():
         p.grad = None
     loss = nn.functional.cross_entropy(model(xb), yb)
     loss.backward()
-    lr, mom, wd = hyper.lr, hyper.momentum, hyper.weight_decay
     with torch.no_grad():
         for name, p in model.named_parameters():
-            g = p.grad
-            if g is None:
-                continue
-            if wd:
-                g = g.add(p, alpha=wd)
-            buf = momentum[name]
-            buf.mul_(mom).add_(g)
-            p.add_(buf, alpha=-lr)
+            if p.grad is not None:
+                _momentum_update(p, p.grad, momentum[name], hyper)
     return float(loss.detach())
 
 
@@ -752,9 +759,7 @@ def portable_step(
     only platform-dependent value, the gradient, is rounded to a grid with hints. ``hints`` None:
     as the prover, return the hints the step needs; else (the verifier) apply them, raising
     :class:`RoundingHintInvalid` for one that does not fit. Returns the batch loss and the hints."""
-    torch.default_generator.manual_seed(seed)
-    if xb.is_cuda:
-        torch.cuda.manual_seed(seed)
+    _seed_step(seed, xb)
     model.train()
     params = dict(model.named_parameters())
     names = sorted(params)
@@ -802,11 +807,9 @@ def dp_step(
     element drawn in sorted parameter-name order from a CPU generator seeded with
     ``seed ^ _DP_NOISE_SEED_XOR`` (so a replay draws the same noise on any device), divided by the
     batch size. Returns the batch loss."""
-    from torch.func import functional_call, grad, vmap
+    from torch.func import functional_call, grad_and_value, vmap
 
-    torch.default_generator.manual_seed(seed)
-    if xb.is_cuda:
-        torch.cuda.manual_seed(seed)
+    _seed_step(seed, xb)
     model.train()
     params = {k: v.detach() for k, v in model.named_parameters()}
     names = sorted(params)
@@ -814,26 +817,18 @@ def dp_step(
     def loss_of(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(functional_call(model, p, (x[None],)), y[None])
 
-    g = vmap(grad(loss_of), in_dims=(None, 0, 0))(params, xb, yb)
+    g, losses = vmap(grad_and_value(loss_of), in_dims=(None, 0, 0))(params, xb, yb)
     n = xb.shape[0]
     norms = torch.sqrt(sum((g[k].reshape(n, -1) ** 2).sum(dim=1) for k in names))
     scale = torch.clamp(hyper.dp_clip / (norms + 1e-12), max=1.0)
     gen = torch.Generator(device="cpu").manual_seed(seed ^ _DP_NOISE_SEED_XOR)
-    lr, mom, wd = hyper.lr, hyper.momentum, hyper.weight_decay
     live = dict(model.named_parameters())
     with torch.no_grad():
-        loss = nn.functional.cross_entropy(model(xb), yb)
         for k in names:
-            p = live[k]
             summed = (g[k] * scale.reshape((n,) + (1,) * (g[k].dim() - 1))).sum(dim=0)
             noise = torch.randn(summed.shape, generator=gen, dtype=summed.dtype).to(summed.device)
-            gk = (summed + noise * (hyper.dp_noise * hyper.dp_clip)) / n
-            if wd:
-                gk = gk.add(p, alpha=wd)
-            buf = momentum[k]
-            buf.mul_(mom).add_(gk)
-            p.add_(buf, alpha=-lr)
-    return float(loss)
+            _momentum_update(live[k], (summed + noise * (hyper.dp_noise * hyper.dp_clip)) / n, momentum[k], hyper)
+    return float(losses.mean())  # the batch loss, from the per-example values (no second forward)
 
 
 def train_step(
