@@ -12,11 +12,14 @@ import json
 import os
 from typing import Any, Protocol
 
-from verifiable_mu._dsse import PREDICATE_DELETION, make_statement
+from verifiable_mu import _wire_transcript as wire
 from verifiable_mu._log import TransparencyLog
 from verifiable_mu._sorted_tree import SortedTree
+from verifiable_mu._wire_bundle import CommitBlock
+from verifiable_mu._wire_entries import ModelBody
+from verifiable_mu._wire_transcript import TRANSCRIPT_VERSION, Disclosure, Transcript
 
-__all__ = ["build_transcript", "TRANSCRIPT_VERSION", "TranscriptSource"]
+__all__ = ["build_transcript", "transcript_of", "TRANSCRIPT_VERSION", "TranscriptSource"]
 
 
 class _Grid(Protocol):
@@ -40,8 +43,6 @@ class TranscriptSource(Protocol):
     def _meta(self, key: str) -> str | None: ...
 
 
-TRANSCRIPT_VERSION = 1
-
 
 def _slice_tree(db: Any, shard: int, slc: int, after: int) -> SortedTree:
     """The sorted tree of slice (shard, slc) as it stood once request ``after`` was done: its
@@ -54,112 +55,117 @@ def _slice_tree(db: Any, shard: int, slc: int, after: int) -> SortedTree:
     return SortedTree.build((k, c) for k, c in rows)
 
 
-def _disclose(ws: TranscriptSource, index: int, tree_size: int) -> dict[str, Any]:
-    e = ws.log.entry(index)
-    return {"entry": e.to_json(), "inclusion": ws.log.inclusion_proof(index, tree_size).to_json()}
+def _disclose(ws: TranscriptSource, index: int, tree_size: int) -> Disclosure:
+    return Disclosure(entry=ws.log.entry(index), inclusion=ws.log.inclusion_proof(index, tree_size))
+
+
+class _Request:
+    """Finished request ``n`` as the workspace recorded it, and the tree size after it."""
+
+    def __init__(self, ws: TranscriptSource, n: int) -> None:
+        self.ws, self.n, self.db = ws, n, ws.log.connection
+        _ids, self.deletion_index, self.size_before, self.head_before, evidence_json = self.db.execute(
+            "SELECT ids, deletion_index, size_before, head_before, plan FROM p_requests WHERE n=?", (n,)
+        ).fetchone()
+        self.evidence: dict[str, Any] = json.loads(evidence_json)
+        self.plan = {int(k): int(v) for k, v in self.evidence["plan"].items()}
+        head_after = ws.log.latest_tree_head()
+        assert head_after is not None
+        self.head_after = head_after
+        self.size_after = head_after.size
+        #: (id, shard, slice, commitment, key) of the training records the request deleted, by key
+        self.deleted: list[tuple[str, int, int, bytes, bytes]] = self.db.execute(
+            "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? AND role='train' ORDER BY key",
+            (n,),
+        ).fetchall()
+
+    def disclose(self, index: int) -> Disclosure:
+        return _disclose(self.ws, index, self.size_after)
+
+
+def _record_claims(r: _Request) -> tuple[wire.RecordClaim, ...]:
+    """One claim per deleted training record: its old slice (the live records of that slice
+    before this request), its membership there, and its first use."""
+    out = []
+    for _rid, shard, slc, commitment, key in r.deleted:
+        old_tree = _slice_tree(r.db, shard, slc, r.n - 1)
+        hexc = commitment.hex()
+        out.append(wire.RecordClaim(
+            commitment=commitment, key=key, shard=shard, slice=slc,
+            old_slice=r.disclose(r.evidence["old_slice"][hexc]),
+            membership=old_tree.membership_proof(key),
+            first_use=r.disclose(r.evidence["first_use"][hexc]),
+        ))
+    return tuple(out)
+
+
+def _shard_claim(r: _Request, shard: int, from_stage: int) -> wire.ShardClaim:
+    """A retrained shard: its rollback, every current slice with the non-membership of the
+    shard's deleted keys, the retraining's range of entries and its final checkpoint."""
+    db = r.db
+    gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0]
+    shard_keys = [k for _, s, _, _, k in r.deleted if s == shard]
+    slices = []
+    for j in range(r.ws.config.slices):
+        idx = db.execute(
+            "SELECT log_index FROM p_slices WHERE shard=? AND slice=? ORDER BY generation DESC LIMIT 1", (shard, j)
+        ).fetchone()[0]
+        tree = _slice_tree(db, shard, j, r.n)
+        slices.append(wire.SliceClaim(slice=r.disclose(idx),
+                                 non_membership=tuple(tree.non_membership_proof(k) for k in shard_keys)))
+    first, first_ckpt, end_ckpt = db.execute(
+        "SELECT MIN(first_step_index), MIN(ckpt_index), MAX(ckpt_index) FROM p_stage WHERE shard=? AND generation=?",
+        (shard, gen),
+    ).fetchone()
+    if first is None or first_ckpt < first:  # e.g. a whole shard deleted: stages without steps
+        first = first_ckpt
+    return wire.ShardClaim(
+        shard=shard, from_stage=from_stage, generation=gen,
+        rollback=r.disclose(r.evidence["rollback"][str(shard)]), slices=tuple(slices),
+        retraining_start=first, retraining_end=end_ckpt + 1, final_checkpoint=r.disclose(end_ckpt),
+    )
+
+
+def _subject_files(ws: TranscriptSource, model_after: ModelBody) -> tuple[tuple[bytes, bytes], ...]:
+    """One subject per constituent of the model after the request, in shard order: the
+    checkpoint file's content digest (its name in the store) and the SHA-256 of its bytes, what
+    any in-toto tool hashes; the model digest is in the predicate (model_after)."""
+    out = []
+    for d in model_after.shards:
+        with open(os.path.join(ws.store, f"{d.hex()}.safetensors"), "rb") as f:
+            out.append((d, hashlib.sha256(f.read()).digest()))
+    return tuple(out)
+
+
+def transcript_of(ws: TranscriptSource, n: int) -> Transcript:
+    """The deletion transcript (not yet signed) of finished request ``n``."""
+    r = _Request(ws, n)
+    model_after_idx = int(ws._meta("model_index") or -1)
+    model_after = ModelBody.parse(ws.log.entry(model_after_idx))
+    return Transcript(
+        subject_digest=None,
+        subject_files=_subject_files(ws, model_after),
+        origin=ws.log.origin,
+        request=n,
+        deletion=r.disclose(r.deletion_index),
+        count=len(r.deleted),
+        records=_record_claims(r),
+        shards=tuple(_shard_claim(r, shard, from_stage) for shard, from_stage in sorted(r.plan.items())),
+        model_before=r.disclose(r.evidence["model_before"]),
+        model_after=r.disclose(model_after_idx),
+        held_out=_held_out(ws, n, r.size_after),
+        head_before=r.head_before,
+        head_after=r.head_after.note,
+        consistency=ws.log.consistency_proof(r.size_before, r.size_after),
+    )
 
 
 def build_transcript(ws: TranscriptSource, n: int) -> dict[str, Any]:
     """The in-toto Statement (not yet signed) for finished request ``n``."""
-    db = ws.log.connection
-    row = db.execute(
-        "SELECT ids, deletion_index, size_before, head_before, plan FROM p_requests WHERE n=?", (n,)
-    ).fetchone()
-    ids_json, del_idx, size_before, head_before, evidence_json = row
-    evidence = json.loads(evidence_json)
-    plan = {int(k): int(v) for k, v in evidence["plan"].items()}
-    head_after = ws.log.latest_tree_head()
-    assert head_after is not None
-    size_after = head_after.size
-    slices = ws.config.slices
-
-    deleted = db.execute(
-        "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? AND role='train' ORDER BY key", (n,)
-    ).fetchall()
-    records = []
-    for _rid, shard, slc, commitment, key in deleted:
-        # The slice tree this record was in: the live records of that slice before this request.
-        old_tree = _slice_tree(db, shard, slc, n - 1)
-        hexc = commitment.hex()
-        records.append(
-            {
-                "commitment": hexc,
-                "key": key.hex(),
-                "shard": shard,
-                "slice": slc,
-                "old_slice": _disclose(ws, evidence["old_slice"][hexc], size_after),
-                "membership": old_tree.membership_proof(key).to_json(),
-                "first_use": _disclose(ws, evidence["first_use"][hexc], size_after),
-            }
-        )
-
-    shards = []
-    for shard, from_stage in sorted(plan.items()):
-        gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0]
-        shard_keys = [k for _, s, _, _, k in deleted if s == shard]
-        slice_items = []
-        for r in range(slices):
-            idx = db.execute(
-                "SELECT log_index FROM p_slices WHERE shard=? AND slice=? ORDER BY generation DESC LIMIT 1", (shard, r)
-            ).fetchone()[0]
-            tree = _slice_tree(db, shard, r, n)
-            slice_items.append(
-                {
-                    "slice": _disclose(ws, idx, size_after),
-                    "non_membership": [tree.non_membership_proof(k).to_json() for k in shard_keys],
-                }
-            )
-        first, first_ckpt, end_ckpt = db.execute(
-            "SELECT MIN(first_step_index), MIN(ckpt_index), MAX(ckpt_index) FROM p_stage WHERE shard=? AND generation=?",
-            (shard, gen),
-        ).fetchone()
-        if first is None or first_ckpt < first:  # e.g. a whole shard deleted: stages without steps
-            first = first_ckpt
-        shards.append(
-            {
-                "shard": shard,
-                "from_stage": from_stage,
-                "generation": gen,
-                "rollback": _disclose(ws, evidence["rollback"][str(shard)], size_after),
-                "slices": slice_items,
-                "retraining": {"start": str(first), "end": str(end_ckpt + 1)},
-                "final_checkpoint": _disclose(ws, end_ckpt, size_after),
-            }
-        )
-
-    held_out = _held_out(ws, n, size_after)
-    model_after_idx = int(ws._meta("model_index") or -1)
-    model_after = ws.log.entry(model_after_idx)
-    predicate = {
-        "version": TRANSCRIPT_VERSION,
-        "origin": ws.log.origin,
-        "request": {"n": str(n), "deletion": _disclose(ws, del_idx, size_after), "count": len(deleted)},
-        "records": records,
-        "shards": shards,
-        **({"held_out": held_out} if held_out is not None else {}),
-        "model_before": _disclose(ws, evidence["model_before"], size_after),
-        "model_after": _disclose(ws, model_after_idx, size_after),
-        "log": {
-            "head_before": head_before.decode("utf-8"),
-            "head_after": head_after.note.decode("utf-8"),
-            "consistency": ws.log.consistency_proof(size_before, size_after).to_json(),
-        },
-    }
-    # One subject per constituent of the model after the request, in shard order: the checkpoint
-    # file's path in the store and the SHA-256 of its bytes, what any in-toto tool hashes; the
-    # model digest is in the predicate (model_after).
-    subjects = []
-    for d in model_after.body["shards"]:
-        with open(os.path.join(ws.store, f"{d}.safetensors"), "rb") as f:
-            subjects.append((f"checkpoints/{d}.safetensors", {"sha256": hashlib.sha256(f.read()).hexdigest()}))
-    return make_statement(
-        subjects=subjects,
-        predicate_type=PREDICATE_DELETION,
-        predicate=predicate,
-    )
+    return transcript_of(ws, n).to_json()
 
 
-def _held_out(ws: TranscriptSource, n: int, size_after: int) -> dict[str, Any] | None:
+def _held_out(ws: TranscriptSource, n: int, size_after: int) -> wire.HeldOut | None:
     """The held-out part of request ``n`` (specs/07, ``held_out``): its test and audit records,
     each proven in the committed tree of its split, and one absence proof of all their keys in
     every current slice of every shard after the request. None when the request has none."""
@@ -177,22 +183,20 @@ def _held_out(ws: TranscriptSource, n: int, size_after: int) -> dict[str, Any] |
         for role in sorted({r for r, _, _ in rows})
     }
     keys = [k for _, _, k in rows]
-    shards, slices = ws.config.shards, ws.config.slices
+    block = CommitBlock(ws.config.shards, ws.config.slices)
     items = []
-    for s in range(shards):
-        for r in range(slices):
+    for s in range(block.shards):
+        for j in range(block.slices):
             idx = db.execute(
                 "SELECT log_index FROM p_slices WHERE shard=? AND slice=? AND log_index<? "
                 "ORDER BY generation DESC LIMIT 1",
-                (s, r, size_after),
+                (s, j, size_after),
             ).fetchone()[0]
-            tree = _slice_tree(db, s, r, n)
-            items.append({"slice": _disclose(ws, idx, size_after), "absence": tree.absence_proof(keys).to_json()})
-    return {
-        "records": [
-            {"commitment": c.hex(), "key": k.hex(), "split": role, "membership": trees[role].membership_proof(k).to_json()}
-            for role, c, k in rows
-        ],
-        "audit": _disclose(ws, 2 + shards * slices, size_after),
-        "slices": items,
-    }
+            tree = _slice_tree(db, s, j, n)
+            items.append(wire.HeldOutSlice(slice=_disclose(ws, idx, size_after), absence=tree.absence_proof(keys)))
+    return wire.HeldOut(
+        records=tuple(wire.HeldOutRecord(commitment=c, key=k, split=role, membership=trees[role].membership_proof(k))
+                      for role, c, k in rows),
+        audit=_disclose(ws, block.audit, size_after),
+        slices=tuple(items),
+    )

@@ -13,10 +13,10 @@ import json
 import re
 from typing import Any
 
-import numpy as np
 import rfc8785
 
 from ._errors import MalformedInput
+from ._json import parse_json_strict
 
 __all__ = ["canonical_json", "b64encode", "b64decode", "hex32", "parse_json_strict"]
 
@@ -102,50 +102,3 @@ def hex32(text: object, *, what: str = "digest", exc: type[Exception] = Malforme
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: no per-character alternation
-_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
-_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def parse_json_strict(
-    data: bytes | str,
-    *,
-    what: str = "JSON document",
-    exc: type[Exception] = MalformedInput,
-    max_bytes: int = 64 * 1024 * 1024,
-    max_depth: int = 64,
-) -> Any:
-    """Parse untrusted JSON: size and depth bounded, no duplicate keys, no NaN/Infinity."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    if len(data) > max_bytes:
-        raise exc(f"{what} is too large ({len(data)} bytes > {max_bytes})")
-    # Depth is bounded before parsing so a deeply nested document cannot exhaust the stack:
-    # drop string literals (a C-speed regex), then take the running bracket depth with numpy.
-    skeleton = _STRINGS.sub(b"", data)
-    if skeleton:
-        arr = np.frombuffer(skeleton, dtype=np.uint8)
-        step = (np.isin(arr, _OPEN).astype(np.int32) - np.isin(arr, _CLOSE).astype(np.int32))
-        if step.any() and int(np.cumsum(step).max()) > max_depth:
-            raise exc(f"{what} is nested deeper than {max_depth} levels")
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            parse_constant=_reject_constant,
-            object_pairs_hook=_no_duplicates,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise exc(f"{what} is not valid JSON: {e}") from e

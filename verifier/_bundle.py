@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import re
 import stat
@@ -23,22 +22,38 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from verifiable_mu._canonical import hex32
 from verifiable_mu._dsse import Envelope
-from verifiable_mu._errors import InvalidBundle, UnsupportedVersion
+from verifiable_mu._errors import InvalidBundle
+from verifiable_mu._json import JsonBudget as _CoreBudget
+from verifiable_mu._json import json_loads_strict, json_memory_estimate, parse_json_strict
 from verifiable_mu._keys import VerifyingKey
-from verifiable_mu._log import LogEntry
-from verifiable_mu._modelcode import MAX_SOURCE_BYTES, MAX_SOURCE_FILE_BYTES, MAX_SOURCE_FILES, SOURCE_PATH_RE
-from verifiable_mu._multiproof import MultiProof
+from verifiable_mu._modelcode import MAX_SOURCE_BYTES, MAX_SOURCE_FILE_BYTES, MAX_SOURCE_FILES
 from verifiable_mu._proofs import ConsistencyProof
-from verifiable_mu._range import RangeProof
 from verifiable_mu._records import RecordOpening
 from verifiable_mu._sorted_tree import AbsenceProof, SortedTree
 from verifiable_mu._tags import TAG_CHECKPOINT
-
-from ._entries import _wrap
+from verifiable_mu._wire_bundle import (
+    ABSENCE,
+    BUNDLE_TYPE,
+    BUNDLE_VERSION,
+    FINAL_HEAD,
+    LOG,
+    MANIFEST,
+    MEMBER_NAME_RE,
+    MODEL_SOURCE_DIR,
+    OPENINGS,
+    PUBKEY,
+    Absence,
+    LogDoc,
+    LogRun,
+    Manifest,
+    Openings,
+)
+from verifiable_mu._wire_common import expect_object
+from verifiable_mu._wire_common import wrap as _wrap
 
 __all__ = [
+    "BUNDLE_TYPE",
     "BUNDLE_VERSION",
     "Archive",
     "Bundle",
@@ -61,22 +76,8 @@ __all__ = [
     "read_bundle",
 ]
 
-BUNDLE_VERSION = 1
-BUNDLE_TYPE = "vmu.bundle"
-MANIFEST = "manifest.json"
-PUBKEY = "keys/signing-key.pub.pem"
-FINAL_HEAD = "heads/final.note"
-LOG = "log/entries.json"
-OPENINGS = "records/openings.json"
-ABSENCE = "slices/absence.json"
-
-_NAME_RE = re.compile(
-    r"(manifest\.json|keys/signing-key\.pub\.pem|heads/final\.note|transcripts/[0-9]{6}\.dsse\.json"
-    r"|log/entries\.json|records/openings\.json|checkpoints/[0-9a-f]{64}\.safetensors|slices/[0-9a-f]{64}\.records"
-    r"|slices/absence\.json|model/source/" + SOURCE_PATH_RE.pattern + ")"
-)
-MODEL_SOURCE_DIR = "model/source/"
-_DEC = re.compile(r"0|[1-9][0-9]{0,18}")
+#: The member-name pattern (the wire model's; this name kept for existing callers).
+_NAME_RE = MEMBER_NAME_RE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,13 +107,13 @@ class Limits:
 _DEFAULT = Limits()
 
 
-class JsonBudget:
+class JsonBudget(_CoreBudget):
     """What is left of :attr:`Limits.max_json_memory_total` for the JSON documents of one bundle."""
 
-    __slots__ = ("left",)
+    __slots__ = ()
 
     def __init__(self, limits: Limits) -> None:
-        self.left = limits.max_json_memory_total
+        super().__init__(limits.max_json_memory_total)
 
 
 # --- the zip layer ------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def _check_name(info: zipfile.ZipInfo) -> None:
         raise InvalidBundle(f"archive member {name!r} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise InvalidBundle(f"archive member {name!r} uses compression method {info.compress_type} (only stored or deflate)")
-    if not _NAME_RE.fullmatch(name):
+    if not MEMBER_NAME_RE.fullmatch(name):
         raise InvalidBundle(f"archive member {name!r} is not a member a bundle of version {BUNDLE_VERSION} can hold")
 
 
@@ -210,36 +211,6 @@ def open_archive(data: bytes, limits: Limits = Limits()) -> Archive:
 
 # --- bounded JSON -------------------------------------------------------------------------
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise ValueError(f"duplicate key {k[:60]!r}")
-            seen.add(k)
-    return out
-
-
-def json_memory_estimate(data: bytes) -> int:
-    """An upper estimate of the Python memory :func:`parse_json_bounded` takes for the JSON text
-    ``data`` (its pre-scan and ``json.loads``), from token counts taken at C speed without
-    allocating: 3 bytes per byte of text, and per string, object, array, key and element what
-    the worst shapes took under tracemalloc (``[{},{},..]``, ``[[],[],..]``, many distinct keys,
-    short strings, numbers, one long string). Characters inside strings are counted as tokens
-    too, which only overestimates; honest members (hex and base64 strings) estimate 1-3x."""
-    return (3 * len(data) + 132 * data.count(b'"') + 96 * data.count(b"{") + 80 * data.count(b"[")
-            + 160 * data.count(b":") + 48 * data.count(b","))
-
-
 def parse_json_bounded(
     data: bytes,
     *,
@@ -250,36 +221,11 @@ def parse_json_bounded(
     max_memory: int = _DEFAULT.max_json_memory,
     budget: JsonBudget | None = None,
 ) -> Any:
-    """Strict JSON for untrusted bundle members: size, memory and depth bounded, no duplicate keys,
-    no NaN/Infinity. Same rules as :func:`verifiable_mu._canonical.parse_json_strict`, but the
-    pre-scan runs at C speed (strings are cut out by a regular expression and only the tokens left
-    are counted), so multi-megabyte transcripts parse in tens of milliseconds. The memory the
-    parse would take (:func:`json_memory_estimate`) is checked against ``max_memory`` and against
-    what is left of ``budget`` before anything is parsed."""
-    if len(data) > max_bytes:
-        raise exc(f"{what} is too large ({len(data)} bytes > {max_bytes})")
-    est = json_memory_estimate(data)
-    cap = max_memory if budget is None else min(max_memory, budget.left)
-    if est > cap:
-        left = " left for this bundle" if budget is not None and budget.left < max_memory else ""
-        raise exc(f"{what} would take about {est >> 20} MiB of memory to parse ({len(data)} bytes of JSON; "
-                  f"at most {cap >> 20} MiB{left})")
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    depth = 0
-    for b in brackets:
-        if b in (0x5B, 0x7B):
-            depth += 1
-            if depth > max_depth:
-                raise exc(f"{what} is nested deeper than {max_depth} levels")
-        else:
-            depth -= 1
-    del brackets
-    if budget is not None:
-        budget.left -= est
-    try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise exc(f"{what} is not valid JSON: {str(e)[:200]}") from e
+    """Strict JSON for untrusted bundle members: :func:`verifiable_mu._json.parse_json_strict`
+    with the bundle's bounds (size, depth, and the memory the parse would take, checked against
+    ``max_memory`` and what is left of ``budget`` before anything is parsed)."""
+    return parse_json_strict(data, what=what, exc=exc, max_bytes=max_bytes, max_depth=max_depth,
+                             max_memory=max_memory, budget=budget)
 
 
 def parse_envelope(data: bytes, what: str, limits: Limits, budget: JsonBudget | None = None) -> Envelope:
@@ -290,149 +236,6 @@ def parse_envelope(data: bytes, what: str, limits: Limits, budget: JsonBudget | 
 
 
 # --- parsed members -----------------------------------------------------------------------
-
-
-def _obj(d: Any, what: str, fields: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
-    if not isinstance(d, dict):
-        raise InvalidBundle(f"{what} must be a JSON object")
-    missing = fields - set(d)
-    if missing:
-        raise InvalidBundle(f"{what} lacks field(s): {', '.join(sorted(missing))}")
-    extra = set(d) - fields - optional
-    if extra:
-        raise InvalidBundle(f"{what} has unknown field(s): {', '.join(sorted(extra))}")
-    return d
-
-
-def _dec(v: Any, what: str) -> int:
-    if not isinstance(v, str) or not _DEC.fullmatch(v):
-        raise InvalidBundle(f"{what} must be a decimal string without leading zeros")
-    return int(v)
-
-
-def _int(v: Any, what: str, lo: int = 0, hi: int = 2**53) -> int:
-    if type(v) is not int or not lo <= v <= hi:
-        raise InvalidBundle(f"{what} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-def _version(d: dict[str, Any], what: str, typ: str) -> None:
-    if d.get("type") != typ:
-        raise InvalidBundle(f"{what} must have type {typ!r}, got {str(d.get('type'))[:60]!r}")
-    v = d.get("version")
-    if type(v) is not int or v != 1:
-        shown = v if type(v) is int else repr(str(v)[:40])
-        raise UnsupportedVersion(f"{what} version {shown} is not supported (this verifier reads version 1)")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Manifest:
-    origin: str
-    transcripts: tuple[str, ...]
-    challenge_mode: str  # "fiat-shamir" or "interactive"
-    challenge: bytes | None
-    replay: int
-    sample: tuple[int, ...]  # end checkpoint log indices, in draw order
-    original: Mapping[int, tuple[int, ...]]  # shard -> checkpoint log indices of generation 0
-    members: Mapping[str, bytes]  # name -> SHA-256
-    generator: str
-
-    @classmethod
-    def from_json(cls, d: Any) -> Manifest:
-        if not isinstance(d, dict):
-            raise InvalidBundle("manifest.json must be a JSON object")
-        _version(d, "manifest.json", BUNDLE_TYPE)
-        _obj(
-            d,
-            "manifest.json",
-            {"type", "version", "origin", "transcripts", "challenge", "replay", "sample", "original", "members"},
-            {"generator", "created", "disclosure"},
-        )
-        origin = d["origin"]
-        if not isinstance(origin, str) or not 0 < len(origin) <= 256:
-            raise InvalidBundle("manifest origin must be a non-empty string of at most 256 characters")
-        ts = d["transcripts"]
-        if not isinstance(ts, list) or not ts or len(ts) > 100_000:
-            raise InvalidBundle("manifest transcripts must be a non-empty list of member names")
-        for t in ts:
-            if not isinstance(t, str) or not re.fullmatch(r"transcripts/[0-9]{6}\.dsse\.json", t):
-                raise InvalidBundle(f"manifest transcript name {str(t)[:80]!r} is not valid")
-        if len(set(ts)) != len(ts):
-            raise InvalidBundle("manifest lists a transcript twice")
-        ch = _obj(d["challenge"], "manifest challenge", {"mode"}, {"challenge"})
-        mode = ch["mode"]
-        challenge = None
-        if mode == "fiat-shamir":
-            if "challenge" in ch:
-                raise InvalidBundle("a fiat-shamir manifest must not carry a challenge")
-        elif mode == "interactive":
-            c = ch.get("challenge")
-            if not isinstance(c, str) or not re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", c):
-                raise InvalidBundle("manifest challenge must be 32 to 128 lower-case hex digits")
-            challenge = bytes.fromhex(c)
-        else:
-            raise UnsupportedVersion(f"challenge mode {str(mode)[:40]!r} is not supported (fiat-shamir or interactive)")
-        replay = _int(d["replay"], "manifest replay", 0, 1_000_000)
-        sample = d["sample"]
-        if not isinstance(sample, list) or len(sample) > 1_000_000:
-            raise InvalidBundle("manifest sample must be a list of log indices")
-        samp = tuple(_dec(x, "manifest sample index") for x in sample)
-        orig = d["original"]
-        if not isinstance(orig, list) or not orig or len(orig) > 4096:
-            raise InvalidBundle("manifest original must be a non-empty list of lineages")
-        original: dict[int, tuple[int, ...]] = {}
-        for i, lin in enumerate(orig):
-            lin = _obj(lin, f"manifest original[{i}]", {"shard", "checkpoints"})
-            s = _int(lin["shard"], f"manifest original[{i}] shard", 0, 2**32 - 1)
-            cks = lin["checkpoints"]
-            if not isinstance(cks, list) or not cks or len(cks) > 10_000_000:
-                raise InvalidBundle(f"manifest original[{i}] checkpoints must be a non-empty list")
-            if s in original:
-                raise InvalidBundle(f"manifest lists the original lineage of shard {s} twice")
-            original[s] = tuple(_dec(x, f"manifest original[{i}] checkpoint index") for x in cks)
-        mem = d["members"]
-        if not isinstance(mem, dict):
-            raise InvalidBundle("manifest members must be an object of name -> sha256")
-        members = {}
-        for k, v in mem.items():
-            if not isinstance(k, str) or not _NAME_RE.fullmatch(k) or k == MANIFEST:
-                raise InvalidBundle(f"manifest lists an invalid member name {str(k)[:80]!r}")
-            members[k] = hex32(v, what=f"manifest digest of {k}", exc=InvalidBundle)
-        gen = d.get("generator", "")
-        if not isinstance(gen, str):
-            raise InvalidBundle("manifest generator must be a string")
-        return cls(
-            origin=origin,
-            transcripts=tuple(ts),
-            challenge_mode=mode,
-            challenge=challenge,
-            replay=replay,
-            sample=samp,
-            original=MappingProxyType(original),
-            members=MappingProxyType(members),
-            generator=gen[:200],
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogRun:
-    """A contiguous run of disclosed log entries and its range proof against the final head."""
-
-    start: int
-    entries: tuple[LogEntry, ...]
-    proof: RangeProof
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.entries)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Openings:
-    deleted: tuple[RecordOpening, ...]
-    audit: tuple[RecordOpening, ...]
-    training: tuple[RecordOpening, ...]
-    audit_proof: MultiProof | None = None  # present when the audit set is sampled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -467,59 +270,12 @@ def _json(members: Mapping[str, bytes], name: str, limits: Limits, budget: JsonB
 
 
 def _parse_log(d: Any) -> tuple[tuple[LogRun, ...], tuple[ConsistencyProof, ...], tuple[ConsistencyProof, ...]]:
-    if not isinstance(d, dict):
-        raise InvalidBundle(f"{LOG} must be a JSON object")
-    _version(d, LOG, "vmu.bundle-log")
-    _obj(d, LOG, {"type", "version", "runs", "consistency"}, {"known"})
-    runs_j = d["runs"]
-    if not isinstance(runs_j, list) or not runs_j:
-        raise InvalidBundle(f"{LOG} runs must be a non-empty list")
-    runs: list[LogRun] = []
-    for i, r in enumerate(runs_j):
-        r = _obj(r, f"{LOG} run {i}", {"entries", "proof"})
-        proof = _wrap(f"{LOG} run {i} proof", RangeProof.from_json, r["proof"])
-        ents = r["entries"]
-        if not isinstance(ents, list) or len(ents) != proof.end - proof.start:
-            raise InvalidBundle(f"{LOG} run {i} must hold {proof.end - proof.start} entries, as its proof states")
-        entries = tuple(_wrap(f"{LOG} run {i} entry {j}", LogEntry.from_json, e) for j, e in enumerate(ents))
-        for j, e in enumerate(entries):
-            if e.index != proof.start + j:
-                raise InvalidBundle(f"{LOG} run {i} entry {j} has index {e.index}, expected {proof.start + j}")
-        if runs and proof.start < runs[-1].end:
-            raise InvalidBundle(f"{LOG} runs must be sorted and must not overlap (run {i} starts at {proof.start})")
-        if runs and proof.tree_size != runs[0].proof.tree_size:
-            raise InvalidBundle(f"{LOG} run {i} is proven against another tree size than run 0")
-        runs.append(LogRun(start=proof.start, entries=entries, proof=proof))
-    cons_j = d["consistency"]
-    if not isinstance(cons_j, list):
-        raise InvalidBundle(f"{LOG} consistency must be a list")
-    cons = tuple(_wrap(f"{LOG} consistency proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(cons_j))
-    known_j = d.get("known", [])
-    if not isinstance(known_j, list) or len(known_j) > 64:
-        raise InvalidBundle(f"{LOG} known must be a list of at most 64 consistency proofs")
-    known = tuple(_wrap(f"{LOG} known proof {i}", ConsistencyProof.from_json, c) for i, c in enumerate(known_j))
-    return tuple(runs), cons, known
+    doc = LogDoc.from_json(d)
+    return doc.runs, doc.consistency, doc.known or ()
 
 
 def _parse_openings(d: Any) -> Openings:
-    if not isinstance(d, dict):
-        raise InvalidBundle(f"{OPENINGS} must be a JSON object")
-    _version(d, OPENINGS, "vmu.bundle-openings")
-    _obj(d, OPENINGS, {"type", "version", "deleted", "audit", "training"}, {"audit_proof"})
-    out: dict[str, Any] = {}
-    for part in ("deleted", "audit", "training"):
-        lst = d[part]
-        if not isinstance(lst, list):
-            raise InvalidBundle(f"{OPENINGS} {part} must be a list")
-        out[part] = tuple(o if isinstance(o, RecordOpening)  # already converted (parse_openings_streamed)
-                          else _wrap(f"{OPENINGS} {part}[{i}]", RecordOpening.from_json, o) for i, o in enumerate(lst))
-    if "audit_proof" in d:
-        proof = _wrap(f"{OPENINGS} audit_proof", MultiProof.from_json, d["audit_proof"])
-        if len(proof.positions) < len(out["audit"]):  # more: deleted audit records, checked in step 16
-            raise InvalidBundle(f"{OPENINGS} audit_proof must prove a position for every audit opening "
-                                f"({len(out['audit'])}), it proves {len(proof.positions)}")
-        out["audit_proof"] = proof
-    return Openings(**out)
+    return Openings.from_json(d)
 
 
 _S = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
@@ -528,7 +284,6 @@ _FLAT_OBJECT = re.compile(rb"\{(?:[^{}\[\]\"]|" + _S + rb"|\[(?:[^{}\[\]\"]|" + 
 _SCALAR = re.compile(_S + rb"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
 _KEY = re.compile(_S)
 _WS = re.compile(rb"[ \t\n\r]*")
-_OPENING_PARTS = ("deleted", "audit", "training")
 
 
 def openings_fit_whole(data: bytes, limits: Limits) -> bool:
@@ -568,7 +323,7 @@ def parse_openings_streamed(data: bytes, limits: Limits, budget: JsonBudget | No
             raise InvalidBundle(f"{OPENINGS}: one value would take about {json_memory_estimate(text) >> 20} MiB of "
                                 f"memory to parse (at most {cap >> 20} MiB)")
         try:
-            v = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+            v = json_loads_strict(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise InvalidBundle(f"{OPENINGS} is not valid JSON: {str(e)[:200]}") from e
         pos = m.end()
@@ -607,7 +362,7 @@ def parse_openings_streamed(data: bytes, limits: Limits, budget: JsonBudget | No
                     while True:
                         start = pos
                         o = piece(_FLAT_OBJECT, "an opening (a flat JSON object)")
-                        if key in _OPENING_PARTS:
+                        if key in ("deleted", "audit", "training"):
                             o = _wrap(f"{OPENINGS} {key}[{len(items)}]", RecordOpening.from_json, o)
                             retained += 2 * (pos - start)  # a parsed opening keeps about its text's size, twice
                         items.append(o)
@@ -660,7 +415,7 @@ def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint", max_head
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        spec = _obj(spec, f"{what} tensor {name[:60]!r}", {"dtype", "shape", "data_offsets"})
+        spec = expect_object(spec, f"{what} tensor {name[:60]!r}", {"dtype", "shape", "data_offsets"})
         if spec["dtype"] not in _ST_DTYPES:
             raise InvalidBundle(f"{what} tensor {name[:60]!r} has dtype {str(spec['dtype'])[:10]!r} (only F32)")
         shape = spec["shape"]
@@ -806,29 +561,14 @@ def parse_large_members(bundle: Bundle, members: Mapping[str, bytes], limits: Li
         checkpoints=MappingProxyType(ckpts),
         slice_records=MappingProxyType(slices),
         slice_keys=MappingProxyType(slice_keys),
-        absence=MappingProxyType(_parse_absence(_json(members, ABSENCE, limits, budget)) if ABSENCE in members else {}),
+        absence=_parse_absence(_json(members, ABSENCE, limits, budget)) if ABSENCE in members else MappingProxyType({}),
     )
 
 
-def _parse_absence(d: Any) -> dict[bytes, AbsenceProof]:
+def _parse_absence(d: Any) -> Mapping[bytes, AbsenceProof]:
     """``slices/absence.json``: one absence proof of the deleted keys per slice tree whose records
     the bundle does not disclose (specs/08-bundle.md section 4b)."""
-    if not isinstance(d, dict):
-        raise InvalidBundle(f"{ABSENCE} must be a JSON object")
-    _version(d, ABSENCE, "vmu.bundle-absence")
-    _obj(d, ABSENCE, {"type", "version", "slices"})
-    if not isinstance(d["slices"], list):
-        raise InvalidBundle(f"{ABSENCE} slices must be a list")
-    out: dict[bytes, AbsenceProof] = {}
-    for i, item in enumerate(d["slices"]):
-        what = f"{ABSENCE} slices[{i}]"
-        if not isinstance(item, dict) or set(item) != {"root", "proof"}:
-            raise InvalidBundle(f"{what} must be an object with exactly root and proof")
-        root = hex32(item["root"], what=f"{what} root", exc=InvalidBundle)
-        if root in out:
-            raise InvalidBundle(f"{what}: root {root.hex()[:16]}... is listed twice")
-        out[root] = _wrap(f"{what} proof", AbsenceProof.from_json, item["proof"])
-    return out
+    return Absence.from_json(d).proofs
 
 
 def parse_bundle(members: Mapping[str, bytes], manifest: Manifest, limits: Limits = Limits()) -> Bundle:
