@@ -25,13 +25,11 @@ from typing import Any
 from verifiable_mu._dsse import Envelope
 from verifiable_mu._errors import InvalidBundle
 from verifiable_mu._json import JsonBudget as _CoreBudget
-from verifiable_mu._json import json_loads_strict, json_memory_estimate, parse_json_strict
+from verifiable_mu._json import json_memory_estimate, parse_json_strict
 from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._modelcode import MAX_SOURCE_BYTES, MAX_SOURCE_FILE_BYTES, MAX_SOURCE_FILES
 from verifiable_mu._proofs import ConsistencyProof
-from verifiable_mu._records import RecordOpening
 from verifiable_mu._sorted_tree import AbsenceProof, SortedTree
-from verifiable_mu._tags import TAG_CHECKPOINT
 from verifiable_mu._wire_bundle import (
     ABSENCE,
     BUNDLE_TYPE,
@@ -49,8 +47,10 @@ from verifiable_mu._wire_bundle import (
     Manifest,
     Openings,
 )
-from verifiable_mu._wire_common import expect_object
+from verifiable_mu._wire_checkpoint import checkpoint_content_digest, checkpoint_shapes
 from verifiable_mu._wire_common import wrap as _wrap
+
+from ._openings_stream import OpeningsReader
 
 __all__ = [
     "BUNDLE_TYPE",
@@ -278,14 +278,6 @@ def _parse_openings(d: Any) -> Openings:
     return Openings.from_json(d)
 
 
-_S = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
-#: A JSON object whose values are scalars or arrays of scalars (an opening, an audit multiproof).
-_FLAT_OBJECT = re.compile(rb"\{(?:[^{}\[\]\"]|" + _S + rb"|\[(?:[^{}\[\]\"]|" + _S + rb")*\])*\}")
-_SCALAR = re.compile(_S + rb"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
-_KEY = re.compile(_S)
-_WS = re.compile(rb"[ \t\n\r]*")
-
-
 def openings_fit_whole(data: bytes, limits: Limits) -> bool:
     """Whether ``records/openings.json`` is parsed whole (the usual bounded parse) rather than one
     opening at a time (:func:`parse_openings_streamed`, for members above the memory bound)."""
@@ -302,161 +294,14 @@ def parse_openings_streamed(data: bytes, limits: Limits, budget: JsonBudget | No
     if len(data) > limits.max_json_bytes:
         raise InvalidBundle(f"{OPENINGS} is too large ({len(data)} bytes > {limits.max_json_bytes})")
     cap = limits.max_json_memory if budget is None else min(limits.max_json_memory, budget.left)
-    pos = 0
-
-    def bad(why: str) -> InvalidBundle:
-        return InvalidBundle(f"{OPENINGS} is not valid JSON of the openings' form: {why} at byte {pos}")
-
-    def skip() -> None:
-        nonlocal pos
-        m = _WS.match(data, pos)
-        pos = m.end() if m else pos
-
-    def piece(rx: re.Pattern[bytes], what: str) -> Any:
-        nonlocal pos
-        skip()
-        m = rx.match(data, pos)
-        if m is None:
-            raise bad(f"expected {what}")
-        text = m.group()
-        if json_memory_estimate(text) > cap:
-            raise InvalidBundle(f"{OPENINGS}: one value would take about {json_memory_estimate(text) >> 20} MiB of "
-                                f"memory to parse (at most {cap >> 20} MiB)")
-        try:
-            v = json_loads_strict(text)
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise InvalidBundle(f"{OPENINGS} is not valid JSON: {str(e)[:200]}") from e
-        pos = m.end()
-        return v
-
-    def punct(chars: bytes) -> bytes:
-        nonlocal pos
-        skip()
-        c = data[pos : pos + 1]
-        if not c or c not in chars:
-            raise bad(f"expected one of {chars.decode()!r}")
-        pos += 1
-        return c
-
-    d: dict[str, Any] = {}
-    retained = 0
-    punct(b"{")
-    skip()
-    if data[pos : pos + 1] == b"}":
-        pos += 1
-    else:
-        while True:
-            key = piece(_KEY, "a key")
-            if key in d:
-                raise InvalidBundle(f"{OPENINGS} is not valid JSON: duplicate key {key[:60]!r}")
-            punct(b":")
-            skip()
-            first = data[pos : pos + 1]
-            if first == b"[":
-                pos += 1
-                items: list[Any] = []
-                skip()
-                if data[pos : pos + 1] == b"]":
-                    pos += 1
-                else:
-                    while True:
-                        start = pos
-                        o = piece(_FLAT_OBJECT, "an opening (a flat JSON object)")
-                        if key in ("deleted", "audit", "training"):
-                            o = _wrap(f"{OPENINGS} {key}[{len(items)}]", RecordOpening.from_json, o)
-                            retained += 2 * (pos - start)  # a parsed opening keeps about its text's size, twice
-                        items.append(o)
-                        if punct(b",]") == b"]":
-                            break
-                d[key] = items
-            elif first == b"{":
-                d[key] = piece(_FLAT_OBJECT, "a flat JSON object")
-            else:
-                d[key] = piece(_SCALAR, "a value")
-            if punct(b",}") == b"}":
-                break
-    skip()
-    if pos != len(data):
-        raise bad("trailing data")
+    reader = OpeningsReader(data, cap)
+    d = reader.document()
     if budget is not None:
-        if retained > budget.left:
-            raise InvalidBundle(f"{OPENINGS}: the openings would take about {retained >> 20} MiB of memory (at most "
-                                f"{budget.left >> 20} MiB left for this bundle)")
-        budget.left -= retained
+        if reader.retained > budget.left:
+            raise InvalidBundle(f"{OPENINGS}: the openings would take about {reader.retained >> 20} MiB of memory "
+                                f"(at most {budget.left >> 20} MiB left for this bundle)")
+        budget.left -= reader.retained
     return _parse_openings(d)
-
-
-# --- checkpoints without torch ---------------------------------------------------------------
-
-_ST_DTYPES = {"F32": ("float32", 4)}
-
-
-def checkpoint_content_digest(data: bytes, *, what: str = "checkpoint", max_header: int = _DEFAULT.max_safetensors_header) -> bytes:
-    """The content digest of a safetensors checkpoint file, computed without torch.
-
-    Same value as :func:`verifiable_mu.training.checkpoint_digest` of the loaded tensors:
-    ``SHA-256(TAG_CHECKPOINT || u64be(len h) || h || tensor bytes in name order)`` where ``h`` is
-    the canonical JSON ``{"tensors": [{"dtype", "name", "shape"}...], "version": 1}``. Only
-    float32 tensors, stored contiguously without gaps or overlaps, are accepted.
-    """
-    if len(data) < 8:
-        raise InvalidBundle(f"{what} is not a safetensors file (too short)")
-    (hlen,) = struct.unpack("<Q", data[:8])
-    if hlen > len(data) - 8:
-        raise InvalidBundle(f"{what} has a safetensors header longer than the file")
-    if hlen > max_header:
-        raise InvalidBundle(f"{what} has a safetensors header of {hlen} bytes (at most {max_header})")
-    header = parse_json_bounded(data[8 : 8 + hlen], what=f"{what} header", max_bytes=max_header, max_depth=8,
-                                max_memory=64 * max_header)
-    if not isinstance(header, dict):
-        raise InvalidBundle(f"{what} header must be a JSON object")
-    body = memoryview(data)[8 + hlen :]
-    tensors = []
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        spec = expect_object(spec, f"{what} tensor {name[:60]!r}", {"dtype", "shape", "data_offsets"})
-        if spec["dtype"] not in _ST_DTYPES:
-            raise InvalidBundle(f"{what} tensor {name[:60]!r} has dtype {str(spec['dtype'])[:10]!r} (only F32)")
-        shape = spec["shape"]
-        if not isinstance(shape, list) or len(shape) > 8 or not all(type(x) is int and 0 <= x < 2**40 for x in shape):
-            raise InvalidBundle(f"{what} tensor {name[:60]!r} has an invalid shape")
-        offs = spec["data_offsets"]
-        if not isinstance(offs, list) or len(offs) != 2 or not all(type(x) is int and x >= 0 for x in offs):
-            raise InvalidBundle(f"{what} tensor {name[:60]!r} has invalid data offsets")
-        n = 1
-        for x in shape:
-            n *= x
-        if offs[1] - offs[0] != 4 * n or offs[1] > len(body):
-            raise InvalidBundle(f"{what} tensor {name[:60]!r} does not fit its shape or the file")
-        tensors.append((name, shape, offs))
-    spans = sorted(o for _, _, o in tensors)
-    pos = 0
-    for a, b in spans:
-        if a != pos:
-            raise InvalidBundle(f"{what} tensor data has gaps or overlaps")
-        pos = b
-    if pos != len(body):
-        raise InvalidBundle(f"{what} has trailing bytes after its tensors")
-    tensors.sort(key=lambda t: t[0])
-    hdr = {"version": 1, "tensors": [{"name": n, "dtype": "float32", "shape": s} for n, s, _ in tensors]}
-    from verifiable_mu._canonical import canonical_json
-
-    hb = canonical_json(hdr)
-    h = hashlib.sha256(TAG_CHECKPOINT)
-    h.update(struct.pack(">Q", len(hb)))
-    h.update(hb)
-    for _, _, (a, b) in tensors:
-        h.update(body[a:b])
-    return h.digest()
-
-
-def checkpoint_shapes(data: bytes, *, what: str = "checkpoint", max_header: int = _DEFAULT.max_safetensors_header) -> dict[str, tuple[int, ...]]:
-    """``name -> shape`` of the tensors of a safetensors file that step 3 accepted (no tensor is read)."""
-    (hlen,) = struct.unpack("<Q", data[:8])
-    header = parse_json_bounded(data[8 : 8 + hlen], what=f"{what} header", max_bytes=max_header, max_depth=8,
-                                max_memory=64 * max_header)
-    return {name: tuple(spec["shape"]) for name, spec in header.items() if name != "__metadata__"}
 
 
 # --- the bundle ------------------------------------------------------------------------------
