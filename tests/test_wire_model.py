@@ -19,6 +19,9 @@ from verifiable_mu._dsse import Envelope
 from verifiable_mu._errors import InvalidBundle, MalformedInput, UnsupportedVersion
 from verifiable_mu._json import JsonBudget, parse_json_strict
 from verifiable_mu._log import LogEntry
+from verifiable_mu._multiproof import MultiProof
+from verifiable_mu._proofs import ConsistencyProof
+from verifiable_mu._range import RangeProof
 from verifiable_mu._sorted_tree import SortedTree
 from verifiable_mu._wire_bundle import (
     ABSENCE,
@@ -403,3 +406,30 @@ def test_json_memory_bound_and_budget() -> None:
     assert budget.left < 10**9
     with pytest.raises(InvalidBundle, match="left for this bundle"):
         parse_json_strict(doc, exc=InvalidBundle, max_memory=10**9, budget=JsonBudget(1000))
+
+
+# --- the proofs the bundle carries -----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**40), st.integers(1, 2**20), st.integers(0, 2**20), st.lists(H32, max_size=40).map(tuple))
+def test_range_proof_round_trip(start: int, length: int, extra: int, path: tuple[bytes, ...]) -> None:
+    p = RangeProof(start=start, end=start + length, tree_size=start + length + extra, path=path)
+    assert RangeProof.from_json(json.loads(json.dumps(p.to_json()))) == p
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 2**40).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.integers(0, n - 1), min_size=1, max_size=8, unique=True).map(lambda x: tuple(sorted(x))))),
+    st.lists(H32, max_size=8).map(tuple))
+def test_multiproof_round_trip(size_positions: tuple[int, tuple[int, ...]], path: tuple[bytes, ...]) -> None:
+    size, positions = size_positions
+    p = MultiProof(positions=positions, tree_size=size, path=path)
+    assert MultiProof.from_json(json.loads(json.dumps(p.to_json()))) == p
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**40), st.integers(0, 2**40), st.lists(H32, max_size=40).map(tuple))
+def test_consistency_proof_round_trip(old: int, extra: int, path: tuple[bytes, ...]) -> None:
+    p = ConsistencyProof(old_size=old, new_size=old + extra, path=path)
+    assert ConsistencyProof.from_json(json.loads(json.dumps(p.to_json()))) == p
