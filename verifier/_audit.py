@@ -265,7 +265,7 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
 
     require(("torch", "scipy", "sklearn"), "the residual audit", "install verifiable-mu[full]")
     from . import _models, _residual, _robust
-    from ._checks import _residual_seed
+    from ._steps_residual import residual_seed
 
     post = _models.load_models(pkg.model, pkg.post)
     pre = _models.load_models(pkg.model, pkg.pre)
@@ -278,7 +278,7 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
     aX, ay = stack(pkg.audit)
     rep = _residual.residual_tests(
         post_models=post, pre_models=pre, shard_of_deleted=pkg.shard_of_deleted, deleted_X=dX, deleted_y=dy,
-        audit_X=aX, audit_y=ay, alpha=alpha, n_boot=n_boot, seed=_residual_seed(pkg.deleted),
+        audit_X=aX, audit_y=ay, alpha=alpha, n_boot=n_boot, seed=residual_seed(pkg.deleted),
     )
     residual = rep.to_json()
     # Informative, as in step 19: robust accuracy under PGD before and after (specs/10 section 7b).
