@@ -34,7 +34,9 @@ import numpy as np
 from verifiable_mu._canary import Trigger, apply_trigger
 from verifiable_mu._errors import MalformedInput
 
-from ._residual import _labels, _proba, _r, holm
+from ._residual_attacks import _labels, _proba
+from ._residual_report import _r
+from ._residual_stats import holm
 
 __all__ = ["CANARY_REPORT_TYPE", "CANARY_REPORT_VERSION", "CanaryShard", "CanaryReport", "canary_test", "clopper_pearson_upper"]
 

@@ -11,7 +11,7 @@ from verifiable_mu._records import record_key
 from verifiable_mu._seeds import assigned_slices, derive_slices, shard_size
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
 
-from ._entries import AuditBody, CheckpointBody, ConfigBody, DatasetBody, DeletionBody, SliceBody, StepBody
+from ._entries import AuditBody, CheckpointBody, ConfigBody, DatasetBody, DeletionBody, SliceBody, StepBody, Transcript
 from ._errors import CommitBlockInvalid, DeletionClaimFailed, SegmentMissing
 from ._state import Verification, need_entry
 
@@ -119,113 +119,151 @@ def step_11(v: Verification) -> None:
     data-set entry). A slice claim is accepted only if it is the lineage's current entry."""
     cfg = v.config
     assert cfg is not None
-    S, R = cfg.shards, cfg.slices
     _derive_original_slices(v)
     cur: dict[tuple[int, int], SliceBody] = dict(v.slices0)  # the current slice entry of every (shard, slice)
-    gens: dict[int, int] = dict.fromkeys(range(S), 0)
+    gens: dict[int, int] = dict.fromkeys(range(cfg.shards), 0)
     assigned: set[int] = set()
     deleted_keys: set[bytes] = set()
     held_out_keys: set[bytes] = set()
     for t in v.transcripts:
-        w = f"request {t.request}"
         d = v.body(DeletionBody.parse, t.deletion.entry)
-        if d.request != t.request:
-            raise DeletionClaimFailed(f"{w}: the deletion entry is for request {d.request}")
-        commits = sorted([r.commitment for r in t.records] + [h.commitment for h in t.held_out_records()])
-        if len(set(commits)) != len(commits) or list(d.commitments) != commits:
-            raise DeletionClaimFailed(f"{w}: the transcript's records are not the commitments of its deletion entry")
-        if t.count != len(t.records):
-            raise DeletionClaimFailed(f"{w}: count {t.count} differs from the {len(t.records)} records listed")
-        shards = sorted(sc.shard for sc in t.shards)
-        if len(set(shards)) != len(shards) or shards != sorted({r.shard for r in t.records}) or list(d.shards) != shards:
-            raise DeletionClaimFailed(f"{w}: retrained shards {shards} are not the shards of the deleted records")
-        by_shard: dict[int, list[Any]] = {}
-        for r in t.records:
-            if r.shard >= S or r.slice >= R:
-                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} claims shard {r.shard} slice {r.slice}")
-            if (r.membership.key, r.membership.commitment) != (r.key, r.commitment):
-                raise DeletionClaimFailed(f"{w}: the membership proof of {r.commitment.hex()[:16]} is for another record")
-            old = v.body(SliceBody.parse, r.old_slice.entry)
-            now = cur[(r.shard, r.slice)]
-            if old.index != now.index:
-                raise DeletionClaimFailed(
-                    f"{w}: record {r.commitment.hex()[:16]} points at slice entry {old.index}, which is not the current "
-                    f"entry of slice ({r.shard}, {r.slice}) in the shard's lineage (entry {now.index})")
-            try:
-                SliceDescriptor(shard=old.shard, slice=old.slice, size=old.size, root=old.root).verify_membership(
-                    r.membership, key=r.key)
-            except VerificationFailed as e:
-                raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} was not in its slice: {e}") from e
-            if r.shard not in assigned:  # the record's slice follows from the committed assignment
-                _check_assignment(v, r.shard, w)
-                assigned.add(r.shard)
-            by_shard.setdefault(r.shard, []).append(r)
-        # The re-commit block: right after the deletion entry, for each retrained shard in order,
-        # one slice entry of the new generation per slice from_stage-1..R-1, then the data-set entry.
-        pos = d.index + 1
-        for sc in sorted(t.shards, key=lambda x: x.shard):
-            ws = f"{w} shard {sc.shard}"
-            recs = by_shard[sc.shard]
-            if sc.from_stage != min(r.slice for r in recs) + 1:
-                raise DeletionClaimFailed(f"{ws}: retraining starts at stage {sc.from_stage}, the first deleted slice "
-                                          f"is used from stage {min(r.slice for r in recs) + 1}")
-            if sc.generation != gens[sc.shard] + 1:
-                raise DeletionClaimFailed(f"{ws}: retraining is generation {sc.generation}, the shard's lineage is at "
-                                          f"generation {gens[sc.shard]}")
-            for j in range(sc.from_stage - 1, R):
-                ent = need_entry(v, pos, f"{w} re-commit block")
-                sb = v.body(SliceBody.parse, ent) if ent.kind == "slice" else None
-                if sb is None or (sb.shard, sb.slice, sb.generation) != (sc.shard, j, sc.generation):
-                    got = f"a {ent.kind} entry" if sb is None else f"slice ({sb.shard}, {sb.slice}) generation {sb.generation}"
-                    raise DeletionClaimFailed(f"{w}: log entry {pos} of the re-commit block is {got}, expected slice "
-                                              f"({sc.shard}, {j}) generation {sc.generation}")
-                # Content: the old slice minus exactly this request's deleted records of it (a slice
-                # that held none keeps its records, so nothing can be added under a new id).
-                gone = {r.key for r in recs if r.slice == j}
-                old_pairs = _slice_pairs(v, cur[(sc.shard, j)], ws)
-                tree = SortedTree.build((k, c) for k, c in old_pairs if k not in gone)
-                if (tree.root, len(tree)) != (sb.root, sb.size):
-                    raise DeletionClaimFailed(
-                        f"{ws}: re-committed slice {j} (entry {sb.index}, {sb.size} records) is not its previous "
-                        f"entry ({cur[(sc.shard, j)].index}, {len(old_pairs)} records) minus exactly the "
-                        f"{len(gone)} deleted record(s)")
-                cur[(sc.shard, j)] = sb
-                pos += 1
-            gens[sc.shard] = sc.generation
-        ent = need_entry(v, pos, f"{w} re-commit block")
-        ds = v.body(DatasetBody.parse, ent) if ent.kind == "dataset" else None
-        if ds is None or ds.version != t.request or ds.slices != S * R:
-            raise DeletionClaimFailed(f"{w}: log entry {pos} ends the re-commit block but is not the data-set entry of "
-                                      f"version {t.request}")
-        descriptors = [SliceDescriptor(shard=s, slice=j, size=cur[(s, j)].size, root=cur[(s, j)].root)
-                       for s in range(S) for j in range(R)]
-        if ds.root != dataset_root(descriptors):
-            raise DeletionClaimFailed(f"{w}: the data-set entry {ds.index} is not the root over the current slices")
-        for sc in t.shards:
-            ws = f"{w} shard {sc.shard}"
-            if len(sc.slices) != R:
-                raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {R}")
-            keys = sorted(r.key for r in by_shard[sc.shard])
-            for j, x in enumerate(sc.slices):
-                sb = v.body(SliceBody.parse, x.slice.entry)
-                if sb.index != cur[(sc.shard, j)].index:
-                    raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice entry {sb.index}, not the current entry of "
-                                              f"slice ({sc.shard}, {j}) in the shard's lineage "
-                                              f"(entry {cur[(sc.shard, j)].index})")
-                if sorted(p.key for p in x.non_membership) != keys:
-                    raise DeletionClaimFailed(f"{ws}: slice {j} lacks a non-membership proof for some deleted record")
-                desc = SliceDescriptor(shard=sb.shard, slice=sb.slice, size=sb.size, root=sb.root)
-                for p in x.non_membership:
-                    try:
-                        desc.verify_non_membership(p, key=p.key)
-                    except VerificationFailed as e:
-                        raise DeletionClaimFailed(f"{ws}: a deleted record is still in slice {j}: {e}") from e
+        by_shard = _check_records(v, t, d, cur, assigned)
+        _check_recommit_block(v, t, d, by_shard, cur, gens)
+        _check_shard_claims(v, t, by_shard, cur)
         if t.held_out is not None:
             _check_held_out(v, t, cur, deleted_keys | held_out_keys)
             held_out_keys |= {h.key for h in t.held_out.records}
         deleted_keys |= {r.key for r in t.records}
     v.slices_now = cur
     _check_absent_everywhere(v, deleted_keys)
+
+
+def _check_records(v: Verification, t: Transcript, d: DeletionBody, cur: dict[tuple[int, int], SliceBody],
+                   assigned: set[int]) -> dict[int, list[Any]]:
+    """The request's deletion entry names exactly its records and shards; each record was in the
+    current entry of its slice, where the committed assignment puts it. Returns the records by shard."""
+    cfg = v.config
+    assert cfg is not None
+    S, R = cfg.shards, cfg.slices
+    w = f"request {t.request}"
+    if d.request != t.request:
+        raise DeletionClaimFailed(f"{w}: the deletion entry is for request {d.request}")
+    commits = sorted([r.commitment for r in t.records] + [h.commitment for h in t.held_out_records()])
+    if len(set(commits)) != len(commits) or list(d.commitments) != commits:
+        raise DeletionClaimFailed(f"{w}: the transcript's records are not the commitments of its deletion entry")
+    if t.count != len(t.records):
+        raise DeletionClaimFailed(f"{w}: count {t.count} differs from the {len(t.records)} records listed")
+    shards = sorted(sc.shard for sc in t.shards)
+    if len(set(shards)) != len(shards) or shards != sorted({r.shard for r in t.records}) or list(d.shards) != shards:
+        raise DeletionClaimFailed(f"{w}: retrained shards {shards} are not the shards of the deleted records")
+    by_shard: dict[int, list[Any]] = {}
+    for r in t.records:
+        if r.shard >= S or r.slice >= R:
+            raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} claims shard {r.shard} slice {r.slice}")
+        if (r.membership.key, r.membership.commitment) != (r.key, r.commitment):
+            raise DeletionClaimFailed(f"{w}: the membership proof of {r.commitment.hex()[:16]} is for another record")
+        old = v.body(SliceBody.parse, r.old_slice.entry)
+        now = cur[(r.shard, r.slice)]
+        if old.index != now.index:
+            raise DeletionClaimFailed(
+                f"{w}: record {r.commitment.hex()[:16]} points at slice entry {old.index}, which is not the current "
+                f"entry of slice ({r.shard}, {r.slice}) in the shard's lineage (entry {now.index})")
+        try:
+            SliceDescriptor(shard=old.shard, slice=old.slice, size=old.size, root=old.root).verify_membership(
+                r.membership, key=r.key)
+        except VerificationFailed as e:
+            raise DeletionClaimFailed(f"{w}: record {r.commitment.hex()[:16]} was not in its slice: {e}") from e
+        if r.shard not in assigned:  # the record's slice follows from the committed assignment
+            _check_assignment(v, r.shard, w)
+            assigned.add(r.shard)
+        by_shard.setdefault(r.shard, []).append(r)
+    return by_shard
+
+
+def _check_recommit_block(v: Verification, t: Transcript, d: DeletionBody, by_shard: dict[int, list[Any]],
+                          cur: dict[tuple[int, int], SliceBody], gens: dict[int, int]) -> None:
+    """The re-commit block: right after the deletion entry, for each retrained shard in order, one
+    slice entry of the new generation per slice from_stage-1..R-1, then the data-set entry.
+    Advances ``cur`` and ``gens`` to the lineage after the request."""
+    cfg = v.config
+    assert cfg is not None
+    S, R = cfg.shards, cfg.slices
+    w = f"request {t.request}"
+    pos = d.index + 1
+    for sc in sorted(t.shards, key=lambda x: x.shard):
+        ws = f"{w} shard {sc.shard}"
+        recs = by_shard[sc.shard]
+        if sc.from_stage != min(r.slice for r in recs) + 1:
+            raise DeletionClaimFailed(f"{ws}: retraining starts at stage {sc.from_stage}, the first deleted slice "
+                                      f"is used from stage {min(r.slice for r in recs) + 1}")
+        if sc.generation != gens[sc.shard] + 1:
+            raise DeletionClaimFailed(f"{ws}: retraining is generation {sc.generation}, the shard's lineage is at "
+                                      f"generation {gens[sc.shard]}")
+        for j in range(sc.from_stage - 1, R):
+            cur[(sc.shard, j)] = _recommitted_slice(v, t, sc, j, pos, recs, cur[(sc.shard, j)])
+            pos += 1
+        gens[sc.shard] = sc.generation
+    ent = need_entry(v, pos, f"{w} re-commit block")
+    ds = v.body(DatasetBody.parse, ent) if ent.kind == "dataset" else None
+    if ds is None or ds.version != t.request or ds.slices != S * R:
+        raise DeletionClaimFailed(f"{w}: log entry {pos} ends the re-commit block but is not the data-set entry of "
+                                  f"version {t.request}")
+    descriptors = [SliceDescriptor(shard=s, slice=j, size=cur[(s, j)].size, root=cur[(s, j)].root)
+                   for s in range(S) for j in range(R)]
+    if ds.root != dataset_root(descriptors):
+        raise DeletionClaimFailed(f"{w}: the data-set entry {ds.index} is not the root over the current slices")
+
+
+def _recommitted_slice(v: Verification, t: Transcript, sc: Any, j: int, pos: int, recs: list[Any],
+                       prev: SliceBody) -> SliceBody:
+    """Log entry ``pos`` is slice ``j`` of the shard's new generation, holding its previous entry
+    ``prev`` minus exactly this request's deleted records of it (a slice that held none keeps its
+    records, so nothing can be added under a new id)."""
+    w = f"request {t.request}"
+    ws = f"{w} shard {sc.shard}"
+    ent = need_entry(v, pos, f"{w} re-commit block")
+    sb = v.body(SliceBody.parse, ent) if ent.kind == "slice" else None
+    if sb is None or (sb.shard, sb.slice, sb.generation) != (sc.shard, j, sc.generation):
+        got = f"a {ent.kind} entry" if sb is None else f"slice ({sb.shard}, {sb.slice}) generation {sb.generation}"
+        raise DeletionClaimFailed(f"{w}: log entry {pos} of the re-commit block is {got}, expected slice "
+                                  f"({sc.shard}, {j}) generation {sc.generation}")
+    gone = {r.key for r in recs if r.slice == j}
+    old_pairs = _slice_pairs(v, prev, ws)
+    tree = SortedTree.build((k, c) for k, c in old_pairs if k not in gone)
+    if (tree.root, len(tree)) != (sb.root, sb.size):
+        raise DeletionClaimFailed(
+            f"{ws}: re-committed slice {j} (entry {sb.index}, {sb.size} records) is not its previous "
+            f"entry ({prev.index}, {len(old_pairs)} records) minus exactly the "
+            f"{len(gone)} deleted record(s)")
+    return sb
+
+
+def _check_shard_claims(v: Verification, t: Transcript, by_shard: dict[int, list[Any]],
+                        cur: dict[tuple[int, int], SliceBody]) -> None:
+    """Each retrained shard's claim lists the current entry of each of its slices, and proves
+    every deleted record of the shard absent from each."""
+    cfg = v.config
+    assert cfg is not None
+    R = cfg.slices
+    for sc in t.shards:
+        ws = f"request {t.request} shard {sc.shard}"
+        if len(sc.slices) != R:
+            raise DeletionClaimFailed(f"{ws}: {len(sc.slices)} slices are listed, the shard has {R}")
+        keys = sorted(r.key for r in by_shard[sc.shard])
+        for j, x in enumerate(sc.slices):
+            sb = v.body(SliceBody.parse, x.slice.entry)
+            if sb.index != cur[(sc.shard, j)].index:
+                raise DeletionClaimFailed(f"{ws}: slices[{j}] is slice entry {sb.index}, not the current entry of "
+                                          f"slice ({sc.shard}, {j}) in the shard's lineage "
+                                          f"(entry {cur[(sc.shard, j)].index})")
+            if sorted(p.key for p in x.non_membership) != keys:
+                raise DeletionClaimFailed(f"{ws}: slice {j} lacks a non-membership proof for some deleted record")
+            desc = SliceDescriptor(shard=sb.shard, slice=sb.slice, size=sb.size, root=sb.root)
+            for p in x.non_membership:
+                try:
+                    desc.verify_non_membership(p, key=p.key)
+                except VerificationFailed as e:
+                    raise DeletionClaimFailed(f"{ws}: a deleted record is still in slice {j}: {e}") from e
 
 
 def _check_held_out(v: Verification, t: Any, cur: dict[tuple[int, int], SliceBody], earlier: set[bytes]) -> None:

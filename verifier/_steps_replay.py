@@ -26,6 +26,39 @@ from ._steps_schedule import batch_of, check_batch, check_step
 
 
 def step_17(v: Verification) -> None:
+    """The sample: the seed (the verifier's challenge, or Fiat-Shamir), the deletion lineage (all
+    of it, or the verifier's draws from it), the uniform draws from the other segments, and every
+    step, record and checkpoint of them disclosed."""
+    b = v.bundle
+    assert b is not None
+    _sampling_seed(v)
+    complete, rest = _split_population(v)
+    if v.options.lineage == "sampled":  # the verifier's choice (specs/08 section 5, "Sampled lineage")
+        complete = [complete[i] for i in sample_segments(len(complete), v.options.replay, lineage_seed(v.seed))]
+        if not v.options.unsafe_no_replay:
+            v.warnings.append(lineage_note(v.lineage_population, len(complete), v.sampled_by))
+    v.complete, v.sampled_population = complete, len(rest)
+    op = b.openings
+    if op.audit_proof is not None:
+        assert v.audit is not None
+        want_audit = sample_audit(v.seed, v.audit.size, AUDIT_DISCLOSE_MAX)
+        if list(op.audit_proof.positions) != want_audit:
+            raise ChallengeMismatch("the bundle's audit-set sample is not the one the challenge selects "
+                                    f"({len(op.audit_proof.positions)} records disclosed, {len(want_audit)} selected)")
+    # k is the verifier's policy (VerifyOptions.replay); the manifest's replay/sample are ignored.
+    drawn = [rest[i] for i in sample_segments(len(rest), v.options.replay, v.seed)]
+    v.sample = drawn
+    if v.sampled_by == "owner":
+        v.warnings.append(grinding_note(v.sampled_population, 0 if v.options.unsafe_no_replay else len(drawn)))
+    if not drawn and rest and not v.options.unsafe_no_replay:
+        v.warnings.append(f"NO SAMPLED REPLAY: none of the {len(rest)} segments outside the deletion lineage is "
+                          "replayed (--replay 0)")
+    if not v.options.unsafe_no_replay:
+        _check_disclosed(v, complete, drawn)
+
+
+def _sampling_seed(v: Verification) -> None:
+    """``v.seed``: the verifier's challenge, which the bundle must answer, or else Fiat-Shamir."""
     b = v.bundle
     assert b is not None and v.final is not None
     m = b.manifest
@@ -49,6 +82,10 @@ def step_17(v: Verification) -> None:
         if m.challenge_mode == "interactive":
             raise ChallengeMismatch("the bundle answers an interactive challenge; pass the challenge you issued with --challenge")
         v.seed = fiat_shamir_seed(deletions, body)
+
+
+def _split_population(v: Verification) -> tuple[list[SegmentRef], list[SegmentRef]]:
+    """Every segment of every lineage (``v.population``), split into the deletion lineage and the rest."""
     pop: list[SegmentRef] = []
     for lin in v.lineages:
         chain = [lin.start, *lin.checkpoints]
@@ -65,28 +102,14 @@ def step_17(v: Verification) -> None:
                 gen0_rollback[sc.shard] = max(gen0_rollback.get(sc.shard, -1), rb.index)
     complete, rest = split_population(pop, gen0_rollback)
     v.lineage_population = len(complete)
-    if v.options.lineage == "sampled":  # the verifier's choice (specs/08 section 5, "Sampled lineage")
-        complete = [complete[i] for i in sample_segments(len(complete), v.options.replay, lineage_seed(v.seed))]
-        if not v.options.unsafe_no_replay:
-            v.warnings.append(lineage_note(v.lineage_population, len(complete), v.sampled_by))
-    v.complete, v.sampled_population = complete, len(rest)
-    op = b.openings
-    if op.audit_proof is not None:
-        assert v.audit is not None
-        want_audit = sample_audit(v.seed, v.audit.size, AUDIT_DISCLOSE_MAX)
-        if list(op.audit_proof.positions) != want_audit:
-            raise ChallengeMismatch("the bundle's audit-set sample is not the one the challenge selects "
-                                    f"({len(op.audit_proof.positions)} records disclosed, {len(want_audit)} selected)")
-    # k is the verifier's policy (VerifyOptions.replay); the manifest's replay/sample are ignored.
-    drawn = [rest[i] for i in sample_segments(len(rest), v.options.replay, v.seed)]
-    v.sample = drawn
-    if v.sampled_by == "owner":
-        v.warnings.append(grinding_note(v.sampled_population, 0 if v.options.unsafe_no_replay else len(drawn)))
-    if not drawn and rest and not v.options.unsafe_no_replay:
-        v.warnings.append(f"NO SAMPLED REPLAY: none of the {len(rest)} segments outside the deletion lineage is "
-                          "replayed (--replay 0)")
-    if v.options.unsafe_no_replay:
-        return
+    return complete, rest
+
+
+def _check_disclosed(v: Verification, complete: list[SegmentRef], drawn: list[SegmentRef]) -> None:
+    """Every step of the segments to replay passes the step rules and trains on its committed
+    batch, every record it uses is opened, and both checkpoints' files are in the bundle."""
+    b = v.bundle
+    assert b is not None
     lin_of = {(lin.shard, lin.generation): lin for lin in v.lineages}
     complete_ends = {r.end_index for r in complete}
     opened: dict[str, set[bytes]] = {"lineage": set(), "sampled": set()}

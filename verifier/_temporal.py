@@ -29,7 +29,8 @@ import numpy as np
 from verifiable_mu._errors import MalformedInput
 from verifiable_mu._memory import flatten_params, stage_residual
 
-from ._residual import _labels, _proba, _r
+from ._residual_attacks import _labels, _proba
+from ._residual_report import _r
 
 __all__ = ["TemporalPoint", "TemporalReport", "temporal_memory", "flatten_params"]
 
