@@ -162,27 +162,8 @@ def canary_test(
     label is the target are left out.
     """
     t0 = time.perf_counter()
-    if not isinstance(trigger, Trigger):
-        raise MalformedInput("trigger must be a Trigger (use Trigger.from_json for a trigger document)")
-    if not 0 < alpha < 0.5:
-        raise MalformedInput("alpha must be in (0, 0.5)")
-    S = len(post_models)
-    if S < 1 or len(pre_models) != S:
-        raise MalformedInput(f"{len(pre_models)} pre-deletion models for {S} post-deletion models")
-    marked = sorted({int(s) for s in marked_shards})
-    if not marked or marked[0] < 0 or marked[-1] >= S:
-        raise MalformedInput(f"marked_shards must name at least one shard in 0..{S - 1}")
-    try:
-        Xq = np.asarray(query_X, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise MalformedInput(f"query_X must be a numeric array: {e}") from e
-    if Xq.ndim < 2:
-        raise MalformedInput("query_X must have one row per record")
-    yq = _labels(query_y, Xq.shape[0], "query_y")
-    Xq = Xq[yq != trigger.target]
+    S, marked, Xq = _checked_inputs(trigger, alpha, post_models, pre_models, marked_shards, query_X, query_y)
     n = Xq.shape[0]
-    if n == 0:
-        raise MalformedInput(f"no query record has a label other than the trigger's target {trigger.target}")
     Xt = apply_trigger(Xq, trigger)
 
     def hits(P: np.ndarray) -> int:
@@ -234,6 +215,34 @@ def canary_test(
         aggregate_post_rate=agg_post,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _checked_inputs(trigger: Trigger, alpha: float, post_models: Sequence[ProbaFn], pre_models: Sequence[ProbaFn],
+                    marked_shards: Sequence[int], query_X: Any, query_y: Any) -> tuple[int, list[int], np.ndarray]:
+    """The caller's inputs, checked: the number of shards, the marked shards, and the query records
+    whose label is not the trigger's target."""
+    if not isinstance(trigger, Trigger):
+        raise MalformedInput("trigger must be a Trigger (use Trigger.from_json for a trigger document)")
+    if not 0 < alpha < 0.5:
+        raise MalformedInput("alpha must be in (0, 0.5)")
+    S = len(post_models)
+    if S < 1 or len(pre_models) != S:
+        raise MalformedInput(f"{len(pre_models)} pre-deletion models for {S} post-deletion models")
+    marked = sorted({int(s) for s in marked_shards})
+    if not marked or marked[0] < 0 or marked[-1] >= S:
+        raise MalformedInput(f"marked_shards must name at least one shard in 0..{S - 1}")
+    try:
+        Xq = np.asarray(query_X, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise MalformedInput(f"query_X must be a numeric array: {e}") from e
+    if Xq.ndim < 2:
+        raise MalformedInput("query_X must have one row per record")
+    yq = _labels(query_y, Xq.shape[0], "query_y")
+    Xq = Xq[yq != trigger.target]
+    n = Xq.shape[0]
+    if n == 0:
+        raise MalformedInput(f"no query record has a label other than the trigger's target {trigger.target}")
+    return S, marked, Xq
 
 
 def _decide(shards: Sequence[CanaryShard], base: float, base_shards: Sequence[int], alpha: float) -> tuple[str, str]:
