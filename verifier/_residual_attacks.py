@@ -86,7 +86,7 @@ def _rescaled_logit(P: np.ndarray, y: np.ndarray) -> np.ndarray:
     others = np.ones(P.shape, dtype=bool)
     np.put_along_axis(others, np.broadcast_to(y[:, None], P.shape[:-1] + (1,)), False, axis=-1)
     rest = (P * others).sum(axis=-1)  # summed directly: no cancellation when p_y is close to 1
-    return np.log(np.maximum(py, _TINY)) - np.log(np.maximum(rest, _TINY))
+    return np.asarray(np.log(np.maximum(py, _TINY)) - np.log(np.maximum(rest, _TINY)))
 
 
 def _phase_scores(

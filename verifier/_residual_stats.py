@@ -267,7 +267,7 @@ class Permutations:
 
     def smallest_p(self) -> float:
         """The smallest p-value this test can return (ties ignored)."""
-        exact = 10.0 ** -self.strata.log10_arrangements()
+        exact = float(10.0 ** -self.strata.log10_arrangements())
         return exact if self.exact else max(exact, 1.0 / (1 + self.n_perm))
 
 
