@@ -343,11 +343,11 @@ def render_audit_html(report: Mapping[str, Any]) -> str:
     """A self-contained page: the banner that this is no proof, then step 19's residual section."""
     from html import escape
 
-    from ._html_sections import _section_residual
+    from ._html_sections import section_residual
 
     pk = report["package"]
     head = (f"<h1>Residual audit of an audit package</h1><p><strong>{escape(report['statement'])}</strong></p>"
             f"<p>Method: <code>{escape(str(pk['method']))}</code> &mdash; {escape(str(pk['label']))}. "
             f"Verdict: <strong>{escape(report['verdict'])}</strong>: {escape(report['reason'])}</p>")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>vmu-audit report</title></head><body>"
-            + head + _section_residual(report["residual"]) + "</body></html>")
+            + head + section_residual(report["residual"]) + "</body></html>")

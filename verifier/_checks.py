@@ -215,6 +215,7 @@ def _verify(v: Verification, source: str | bytes) -> Verification:
         if not ok:
             break
     total = time.perf_counter() - t0
+    # The report's phases: the proof checks (steps 1-17), the replay (step 18), and the whole.
     v.timings["proof_checks_s"] = started.get(18, total)
     if 19 in started:
         v.timings["replay_s"] = started[19] - started[18]

@@ -35,15 +35,15 @@ from ._html_figures import (
     figures_available,
 )
 from ._html_sections import (
-    _e,
-    _num,
-    _pill,
-    _section_canary,
-    _section_checks,
-    _section_replay,
-    _section_residual,
-    _section_temporal,
-    _table,
+    escape,
+    num,
+    pill,
+    section_canary,
+    section_checks,
+    section_replay,
+    section_residual,
+    section_temporal,
+    table,
 )
 from ._policy import policy_document
 
@@ -253,7 +253,7 @@ def headline(report: Mapping[str, Any]) -> Headline:
 
 def render_html(report: Mapping[str, Any], *, title: str = "vmu-verify report") -> str:
     """The self-contained HTML page for a (possibly extended) verification report (jinja2,
-    autoescaped; the sections are built by the functions above, which escape every value)."""
+    autoescaped; the sections are built by verifier/_html_sections.py, which escapes every value)."""
     from jinja2 import Environment, StrictUndefined
     from markupsafe import Markup
 
@@ -263,28 +263,28 @@ def render_html(report: Mapping[str, Any], *, title: str = "vmu-verify report") 
     bundle = report.get("bundle") or {}
     by = (report.get("challenge") or {}).get("sampled_by") if isinstance(report.get("challenge"), Mapping) else None
     trust: Mapping[str, Any] = t if isinstance(t := report.get("trust"), Mapping) else {}
-    identity = _table(["bundle", "value"], [  # one field a row: fits a phone's width
-        ["path", _e(bundle.get("path"))],
-        ["sha256", f'<code class="digest">{_e(bundle.get("sha256"))}</code>'],
-        ["origin", _e(bundle.get("origin"))],
-        ["requests", _e(", ".join(str(x) for x in bundle.get("requests") or []))],
-        ["final tree size", _e(bundle.get("final_tree_size"))],
-        ["signed by", f'<code class="digest">{_e(trust.get("vkey"))}</code>'],
-        ["key id", f'<code class="digest">{_e(trust.get("key_id"))}</code>'],
-        ["pinned key", _num(trust.get("pinned"))],
-        ["sampled by", _e(by)],
+    identity = table(["bundle", "value"], [  # one field a row: fits a phone's width
+        ["path", escape(bundle.get("path"))],
+        ["sha256", f'<code class="digest">{escape(bundle.get("sha256"))}</code>'],
+        ["origin", escape(bundle.get("origin"))],
+        ["requests", escape(", ".join(str(x) for x in bundle.get("requests") or []))],
+        ["final tree size", escape(bundle.get("final_tree_size"))],
+        ["signed by", f'<code class="digest">{escape(trust.get("vkey"))}</code>'],
+        ["key id", f'<code class="digest">{escape(trust.get("key_id"))}</code>'],
+        ["pinned key", num(trust.get("pinned"))],
+        ["sampled by", escape(by)],
     ])
     sections: list[tuple[str, Callable[[], str]]] = [
-        ("checks", lambda: _section_checks(report)),
-        ("replay", lambda: _section_replay(report)),
-        ("residual", lambda: _section_residual(report.get("residual"))),
-        ("canary", lambda: _section_canary(report.get("canary"))),
-        ("temporal", lambda: _section_temporal(report.get("temporal"))),
+        ("checks", lambda: section_checks(report)),
+        ("replay", lambda: section_replay(report)),
+        ("residual", lambda: section_residual(report.get("residual"))),
+        ("canary", lambda: section_canary(report.get("canary"))),
+        ("temporal", lambda: section_temporal(report.get("temporal"))),
     ]
     parts = []
     for name, section in sections:
         try:
-            parts.append(Markup(section()))  # noqa: S704 - the sections escape every value with _e()
+            parts.append(Markup(section()))  # noqa: S704 - the sections escape every value with escape()
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise MalformedInput(f"the report's {name} section is malformed: {type(e).__name__}: {e}") from e
     try:
@@ -292,8 +292,8 @@ def render_html(report: Mapping[str, Any], *, title: str = "vmu-verify report") 
     except (TypeError, ValueError) as e:
         raise MalformedInput(f"the report cannot be embedded as JSON: {e}") from e
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    # _pill escapes its text
-    extra = [(label, Markup(_pill(d.get("verdict"))))  # noqa: S704
+    # pill escapes its text
+    extra = [(label, Markup(pill(d.get("verdict"))))  # noqa: S704
              for key, label in (("residual", "residual information"), ("canary", "canaries"))
              if isinstance(d := report.get(key), Mapping)]
     reasons = [(key.capitalize(), d.get("reason")) for key in ("residual", "canary")
@@ -301,7 +301,7 @@ def render_html(report: Mapping[str, Any], *, title: str = "vmu-verify report") 
     env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
     return env.from_string(_PAGE).render(
         # our own constant CSS, escaped pills and identity, and JSON with <, > and & escaped above
-        title=title, css=Markup(_CSS), h=h, bundle_pill=Markup(_pill(report.get("verdict"))),  # noqa: S704
+        title=title, css=Markup(_CSS), h=h, bundle_pill=Markup(pill(report.get("verdict"))),  # noqa: S704
         exit_code=report.get("exit_code"), extra_pills=extra, reasons=reasons, sampled_by=by,
         identity=Markup(identity), sections=parts, blob=Markup(blob),  # noqa: S704
         report_type=report.get("type"), report_version=report.get("version"),

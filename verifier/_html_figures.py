@@ -40,13 +40,13 @@ def _png(draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 3.6)) ->
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _img(b64: str | None, alt: str) -> str:
+def img(b64: str | None, alt: str) -> str:
     if b64 is None:
         return f'<p class="note">[{html.escape(alt)}: plot omitted, matplotlib is not installed (pip install verifiable-mu[report])]</p>'
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def _fig_replay(segs: Sequence[Mapping[str, Any]], threshold: float | None) -> str | None:
+def fig_replay(segs: Sequence[Mapping[str, Any]], threshold: float | None) -> str | None:
     def draw(fig: Any) -> None:
         ax = fig.add_subplot(1, 1, 1)
         d = [max(float(s.get("distance") or 0.0), 1e-12) for s in segs]
@@ -69,7 +69,7 @@ def _fig_replay(segs: Sequence[Mapping[str, Any]], threshold: float | None) -> s
     return _png(draw)
 
 
-def _fig_escape(k: int, marks: Mapping[str, Any]) -> str | None:
+def fig_escape(k: int, marks: Mapping[str, Any]) -> str | None:
     def draw(fig: Any) -> None:
         ax = fig.add_subplot(1, 1, 1)
         fs = [i / 400 for i in range(1, 121)]
@@ -88,7 +88,7 @@ def _fig_escape(k: int, marks: Mapping[str, Any]) -> str | None:
     return _png(draw)
 
 
-def _fig_roc(res: Mapping[str, Any]) -> str | None:
+def fig_roc(res: Mapping[str, Any]) -> str | None:
     phases = [p for p in ("post", "pre") if res.get(p)]
 
     def draw(fig: Any) -> None:
@@ -112,7 +112,7 @@ def _fig_roc(res: Mapping[str, Any]) -> str | None:
     return _png(draw, (6.4 * len(phases) / 1.3, 4.2))
 
 
-def _fig_hist(res: Mapping[str, Any], phase: str) -> str | None:
+def fig_hist(res: Mapping[str, Any], phase: str) -> str | None:
     results = res.get(phase) or []
 
     def draw(fig: Any) -> None:
@@ -138,7 +138,7 @@ def _fig_hist(res: Mapping[str, Any], phase: str) -> str | None:
     return _png(draw, (6.4, 2.4 * max(1, math.ceil(len(results) / 2)) + 0.4))
 
 
-def _fig_canary(can: Mapping[str, Any]) -> str | None:
+def fig_canary(can: Mapping[str, Any]) -> str | None:
     shards = can.get("shards") or []
 
     def draw(fig: Any) -> None:
@@ -160,7 +160,7 @@ def _fig_canary(can: Mapping[str, Any]) -> str | None:
     return _png(draw)
 
 
-def _fig_temporal(temps: Sequence[Mapping[str, Any]]) -> str | None:
+def fig_temporal(temps: Sequence[Mapping[str, Any]]) -> str | None:
     has_margin = any(p.get("margin_nats") is not None for t in temps for p in t["points"])
 
     def draw(fig: Any) -> None:

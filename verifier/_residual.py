@@ -43,7 +43,15 @@ import numpy as np
 
 from verifiable_mu._errors import MalformedInput
 
-from ._residual_attacks import _array, _labels, _phase_scores, _proba, _shards, grad_norm_scores, label_only_scores
+from ._residual_attacks import (
+    checked_features,
+    checked_labels,
+    checked_proba,
+    checked_shards,
+    grad_norm_scores,
+    label_only_scores,
+    phase_scores,
+)
 from ._residual_report import (
     ATTACKS,
     DECISION_ATTACKS,
@@ -62,7 +70,6 @@ from ._residual_stats import (
     N_PERMUTATIONS,
     Permutations,
     Strata,
-    _z,
     allocate_audit,
     auc_score,
     bootstrap_metrics,
@@ -71,6 +78,7 @@ from ._residual_stats import (
     matched_bootstrap,
     matched_null_sd,
     min_detectable_auc,
+    normal_quantile,
     own_shard_p,
     tpr_at_fpr,
 )
@@ -287,17 +295,17 @@ def _check_parameters(alpha: float, seed: int, n_boot: int, n_perm: int, rmia_a:
 def _records(S: int, deleted_X: Any, deleted_y: Any, shard_of_deleted: Any, audit_X: Any, audit_y: Any,
              retained_X: Any, retained_y: Any, retained_shard: Any) -> tuple[Any, Any, Any]:
     """The deleted ``(X, y, shard)``, audit ``(X, y)`` and retained ``(X, y, shard)`` records, checked."""
-    Xd = _array(deleted_X, "deleted_X")
-    Xa = _array(audit_X, "audit_X")
+    Xd = checked_features(deleted_X, "deleted_X")
+    Xa = checked_features(audit_X, "audit_X")
     if Xd.shape[0] == 0 or Xa.shape[0] == 0:
         raise MalformedInput("the residual tests need at least one deleted record and one audit record")
-    yd = _labels(deleted_y, Xd.shape[0], "deleted_y")
-    ya = _labels(audit_y, Xa.shape[0], "audit_y")
-    sd = _shards(shard_of_deleted, Xd.shape[0], S, "shard_of_deleted")
+    yd = checked_labels(deleted_y, Xd.shape[0], "deleted_y")
+    ya = checked_labels(audit_y, Xa.shape[0], "audit_y")
+    sd = checked_shards(shard_of_deleted, Xd.shape[0], S, "shard_of_deleted")
     if retained_X is not None:
-        Xr = _array(retained_X, "retained_X")
-        yr = _labels(retained_y, Xr.shape[0], "retained_y")
-        sr = _shards(retained_shard, Xr.shape[0], S, "retained_shard")
+        Xr = checked_features(retained_X, "retained_X")
+        yr = checked_labels(retained_y, Xr.shape[0], "retained_y")
+        sr = checked_shards(retained_shard, Xr.shape[0], S, "retained_shard")
     else:
         Xr = np.zeros((0,) + Xd.shape[1:], dtype=np.float32)
         yr = np.zeros(0, dtype=np.int64)
@@ -353,7 +361,7 @@ def _extra_references(w: _World, extra_references: Sequence[Reference], rng: np.
     w.ext_use[:, w.a_idx] = ~seen
     for i in np.concatenate([w.d_idx, w.r_idx]):
         w.ext_use[rng.choice(E, size=c, replace=False), i] = True
-    w.Pext = np.stack([_proba(ref.predict_proba, w.X, None, f"extra reference {ref.name!r}") for ref in extra_references])
+    w.Pext = np.stack([checked_proba(ref.predict_proba, w.X, None, f"extra reference {ref.name!r}") for ref in extra_references])
     return c
 
 
@@ -381,13 +389,13 @@ def _runnable(attacks: Sequence[str], S: int, n_refs: int, shadow: Any,
 def _phase(w: _World, models: Sequence[ProbaFn], phase: str) -> dict[str, np.ndarray]:
     """Every attack's scores of every record against ``models`` (the post- or pre-deletion ones)."""
     X, y = w.X, w.y
-    P0 = _proba(models[0], X, None, f"{phase}-deletion model 0")
+    P0 = checked_proba(models[0], X, None, f"{phase}-deletion model 0")
     if y.max() >= P0.shape[1]:
         raise MalformedInput(f"a label ({int(y.max())}) is outside the models' {P0.shape[1]} classes")
-    P = np.stack([P0] + [_proba(m, X, P0.shape[1], f"{phase}-deletion model {j}") for j, m in enumerate(models[1:], 1)])
+    P = np.stack([P0] + [checked_proba(m, X, P0.shape[1], f"{phase}-deletion model {j}") for j, m in enumerate(models[1:], 1)])
     if w.Pext is not None and w.Pext.shape[2] != P.shape[2]:
         raise MalformedInput("extra references and constituents disagree on the number of classes")
-    out = _phase_scores(P, y, w.target, w.Pext, w.ext_use, w.a_idx, w.pool_idx, w.run_attacks, w.rmia_a, w.gamma)
+    out = phase_scores(P, y, w.target, w.Pext, w.ext_use, w.a_idx, w.pool_idx, w.run_attacks, w.rmia_a, w.gamma)
     if "label" in w.run_attacks:
         out["label"] = label_only_scores(models, X, y, w.target, w.seed)
     if "gradnorm" in w.run_attacks:
@@ -409,7 +417,7 @@ def _calibration(deciding: tuple[str, ...], alpha: float, S: int, nd: int, perms
         null_sd = math.sqrt((S + 1) / (12.0 * max(S - 1, 1) * nd))
     else:
         smallest, null_sd = perms.smallest_p(), matched_null_sd(strata)
-    mde = min(1.0, 0.5 + (_z(1 - mde_level) + _z(CONTROL_POWER)) * null_sd)
+    mde = min(1.0, 0.5 + (normal_quantile(1 - mde_level) + normal_quantile(CONTROL_POWER)) * null_sd)
     calib = Calibration(
         matched=nd if not on_audit else strata.n_matched, unmatched=0 if not on_audit else strata.unmatched,
         smallest_p=smallest, level=level, exact=perms.exact or not on_audit, n_perm=n_perm, refs_per_record=n_refs,

@@ -28,7 +28,7 @@ _TINY = 1e-300
 _MAX_RECORDS = 1_000_000
 
 
-def _array(X: Any, what: str) -> np.ndarray:
+def checked_features(X: Any, what: str) -> np.ndarray:
     try:
         a = np.asarray(X, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -40,7 +40,7 @@ def _array(X: Any, what: str) -> np.ndarray:
     return a
 
 
-def _labels(y: Any, n: int, what: str) -> np.ndarray:
+def checked_labels(y: Any, n: int, what: str) -> np.ndarray:
     a = np.asarray(y)
     if a.ndim != 1 or a.shape[0] != n:
         raise MalformedInput(f"{what} must be a 1-d array with one label per record ({n})")
@@ -49,7 +49,7 @@ def _labels(y: Any, n: int, what: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _shards(s: Any, n: int, n_models: int, what: str) -> np.ndarray:
+def checked_shards(s: Any, n: int, n_models: int, what: str) -> np.ndarray:
     a = np.asarray(s)
     if a.ndim != 1 or a.shape[0] != n or (n and a.dtype.kind not in "iu"):
         raise MalformedInput(f"{what} must be a 1-d array of shard numbers, one per record ({n})")
@@ -59,7 +59,7 @@ def _shards(s: Any, n: int, n_models: int, what: str) -> np.ndarray:
     return a
 
 
-def _proba(fn: ProbaFn, X: np.ndarray, n_classes: int | None, what: str) -> np.ndarray:
+def checked_proba(fn: ProbaFn, X: np.ndarray, n_classes: int | None, what: str) -> np.ndarray:
     try:
         P = np.asarray(fn(X), dtype=np.float64)
     except MalformedInput:
@@ -89,7 +89,7 @@ def _rescaled_logit(P: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(np.maximum(py, _TINY)) - np.log(np.maximum(rest, _TINY)))
 
 
-def _phase_scores(
+def phase_scores(
     P: np.ndarray,
     y: np.ndarray,
     target: np.ndarray,
@@ -237,7 +237,7 @@ def label_only_scores(models: Sequence[ProbaFn], X: np.ndarray, y: np.ndarray, t
         Xq = (flat + LABEL_NOISE * noise[q]).reshape(X.shape)
         for t in np.unique(target):
             sel = np.flatnonzero(target == t)
-            P = _proba(models[int(t)], Xq[sel], None, f"model {int(t)} (label-only queries)")
+            P = checked_proba(models[int(t)], Xq[sel], None, f"model {int(t)} (label-only queries)")
             hits[sel] += P.argmax(axis=1) == y[sel]
     return hits / LABEL_QUERIES
 

@@ -111,24 +111,24 @@ class AttackResult:
         return {
             "attack": self.attack,
             "phase": self.phase,
-            "auc": _r(self.auc),
-            "auc_ci95": [_r(self.auc_ci[0]), _r(self.auc_ci[1])],
-            "matched_auc": _r(self.matched_auc),
-            "matched_auc_ci95": [_r(self.matched_auc_ci[0]), _r(self.matched_auc_ci[1])],
-            "tpr_at_fpr_1pct": _r(self.tpr_1pct),
-            "tpr_at_fpr_1pct_ci95": [_r(x) for x in self.tpr_1pct_ci],
-            "tpr_at_fpr_0.1pct": _r(self.tpr_01pct),
-            "tpr_at_fpr_0.1pct_ci95": [_r(x) for x in self.tpr_01pct_ci],
-            "p_value": _r(self.p_value),
-            "p_adjusted": None if self.p_adj is None else _r(self.p_adj),
+            "auc": rounded(self.auc),
+            "auc_ci95": [rounded(self.auc_ci[0]), rounded(self.auc_ci[1])],
+            "matched_auc": rounded(self.matched_auc),
+            "matched_auc_ci95": [rounded(self.matched_auc_ci[0]), rounded(self.matched_auc_ci[1])],
+            "tpr_at_fpr_1pct": rounded(self.tpr_1pct),
+            "tpr_at_fpr_1pct_ci95": [rounded(x) for x in self.tpr_1pct_ci],
+            "tpr_at_fpr_0.1pct": rounded(self.tpr_01pct),
+            "tpr_at_fpr_0.1pct_ci95": [rounded(x) for x in self.tpr_01pct_ci],
+            "p_value": rounded(self.p_value),
+            "p_adjusted": None if self.p_adj is None else rounded(self.p_adj),
             "reject": self.reject,
             "decides": self.decides,
-            "retained_vs_audit_auc": None if self.retained_auc is None else _r(self.retained_auc),
-            "roc": {"fpr": [_r(x) for x in self.roc_fpr], "tpr": [_r(x) for x in self.roc_tpr]},
+            "retained_vs_audit_auc": None if self.retained_auc is None else rounded(self.retained_auc),
+            "roc": {"fpr": [rounded(x) for x in self.roc_fpr], "tpr": [rounded(x) for x in self.roc_tpr]},
             "scores": {
-                "deleted": [_r(x) for x in self.scores_deleted],
-                "audit": [_r(x) for x in self.scores_audit],
-                "retained": [_r(x) for x in self.scores_retained],
+                "deleted": [rounded(x) for x in self.scores_deleted],
+                "audit": [rounded(x) for x in self.scores_audit],
+                "retained": [rounded(x) for x in self.scores_retained],
             },
         }
 
@@ -157,8 +157,8 @@ class Calibration:
         return {
             "matched_deleted": self.matched,
             "unmatched_deleted": self.unmatched,
-            "smallest_p": _r(self.smallest_p),
-            "level": _r(self.level),
+            "smallest_p": rounded(self.smallest_p),
+            "level": rounded(self.level),
             "can_reject": self.can_reject,
             "min_records": MIN_RECORDS,
             "method": "exact" if self.exact else f"monte carlo, {self.n_perm} permutations",
@@ -197,12 +197,12 @@ class DeletionInference:
         return {
             "score": "log p_before(label) - log p_after(label) of the aggregated models",
             "meaning": DELETION_INFERENCE_MEANING,
-            "auc": _r(self.auc),
-            "auc_ci95": [_r(x) for x in self.auc_ci],
-            "tpr_at_fpr_1pct": _r(self.tpr_1pct),
-            "tpr_at_fpr_0.1pct": _r(self.tpr_01pct),
+            "auc": rounded(self.auc),
+            "auc_ci95": [rounded(x) for x in self.auc_ci],
+            "tpr_at_fpr_1pct": rounded(self.tpr_1pct),
+            "tpr_at_fpr_0.1pct": rounded(self.tpr_01pct),
             "n": {"deleted": self.n_deleted, "retained": self.n_retained},
-            "mean_drop_nats": {"deleted": _r(self.mean_drop_deleted), "retained": _r(self.mean_drop_retained)},
+            "mean_drop_nats": {"deleted": rounded(self.mean_drop_deleted), "retained": rounded(self.mean_drop_retained)},
         }
 
 
@@ -257,7 +257,7 @@ class ResidualReport:
         raise KeyError(f"no {phase} result for attack {attack!r}")
 
     def to_json(self) -> dict[str, Any]:
-        best_pre = _best(self.pre)
+        best_pre = best_attack(self.pre)
         return {
             "type": RESIDUAL_REPORT_TYPE,
             "version": RESIDUAL_REPORT_VERSION,
@@ -278,11 +278,11 @@ class ResidualReport:
             "control": {
                 "detected": self.control_detected,
                 "best_attack": best_pre.attack if best_pre else None,
-                "best_auc": _r(best_pre.matched_auc) if best_pre else None,
-                "best_auc_ci95": [_r(x) for x in best_pre.matched_auc_ci] if best_pre else None,
-                "best_p_adjusted": _r(best_pre.p_adj) if best_pre and best_pre.p_adj is not None else None,
+                "best_auc": rounded(best_pre.matched_auc) if best_pre else None,
+                "best_auc_ci95": [rounded(x) for x in best_pre.matched_auc_ci] if best_pre else None,
+                "best_p_adjusted": rounded(best_pre.p_adj) if best_pre and best_pre.p_adj is not None else None,
             },
-            "min_detectable_auc": _r(self.min_detectable_auc),
+            "min_detectable_auc": rounded(self.min_detectable_auc),
             "calibration": self.calibration.to_json(),
             "post": [r.to_json() for r in self.post],
             "pre": [r.to_json() for r in self.pre],
@@ -291,13 +291,13 @@ class ResidualReport:
         }
 
 
-def _best(results: Sequence[AttackResult]) -> AttackResult | None:
+def best_attack(results: Sequence[AttackResult]) -> AttackResult | None:
     """The deciding attack with the smallest adjusted p-value (ties: larger AUC)."""
     dec = [r for r in results if r.decides and r.p_adj is not None]
     return min(dec, key=lambda r: (r.p_adj, -r.matched_auc)) if dec else None
 
 
-def _r(x: float) -> float:
+def rounded(x: float) -> float:
     """Six significant digits, and never NaN/inf in JSON."""
     x = float(x)
     if not math.isfinite(x):

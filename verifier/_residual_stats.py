@@ -85,7 +85,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(x) for x in adj]
 
 
-def _z(q: float) -> float:
+def normal_quantile(q: float) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(q))
@@ -95,7 +95,7 @@ def min_detectable_auc(n_pos: int, n_neg: int, level: float, power: float = CONT
     """The AUC a one-sided rank test at ``level`` detects with probability ``power`` (normal
     approximation with the null variance of the AUC)."""
     sd = math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
-    return min(1.0, 0.5 + (_z(1 - level) + _z(power)) * sd)
+    return min(1.0, 0.5 + (normal_quantile(1 - level) + normal_quantile(power)) * sd)
 
 
 N_PERMUTATIONS = 9999

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ._residual_report import MIN_RECORDS, AttackResult, Calibration, _best
+from ._residual_report import MIN_RECORDS, AttackResult, Calibration, best_attack
 
 
 def _effect(r: AttackResult) -> str:
@@ -44,7 +44,7 @@ def decide(
 ) -> tuple[str, str]:
     """The verdict and its reason (specs/10-residual.md section 6)."""
     rejected = [r for r in post if r.reject]
-    best_post = _best(post)
+    best_post = best_attack(post)
     if best_post is not None and not calib.can_reject and (not calib.on_audit or calib.matched > 0):
         return "inconclusive", _cannot_decide(best_post, calib, alpha)
     if rejected:
@@ -111,7 +111,7 @@ def _against_control(best_post: AttackResult, pre: Sequence[AttackResult], contr
         return "inconclusive", (
             "no positive control: the pre-deletion models were not available, so a pass would not be evidence"
         )
-    best_pre = _best(pre)
+    best_pre = best_attack(pre)
     assert best_pre is not None
     if not control:
         return "inconclusive", (
