@@ -32,8 +32,8 @@ from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._seeds import atomic_write
 
+from ._config import SPLITS
 from ._errors import BadInput
-from ._workspace import SPLITS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
