@@ -20,6 +20,7 @@ the one place that condition is written (``n = None``: now, after every request 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class State:
         self._commit_of_row: np.ndarray | None = None  # (rows, 32) uint8: row -> commitment
 
     @property
-    def db(self) -> Any:
+    def db(self) -> sqlite3.Connection:
         return self.log.connection
 
     # --- meta ----------------------------------------------------------------------------------
@@ -264,11 +265,12 @@ class State:
     def split_column(self, column: str, role: str) -> list[Any]:
         """``id`` or ``row`` of a split's live records (``deleted``: every deleted record), in data order."""
         assert column in ("id", "row")
+        params: tuple[Any, ...] = ()
         if role == "deleted":
-            where, params = "deleted_by IS NOT NULL", ()
+            where = "deleted_by IS NOT NULL"
         else:
             live, at = live_as_of(None)
-            where, params = f"role=? AND {live}", (role, at)  # type: ignore[assignment]
+            where, params = f"role=? AND {live}", (role, at)
         return [v for (v,) in self.db.execute(f"SELECT {column} FROM p_records WHERE {where} ORDER BY row", params)]  # noqa: S608
 
     def deleted_count(self) -> int:
@@ -279,7 +281,10 @@ class State:
         row = self.db.execute(
             "SELECT row, role, shard, slice, commitment, key, deleted_by FROM p_records WHERE id=?", (rid,)
         ).fetchone()
-        return None if row is None else tuple(row)  # type: ignore[return-value]
+        if row is None:
+            return None
+        rownum, role, shard, slc, commitment, key, deleted_by = row
+        return rownum, role, shard, slc, commitment, key, deleted_by
 
     def salts(self) -> dict[int, bytes]:
         """Every record's salt, by row."""

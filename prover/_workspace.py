@@ -17,16 +17,16 @@ state, and running the same command again finishes the job (the steps it redoes 
 deterministic, so the log gets the same entries it would have got).
 
 :class:`Workspace` is the front: it holds the directory, the lock and the keys, and runs the
-phases, each in a module of its own: the prover's tables and all their SQL (``_state``), the
-commit block (``_commit``), training (``_train``), unlearning (``_unlearn``), prediction
-(``_predict``) and status (``_status``); the directory's files (``_layout``), settings
-(``_config``) and model code (``_model``) have theirs too.
+phases, each in a module of its own: the prover's tables and all their SQL (``_state``), commit
+(``_commit``), training (``_train``), unlearning (``_unlearn``), prediction (``_predict``),
+status (``_status``); also the files (``_layout``), settings (``_config``), model code (``_model``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -206,7 +206,7 @@ class Workspace:
     def trained(self) -> bool:
         return self._state.meta("trained") == "1"
 
-    def _db(self) -> Any:
+    def _db(self) -> sqlite3.Connection:
         return self._state.db
 
     def _meta(self, key: str) -> str | None:
