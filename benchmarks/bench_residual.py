@@ -126,9 +126,10 @@ class World:
     def __init__(self, shards: int, seed: int) -> None:
         import torch
 
+        from prover._commit import init_seed as _init_seed
+        from prover._config import WorkspaceConfig
         from prover._data import load_digits_dataset
         from prover._sisa import assign, stage_epochs
-        from prover._workspace import WorkspaceConfig, _init_seed
         from verifiable_mu._records import record_key
         from verifiable_mu.training import Hyper, ModelSpec, build_model, zero_momentum
 

@@ -275,11 +275,9 @@ def _oblivi(ws: Any, shard: int, deleted_rows: set[int], p: ApproxParams) -> tup
 
     from ._sisa import stage_epochs
 
-    db = ws._db()
     cfg = ws.config
-    gen = db.execute("SELECT generation FROM p_shards WHERE shard=?", (shard,)).fetchone()[0] + 1
-    stages = {int(s): (int(st), bytes(d)) for s, st, d in
-              db.execute("SELECT stage, step, digest FROM p_stage WHERE shard=?", (shard,))}
+    gen = ws._state.shard_generation(shard)[0] + 1
+    stages = ws._state.stages(shard)
     by_slice = ws._live_rows_by_slice(shard)
     first = min(slc for slc, (rows, _) in by_slice.items() if deleted_rows & set(rows))
     k = first + 1  # the first stage retrained (1-based)

@@ -94,8 +94,7 @@ def build_package(ws: Any, res: ApproxResult) -> bytes:
     if len(res.deleted_rows) == 0:
         raise BadInput("the request deletes no trained record: there is nothing a residual audit could test")
     ds = ws.data
-    db = ws._db()
-    salts = {int(r): bytes(s) for r, s in db.execute("SELECT row, salt FROM p_records")}
+    salts = ws._state.salts()
 
     def opening(row: int) -> RecordOpening:
         return RecordOpening(id=ds.ids[row], features=ds.X[row], label=int(ds.y[row]), salt=salts[row])

@@ -342,6 +342,25 @@ def train_shard_staged(task: ShardTask) -> tuple[list[StageResult], DurableBatch
         raise
 
 
+def _batch_hex(task: ShardTask, st: StageTask) -> np.ndarray | None:
+    """Format 1 lists a batch's commitments: each as 64 hex characters, one gather and tobytes
+    per step (None for format 2 or an unrecorded run)."""
+    if task.record and task.log_format == 1:
+        return np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
+    return None
+
+
+def _stage_end_checkpoint(task: ShardTask, stage: int, step: int, model: Any, momentum: Any, batch: DurableBatch | None) -> bytes:
+    """The digest of the stage-end checkpoint, saved to the store (``b""`` for plain SISA, which
+    still takes the stage-end state, in memory, to be able to unlearn)."""
+    from verifiable_mu.training import checkpoint_from_model, save_checkpoint
+
+    if task.record:
+        return save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, stage, step), task.store, batch=batch)
+    _ = checkpoint_from_model(model, momentum)
+    return b""
+
+
 def _train_stages(
     task: ShardTask, model: Any, momentum: Any, hyper: Any, device: Any, batch: DurableBatch | None
 ) -> list[StageResult]:
@@ -366,12 +385,7 @@ def _train_stages(
         y = torch.from_numpy(y_all[at]).to(device)
         n = len(rows)
         rows32 = rows.astype("<i4")  # the prover's own record of each batch: one gather and tobytes
-        # Format 1 lists a batch's commitments: each as 64 hex characters, one gather and tobytes.
-        commits = (
-            np.array([c.hex().encode("ascii") for c in st.commitments], dtype="S64")
-            if task.record and task.log_format == 1
-            else None
-        )
+        commits = _batch_hex(task, st)
         in_stage = 0
         total = st.epochs * ((n + B - 1) // B)
         for epoch in range(st.epochs):
@@ -414,13 +428,7 @@ def _train_stages(
                     if task.checkpoint_every and in_stage % task.checkpoint_every == 0 and in_stage < total:
                         ck = _finite(checkpoint_from_model(model, momentum), task, st.stage, step)
                         res.checkpoints.append((step, save_checkpoint(ck, task.store, batch=batch)))
-        if task.record:
-            d = save_checkpoint(_finite(checkpoint_from_model(model, momentum), task, st.stage, step), task.store, batch=batch)
-            res.checkpoints.append((step, d))
-        else:
-            # Plain SISA still keeps the stage-end state (in memory) to be able to unlearn.
-            res.checkpoints.append((step, b""))
-            _ = checkpoint_from_model(model, momentum)
+        res.checkpoints.append((step, _stage_end_checkpoint(task, st.stage, step, model, momentum, batch)))
         res.seconds = time.perf_counter() - t0
         out.append(res)
     return out

@@ -32,8 +32,8 @@ from verifiable_mu._extras import FULL_INSTALL, missing_module
 from verifiable_mu._sampling import DEFAULT_REPLAY
 from verifiable_mu._seeds import atomic_write
 
+from ._config import SPLITS
 from ._errors import BadInput
-from ._workspace import SPLITS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
 
@@ -54,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"vmu (verifiable-mu) {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_init(sub)
+    _add_train_and_forget(sub)
+    _add_bundle(sub)
+    _add_status(sub)
+    return p
 
+
+def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
     i = sub.add_parser("init", help="create a workspace: config, data copy, signing key")
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or PATH.npz with X, y[, ids]")
@@ -111,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
              "(the verifier applies the same scaling; specs/06 section 5c). Use it for raw tabular features",
     )
 
+
+def _add_train_and_forget(sub: argparse._SubParsersAction[_Parser]) -> None:
     t = sub.add_parser("train", help="train every shard and print the signed tree head")
     t.add_argument("dir", metavar="DIR")
     t.add_argument("--backend", default="local", choices=("local", "ray"))
@@ -136,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE", help="an approximate method's "
                    "parameter, e.g. oblivi_epsilon=1.0 (prover/_approx.py ApproxParams; repeatable)")
 
+
+def _add_bundle(sub: argparse._SubParsersAction[_Parser]) -> None:
     b = sub.add_parser("bundle", help="write a proof bundle for vmu-verify (specs/08-bundle.md)")
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write (a zip)")
@@ -174,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
              "the module can verify it with --allow-factory",
     )
 
+
+def _add_status(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("status", help="show shards, slices, log size and deletions")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -181,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--ids", metavar="SPLIT", choices=SPLITS,
         help=f"instead: print the ids of one split, one per line ({', '.join(SPLITS)}; 'train' excludes deleted records)",
     )
-    return p
 
 
 def _read_ids(args: argparse.Namespace) -> list[str]:
@@ -200,141 +212,160 @@ def _read_ids(args: argparse.Namespace) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._workspace import Workspace, WorkspaceConfig
-
     if getattr(args, "ray_address", None) and args.backend != "ray":
         raise BadInput("--ray-address needs --backend ray")
-
-    if args.command == "init":
-        every = _resolve_checkpoint_every(args.checkpoint_every, args.max_segment_records, args.batch_size)
-        cfg = WorkspaceConfig(
-            shards=args.shards,
-            slices=args.slices,
-            epochs=args.epochs,
-            model=args.model,
-            seed=args.seed,
-            device=args.device,
-            checkpoint_every=every,
-            threads=args.threads,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            arithmetic=args.arithmetic,
-            standardize=args.standardize,
-            dp_epsilon=args.dp_epsilon,
-            dp_delta=args.dp_delta,
-            dp_clip=args.dp_clip,
-            dp_noise=args.dp_noise,
-        )
-        with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
-            print(f"created workspace {ws.path}")
-            print(f"  log origin: {ws.log_origin}")
-            print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices"
-                  + (", features standardized on the training split" if cfg.standardize else ""))
-            print(f"  checkpoint every {cfg.checkpoint_every} steps inside a slice (a replayed segment opens at most "
-                  f"{cfg.checkpoint_every * cfg.batch_size} records)" if cfg.checkpoint_every else
-                  "  checkpoints at slice ends only (a replayed segment is a whole SISA stage)")
-            print(f"  signing key id: {ws.public_key.key_id}")
-            print(f"  note verifier key: {ws.note_vkey}")
-            if cfg.arithmetic == "float32" and ws._device() == "cuda":
-                print(
-                    "  warning: float32 steps on CUDA replay bit for bit only on the same GPU and libraries; an "
-                    "agency replaying on its CPUs compares within a distance that longer segments can exceed. "
-                    "--arithmetic portable makes replay bit-exact anywhere (slower steps; specs/06 section 3a)",
-                    file=sys.stderr,
-                )
-        return EXIT_OK
-    if args.command == "train":
-        with Workspace.open(args.dir) as ws:
-            rep = ws.train(backend=args.backend, workers=args.workers, ray_address=args.ray_address)
-            accuracy = ws.evaluate()
-            acc = "n/a" if accuracy is None else f"{100 * accuracy:.1f}%"
-            print(f"trained {rep.shards} shards: {rep.steps} steps this run, {rep.seconds:.2f} s in all, test accuracy {acc}")
-            print(f"log size {rep.log_size}; signed tree head:")
-            print(rep.tree_head, end="")
-        return EXIT_OK
     if args.command == "forget" and (args.method != "retrain" or args.package or args.method_param):  # issue 13
         from ._approx_cli import forget_with_package
 
         return forget_with_package(args, _read_ids(args))
-    if args.command == "forget":
-        ids = _read_ids(args)
-        with Workspace.open(args.dir) as ws:
-            frep = ws.forget(ids, backend=args.backend, workers=args.workers, ray_address=args.ray_address)
+    commands = {"init": _init, "train": _train, "forget": _forget, "bundle": _bundle, "status": _status}
+    if args.command not in commands:  # pragma: no cover
+        raise BadInput(f"unknown command {args.command}")
+    return commands[args.command](args)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from ._workspace import Workspace, WorkspaceConfig
+
+    every = _resolve_checkpoint_every(args.checkpoint_every, args.max_segment_records, args.batch_size)
+    cfg = WorkspaceConfig(
+        shards=args.shards,
+        slices=args.slices,
+        epochs=args.epochs,
+        model=args.model,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_every=every,
+        threads=args.threads,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        arithmetic=args.arithmetic,
+        standardize=args.standardize,
+        dp_epsilon=args.dp_epsilon,
+        dp_delta=args.dp_delta,
+        dp_clip=args.dp_clip,
+        dp_noise=args.dp_noise,
+    )
+    with Workspace.create(args.dir, data=args.data, config=cfg, origin=args.origin, n_classes=args.n_classes) as ws:
+        print(f"created workspace {ws.path}")
+        print(f"  log origin: {ws.log_origin}")
+        print(f"  data: {args.data} ({len(ws.data.ids)} records), {args.shards} shards x {args.slices} slices"
+              + (", features standardized on the training split" if cfg.standardize else ""))
+        print(f"  checkpoint every {cfg.checkpoint_every} steps inside a slice (a replayed segment opens at most "
+              f"{cfg.checkpoint_every * cfg.batch_size} records)" if cfg.checkpoint_every else
+              "  checkpoints at slice ends only (a replayed segment is a whole SISA stage)")
+        print(f"  signing key id: {ws.public_key.key_id}")
+        print(f"  note verifier key: {ws.note_vkey}")
+        if cfg.arithmetic == "float32" and ws._device() == "cuda":
             print(
-                f"forgot {len(frep.deleted)} record(s) in request {frep.request}: retrained "
-                f"{len(frep.shards_retrained)} shard(s), {frep.slices_retrained} slice(s), {frep.steps} steps "
-                f"in {frep.seconds:.2f} s"
+                "  warning: float32 steps on CUDA replay bit for bit only on the same GPU and libraries; an "
+                "agency replaying on its CPUs compares within a distance that longer segments can exceed. "
+                "--arithmetic portable makes replay bit-exact anywhere (slower steps; specs/06 section 3a)",
+                file=sys.stderr,
             )
-            steps = (f"{frep.step_ratio:.1f}x in steps ({frep.steps_total} retrained of {frep.full_training_steps})"
-                     if frep.full_training_steps and frep.steps_total else "steps n/a")
-            print(f"speed-up against full training ({frep.full_training_seconds:.2f} s of compute): {frep.speedup:.1f}x "
-                  f"in time ({frep.seconds:.2f} s of compute, over every run of this request), {steps}")
-            print(f"transcript: {frep.transcript_path}")
-        return EXIT_OK
-    if args.command == "bundle":
-        from ._bundle import known_head_size, write_bundle
+    return EXIT_OK
 
-        _check_out_path(args.out)  # before any work: a bad path is bad input (exit 2)
 
-        challenge = None
-        if args.challenge is not None:
-            try:
-                challenge = bytes.fromhex(args.challenge)
-            except ValueError as e:
-                raise BadInput(f"--challenge must be hex: {e}") from e
-        to = age_recipients(args.recipient) if args.recipient else None  # before any work
-        with Workspace.open(args.dir) as ws:
-            known = [known_head_size(ws, path) for path in args.known_head]
-            target = args.out if to is None else f"{args.out}.plain.{os.getpid()}"
-            try:
-                info = write_bundle(
-                    ws, target, transcript=None if args.all else args.transcript, challenge=challenge,
-                    replay=args.replay, known_sizes=known, include_model_source=args.include_model_source,
-                    lineage=args.lineage,
-                )
-                if to is not None:  # the plain zip never reaches --out; it is removed either way
-                    with open(target, "rb") as f:
-                        atomic_write(args.out, age_encrypt(f.read(), to))
-            finally:
-                if to is not None and os.path.exists(target):
-                    os.remove(target)
-        if to is not None:
-            print(f"encrypted to {len(to)} age recipient(s): {args.out} is an age file (vmu-verify --identity, age -d)")
+def _train(args: argparse.Namespace) -> int:
+    from ._workspace import Workspace
+
+    with Workspace.open(args.dir) as ws:
+        rep = ws.train(backend=args.backend, workers=args.workers, ray_address=args.ray_address)
+        accuracy = ws.evaluate()
+        acc = "n/a" if accuracy is None else f"{100 * accuracy:.1f}%"
+        print(f"trained {rep.shards} shards: {rep.steps} steps this run, {rep.seconds:.2f} s in all, test accuracy {acc}")
+        print(f"log size {rep.log_size}; signed tree head:")
+        print(rep.tree_head, end="")
+    return EXIT_OK
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from ._workspace import Workspace
+
+    ids = _read_ids(args)
+    with Workspace.open(args.dir) as ws:
+        frep = ws.forget(ids, backend=args.backend, workers=args.workers, ray_address=args.ray_address)
         print(
-            f"wrote {args.out}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "
-            f"segments disclosed for replay ({len(info.complete)} of the deletion lineage, {args.lineage}; "
-            f"{len(info.sampled)} sampled), {info.openings} record openings, {info.bytes_total} bytes "
-            f"({info.bytes_without_checkpoints} without checkpoints)"
+            f"forgot {len(frep.deleted)} record(s) in request {frep.request}: retrained "
+            f"{len(frep.shards_retrained)} shard(s), {frep.slices_retrained} slice(s), {frep.steps} steps "
+            f"in {frep.seconds:.2f} s"
         )
-        if info.disclosure is not None:
-            print("  " + disclosure_line(info.disclosure))
-        return EXIT_OK
-    if args.command == "status":
-        if args.ids is not None:
-            with Workspace.open(args.dir) as ws:
-                ids = ws.split_ids(args.ids)
-            sys.stdout.write("".join(f"{i}\n" for i in ids))
-            return EXIT_OK
-        with Workspace.open(args.dir) as ws:
-            st = ws.status()
-        if args.json:
-            print(json.dumps(st, indent=2, sort_keys=True))
-            return EXIT_OK
-        print(f"workspace {st['path']}: {st['shards']} shards x {st['slices']} slices, model {st['model']}")
-        print(f"  log origin: {st['origin']}")
-        print(f"  note verifier key (pin it: vmu-verify --trust-key '<key>'): {st['vkey']}")
-        print(f"  trained: {'yes' if st['trained'] else 'no'}; log size {st['log_size']} (signed {st['signed_size']})")
-        print(f"  deleted records: {st['deleted_records']} in {len(st['requests'])} request(s)")
-        for sh in st["shard_state"]:
-            print(
-                f"  shard {sh['shard']}: {sh['records']} records, generation {sh['generation']}, "
-                f"{'complete' if sh['complete'] else 'incomplete'}"
+        steps = (f"{frep.step_ratio:.1f}x in steps ({frep.steps_total} retrained of {frep.full_training_steps})"
+                 if frep.full_training_steps and frep.steps_total else "steps n/a")
+        print(f"speed-up against full training ({frep.full_training_seconds:.2f} s of compute): {frep.speedup:.1f}x "
+              f"in time ({frep.seconds:.2f} s of compute, over every run of this request), {steps}")
+        print(f"transcript: {frep.transcript_path}")
+    return EXIT_OK
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from ._bundle import known_head_size, write_bundle
+    from ._workspace import Workspace
+
+    _check_out_path(args.out)  # before any work: a bad path is bad input (exit 2)
+
+    challenge = None
+    if args.challenge is not None:
+        try:
+            challenge = bytes.fromhex(args.challenge)
+        except ValueError as e:
+            raise BadInput(f"--challenge must be hex: {e}") from e
+    to = age_recipients(args.recipient) if args.recipient else None  # before any work
+    with Workspace.open(args.dir) as ws:
+        known = [known_head_size(ws, path) for path in args.known_head]
+        target = args.out if to is None else f"{args.out}.plain.{os.getpid()}"
+        try:
+            info = write_bundle(
+                ws, target, transcript=None if args.all else args.transcript, challenge=challenge,
+                replay=args.replay, known_sizes=known, include_model_source=args.include_model_source,
+                lineage=args.lineage,
             )
-        for r in st["requests"]:
-            print(f"  request {r['n']}: {len(r['ids'])} id(s), {r['status']}, transcript {r['transcript']}")
+            if to is not None:  # the plain zip never reaches --out; it is removed either way
+                with open(target, "rb") as f:
+                    atomic_write(args.out, age_encrypt(f.read(), to))
+        finally:
+            if to is not None and os.path.exists(target):
+                os.remove(target)
+    if to is not None:
+        print(f"encrypted to {len(to)} age recipient(s): {args.out} is an age file (vmu-verify --identity, age -d)")
+    print(
+        f"wrote {args.out}: {len(info.transcripts)} transcript(s), {info.segments} of {info.population} "
+        f"segments disclosed for replay ({len(info.complete)} of the deletion lineage, {args.lineage}; "
+        f"{len(info.sampled)} sampled), {info.openings} record openings, {info.bytes_total} bytes "
+        f"({info.bytes_without_checkpoints} without checkpoints)"
+    )
+    if info.disclosure is not None:
+        print("  " + disclosure_line(info.disclosure))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ._workspace import Workspace
+
+    if args.ids is not None:
+        with Workspace.open(args.dir) as ws:
+            ids = ws.split_ids(args.ids)
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
         return EXIT_OK
-    raise BadInput(f"unknown command {args.command}")  # pragma: no cover
+    with Workspace.open(args.dir) as ws:
+        st = ws.status()
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"workspace {st['path']}: {st['shards']} shards x {st['slices']} slices, model {st['model']}")
+    print(f"  log origin: {st['origin']}")
+    print(f"  note verifier key (pin it: vmu-verify --trust-key '<key>'): {st['vkey']}")
+    print(f"  trained: {'yes' if st['trained'] else 'no'}; log size {st['log_size']} (signed {st['signed_size']})")
+    print(f"  deleted records: {st['deleted_records']} in {len(st['requests'])} request(s)")
+    for sh in st["shard_state"]:
+        print(
+            f"  shard {sh['shard']}: {sh['records']} records, generation {sh['generation']}, "
+            f"{'complete' if sh['complete'] else 'incomplete'}"
+        )
+    for r in st["requests"]:
+        print(f"  request {r['n']}: {len(r['ids'])} id(s), {r['status']}, transcript {r['transcript']}")
+    return EXIT_OK
 
 
 DEFAULT_MAX_SEGMENT_RECORDS = 4096

@@ -225,12 +225,12 @@ def test_bundle_reveals_only_needed_records(honest_fixture) -> None:  # noqa: F8
     used = set()
     assert v.complete and {r.shard for r in v.complete} == {t.shard for t in v.transcripts[0].shards} | {
         t.shard for t in v.transcripts[1].shards}
-    from verifier._checks import _batch_of
     from verifier._entries import StepBody
+    from verifier._steps_schedule import batch_of
 
     for r in [*v.complete, *v.sample]:
         for i in range(r.end_index - r.steps, r.end_index):
-            used |= set(_batch_of(v, StepBody.parse(v.entries[i]), "test"))  # format 2: the committed batch
+            used |= set(batch_of(v, StepBody.parse(v.entries[i]), "test"))  # format 2: the committed batch
     training = {o.commitment() for o in b.openings.training}
     assert training == used - {o.commitment() for o in b.openings.deleted}
     assert len(b.openings.audit) == 180

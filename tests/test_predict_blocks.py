@@ -21,7 +21,7 @@ def _batch_sizes() -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
 
 
 def test_prover_predicts_in_blocks_of_rows(trained_template: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import prover._workspace as W
+    import prover._predict as W
 
     with Workspace.open(trained_template) as ws:
         X = ws.data.X[:50]

@@ -255,7 +255,7 @@ def test_step_body_template_is_step_body_json(shard, generation, stage, epoch, s
 def test_a_commit_block_that_fails_commits_nothing_and_leaves_no_temporary_file(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
     """The initial models' files sync on a thread while the trees are built: a failure there
     still waits for it, commits nothing, and leaves no temporary file; a retry commits."""
-    import prover._workspace as W
+    import prover._commit as W
     from prover import Workspace, WorkspaceConfig
 
     ws = Workspace.create(os.path.join(os.fspath(tmp_path), "ws"), data="digits",

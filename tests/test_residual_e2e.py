@@ -101,7 +101,7 @@ def test_step_19_issue_15_class_sorted_deletion_in_two_requests(tmp_path) -> Non
     import numpy as np
 
     from prover._data import from_arrays, load_digits_dataset
-    from verifier._checks import _residual_seed
+    from verifier._steps_residual import residual_seed
 
     ds = load_digits_dataset()
     order = np.argsort(ds.y, kind="stable")
@@ -124,7 +124,7 @@ def test_step_19_issue_15_class_sorted_deletion_in_two_requests(tmp_path) -> Non
     from verifier._bundle import read_bundle
 
     dels = read_bundle(bundle).openings.deleted
-    assert res["bootstrap"]["seed"] == _residual_seed(dels) == _residual_seed(list(reversed(dels)))
+    assert res["bootstrap"]["seed"] == residual_seed(dels) == residual_seed(list(reversed(dels)))
 
 
 def test_deletion_inference_exposure_is_reported_from_the_bundles_models(honest_50: tuple[str, str]) -> None:

@@ -305,12 +305,12 @@ def test_load_file_reads_the_real_size(tmp_path: Any) -> None:
 
 def test_memory_error_is_unusable_input(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """An allocation that fails is unusable input (exit 2, one line), never an internal error."""
-    from verifier import _checks
+    from verifier import _steps_models
 
     def boom(*a: Any, **k: Any) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(_checks, "check_model_fits", boom)
+    monkeypatch.setattr(_steps_models, "check_model_fits", boom)
     h = honest()
     v = verify(h.bundle, _opts())
     assert (v.exit_code, v.failed_step, type(v.failure).__name__) == (2, 15, "InvalidBundle")
@@ -323,13 +323,13 @@ def test_memory_error_is_unusable_input(monkeypatch: pytest.MonkeyPatch, capsys:
     def torch_oom(*a: Any, **k: Any) -> None:
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(_checks, "check_model_fits", torch_oom)
+    monkeypatch.setattr(_steps_models, "check_model_fits", torch_oom)
     assert verify(h.bundle, _opts()).exit_code == 2
 
     def bug(*a: Any, **k: Any) -> None:
         raise RuntimeError("a bug, not memory")
 
-    monkeypatch.setattr(_checks, "check_model_fits", bug)
+    monkeypatch.setattr(_steps_models, "check_model_fits", bug)
     v = verify(h.bundle, _opts())  # a real bug still surfaces as one: exit 70, never "out of memory"
     assert (v.exit_code, v.failed_step, type(v.failure).__name__) == (70, 15, "InternalError")
     assert str(v.failure) == "RuntimeError: a bug, not memory" and isinstance(v.failure.__cause__, RuntimeError)

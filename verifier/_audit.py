@@ -149,35 +149,8 @@ def read_package(data: bytes, *, trust_key: VerifyingKey | None = None, limits: 
     """Steps A1-A4. Raises :class:`MalformedInput` (exit 2) or :class:`VerificationFailed` (exit 1)."""
     limits = limits or Limits()
     members = _read_zip(data, limits)  # A1
-    # A2: the signature, before anything the statement says is used.
-    key_pinned = trust_key is not None
-    if trust_key is None:
-        if "owner.pub.pem" not in members:
-            raise InvalidBundle("the package ships no owner.pub.pem and no --trust-key was given")
-        key = VerifyingKey.from_pem(members["owner.pub.pem"])
-    else:
-        key = trust_key
-    try:
-        env = Envelope.from_json(_json(members, STATEMENT_MEMBER, limits))
-        stmt = verify_statement(env, [key], predicate_type=PREDICATE_AUDIT_PACKAGE)
-    except MalformedInput as e:
-        raise type(e)(f"step A2: {e}") from e
-    except SignatureFailed as e:
-        which = "pinned" if key_pinned else "package's"
-        raise SignatureFailed(f"step A2: bad signature: the package statement is not signed by the {which} key "
-                              f"{key.key_id[:16]}: {e}") from e
-    # A3: every member named, with its digest; every subject present.
-    subjects = {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]}
-    digests = {n: hashlib.sha256(b).hexdigest() for n, b in members.items() if n != STATEMENT_MEMBER}
-    for name, want in sorted(subjects.items()):
-        if name not in digests:
-            raise PackageMismatch(f"step A3: the signed statement names {name!r}, which the package lacks")
-        if digests[name] != want:
-            raise PackageMismatch(f"step A3: digest mismatch: {name} has SHA-256 {digests[name][:16]}..., the signed "
-                                  f"statement says {want[:16]}...")
-    extra = sorted(set(digests) - set(subjects))
-    if extra:
-        raise PackageMismatch(f"step A3: package member {extra[0]!r} is not covered by the signed statement")
+    key, key_pinned, stmt = _signed_statement(members, trust_key, limits)  # A2
+    digests = _check_subjects(stmt, members)  # A3
     # A4: the predicate and what it binds.
     p = stmt["predicate"]
     if not isinstance(p, dict) or p.get("type") != PACKAGE_TYPE:
@@ -199,6 +172,56 @@ def read_package(data: bytes, *, trust_key: VerifyingKey | None = None, limits: 
     models = p.get("models")
     if not isinstance(models, dict) or set(models) != {"pre", "post"}:
         raise InvalidBundle("the predicate's models must name pre and post digests")
+    files = _model_files(models, members, S)
+    deleted, shards, audit = _package_records(p, members, limits, S)
+    return AuditPackage(
+        predicate=p, key=key, key_pinned=key_pinned, model=model, pre=files["pre"], post=files["post"],
+        deleted=deleted, shard_of_deleted=shards, audit=audit, member_digests=digests,
+    )
+
+
+
+
+def _signed_statement(members: dict[str, bytes], trust_key: VerifyingKey | None,
+                      limits: Limits) -> tuple[VerifyingKey, bool, dict[str, Any]]:
+    """A2: the signature, before anything the statement says is used."""
+    key_pinned = trust_key is not None
+    if trust_key is None:
+        if "owner.pub.pem" not in members:
+            raise InvalidBundle("the package ships no owner.pub.pem and no --trust-key was given")
+        key = VerifyingKey.from_pem(members["owner.pub.pem"])
+    else:
+        key = trust_key
+    try:
+        env = Envelope.from_json(_json(members, STATEMENT_MEMBER, limits))
+        stmt = verify_statement(env, [key], predicate_type=PREDICATE_AUDIT_PACKAGE)
+    except MalformedInput as e:
+        raise type(e)(f"step A2: {e}") from e
+    except SignatureFailed as e:
+        which = "pinned" if key_pinned else "package's"
+        raise SignatureFailed(f"step A2: bad signature: the package statement is not signed by the {which} key "
+                              f"{key.key_id[:16]}: {e}") from e
+    return key, key_pinned, stmt
+
+
+def _check_subjects(stmt: dict[str, Any], members: dict[str, bytes]) -> dict[str, str]:
+    """A3: every member named, with its digest; every subject present. Returns the members' digests."""
+    subjects = {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]}
+    digests = {n: hashlib.sha256(b).hexdigest() for n, b in members.items() if n != STATEMENT_MEMBER}
+    for name, want in sorted(subjects.items()):
+        if name not in digests:
+            raise PackageMismatch(f"step A3: the signed statement names {name!r}, which the package lacks")
+        if digests[name] != want:
+            raise PackageMismatch(f"step A3: digest mismatch: {name} has SHA-256 {digests[name][:16]}..., the signed "
+                                  f"statement says {want[:16]}...")
+    extra = sorted(set(digests) - set(subjects))
+    if extra:
+        raise PackageMismatch(f"step A3: package member {extra[0]!r} is not covered by the signed statement")
+    return digests
+
+
+def _model_files(models: dict[str, Any], members: dict[str, bytes], S: int) -> dict[str, list[tuple[bytes, bytes]]]:
+    """A4: the pre- and post-deletion constituents, each the content the statement names."""
     files: dict[str, list[tuple[bytes, bytes]]] = {}
     for phase in ("pre", "post"):
         lst = models[phase]
@@ -218,6 +241,12 @@ def read_package(data: bytes, *, trust_key: VerifyingKey | None = None, limits: 
                 raise PackageMismatch(f"step A4: {name} has content digest {got.hex()[:16]}..., the statement says "
                                       f"{str(dh)[:16]}...")
             files[phase].append((want, members[name]))
+    return files
+
+
+def _package_records(p: dict[str, Any], members: dict[str, bytes], limits: Limits,
+                     S: int) -> tuple[list[RecordOpening], list[int], list[RecordOpening]]:
+    """A4: the deleted records (with their shards) and the audit set, the records the statement commits to."""
     deleted, shards = [], []
     for i, r in enumerate(_typed(_json(members, "records/deleted.json", limits), "records/deleted.json",
                                  "vmu.audit-deleted-records")):
@@ -250,10 +279,7 @@ def read_package(data: bytes, *, trust_key: VerifyingKey | None = None, limits: 
         raise PackageMismatch("step A4: the audit records do not hash to the audit root the statement commits to")
     if {o.commitment() for o in audit} & {o.commitment() for o in deleted}:
         raise PackageMismatch("step A4: a deleted record is also in the audit set")
-    return AuditPackage(
-        predicate=p, key=key, key_pinned=key_pinned, model=model, pre=files["pre"], post=files["post"],
-        deleted=deleted, shard_of_deleted=shards, audit=audit, member_digests=digests,
-    )
+    return deleted, shards, audit
 
 
 def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000) -> dict[str, Any]:
@@ -265,7 +291,7 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
 
     require(("torch", "scipy", "sklearn"), "the residual audit", "install verifiable-mu[full]")
     from . import _models, _residual, _robust
-    from ._checks import _residual_seed
+    from ._steps_residual import residual_seed
 
     post = _models.load_models(pkg.model, pkg.post)
     pre = _models.load_models(pkg.model, pkg.pre)
@@ -278,7 +304,7 @@ def audit_package(pkg: AuditPackage, *, alpha: float = 0.05, n_boot: int = 1000)
     aX, ay = stack(pkg.audit)
     rep = _residual.residual_tests(
         post_models=post, pre_models=pre, shard_of_deleted=pkg.shard_of_deleted, deleted_X=dX, deleted_y=dy,
-        audit_X=aX, audit_y=ay, alpha=alpha, n_boot=n_boot, seed=_residual_seed(pkg.deleted),
+        audit_X=aX, audit_y=ay, alpha=alpha, n_boot=n_boot, seed=residual_seed(pkg.deleted),
     )
     residual = rep.to_json()
     # Informative, as in step 19: robust accuracy under PGD before and after (specs/10 section 7b).
@@ -317,11 +343,11 @@ def render_audit_html(report: Mapping[str, Any]) -> str:
     """A self-contained page: the banner that this is no proof, then step 19's residual section."""
     from html import escape
 
-    from ._html import _section_residual
+    from ._html_sections import section_residual
 
     pk = report["package"]
     head = (f"<h1>Residual audit of an audit package</h1><p><strong>{escape(report['statement'])}</strong></p>"
             f"<p>Method: <code>{escape(str(pk['method']))}</code> &mdash; {escape(str(pk['label']))}. "
             f"Verdict: <strong>{escape(report['verdict'])}</strong>: {escape(report['reason'])}</p>")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>vmu-audit report</title></head><body>"
-            + head + _section_residual(report["residual"]) + "</body></html>")
+            + head + section_residual(report["residual"]) + "</body></html>")

@@ -34,7 +34,9 @@ import numpy as np
 from verifiable_mu._canary import Trigger, apply_trigger
 from verifiable_mu._errors import MalformedInput
 
-from ._residual import _labels, _proba, _r, holm
+from ._residual_attacks import checked_labels, checked_proba
+from ._residual_report import rounded
+from ._residual_stats import holm
 
 __all__ = ["CANARY_REPORT_TYPE", "CANARY_REPORT_VERSION", "CanaryShard", "CanaryReport", "canary_test", "clopper_pearson_upper"]
 
@@ -95,13 +97,13 @@ class CanaryShard:
             "queries": self.n_queries,
             "pre_hits": self.pre_hits,
             "post_hits": self.post_hits,
-            "pre_rate": _r(self.pre_rate),
-            "post_rate": _r(self.post_rate),
-            "p_control": _r(self.p_control),
-            "p_control_holm": _r(self.p_control_holm),
-            "p_residual": _r(self.p_residual),
-            "p_residual_holm": _r(self.p_residual_holm),
-            "p_post_below_pre": _r(self.p_drop),
+            "pre_rate": rounded(self.pre_rate),
+            "post_rate": rounded(self.post_rate),
+            "p_control": rounded(self.p_control),
+            "p_control_holm": rounded(self.p_control_holm),
+            "p_residual": rounded(self.p_residual),
+            "p_residual_holm": rounded(self.p_residual_holm),
+            "p_post_below_pre": rounded(self.p_drop),
             "control_detected": self.control_detected,
             "residual_detected": self.residual_detected,
         }
@@ -132,13 +134,13 @@ class CanaryReport:
             "test": "exact binomial, one-sided; Holm over the marked shards",
             "trigger": self.trigger.to_json(),
             "queries": self.n_queries,
-            "base_rate": _r(self.base_rate),
+            "base_rate": rounded(self.base_rate),
             "base_rate_rule": "largest one-sided (1 - alpha) Clopper-Pearson upper bound over the unmarked shards",
             "base": [
-                {"shard": s, "hits": h, "rate": _r(h / self.n_queries)} for s, h in zip(self.base_shards, self.base_hits, strict=True)
+                {"shard": s, "hits": h, "rate": rounded(h / self.n_queries)} for s, h in zip(self.base_shards, self.base_hits, strict=True)
             ],
             "shards": [s.to_json() for s in self.shards],
-            "aggregate": {"pre_rate": _r(self.aggregate_pre_rate), "post_rate": _r(self.aggregate_post_rate)},
+            "aggregate": {"pre_rate": rounded(self.aggregate_pre_rate), "post_rate": rounded(self.aggregate_post_rate)},
             "seconds": round(self.seconds, 6),
         }
 
@@ -160,34 +162,15 @@ def canary_test(
     label is the target are left out.
     """
     t0 = time.perf_counter()
-    if not isinstance(trigger, Trigger):
-        raise MalformedInput("trigger must be a Trigger (use Trigger.from_json for a trigger document)")
-    if not 0 < alpha < 0.5:
-        raise MalformedInput("alpha must be in (0, 0.5)")
-    S = len(post_models)
-    if S < 1 or len(pre_models) != S:
-        raise MalformedInput(f"{len(pre_models)} pre-deletion models for {S} post-deletion models")
-    marked = sorted({int(s) for s in marked_shards})
-    if not marked or marked[0] < 0 or marked[-1] >= S:
-        raise MalformedInput(f"marked_shards must name at least one shard in 0..{S - 1}")
-    try:
-        Xq = np.asarray(query_X, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise MalformedInput(f"query_X must be a numeric array: {e}") from e
-    if Xq.ndim < 2:
-        raise MalformedInput("query_X must have one row per record")
-    yq = _labels(query_y, Xq.shape[0], "query_y")
-    Xq = Xq[yq != trigger.target]
+    S, marked, Xq = _checked_inputs(trigger, alpha, post_models, pre_models, marked_shards, query_X, query_y)
     n = Xq.shape[0]
-    if n == 0:
-        raise MalformedInput(f"no query record has a label other than the trigger's target {trigger.target}")
     Xt = apply_trigger(Xq, trigger)
 
     def hits(P: np.ndarray) -> int:
         return int(np.sum(P.argmax(axis=1) == trigger.target))
 
-    post_P = [_proba(m, Xt, None, f"post-deletion model {j}") for j, m in enumerate(post_models)]
-    pre_P = [_proba(m, Xt, None, f"pre-deletion model {j}") for j, m in enumerate(pre_models)]
+    post_P = [checked_proba(m, Xt, None, f"post-deletion model {j}") for j, m in enumerate(post_models)]
+    pre_P = [checked_proba(m, Xt, None, f"pre-deletion model {j}") for j, m in enumerate(pre_models)]
     k = post_P[0].shape[1]
     if trigger.target >= k or any(P.shape[1] != k for P in post_P + pre_P):
         raise MalformedInput(f"the trigger's target {trigger.target} is not one of the models' {k} classes")
@@ -232,6 +215,34 @@ def canary_test(
         aggregate_post_rate=agg_post,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _checked_inputs(trigger: Trigger, alpha: float, post_models: Sequence[ProbaFn], pre_models: Sequence[ProbaFn],
+                    marked_shards: Sequence[int], query_X: Any, query_y: Any) -> tuple[int, list[int], np.ndarray]:
+    """The caller's inputs, checked: the number of shards, the marked shards, and the query records
+    whose label is not the trigger's target."""
+    if not isinstance(trigger, Trigger):
+        raise MalformedInput("trigger must be a Trigger (use Trigger.from_json for a trigger document)")
+    if not 0 < alpha < 0.5:
+        raise MalformedInput("alpha must be in (0, 0.5)")
+    S = len(post_models)
+    if S < 1 or len(pre_models) != S:
+        raise MalformedInput(f"{len(pre_models)} pre-deletion models for {S} post-deletion models")
+    marked = sorted({int(s) for s in marked_shards})
+    if not marked or marked[0] < 0 or marked[-1] >= S:
+        raise MalformedInput(f"marked_shards must name at least one shard in 0..{S - 1}")
+    try:
+        Xq = np.asarray(query_X, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise MalformedInput(f"query_X must be a numeric array: {e}") from e
+    if Xq.ndim < 2:
+        raise MalformedInput("query_X must have one row per record")
+    yq = checked_labels(query_y, Xq.shape[0], "query_y")
+    Xq = Xq[yq != trigger.target]
+    n = Xq.shape[0]
+    if n == 0:
+        raise MalformedInput(f"no query record has a label other than the trigger's target {trigger.target}")
+    return S, marked, Xq
 
 
 def _decide(shards: Sequence[CanaryShard], base: float, base_shards: Sequence[int], alpha: float) -> tuple[str, str]:

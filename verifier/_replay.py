@@ -134,32 +134,69 @@ def replay(
     """
     import torch
 
+    threads, mode, differences, portable = _prepare(plan, backend, ray_address)
+    plans = segment_plans(plan, mode)
+    t_all = time.perf_counter()
+    segs = _run_in_order(plans, mode, differences, backend, ray_address, max_parallel, progress)
+    total_steps = sum(seg["steps"] for seg in segs)
+    secs = time.perf_counter() - t_all
+    return {
+        "mode": mode,
+        "platform_match": not differences,
+        "platform_differences": differences,
+        "arithmetic": "portable-v1" if portable else "float32",
+        "threshold": DISTANCE_THRESHOLD if mode == "distance" else None,
+        "torch": torch.__version__,
+        "threads": threads,
+        "segments": segs,
+        "steps": total_steps,
+        "seconds": secs,
+        "steps_per_second": total_steps / secs if secs > 0 else None,
+        "warning": _distance_warning(differences) if mode == "distance" else None,
+        "model_code": _code_report(plan),
+    }
+
+
+def _prepare(plan: ReplayPlan, backend: str, ray_address: str | None) -> tuple[int, str, list[str], bool]:
+    """Check the options and the committed model code, pin the logged thread count, and resolve
+    the mode: ``(threads, mode, platform differences, portable)``."""
     if backend not in BACKENDS:
         raise MalformedInput(f"unknown replay backend {backend!r} (use {' or '.join(BACKENDS)})")
     if ray_address is not None and backend != "ray":
         raise MalformedInput("--ray-address needs --backend ray")
     training = importlib.import_module("verifiable_mu.training")
     model_factory(plan.model, plan.allow_factories, plan.model_source)  # the committed-code checks, before any segment
-    training.Hyper.from_json(dict(plan.hyper))
+    portable = bool(training.Hyper.from_json(dict(plan.hyper)).portable)
     threads = int(plan.platform["threads"])
     training.configure_determinism(threads)
     differences = platform_differences(plan.platform)
-    match = not differences
-    portable = training.Hyper.from_json(dict(plan.hyper)).portable
     mode = plan.mode
     if mode == "auto":
-        mode = "exact" if match or portable else "distance"
-    warning = None
-    if mode == "distance":
-        why = "; ".join(differences) if differences else "distance mode was asked for"
-        warning = (
-            f"DISTANCE REPLAY: segments are compared within relative distance {DISTANCE_THRESHOLD:g}, not bit for "
-            f"bit ({why})"
-        )
-    plans = segment_plans(plan, mode)
-    segs = []
+        mode = "exact" if not differences or portable else "distance"
+    return threads, mode, differences, portable
+
+
+def _distance_warning(differences: list[str]) -> str:
+    why = "; ".join(differences) if differences else "distance mode was asked for"
+    return (
+        f"DISTANCE REPLAY: segments are compared within relative distance {DISTANCE_THRESHOLD:g}, not bit for "
+        f"bit ({why})"
+    )
+
+
+def _run_in_order(
+    plans: list[SegmentPlan],
+    mode: str,
+    differences: list[str],
+    backend: str,
+    ray_address: str | None,
+    max_parallel: int,
+    progress: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """Each segment's report entry, in plan order; raise :class:`ReplayMismatch` for the first
+    that does not reproduce (the rest are stopped, and on Ray cancelled)."""
+    segs: list[dict[str, Any]] = []
     total_steps = 0
-    t_all = time.perf_counter()
     if backend == "ray" and plans:
         from . import _ray  # Ray is an optional extra
 
@@ -183,22 +220,7 @@ def replay(
                         "platform, or ask the owner for a portable log (specs/09, step 18)"
                     )
                 raise err
-    secs = time.perf_counter() - t_all
-    return {
-        "mode": mode,
-        "platform_match": match,
-        "platform_differences": differences,
-        "arithmetic": "portable-v1" if portable else "float32",
-        "threshold": DISTANCE_THRESHOLD if mode == "distance" else None,
-        "torch": torch.__version__,
-        "threads": threads,
-        "segments": segs,
-        "steps": total_steps,
-        "seconds": secs,
-        "steps_per_second": total_steps / secs if secs > 0 else None,
-        "warning": warning,
-        "model_code": _code_report(plan),
-    }
+    return segs
 
 
 def _code_report(plan: ReplayPlan) -> dict[str, Any] | None:

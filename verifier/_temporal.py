@@ -29,7 +29,8 @@ import numpy as np
 from verifiable_mu._errors import MalformedInput
 from verifiable_mu._memory import flatten_params, stage_residual
 
-from ._residual import _labels, _proba, _r
+from ._residual_attacks import checked_labels, checked_proba
+from ._residual_report import rounded
 
 __all__ = ["TemporalPoint", "TemporalReport", "temporal_memory", "flatten_params"]
 
@@ -52,10 +53,10 @@ class TemporalPoint:
         return {
             "stage": self.stage,
             "t": self.t,
-            "residual_l1": _r(self.residual_l1),
-            "residual_rel": _r(self.residual_rel),
-            "distance_rel": _r(self.distance_rel),
-            "margin_nats": None if self.margin_nats is None else _r(self.margin_nats),
+            "residual_l1": rounded(self.residual_l1),
+            "residual_rel": rounded(self.residual_rel),
+            "distance_rel": rounded(self.distance_rel),
+            "margin_nats": None if self.margin_nats is None else rounded(self.margin_nats),
         }
 
 
@@ -115,7 +116,7 @@ def temporal_memory(
         Xd = np.asarray(deleted_X, dtype=np.float32)
         if Xd.ndim < 2 or Xd.shape[0] == 0:
             raise MalformedInput("deleted_X must have one row per deleted record")
-        yd = _labels(deleted_y, Xd.shape[0], "deleted_y")
+        yd = checked_labels(deleted_y, Xd.shape[0], "deleted_y")
     points = []
     prev_o = prev_n = rollback
     for r in stages:
@@ -130,8 +131,8 @@ def temporal_memory(
                 fo, fn = original_models[r], retrained_models[r]  # type: ignore[index]
             except KeyError as e:
                 raise MalformedInput(f"no model for stage {r} in both lineages") from e
-            po = _proba(fo, Xd, None, f"original stage {r} model")[np.arange(len(yd)), yd]
-            pn = _proba(fn, Xd, None, f"retrained stage {r} model")[np.arange(len(yd)), yd]
+            po = checked_proba(fo, Xd, None, f"original stage {r} model")[np.arange(len(yd)), yd]
+            pn = checked_proba(fn, Xd, None, f"retrained stage {r} model")[np.arange(len(yd)), yd]
             margin = float(np.mean(np.log(np.maximum(po, 1e-300)) - np.log(np.maximum(pn, 1e-300))))
         points.append(
             TemporalPoint(

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout, report_bug, report_error
 from verifiable_mu._errors import MalformedInput, VerificationFailed, VmuError
 
+from ._bundle import Limits
+
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
@@ -81,8 +83,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise MalformedInput(f"cannot read --trust-key {args.trust_key}: {e.strerror or e}") from e
         try:
             size = os.path.getsize(args.package)
-            if size > _audit.Limits().max_archive_bytes:
-                raise MalformedInput(f"{args.package} is {size} bytes, above the bound of {_audit.Limits().max_archive_bytes}")
+            if size > Limits().max_archive_bytes:
+                raise MalformedInput(f"{args.package} is {size} bytes, above the bound of {Limits().max_archive_bytes}")
             with open(args.package, "rb") as f:
                 data = f.read()
         except OSError as e:

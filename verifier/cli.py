@@ -16,7 +16,8 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from verifiable_mu import __version__
 from verifiable_mu._age import AGE_MAGIC, is_age
@@ -40,7 +41,7 @@ from verifiable_mu._seeds import atomic_write
 from verifiable_mu._witness import WitnessKey
 
 from ._bundle import Limits
-from ._checks import CheckResult, ExpectedHead, VerifyOptions, verify
+from ._checks import CheckResult, ExpectedHead, Verification, VerifyOptions, verify
 from ._policy import EXIT_REDUCED, POLICIES
 from ._report import render_text, step_line, to_json
 
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"vmu-verify (verifiable-mu) {__version__}")
     p.add_argument("bundle", metavar="BUNDLE", help="the proof bundle (zip) written by 'vmu bundle'")
+    _challenge_and_replay_arguments(p)
+    _input_and_trust_arguments(p)
+    _residual_and_output_arguments(p)
+    return p
+
+
+def _challenge_and_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--challenge", metavar="HEX", help="the challenge you gave the prover (interactive mode)")
     p.add_argument(
         "--replay", type=int, metavar="K", default=DEFAULT_REPLAY,
@@ -93,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the final tree head the bundle must be for: a file holding a signed note (origin, size and root are "
              "compared) or its root as 64 hex digits",
     )
+
+
+def _input_and_trust_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="also write the JSON report to OUT ('-': stdout, which then carries "
                    "the JSON alone; the summary goes to stderr)")
     p.add_argument(
@@ -127,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow running this factory's code to replay the model (only after it matches the code the log commits: "
              "the bundle's model source if it ships one, else the module on this machine)",
     )
+
+
+def _residual_and_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report (inline plots, no network)")
     p.add_argument(
         "--no-residual", action="store_true", help="skip step 19, the residual-information tests (the report says so)"
@@ -154,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "signature and digests, then run only the residual tests (vmu-audit; a statistical audit, not a proof)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
-    return p
 
 
 def _parse_requests(text: str) -> tuple[int, ...]:
@@ -262,71 +275,121 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        challenge = None
-        if args.challenge is not None:
-            try:
-                challenge = bytes.fromhex(args.challenge)
-            except ValueError as e:
-                raise MalformedInput(f"--challenge must be hex: {e}") from e
-            if not 16 <= len(challenge) <= 64:
-                raise MalformedInput("--challenge must be 16 to 64 bytes (32 to 128 hex digits)")
-        if args.replay < 0:
-            raise MalformedInput("--replay must be >= 0")
-        if args.unsafe_no_replay:
-            print("vmu-verify: WARNING: --unsafe-no-replay: no training segment will be replayed", file=sys.stderr)
-        requests = None if args.requests is None else _parse_requests(args.requests)
-        expect_head = None if args.expect_head is None else _parse_head(args.expect_head)
-        key, trust_origin = None, None
-        if args.trust_key is not None:
-            key, trust_origin = _trust_key(args.trust_key)
-        witnesses = tuple(_witness(w) for w in args.witness)
-        if args.witness_threshold is not None and not 1 <= args.witness_threshold <= len(witnesses):
-            raise MalformedInput(f"--witness-threshold must be between 1 and the number of --witness keys ({len(witnesses)})")
-        if len({(w.name, w.key_id) for w in witnesses}) != len(witnesses):
-            raise MalformedInput("a --witness key is given twice")
-        known = []
-        for path in args.known_head:
-            try:
-                with open(path, "rb") as f:
-                    known.append(f.read(1 << 20))
-            except OSError as e:
-                raise MalformedInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
-        if not 0 < args.alpha < 1:
-            raise MalformedInput("--alpha must be between 0 and 1")
-        if args.bootstrap < 100:
-            raise MalformedInput("--bootstrap must be at least 100")
-        if args.ray_address is not None and args.backend != "ray":
-            raise MalformedInput("--ray-address needs --backend ray")
-        if args.html:  # checked before the bundle is read, not after
-            require(("jinja2", "matplotlib"), "--html", "leave --html out (the text and --json reports need neither)",
-                    extra="report")
-        signing_key = _attest_args(args.attest, args.signing_key)
-        trigger = None
-        if args.canary is not None:
-            from verifiable_mu._canary import Trigger
-            from verifiable_mu._canonical import parse_json_strict
-
-            try:
-                with open(args.canary, "rb") as f:
-                    raw = f.read(1 << 20)
-            except OSError as e:
-                raise MalformedInput(f"cannot read --canary {args.canary}: {e.strerror or e}") from e
-            trigger = Trigger.from_json(parse_json_strict(raw, what="--canary trigger"))
-        opts = VerifyOptions(
-            trust_key=key, trust_origin=trust_origin, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
-            lineage=args.lineage,
-            unsafe_no_replay=args.unsafe_no_replay, requests=requests, expect_head=expect_head,
-            allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
-            require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
-            backend=args.backend, ray_address=args.ray_address, witnesses=witnesses,
-            witness_threshold=args.witness_threshold, known_heads=tuple(known), policy=args.policy,
-        )
+        opts, signing_key = _options(args)
     except VmuError as e:
         report_error("vmu-verify", e, verbose=args.verbose)
         return EXIT_UNUSABLE
     # The summary goes to stdout (to stderr with --json -, where stdout carries the JSON alone);
     # each check's line is printed as soon as the check is done, the rest at the end.
     out = sys.stderr if args.json == "-" else sys.stdout
+    on_result, on_progress = _callbacks(args, out)
+    try:
+        source = _read_source(args.bundle, args.identity)
+    except VmuError as e:
+        report_error("vmu-verify", e, verbose=args.verbose)
+        return EXIT_UNUSABLE
+    try:
+        v = verify(source, opts, on_result=on_result, on_progress=on_progress)
+    except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmu-verify: error: out of memory reading {args.bundle} ({e or 'MemoryError'}): unusable input",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
+    except Exception as e:  # verify() returns a verdict for any input: this is a bug around it
+        return report_bug("vmu-verify", e, verbose=args.verbose)
+    if args.verbose and v.failure is not None:
+        traceback.print_exception(v.failure)
+        print(v.failure.diagnostics(), file=sys.stderr)
+    text = render_text(v, path=os.path.basename(args.bundle), streamed=not args.quiet)
+    if args.quiet:
+        text = text.splitlines()[-1] + "\n"
+    out.write(text)
+    if v.exit_code == EXIT_INTERNAL and v.failure is not None:
+        print(bug_line("vmu-verify", v.failure), file=sys.stderr)
+    elif v.failure is not None:
+        print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
+    failed = _write_outputs(args, v, signing_key)
+    return v.exit_code if failed is None else failed
+
+
+def _options(args: argparse.Namespace) -> tuple[VerifyOptions, SigningKey | None]:
+    """The verifier's options and the --attest signing key from the command line, checked before
+    the bundle is read."""
+    challenge = None
+    if args.challenge is not None:
+        try:
+            challenge = bytes.fromhex(args.challenge)
+        except ValueError as e:
+            raise MalformedInput(f"--challenge must be hex: {e}") from e
+        if not 16 <= len(challenge) <= 64:
+            raise MalformedInput("--challenge must be 16 to 64 bytes (32 to 128 hex digits)")
+    if args.replay < 0:
+        raise MalformedInput("--replay must be >= 0")
+    if args.unsafe_no_replay:
+        print("vmu-verify: WARNING: --unsafe-no-replay: no training segment will be replayed", file=sys.stderr)
+    requests = None if args.requests is None else _parse_requests(args.requests)
+    expect_head = None if args.expect_head is None else _parse_head(args.expect_head)
+    key, trust_origin = None, None
+    if args.trust_key is not None:
+        key, trust_origin = _trust_key(args.trust_key)
+    witnesses = tuple(_witness(w) for w in args.witness)
+    if args.witness_threshold is not None and not 1 <= args.witness_threshold <= len(witnesses):
+        raise MalformedInput(f"--witness-threshold must be between 1 and the number of --witness keys ({len(witnesses)})")
+    if len({(w.name, w.key_id) for w in witnesses}) != len(witnesses):
+        raise MalformedInput("a --witness key is given twice")
+    known = _known_heads(args.known_head)
+    if not 0 < args.alpha < 1:
+        raise MalformedInput("--alpha must be between 0 and 1")
+    if args.bootstrap < 100:
+        raise MalformedInput("--bootstrap must be at least 100")
+    if args.ray_address is not None and args.backend != "ray":
+        raise MalformedInput("--ray-address needs --backend ray")
+    if args.html:  # checked before the bundle is read, not after
+        require(("jinja2", "matplotlib"), "--html", "leave --html out (the text and --json reports need neither)",
+                extra="report")
+    signing_key = _attest_args(args.attest, args.signing_key)
+    trigger = None if args.canary is None else _canary_trigger(args.canary)
+    opts = VerifyOptions(
+        trust_key=key, trust_origin=trust_origin, challenge=challenge, replay=args.replay, replay_mode=args.replay_mode,
+        lineage=args.lineage,
+        unsafe_no_replay=args.unsafe_no_replay, requests=requests, expect_head=expect_head,
+        allow_factories=tuple(args.allow_factory), residual=not args.no_residual,
+        require_residual=args.require_residual, alpha=args.alpha, n_boot=args.bootstrap, canary=trigger,
+        backend=args.backend, ray_address=args.ray_address, witnesses=witnesses,
+        witness_threshold=args.witness_threshold, known_heads=tuple(known), policy=args.policy,
+    )
+    return opts, signing_key
+
+
+def _known_heads(paths: Sequence[str]) -> list[bytes]:
+    known = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                known.append(f.read(1 << 20))
+        except OSError as e:
+            raise MalformedInput(f"cannot read --known-head {path}: {e.strerror or e}") from e
+    return known
+
+
+def _canary_trigger(path: str) -> Any:
+    """``--canary``: the data subject's trigger document."""
+    from verifiable_mu._canary import Trigger
+    from verifiable_mu._canonical import parse_json_strict
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+    except OSError as e:
+        raise MalformedInput(f"cannot read --canary {path}: {e.strerror or e}") from e
+    return Trigger.from_json(parse_json_strict(raw, what="--canary trigger"))
+
+
+def _callbacks(args: argparse.Namespace, out: TextIO) -> tuple[Callable[[CheckResult], None] | None,
+                                                              Callable[[str], None] | None]:
+    """``on_result`` (each check's line as soon as it is done) and ``on_progress`` (a progress line
+    on a terminal), or None."""
     on_result = None
     if not args.quiet:
         out.write(f"vmu-verify {os.path.basename(args.bundle)}\n")
@@ -357,32 +420,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
                     shown[0] = False
                 print_line(r)
 
-    try:
-        source = _read_source(args.bundle, args.identity)
-    except VmuError as e:
-        report_error("vmu-verify", e, verbose=args.verbose)
-        return EXIT_UNUSABLE
-    try:
-        v = verify(source, opts, on_result=on_result, on_progress=on_progress)
-    except MemoryError as e:  # verify maps this per step; this catches what happens around the steps
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu-verify: error: out of memory reading {args.bundle} ({e or 'MemoryError'}): unusable input",
-              file=sys.stderr)
-        return EXIT_UNUSABLE
-    except Exception as e:  # verify() returns a verdict for any input: this is a bug around it
-        return report_bug("vmu-verify", e, verbose=args.verbose)
-    if args.verbose and v.failure is not None:
-        traceback.print_exception(v.failure)
-        print(v.failure.diagnostics(), file=sys.stderr)
-    text = render_text(v, path=os.path.basename(args.bundle), streamed=not args.quiet)
-    if args.quiet:
-        text = text.splitlines()[-1] + "\n"
-    out.write(text)
-    if v.exit_code == EXIT_INTERNAL and v.failure is not None:
-        print(bug_line("vmu-verify", v.failure), file=sys.stderr)
-    elif v.failure is not None:
-        print(f"vmu-verify: {v.verdict}: step {v.failed_step}: {v.failure}", file=sys.stderr)
+    return on_result, on_progress
+
+
+def _write_outputs(args: argparse.Namespace, v: Verification, signing_key: SigningKey | None) -> int | None:
+    """The --html, --json and --attest outputs; an exit code if one cannot be written, else None."""
     if args.html:
         from ._html import render_html
 
@@ -413,7 +455,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         except (OSError, VmuError) as e:
             print(f"vmu-verify: error: cannot write {args.attest}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return EXIT_UNUSABLE
-    return v.exit_code
+    return None
 
 
 def _attest_args(out: str | None, key_path: str | None) -> SigningKey | None:
