@@ -26,15 +26,13 @@ tasks (a shared file system); a task on a node that cannot see it fails with a c
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from verifiable_mu import _ray_support
-from verifiable_mu._ray_support import PROBE_TIMEOUT_S, default_token_path
+from verifiable_mu._ray_support import PROBE_TIMEOUT_S, default_token_path, in_order
 from verifiable_mu._ray_support import first_line as _first_line
 
 from . import _sisa
@@ -130,28 +128,15 @@ def run_ray(
     connect(address)
     _check_resources(ray, tasks)
     window = len(tasks) if max_parallel <= 0 else max_parallel
-    pending: deque[tuple[_sisa.ShardTask, Any]] = deque()
-    todo = deque(tasks)
-    try:
-        while todo or pending:
-            while todo and len(pending) < window:
-                t = todo.popleft()
-                pending.append((t, _submit(t)))
-            task, ref = pending.popleft()  # fetched below: done or failed, never to be cancelled
-            try:
-                results = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, Exception):
-                    raise cause from None  # the worker's own exception, one line as it was raised
-                raise WorkspaceError(f"shard {task.shard} failed on Ray: {_first_line(e)}") from e
-            except ray.exceptions.RayError as e:
-                raise WorkspaceError(
-                    f"Ray could not finish shard {task.shard} ({type(e).__name__} after {MAX_RETRIES} retries): "
-                    f"{_first_line(e)}; the log holds every stage committed so far, run the same command again"
-                ) from e
-            yield task, results
-    finally:
-        for _, ref in pending:  # the driver stopped early: do not leave work running (only tasks not fetched)
-            with contextlib.suppress(Exception):  # best effort; the task may have finished
-                ray.cancel(ref, force=True)
+    yield from in_order(
+        ray,
+        tasks,
+        _submit,
+        window,
+        task_failed=lambda t, e: WorkspaceError(f"shard {t.shard} failed on Ray: {_first_line(e)}"),
+        ray_failed=lambda t, e: WorkspaceError(
+            f"Ray could not finish shard {t.shard} ({type(e).__name__} after {MAX_RETRIES} retries): "
+            f"{_first_line(e)}; the log holds every stage committed so far, run the same command again"
+        ),
+        force_cancel=True,
+    )

@@ -12,24 +12,25 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from verifiable_mu import __version__
 from verifiable_mu._age import encrypt as age_encrypt
 from verifiable_mu._age import recipients as age_recipients
 from verifiable_mu._cli import (
-    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    detach_stdout,
+    at_the_edge,
     report_bug,
     report_error,
+    say,
+)
+from verifiable_mu._cli import (
+    Parser as _Parser,
 )
 from verifiable_mu._disclosure import disclosure_line
 from verifiable_mu._errors import InternalError, MalformedInput, VmuError
 from verifiable_mu._extras import FULL_INSTALL, missing_module
-from verifiable_mu._sampling import DEFAULT_REPLAY
+from verifiable_mu._sampling import DEFAULT_REPLAY, challenge_from_hex
 from verifiable_mu._seeds import atomic_write
 
 from ._config import SPLITS
@@ -40,13 +41,6 @@ __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"vmu: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,12 +299,7 @@ def _bundle(args: argparse.Namespace) -> int:
 
     _check_out_path(args.out)  # before any work: a bad path is bad input (exit 2)
 
-    challenge = None
-    if args.challenge is not None:
-        try:
-            challenge = bytes.fromhex(args.challenge)
-        except ValueError as e:
-            raise BadInput(f"--challenge must be hex: {e}") from e
+    challenge = None if args.challenge is None else challenge_from_hex(args.challenge)
     to = age_recipients(args.recipient) if args.recipient else None  # before any work
     with Workspace.open(args.dir) as ws:
         known = [known_head_size(ws, path) for path in args.known_head]
@@ -409,6 +398,14 @@ def _check_out_path(out: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return at_the_edge(
+        "vmu", lambda: _guarded(args), verbose=args.verbose,
+        interrupted="interrupted; run the same command again to finish the job",
+    )  # fmt: skip
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """Run the command; a documented error is one line and its exit code."""
     try:
         return _run(args)
     except InternalError as e:
@@ -419,28 +416,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VmuError as e:
         report_error("vmu", e, verbose=args.verbose)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("vmu: interrupted; run the same command again to finish the job", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
-        detach_stdout()
-        return EXIT_BROKEN_PIPE
+    except BrokenPipeError:
+        raise  # an OSError, but handled at the edge
     except OSError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu: error: {e.strerror or e} ({getattr(e, 'filename', '') or ''})", file=sys.stderr)
+        say("vmu", f"error: {e.strerror or e} ({getattr(e, 'filename', '') or ''})", verbose=args.verbose)
         return EXIT_FAILURE
     except ImportError as e:
-        if args.verbose:
-            traceback.print_exc()
         missing = missing_module(e)
         if missing is None:
-            return report_bug("vmu", e, verbose=False)  # the traceback is printed above
-        print(f"vmu: error: 'vmu {args.command}' needs {missing}, which this install lacks (the proof-only install): "
-              f"install the full one with {FULL_INSTALL}", file=sys.stderr)
+            return report_bug("vmu", e, verbose=args.verbose)
+        say("vmu", f"error: 'vmu {args.command}' needs {missing}, which this install lacks (the proof-only install): "
+            f"install the full one with {FULL_INSTALL}", verbose=args.verbose)
         return EXIT_BAD_INPUT
-    except Exception as e:  # a bug: one line asking for a report (--verbose: the traceback)
-        return report_bug("vmu", e, verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -112,6 +112,21 @@ _D1, _D2 = b"\x01" * 32, b"\x02" * 32
 _BODY = head_body("o", 3, b"\x03" * 32)
 
 
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("zz" * 16, "--challenge must be hex"),
+    ("ab" * 15, "--challenge must be 16 to 64 bytes (32 to 128 hex digits)"),
+    ("ab" * 65, "--challenge must be 16 to 64 bytes (32 to 128 hex digits)"),
+])
+def test_a_command_line_challenge_is_hex_of_16_to_64_bytes(text: str, fragment: str) -> None:
+    """Both CLIs read --challenge through one function (verifiable_mu._sampling.challenge_from_hex)."""
+    from verifiable_mu._sampling import challenge_from_hex
+
+    with pytest.raises(MalformedInput) as ei:
+        challenge_from_hex(text)
+    assert fragment in str(ei.value)
+    assert challenge_from_hex("AB" * 16) == b"\xab" * 16 and len(challenge_from_hex("ab" * 64)) == 64
+
+
 def test_challenge_seed_bounds() -> None:
     with pytest.raises(MalformedInput, match="16 to 64 bytes"):
         challenge_seed(b"short", [_D1], _BODY)

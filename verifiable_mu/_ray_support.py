@@ -17,12 +17,15 @@ used is a bad argument, not a failed check). Messages are one line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import stat
 import warnings
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
 from ._errors import MalformedInput, VmuError
 
@@ -34,6 +37,7 @@ __all__ = [
     "default_token_path",
     "enable_token_mode",
     "first_line",
+    "in_order",
     "host_port",
     "import_ray",
     "max_node_cpus",
@@ -198,3 +202,47 @@ def max_node_cpus(ray: Any) -> float:
         if node.get("Alive", node.get("alive", False)):
             best = max(best, float(node.get("Resources", {}).get("CPU", 0)))
     return best
+
+
+_T = TypeVar("_T")
+
+
+def in_order(
+    ray: Any,
+    items: Sequence[_T],
+    submit: Callable[[_T], Any],
+    window: int,
+    *,
+    task_failed: Callable[[_T, BaseException], Exception],
+    ray_failed: Callable[[_T, BaseException], Exception],
+    force_cancel: bool = False,
+) -> Generator[tuple[_T, Any], None, None]:
+    """Submit ``items`` with at most ``window`` tasks in flight (``submit(item)`` returns the
+    task's object ref) and yield ``(item, result)`` in the order of ``items``.
+
+    A task that raised re-raises its own exception when it is one (as the local backend would
+    raise it), else ``task_failed(item, error)``; a task Ray could not finish raises
+    ``ray_failed(item, error)``. Closing the generator early (a mismatch, an error) cancels the
+    tasks still in flight, best effort (``force_cancel`` kills their workers)."""
+    pending: deque[tuple[_T, Any]] = deque()
+    todo = deque(items)
+    try:
+        while todo or pending:
+            while todo and len(pending) < window:
+                item = todo.popleft()
+                pending.append((item, submit(item)))
+            item, ref = pending.popleft()  # fetched below: done or failed, never to be cancelled
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, Exception):
+                    raise cause from None  # the worker's own exception, one line as it was raised
+                raise task_failed(item, e) from e
+            except ray.exceptions.RayError as e:
+                raise ray_failed(item, e) from e
+            yield item, result
+    finally:
+        for _, ref in pending:  # stopped early: do not leave work running (only tasks not fetched)
+            with contextlib.suppress(Exception):  # best effort; the task may have finished
+                ray.cancel(ref, force=force_cancel)

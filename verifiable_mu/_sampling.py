@@ -48,6 +48,7 @@ __all__ = [
     "SAMPLING_VERSION",
     "SeedStream",
     "SegmentRef",
+    "challenge_from_hex",
     "challenge_seed",
     "escape_probability",
     "fiat_shamir_seed",
@@ -112,6 +113,22 @@ def _binding(deletions: Sequence[bytes], body: bytes) -> bytes:
     if not isinstance(body, bytes) or not body:
         raise MalformedInput("the final tree head body must be non-empty bytes")
     return b"".join([struct.pack(">I", len(deletions)), *deletions, struct.pack(">I", len(body)), body])
+
+
+def challenge_from_hex(text: str, what: str = "--challenge") -> bytes:
+    """An interactive challenge given as hex on a command line (both CLIs): its bytes, or
+    :class:`MalformedInput` when it is not hex or not ``MIN_CHALLENGE_BYTES`` to
+    ``MAX_CHALLENGE_BYTES`` long."""
+    try:
+        challenge = bytes.fromhex(text)
+    except ValueError as e:
+        raise MalformedInput(f"{what} must be hex: {e}") from e
+    if not MIN_CHALLENGE_BYTES <= len(challenge) <= MAX_CHALLENGE_BYTES:
+        raise MalformedInput(
+            f"{what} must be {MIN_CHALLENGE_BYTES} to {MAX_CHALLENGE_BYTES} bytes "
+            f"({2 * MIN_CHALLENGE_BYTES} to {2 * MAX_CHALLENGE_BYTES} hex digits)"
+        )
+    return challenge
 
 
 def challenge_seed(challenge: bytes, deletions: Sequence[bytes], body: bytes) -> bytes:

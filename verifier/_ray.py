@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections import deque
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -98,36 +97,30 @@ def run_segments(
     cpus = task_cpus(ray, max(sp.threads for sp in plans))
     window = max_parallel if max_parallel > 0 else 2 * max(1, int(ray.cluster_resources().get("CPU", 0) // cpus))
     remote = _remote(ray)
-    pending: deque[tuple[SegmentPlan, Any]] = deque()
-    todo = deque(plans)
-    try:
-        while todo or pending:
-            while todo and len(pending) < window:
-                sp = todo.popleft()
-                ref = remote.options(
-                    name=f"{TASK_NAME_PREFIX}{sp.work.ref.end_index}", num_cpus=min(sp.threads, cpus), num_gpus=0
-                ).remote(sp)
-                pending.append((sp, ref))
-            sp, ref = pending.popleft()  # fetched below: done or failed, never to be cancelled
-            try:
-                seg, version, host = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, Exception):
-                    raise cause from None  # the worker's own exception, as the local backend raises it
-                raise MalformedInput(f"the replay of {_where(sp)} failed on Ray: {_ray_support.first_line(e)}") from e
-            except ray.exceptions.RayError as e:
-                raise MalformedInput(
-                    f"Ray could not finish the replay of {_where(sp)} ({type(e).__name__} after {MAX_RETRIES} "
-                    f"retries): {_ray_support.first_line(e)}; the bundle was not judged, run the verifier again"
-                ) from e
+
+    def submit(sp: SegmentPlan) -> Any:
+        return remote.options(
+            name=f"{TASK_NAME_PREFIX}{sp.work.ref.end_index}", num_cpus=min(sp.threads, cpus), num_gpus=0
+        ).remote(sp)
+
+    results = _ray_support.in_order(
+        ray,
+        plans,
+        submit,
+        window,
+        task_failed=lambda sp, e: MalformedInput(
+            f"the replay of {_where(sp)} failed on Ray: {_ray_support.first_line(e)}"
+        ),
+        ray_failed=lambda sp, e: MalformedInput(
+            f"Ray could not finish the replay of {_where(sp)} ({type(e).__name__} after {MAX_RETRIES} "
+            f"retries): {_ray_support.first_line(e)}; the bundle was not judged, run the verifier again"
+        ),
+    )
+    with contextlib.closing(results):
+        for _, (seg, version, host) in results:
             if version != torch.__version__:
                 raise MalformedInput(
                     f"Ray node {host} runs torch {version} but this verifier runs torch {torch.__version__}: "
                     "replay results would not be comparable; install the same torch on every node"
                 )
             yield seg
-    finally:
-        for _, ref in pending:  # stopped early (a mismatch, an error): do not leave work running
-            with contextlib.suppress(Exception):  # best effort; the task may have finished
-                ray.cancel(ref)

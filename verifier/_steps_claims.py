@@ -10,6 +10,7 @@ from verifiable_mu._merkle import EMPTY_ROOT
 from verifiable_mu._records import record_key
 from verifiable_mu._seeds import assigned_slices, derive_slices, shard_size
 from verifiable_mu._sorted_tree import SliceDescriptor, SortedTree, dataset_root
+from verifiable_mu._wire_bundle import CommitBlock
 
 from ._entries import AuditBody, CheckpointBody, ConfigBody, DatasetBody, DeletionBody, SliceBody, StepBody, Transcript
 from ._errors import CommitBlockInvalid, DeletionClaimFailed, SegmentMissing
@@ -20,10 +21,11 @@ def step_10(v: Verification) -> None:
     e0 = need_entry(v, 0, "commit block")
     cfg = v.config = v.body(ConfigBody.parse, e0)
     S, R = cfg.shards, cfg.slices
+    block = CommitBlock(shards=S, slices=R)
     descriptors = []
     for s in range(S):
         for r in range(R):
-            sb = v.body(SliceBody.parse, need_entry(v, 1 + s * R + r, "commit block"))
+            sb = v.body(SliceBody.parse, need_entry(v, block.slice(s, r), "commit block"))
             if (sb.shard, sb.slice, sb.generation) != (s, r, 0):
                 raise CommitBlockInvalid(f"log entry {sb.index} is slice ({sb.shard}, {sb.slice}) generation "
                                          f"{sb.generation}, expected ({s}, {r}) generation 0")
@@ -34,14 +36,14 @@ def step_10(v: Verification) -> None:
     n_train = sum(d.size for d in descriptors)
     if n_train != cfg.n_train:
         raise CommitBlockInvalid(f"the slices hold {n_train} records, the config says {cfg.n_train}")
-    ds = v.body(DatasetBody.parse, need_entry(v, 1 + S * R, "commit block"))
+    ds = v.body(DatasetBody.parse, need_entry(v, block.dataset, "commit block"))
     if ds.version != 0 or ds.slices != S * R:
         raise CommitBlockInvalid(f"data-set entry {ds.index} is version {ds.version} with {ds.slices} slices")
     if dataset_root(descriptors) != ds.root:
         raise CommitBlockInvalid("the data-set root is not the root over the logged slice descriptors")
-    v.audit = v.body(AuditBody.parse, need_entry(v, 2 + S * R, "commit block"))
+    v.audit = v.body(AuditBody.parse, need_entry(v, block.audit, "commit block"))
     for s in range(S):
-        c = v.body(CheckpointBody.parse, need_entry(v, 3 + S * R + s, "commit block"))
+        c = v.body(CheckpointBody.parse, need_entry(v, block.checkpoint(s), "commit block"))
         if (c.shard, c.generation, c.stage, c.step) != (s, 0, 0, 0):
             raise CommitBlockInvalid(f"log entry {c.index} is not the initial checkpoint of shard {s}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from verifiable_mu._seeds import epoch_order, step_seed
+from verifiable_mu._wire_bundle import CommitBlock
 
 from ._entries import CheckpointBody, SliceBody, StepBody, Transcript
 from ._errors import BatchNotCommitted, ManifestContainsDeleted, OrderingViolation, ScheduleViolation, SegmentMissing
@@ -156,9 +157,10 @@ def _original_lineages(v: Verification) -> None:
         idx = b.manifest.original[s]
         what = f"original training of shard {s}"
         cks = [v.body(CheckpointBody.parse, need_entry(v, i, what)) for i in idx]
-        if idx[0] != 3 + cfg.shards * cfg.slices + s:
+        first = CommitBlock(shards=cfg.shards, slices=cfg.slices).checkpoint(s)
+        if idx[0] != first:
             raise ScheduleViolation(f"{what}: the lineage must start at the initial checkpoint (entry "
-                                    f"{3 + cfg.shards * cfg.slices + s}), not entry {idx[0]}")
+                                    f"{first}), not entry {idx[0]}")
         if any(a >= c for a, c in zip(idx, idx[1:], strict=False)):
             raise ScheduleViolation(f"{what}: checkpoint entries are not in log order")
         lin = Lineage(shard=s, generation=0, stratum=None, start=cks[0], checkpoints=cks[1:], stage_base={}, stage_n={},

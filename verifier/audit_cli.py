@@ -12,10 +12,10 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
-from verifiable_mu._cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, detach_stdout, report_bug, report_error
+from verifiable_mu._cli import Parser as _Parser
+from verifiable_mu._cli import at_the_edge, report_error, say
 from verifiable_mu._errors import MalformedInput, VerificationFailed, VmuError
 
 from ._bundle import Limits
@@ -23,12 +23,6 @@ from ._bundle import Limits
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"vmu-audit: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_UNUSABLE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,16 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        print("vmu-audit: interrupted: no verdict", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        detach_stdout()
-        return EXIT_BROKEN_PIPE
-    except Exception as e:  # a bug: one line asking for a report (--verbose: the traceback), as vmu-verify
-        return report_bug("vmu-audit", e, verbose="--verbose" in (sys.argv[1:] if argv is None else argv))
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    return at_the_edge("vmu-audit", lambda: _main(argv), verbose=verbose, interrupted="interrupted: no verdict")
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -92,9 +78,7 @@ def _main(argv: Sequence[str] | None) -> int:
         pkg = _audit.read_package(data, trust_key=key)
         report = _audit.audit_package(pkg, alpha=args.alpha, n_boot=args.bootstrap)
     except VerificationFailed as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"vmu-audit: REJECTED: {e}", file=sys.stderr)
+        say("vmu-audit", f"REJECTED: {e}", verbose=args.verbose)
         return EXIT_REJECTED
     except VmuError as e:
         report_error("vmu-audit", e, verbose=args.verbose)

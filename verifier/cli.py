@@ -24,19 +24,20 @@ from verifiable_mu._age import AGE_MAGIC, is_age
 from verifiable_mu._age import decrypt as age_decrypt
 from verifiable_mu._age import identities as age_identities
 from verifiable_mu._cli import (
-    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
+    at_the_edge,
     bug_line,
-    detach_stdout,
     report_bug,
     report_error,
+)
+from verifiable_mu._cli import (
+    Parser as _Parser,
 )
 from verifiable_mu._errors import MalformedInput, VmuError
 from verifiable_mu._extras import require
 from verifiable_mu._keys import SigningKey, VerifyingKey
 from verifiable_mu._note import Checkpoint, NoteVerifier
-from verifiable_mu._sampling import DEFAULT_REPLAY, LINEAGE_MODES
+from verifiable_mu._sampling import DEFAULT_REPLAY, LINEAGE_MODES, challenge_from_hex
 from verifiable_mu._seeds import atomic_write
 from verifiable_mu._witness import WitnessKey
 
@@ -50,13 +51,6 @@ __all__ = ["EXIT_ACCEPTED", "EXIT_INTERNAL", "EXIT_REDUCED", "EXIT_REJECTED", "E
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
 EXIT_UNUSABLE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"vmu-verify: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_UNUSABLE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,16 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .audit_cli import main as audit_main
 
         return audit_main([a for a in args if a != "--residual-only"])
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # nothing was judged; no report is written half
-        print("vmu-verify: interrupted: no verdict", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader went away (| head): stop quietly, as a shell tool does
-        detach_stdout()
-        return EXIT_BROKEN_PIPE
-    except Exception as e:  # a bug of this tool: one line asking for a report (--verbose: the traceback)
-        return report_bug("vmu-verify", e, verbose="--verbose" in args)
+    # Interrupted: nothing was judged, and no report is written half.
+    return at_the_edge("vmu-verify", lambda: _main(argv), verbose="--verbose" in args, interrupted="interrupted: no verdict")
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -316,14 +302,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 def _options(args: argparse.Namespace) -> tuple[VerifyOptions, SigningKey | None]:
     """The verifier's options and the --attest signing key from the command line, checked before
     the bundle is read."""
-    challenge = None
-    if args.challenge is not None:
-        try:
-            challenge = bytes.fromhex(args.challenge)
-        except ValueError as e:
-            raise MalformedInput(f"--challenge must be hex: {e}") from e
-        if not 16 <= len(challenge) <= 64:
-            raise MalformedInput("--challenge must be 16 to 64 bytes (32 to 128 hex digits)")
+    challenge = None if args.challenge is None else challenge_from_hex(args.challenge)
     if args.replay < 0:
         raise MalformedInput("--replay must be >= 0")
     if args.unsafe_no_replay:
