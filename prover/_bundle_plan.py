@@ -41,8 +41,7 @@ from verifiable_mu._wire_transcript import ShardClaim, Transcript
 from ._errors import BadInput, WorkspaceError
 
 if TYPE_CHECKING:
-    import sqlite3
-
+    from ._state import State
     from ._workspace import Workspace
 
 
@@ -87,7 +86,7 @@ class Plan:
 
     ws: Workspace
     log: TransparencyLog
-    db: sqlite3.Connection
+    state: State
     requests: list[int]
     note: bytes  # the final signed head
     size: int
@@ -128,11 +127,7 @@ class Plan:
 
     def slice_pairs(self, shard: int, slc: int, after: int) -> list[tuple[bytes, bytes]]:
         """The (key, commitment) pairs of slice (shard, slc) once requests 1..after were done."""
-        return sorted(self.db.execute(
-            "SELECT key, commitment FROM p_records WHERE role='train' AND shard=? AND slice=? "
-            "AND (deleted_by IS NULL OR deleted_by > ?)",
-            (shard, slc, after),
-        ).fetchall())
+        return sorted(self.state.slice_records(shard, slc, after=after))
 
 
 def start(ws: Workspace, transcript: int | None, replay: int, lineage: str, include_model_source: bool) -> Plan:
@@ -147,8 +142,8 @@ def start(ws: Workspace, transcript: int | None, replay: int, lineage: str, incl
     if not ws.trained:
         raise WorkspaceError("the workspace is not trained yet: run 'vmu train' first")
     log = ws.log
-    db = ws._db()
-    done = [n for (n,) in db.execute("SELECT n FROM p_requests WHERE status='done' ORDER BY n")]
+    state = ws._state
+    done = state.finished_requests()
     if not done:
         raise BadInput("the workspace has no finished deletion request: run 'vmu forget' first")
     last = done[-1] if transcript is None else transcript
@@ -163,14 +158,14 @@ def start(ws: Workspace, transcript: int | None, replay: int, lineage: str, incl
     # The config is read as logged, not through the verifier's strict parser: the writer packages
     # whatever the workspace logged (the test suite's cheating provers log out-of-bounds configs).
     cfg = log.entry(0).body
-    return Plan(ws=ws, log=log, db=db, requests=requests, note=head.note, size=head.size, root=head.root_hash,
+    return Plan(ws=ws, log=log, state=state, requests=requests, note=head.note, size=head.size, root=head.root_hash,
                  config=cfg, block=CommitBlock(int(cfg["shards"]), int(cfg["slices"])))
 
 
 def read_transcripts(p: Plan) -> None:
     """The signed transcripts of the bundled requests, read back with the core parsers."""
     for n in p.requests:
-        rel = p.db.execute("SELECT transcript FROM p_requests WHERE n=?", (n,)).fetchone()[0]
+        rel = p.state.request_transcript(n)
         with open(os.path.join(p.ws.path, rel), "rb") as f:
             data = f.read()
         what = f"the signed transcript of request {n} ({rel})"

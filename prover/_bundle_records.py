@@ -5,7 +5,7 @@ slice records and the absence proofs, chosen from a :class:`prover._bundle_plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,11 +25,6 @@ from verifiable_mu._wire_bundle import (
 from verifiable_mu._wire_entries import SliceBody
 
 from . import _sisa
-
-if TYPE_CHECKING:
-
-    pass
-
 from ._bundle_plan import Plan, affected
 
 __all__ = ["Opened", "absence", "derived_roots", "openings", "slice_members"]
@@ -78,8 +73,7 @@ def _scan_records(p: Plan, needed: set[bytes]) -> tuple[dict[bytes, tuple[int, s
     rows: dict[bytes, tuple[int, str, bytes]] = {}
     audit_rows: dict[bytes, tuple[int, str, bytes, bytes]] = {}
     n_train = 0
-    cur = p.db.execute("SELECT row, id, role, salt, commitment, key FROM p_records")
-    while chunk := cur.fetchmany(65_536):
+    for chunk in p.state.record_chunks():
         for row, rid, role, salt, c, k in chunk:
             if role == "train":
                 n_train += 1
@@ -144,7 +138,7 @@ def derived_roots(p: Plan, opened: set[bytes]) -> set[str]:
     if int(p.config["format"]) >= 2:
         return set()
     derived: set[str] = set()
-    key_of = {c: k for k, c in p.db.execute("SELECT key, commitment FROM p_records")}
+    key_of = p.state.key_of_commitment()
     b = p.block
     for s, used in p.original_used.items():
         gen0 = [p.body(b.slice(s, j), SliceBody) for j in range(b.slices)]

@@ -1,20 +1,5 @@
-"""The prover's own state: its tables in ``state.db`` beside the transparency log's, and every SQL
-statement the workspace runs on them.
-
-One SQLite file holds both, so that a stage's log entries and the prover's record of them commit
-in one transaction. The tables::
-
-    p_meta      key/value: committed, trained, model_index, model_request, compute-time accounts
-    p_records   one row per record: split (role), shard and slice, salt, commitment, key,
-                and deleted_by, the request that deleted it (NULL while live)
-    p_stage     per shard and stage: the generation, the stage-end step, checkpoint and entries
-    p_slices    every logged slice tree (shard, slice, generation), with its log index
-    p_shards    per shard: the current generation and the first stage still to train
-    p_batches   the data rows of each logged step (format-2 step entries do not list them)
-    p_requests  deletion requests: ids, status, the log before them, and their deletion plan
-
-A record is *live as of request n* when no request up to ``n`` deleted it; :func:`live_as_of` is
-the one place that condition is written (``n = None``: now, after every request so far).
+"""The prover's own state: every SQL statement the workspace runs on its tables in ``state.db``
+(their schema, and the one "as of request n" condition, are in :mod:`prover._state_schema`).
 """
 
 from __future__ import annotations
@@ -23,8 +8,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -33,93 +17,9 @@ from verifiable_mu._note import NoteSigner
 from verifiable_mu._sorted_tree import SliceDescriptor, dataset_root
 
 from ._errors import WorkspaceError
+from ._state_schema import NOW, SCHEMA, DeletionPlan, Record, RequestRow, create_tables, live_as_of
 
-__all__ = ["SCHEMA", "State", "DeletionPlan", "Record", "create_tables", "live_as_of"]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS p_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS p_records(
-    row INTEGER PRIMARY KEY, id TEXT NOT NULL, role TEXT NOT NULL,
-    shard INTEGER, slice INTEGER, salt BLOB NOT NULL, commitment BLOB NOT NULL, key BLOB NOT NULL,
-    deleted_by INTEGER);
-CREATE TABLE IF NOT EXISTS p_stage(
-    shard INTEGER NOT NULL, stage INTEGER NOT NULL, generation INTEGER NOT NULL, step INTEGER NOT NULL,
-    digest BLOB NOT NULL, ckpt_index INTEGER NOT NULL, first_step_index INTEGER, last_step_index INTEGER,
-    PRIMARY KEY(shard, stage));
-CREATE TABLE IF NOT EXISTS p_slices(
-    shard INTEGER NOT NULL, slice INTEGER NOT NULL, generation INTEGER NOT NULL, root BLOB NOT NULL,
-    size INTEGER NOT NULL, log_index INTEGER NOT NULL, PRIMARY KEY(shard, slice, generation));
-CREATE TABLE IF NOT EXISTS p_shards(
-    shard INTEGER PRIMARY KEY, generation INTEGER NOT NULL, target_from INTEGER);
-CREATE TABLE IF NOT EXISTS p_batches(idx INTEGER PRIMARY KEY, rows BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS p_requests(
-    n INTEGER PRIMARY KEY, ids TEXT NOT NULL, status TEXT NOT NULL, deletion_index INTEGER NOT NULL,
-    size_before INTEGER NOT NULL, head_before BLOB NOT NULL, started REAL NOT NULL, seconds REAL,
-    transcript TEXT, plan TEXT NOT NULL);
-"""
-
-#: Request numbers start at 1; no request is numbered above this (SQLite's largest integer), so
-#: "live as of request _NOW" means "never deleted".
-_NOW = 2**63 - 1
-_LIVE = "(deleted_by IS NULL OR deleted_by > ?)"
-
-
-def live_as_of(after: int | None) -> tuple[str, int]:
-    """The SQL condition, and its parameter, for a record that no request ``1..after`` deleted
-    (``after = n - 1``: as the slice stood before request n; ``None``: now)."""
-    return _LIVE, _NOW if after is None else after
-
-
-def create_tables(log: TransparencyLog) -> None:
-    """Create the prover's tables beside the log's (where they do not exist yet)."""
-    log.connection.executescript(SCHEMA)
-
-
-class Record(NamedTuple):
-    """A record as a deletion request names it; shard and slice are None for a held-out record
-    (test or audit split: never trained on, deleted without retraining)."""
-
-    row: int
-    id: str
-    shard: int | None
-    slice: int | None
-    commitment: bytes
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeletionPlan:
-    """What a deletion request retrains, and where its transcript points in the log as it was
-    before the request. Stored (durably, before any retraining) in the request's ``plan`` column,
-    so that an interrupted request resumes with the plan it started with."""
-
-    from_stage: dict[int, int]  # shard -> first stage to retrain (stages are 1-based)
-    first_use: dict[str, int]  # commitment (hex) -> index of the first step entry that used it
-    old_slice: dict[str, int]  # commitment (hex) -> index of its slice's entry before the request
-    rollback: dict[int, int]  # shard -> index of the checkpoint entry retraining starts from
-    model_before: int  # index of the model entry before the request (-1: none)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "plan": {str(k): v for k, v in self.from_stage.items()},
-            "first_use": dict(self.first_use),
-            "old_slice": dict(self.old_slice),
-            "rollback": {str(k): v for k, v in self.rollback.items()},
-            "model_before": self.model_before,
-        }
-
-    @classmethod
-    def from_json(cls, d: Any) -> DeletionPlan:
-        try:
-            return cls(
-                from_stage={int(k): int(v) for k, v in d["plan"].items()},
-                first_use={str(k): int(v) for k, v in d["first_use"].items()},
-                old_slice={str(k): int(v) for k, v in d["old_slice"].items()},
-                rollback={int(k): int(v) for k, v in d["rollback"].items()},
-                model_before=int(d["model_before"]),
-            )
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            raise WorkspaceError(f"a deletion request's stored plan is damaged ({e!r}): the workspace is damaged") from e
+__all__ = ["SCHEMA", "State", "DeletionPlan", "Record", "RequestRow", "create_tables", "live_as_of"]
 
 
 class State:
@@ -286,6 +186,35 @@ class State:
         rownum, role, shard, slc, commitment, key, deleted_by = row
         return rownum, role, shard, slc, commitment, key, deleted_by
 
+    def split_records(self, role: str) -> list[tuple[bytes, bytes]]:
+        """``(key, commitment)`` of every record of a split, deleted ones included: the split's
+        committed tree."""
+        return list(self.db.execute("SELECT key, commitment FROM p_records WHERE role=?", (role,)))
+
+    def deleted_training(self, n: int) -> list[tuple[str, int, int, bytes, bytes]]:
+        """``(id, shard, slice, commitment, key)`` of the training records request ``n`` deleted, by key."""
+        return list(self.db.execute(
+            "SELECT id, shard, slice, commitment, key FROM p_records WHERE deleted_by=? AND role='train' ORDER BY key",
+            (n,),
+        ))
+
+    def deleted_held_out(self, n: int) -> list[tuple[str, bytes, bytes]]:
+        """``(role, commitment, key)`` of the held-out (test or audit) records request ``n`` deleted, by key."""
+        return list(self.db.execute(
+            "SELECT role, commitment, key FROM p_records WHERE deleted_by=? AND role IN ('test', 'audit') ORDER BY key",
+            (n,),
+        ))
+
+    def record_chunks(self, size: int = 65_536) -> Iterator[list[tuple[int, str, str, bytes, bytes, bytes]]]:
+        """Every record's ``(row, id, role, salt, commitment, key)``, streamed in chunks of ``size``."""
+        cur = self.db.execute("SELECT row, id, role, salt, commitment, key FROM p_records")
+        while chunk := cur.fetchmany(size):
+            yield chunk
+
+    def key_of_commitment(self) -> dict[bytes, bytes]:
+        """Every record's key, by commitment."""
+        return {c: k for k, c in self.db.execute("SELECT key, commitment FROM p_records")}
+
     def salts(self) -> dict[int, bytes]:
         """Every record's salt, by row."""
         return {int(r): bytes(s) for r, s in self.db.execute("SELECT row, salt FROM p_records")}
@@ -376,13 +305,25 @@ class State:
             self.db.execute("SELECT ckpt_index FROM p_stage WHERE shard=? AND stage=?", (shard, stage)).fetchone()[0]
         )
 
-    def slice_entry(self, shard: int, slc: int) -> int:
-        """The log index of the newest slice entry of (shard, slc)."""
+    def slice_entry(self, shard: int, slc: int, *, before: int | None = None) -> int:
+        """The log index of the newest slice entry of (shard, slc) (of those logged before log
+        index ``before``; ``None``: of all)."""
         return int(
             self.db.execute(
-                "SELECT log_index FROM p_slices WHERE shard=? AND slice=? ORDER BY generation DESC LIMIT 1", (shard, slc)
+                "SELECT log_index FROM p_slices WHERE shard=? AND slice=? AND log_index<? "
+                "ORDER BY generation DESC LIMIT 1",
+                (shard, slc, NOW if before is None else before),
             ).fetchone()[0]
         )
+
+    def retraining_span(self, shard: int, generation: int) -> tuple[int | None, int | None, int | None]:
+        """The log indices of the first step entry, the first checkpoint entry and the last
+        checkpoint entry of a shard's generation (None: no stage of it)."""
+        first, first_ckpt, end_ckpt = self.db.execute(
+            "SELECT MIN(first_step_index), MIN(ckpt_index), MAX(ckpt_index) FROM p_stage WHERE shard=? AND generation=?",
+            (shard, generation),
+        ).fetchone()
+        return first, first_ckpt, end_ckpt
 
     def new_generation(self, shard: int, from_stage: int) -> int:
         """Roll ``shard`` back: a new generation that trains again from ``from_stage``."""
@@ -424,6 +365,21 @@ class State:
     def request_plan(self, n: int) -> DeletionPlan:
         """The plan request ``n`` was opened with: the one place it is read back."""
         return DeletionPlan.from_json(json.loads(self.db.execute("SELECT plan FROM p_requests WHERE n=?", (n,)).fetchone()[0]))
+
+    def request_row(self, n: int) -> RequestRow:
+        """Request ``n``'s deletion entry, and the log size and signed tree head before it."""
+        deletion_index, size_before, head_before = self.db.execute(
+            "SELECT deletion_index, size_before, head_before FROM p_requests WHERE n=?", (n,)
+        ).fetchone()
+        return RequestRow(deletion_index, size_before, head_before)
+
+    def finished_requests(self) -> list[int]:
+        """The numbers of the finished requests, in order."""
+        return [int(n) for (n,) in self.db.execute("SELECT n FROM p_requests WHERE status='done' ORDER BY n")]
+
+    def request_transcript(self, n: int) -> str:
+        """The path (relative to the workspace) of request ``n``'s signed transcript."""
+        return str(self.db.execute("SELECT transcript FROM p_requests WHERE n=?", (n,)).fetchone()[0])
 
     def request_ids(self, n: int) -> tuple[str, ...]:
         return tuple(json.loads(self.db.execute("SELECT ids FROM p_requests WHERE n=?", (n,)).fetchone()[0]))

@@ -17,9 +17,9 @@ state, and running the same command again finishes the job (the steps it redoes 
 deterministic, so the log gets the same entries it would have got).
 
 :class:`Workspace` is the front: it holds the directory, the lock and the keys, and runs the
-phases, each in a module of its own: the prover's tables and all their SQL (``_state``), commit
-(``_commit``), training (``_train``), unlearning (``_unlearn``), prediction (``_predict``),
-status (``_status``); also the files (``_layout``), settings (``_config``), model code (``_model``).
+phases, each in a module of its own: the prover's tables (``_state_schema``) and all their SQL
+(``_state``), commit (``_commit``), training (``_train``), unlearning (``_unlearn``), prediction
+(``_predict``), status (``_status``); also the files (``_layout``), settings (``_config``), model code (``_model``).
 """
 
 from __future__ import annotations

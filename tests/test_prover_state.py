@@ -1,18 +1,23 @@
 """The prover's state module (prover/_state.py): the one "live as of request n" condition gives
 what the three forms it replaced gave (``deleted_by IS NULL`` for now, ``deleted_by > n`` once
-request n was done, ``deleted_by >= n`` before request n), and a deletion request's plan is one
-typed object, stored before retraining starts and read back, strictly, in one place."""
+request n was done, ``deleted_by >= n`` before request n), a deletion request's plan is one
+typed object, stored before retraining starts and read back, strictly, in one place, and no other
+prover module runs SQL."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import prover
 from prover import Workspace, WorkspaceError
 from prover import _workspace as W
 from prover._state import DeletionPlan, live_as_of
+from verifiable_mu._wire_bundle import CommitBlock
 
 
 def _old_forms(db: Any, shard: int, slc: int) -> dict[str, Any]:
@@ -57,6 +62,39 @@ def test_live_as_of_gives_what_the_three_old_forms_gave(trained_ws: str) -> None
             "SELECT id FROM p_records WHERE deleted_by IS NOT NULL ORDER BY row")]  # fmt: skip
         assert ws.split_ids("train") == [i for (i,) in ws._db().execute(
             "SELECT id FROM p_records WHERE role='train' AND deleted_by IS NULL ORDER BY row")]  # fmt: skip
+
+
+def test_the_transcripts_queries_as_of_a_request(trained_ws: str) -> None:
+    """What the transcript reads through the State: the requests' rows, their deleted records,
+    each slice's entry as the log stood at a size, and a shard's retraining span."""
+    with _two_requests(trained_ws) as ws:
+        st, cfg = ws._state, ws.config
+        r1, r2 = st.request_row(1), st.request_row(2)
+        assert st.finished_requests() == [1, 2]
+        assert r1.deletion_index == r1.size_before < r2.deletion_index == r2.size_before
+        for j in range(cfg.slices):
+            # before request 1: the commit block's entry; before request 2: request 1's re-logged one
+            assert st.slice_entry(0, j, before=r1.size_before) == CommitBlock(cfg.shards, cfg.slices).slice(0, j)
+            assert r1.size_before < st.slice_entry(0, j, before=r2.size_before) < r2.size_before
+            assert st.slice_entry(0, j) == st.slice_entry(0, j, before=ws.log.size) > r2.size_before
+        for n in (1, 2):
+            deleted = st.deleted_training(n)
+            assert sorted(rid for rid, *_ in deleted) == sorted(st.request_ids(n))
+            assert [k for *_, k in deleted] == sorted(k for *_, k in deleted)
+            assert {s for _, s, *_ in deleted} == {0} and st.deleted_held_out(n) == []
+        gen = st.shard_generation(0)[0]
+        first, first_ckpt, end_ckpt = st.retraining_span(0, gen)
+        assert gen == 2 and first is not None and first_ckpt is not None and end_ckpt is not None
+        assert r2.deletion_index < first_ckpt <= end_ckpt < ws.log.size and first > r2.deletion_index
+        assert st.retraining_span(0, 99) == (None, None, None)
+
+
+def test_no_sql_outside_the_state_modules() -> None:
+    """Every SQL statement the prover runs is in prover/_state.py (the schema in _state_schema.py)."""
+    sql = re.compile(r"\.execute(many|script)?\(|\b(SELECT|INSERT|UPDATE|DELETE FROM)\b")
+    root = Path(prover.__file__).parent
+    assert [f.name for f in sorted(root.glob("*.py"))
+            if f.name not in ("_state.py", "_state_schema.py") and sql.search(f.read_text())] == []
 
 
 def test_live_as_of_now_is_never_deleted() -> None:
@@ -113,6 +151,7 @@ def test_the_plan_is_durable_before_retraining_and_a_resume_uses_it(trained_ws: 
         real = W.State.request_plan
         monkeypatch.setattr(W.State, "request_plan", lambda self, n: read.append(n) or real(self, n))
         rep = ws.forget([rid])
-        assert read == [1] and rep.request == 1
+        # the resume reads its plan back first (before any retraining), then the transcript reads it too
+        assert read == [1, 1] and rep.request == 1
         assert tuple(sorted(plan.from_stage)) == rep.shards_retrained
         assert ws.status()["requests"][0]["status"] == "done"

@@ -737,14 +737,24 @@ class TransparencyLog:
             raise LogCorrupted(f"the log database cannot be read: {e}") from e
 
     def _check_integrity(self, verifiers: Sequence[NoteVerifier] | None) -> int:
-        conn = self._conn
-        meta = dict(conn.execute("SELECT key, value FROM log_meta").fetchall())
+        self._check_meta()
+        n = self._check_entries()
+        self._check_nodes(n)
+        self._check_heads(n, verifiers)
+        return n
+
+    def _check_meta(self) -> None:
+        meta = dict(self._conn.execute("SELECT key, value FROM log_meta").fetchall())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise LogCorrupted(f"log_meta schema_version is {meta.get('schema_version')!r}")
         if meta.get("origin") != self._origin:
             raise LogCorrupted(f"log_meta origin is {meta.get('origin')!r}, expected {self._origin!r}")
+
+    def _check_entries(self) -> int:
+        """Entries numbered 0..n-1 with valid kinds, canonical JSON object bodies and matching leaf
+        hashes; returns n."""
         n = 0
-        for idx, kind, body, lh in conn.execute("SELECT idx, kind, body, leaf_hash FROM log_entries ORDER BY idx"):
+        for idx, kind, body, lh in self._conn.execute("SELECT idx, kind, body, leaf_hash FROM log_entries ORDER BY idx"):
             if idx != n:
                 raise LogCorrupted(f"entry {n} is missing (next stored entry is {idx})")
             if not isinstance(body, bytes):
@@ -759,8 +769,12 @@ class TransparencyLog:
             if lh != leaf_hash(data):
                 raise LogCorrupted(f"entry {idx}: stored leaf hash does not match its kind and body")
             n += 1
-        # Stored perfect-subtree nodes, level by level, streamed (constant memory): each node of
-        # level L is recomputed from the 2^_NODE_STRIDE stored hashes of level L - _NODE_STRIDE.
+        return n
+
+    def _check_nodes(self, n: int) -> None:
+        """Stored perfect-subtree nodes, level by level, streamed (constant memory): each node of
+        level L is recomputed from the 2^_NODE_STRIDE stored hashes of level L - _NODE_STRIDE."""
+        conn = self._conn
         expected_total = 0
         group = 1 << _NODE_STRIDE
         for lvl in range(_NODE_STRIDE, n.bit_length(), _NODE_STRIDE):
@@ -790,10 +804,13 @@ class TransparencyLog:
         total = conn.execute("SELECT COUNT(*) FROM log_nodes").fetchone()[0]
         if total != expected_total:
             raise LogCorrupted(f"log_nodes has {total} rows, expected {expected_total} for {n} entries")
-        # Signed tree heads.
+
+    def _check_heads(self, n: int, verifiers: Sequence[NoteVerifier] | None) -> None:
+        """Stored tree heads: each covers at most n entries with the recomputed root, sizes and
+        timestamps never decrease, and its note matches (and is signed by ``verifiers``, if given)."""
         prev_size, prev_ts = 0, None
         oracle = self._oracle()
-        for seq, size, root, ts, note in conn.execute(
+        for seq, size, root, ts, note in self._conn.execute(
             "SELECT seq, size, root, timestamp, note FROM log_tree_heads ORDER BY seq"
         ):
             where = f"tree head #{seq} (size {size})"
@@ -807,19 +824,21 @@ class TransparencyLog:
                 raise LogCorrupted(f"{where}: stored root does not match the entries")
             if not isinstance(note, bytes):
                 raise LogCorrupted(f"{where}: note is not stored as bytes")
-            try:
-                if verifiers is not None:
-                    cp = open_checkpoint(note, verifiers, origin=self._origin)
-                else:
-                    text = note.decode("utf-8")
-                    cut = text.rfind("\n\n")
-                    if cut < 0:
-                        raise MalformedNote("not a signed note")
-                    cp = Checkpoint.from_text(text[: cut + 1])
-            except (VmuError, UnicodeDecodeError) as e:
-                raise LogCorrupted(f"{where}: stored note is not a valid checkpoint of this log: {e}") from e
+            cp = self._stored_checkpoint(note, verifiers, where)
             if (cp.origin, cp.size, cp.root_hash, cp.timestamp) != (self._origin, size, root, ts):
                 raise LogCorrupted(f"{where}: stored note does not match the stored size, root or timestamp")
             prev_size = size
             prev_ts = ts if ts is not None else prev_ts
-        return n
+
+    def _stored_checkpoint(self, note: bytes, verifiers: Sequence[NoteVerifier] | None, where: str) -> Checkpoint:
+        """A stored head's note as a checkpoint of this log (its signature checked by ``verifiers``, if given)."""
+        try:
+            if verifiers is not None:
+                return open_checkpoint(note, verifiers, origin=self._origin)
+            text = note.decode("utf-8")
+            cut = text.rfind("\n\n")
+            if cut < 0:
+                raise MalformedNote("not a signed note")
+            return Checkpoint.from_text(text[: cut + 1])
+        except (VmuError, UnicodeDecodeError) as e:
+            raise LogCorrupted(f"{where}: stored note is not a valid checkpoint of this log: {e}") from e

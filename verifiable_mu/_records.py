@@ -29,7 +29,7 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -196,6 +196,39 @@ def commit_records(
     a chunk of rows at a time into one reused buffer, and only the SHA-256 calls remain per
     record. Inputs are validated as a whole and refused with :class:`MalformedRecord`.
     """
+    n = _check_lengths(ids, features, labels, salts)
+    if n == 0:
+        return []
+    code, _, _ = _features_le(np.asarray(features[0]))
+    row_shape = features.shape[1:]
+    le_all = np.ascontiguousarray(features, dtype=features.dtype.newbyteorder("<")).reshape(n, -1).view(np.uint8)
+    labels_be = _labels_be(labels, n)
+    salt_arr = _salt_array(salts, n)
+    id_u8, id_starts, id_lens = _id_blob(ids, n)
+    if id_lens.min() < 1 or id_lens.max() > MAX_ID_BYTES:
+        raise MalformedRecord(f"record ids must be 1..{MAX_ID_BYTES} UTF-8 bytes")
+    dims = bytes((code, len(row_shape))) + b"".join(struct.pack(">I", int(d)) for d in row_shape)
+    cols = _Columns(salts=salt_arr, id_u8=id_u8, id_starts=id_starts, dims=dims, features=le_all, labels=labels_be)
+    out: list[bytes] | None = None
+    for id_len, rows in _groups_by_length(id_lens):
+        digests = _commit_group(cols, id_len, rows)
+        if len(digests) == n:
+            return digests
+        if out is None:
+            out = [b""] * n
+        if isinstance(rows, slice):
+            out[rows] = digests
+        else:
+            for i, d in zip(rows.tolist(), digests, strict=True):
+                out[i] = d
+    assert out is not None
+    return out
+
+
+def _check_lengths(
+    ids: Sequence[str], features: np.ndarray, labels: Sequence[int] | np.ndarray, salts: Sequence[bytes] | np.ndarray
+) -> int:
+    """The number of records, once ids, features, labels and salts are sequences of that length."""
     if isinstance(ids, (str, bytes)):
         raise MalformedRecord("ids must be a sequence of strings, not a single string")
     try:
@@ -207,12 +240,11 @@ def commit_records(
         raise MalformedRecord("features must be an array with one row per id")
     if lengths_differ:
         raise MalformedRecord("ids, features, labels and salts must have the same length")
-    if n == 0:
-        return []
-    code, _, _ = _features_le(np.asarray(features[0]))
-    row_shape = features.shape[1:]
-    le_all = np.ascontiguousarray(features, dtype=features.dtype.newbyteorder("<")).reshape(n, -1).view(np.uint8)
-    fbytes = le_all.shape[1]
+    return n
+
+
+def _labels_be(labels: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """The labels as ``(n, 8)`` uint8: each a big-endian signed 64-bit integer."""
     try:
         label_arr = np.asarray(labels)
     except (TypeError, ValueError, OverflowError) as e:
@@ -225,70 +257,66 @@ def commit_records(
         raise MalformedRecord("label does not fit in a signed 64-bit integer")
     if not isinstance(labels, np.ndarray) and any(isinstance(x, (bool, np.bool_)) for x in labels):
         raise MalformedRecord("label must be an integer, not bool")
-    labels_be = label_arr.astype(">i8").view(np.uint8).reshape(n, 8)
-    salt_arr = _salt_array(salts, n)
-    id_u8, id_starts, id_lens = _id_blob(ids, n)
-    if id_lens.min() < 1 or id_lens.max() > MAX_ID_BYTES:
-        raise MalformedRecord(f"record ids must be 1..{MAX_ID_BYTES} UTF-8 bytes")
-    dims = bytes((code, len(row_shape))) + b"".join(struct.pack(">I", int(d)) for d in row_shape)
-    tag_len = len(TAG_RECORD_COMMITMENT)
-    tag_u8 = np.frombuffer(TAG_RECORD_COMMITMENT, dtype=np.uint8)
-    dims_u8 = np.frombuffer(dims, dtype=np.uint8)
+    return label_arr.astype(">i8").view(np.uint8).reshape(n, 8)
+
+
+class _Columns(NamedTuple):
+    """Every record's encoded fields, as :func:`commit_records` lays them out (uint8 arrays)."""
+
+    salts: np.ndarray  # (n, SALT_SIZE)
+    id_u8: np.ndarray  # all ids' UTF-8 bytes back to back
+    id_starts: np.ndarray  # each id's start in id_u8
+    dims: bytes  # dtype code, ndim and dimensions: the same for every record
+    features: np.ndarray  # (n, feature bytes), little-endian
+    labels: np.ndarray  # (n, 8), big-endian
+
+
+_TAG_U8 = np.frombuffer(TAG_RECORD_COMMITMENT, dtype=np.uint8)
+
+
+def _commit_group(cols: _Columns, id_len: int, rows: slice | np.ndarray) -> list[bytes]:
+    """The commitments of one group of records whose ids are ``id_len`` bytes long, in ``rows`` order.
+
+    Row layout: tag | salt | version | u16 id_len | id | dtype,ndim,dims | features | label.
+    ``rows`` is a slice where the group is a run of consecutive records (nothing needs to be
+    gathered), else an index array. The group is encoded chunk by chunk into one small reused
+    buffer: it stays in cache, and the constant columns are written only once.
+    """
+    tag_len, fbytes = len(TAG_RECORD_COMMITMENT), cols.features.shape[1]
+    width = tag_len + SALT_SIZE + 1 + 2 + id_len + len(cols.dims) + fbytes + 8
+    m = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+    chunk = max(1, min(m, _CHUNK_BYTES // width))
+    buf = np.empty((chunk, width), dtype=np.uint8)
+    buf[:, :tag_len] = _TAG_U8
+    p_salt = tag_len
+    p_head = p_salt + SALT_SIZE
+    buf[:, p_head] = ENCODING_VERSION
+    buf[:, p_head + 1 : p_head + 3] = np.frombuffer(struct.pack(">H", id_len), dtype=np.uint8)
+    p_id = p_head + 3
+    p_dims = p_id + id_len
+    buf[:, p_dims : p_dims + len(cols.dims)] = np.frombuffer(cols.dims, dtype=np.uint8)
+    p_feat = p_dims + len(cols.dims)
+    p_label = p_feat + fbytes
+    mv = buf.reshape(-1).data
+    id_cols = np.arange(id_len, dtype=np.int64)
     sha256 = hashlib.sha256
-    out: list[bytes] | None = None
-    for id_len, rows in _groups_by_length(id_lens):
-        # Row layout: tag | salt | version | u16 id_len | id | dtype,ndim,dims | features | label
-        # ``rows`` is a slice where the group is a run of consecutive records (nothing needs to
-        # be gathered), else an index array. The group is encoded chunk by chunk into one small
-        # reused buffer: it stays in cache, and the constant columns are written only once.
-        head_len = 1 + 2 + id_len
-        width = tag_len + SALT_SIZE + head_len + len(dims) + fbytes + 8
-        run: slice | None = rows if isinstance(rows, slice) else None
-        idx: np.ndarray | None = None if isinstance(rows, slice) else rows
-        m = run.stop - run.start if run is not None else len(idx)  # type: ignore[arg-type]
-        chunk = max(1, min(m, _CHUNK_BYTES // width))
-        buf = np.empty((chunk, width), dtype=np.uint8)
-        buf[:, :tag_len] = tag_u8
-        p_salt = tag_len
-        p_head = p_salt + SALT_SIZE
-        buf[:, p_head] = ENCODING_VERSION
-        buf[:, p_head + 1 : p_head + 3] = np.frombuffer(struct.pack(">H", id_len), dtype=np.uint8)
-        p_id = p_head + 3
-        p_dims = p_id + id_len
-        buf[:, p_dims : p_dims + len(dims)] = dims_u8
-        p_feat = p_dims + len(dims)
-        p_label = p_feat + fbytes
-        mv = buf.reshape(-1).data
-        cols = np.arange(id_len, dtype=np.int64)
-        digests: list[bytes] = []
-        for c in range(0, m, chunk):
-            k = min(chunk, m - c)
-            if run is not None:
-                sel: slice | np.ndarray = slice(run.start + c, run.start + c + k)
-                first = int(id_starts[run.start + c])
-                id_rows = id_u8[first : first + k * id_len].reshape(k, id_len)
-            else:
-                assert idx is not None
-                sel = idx[c : c + k]
-                id_rows = id_u8[id_starts[sel][:, None] + cols]
-            b = buf[:k]
-            b[:, p_salt:p_head] = salt_arr[sel]
-            b[:, p_id:p_dims] = id_rows
-            b[:, p_feat:p_label] = le_all[sel]
-            b[:, p_label:] = labels_be[sel]
-            digests += [sha256(mv[o : o + width]).digest() for o in range(0, k * width, width)]
-        if m == n:
-            return digests
-        if out is None:
-            out = [b""] * n
-        if run is not None:
-            out[run] = digests
+    digests: list[bytes] = []
+    for c in range(0, m, chunk):
+        k = min(chunk, m - c)
+        if isinstance(rows, slice):
+            sel: slice | np.ndarray = slice(rows.start + c, rows.start + c + k)
+            first = int(cols.id_starts[rows.start + c])
+            id_rows = cols.id_u8[first : first + k * id_len].reshape(k, id_len)
         else:
-            assert idx is not None
-            for i, d in zip(idx.tolist(), digests, strict=True):
-                out[i] = d
-    assert out is not None
-    return out
+            sel = rows[c : c + k]
+            id_rows = cols.id_u8[cols.id_starts[sel][:, None] + id_cols]
+        b = buf[:k]
+        b[:, p_salt:p_head] = cols.salts[sel]
+        b[:, p_id:p_dims] = id_rows
+        b[:, p_feat:p_label] = cols.features[sel]
+        b[:, p_label:] = cols.labels[sel]
+        digests += [sha256(mv[o : o + width]).digest() for o in range(0, k * width, width)]
+    return digests
 
 
 def _id_blob(ids: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

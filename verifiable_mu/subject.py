@@ -46,11 +46,14 @@ It needs torch (the ``full`` extra); it is never imported by the verifier.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import MalformedInput
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["KINDS", "UnlearnableResult", "learnability", "make_adversarial_poison", "make_unlearnable"]
 
@@ -113,86 +116,123 @@ def make_unlearnable(
     an MLP with one hidden layer of ``hidden`` units; the module docstring has the algorithm.
     ``step_size`` defaults to ``epsilon / 10``."""
     X, y = _check(X, y, epsilon, low, high, kind)
-    import torch
-    from torch import nn
-
     k = int(n_classes if n_classes is not None else y.max() + 1)
     if k <= int(y.max()):
         raise MalformedInput(f"a label ({int(y.max())}) is outside the {k} classes")
-    alpha = float(step_size if step_size is not None else epsilon / 10)
-    gen = torch.Generator().manual_seed(seed)
-    x0 = torch.from_numpy(X.reshape(len(X), -1).astype(np.float32))
-    labels = torch.from_numpy(y.astype(np.int64))
-    torch.manual_seed(seed)
-    model = (nn.Sequential(nn.Linear(x0.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, k)) if hidden
-             else nn.Linear(x0.shape[1], k))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    n = len(x0)
-    delta = torch.zeros((k if kind == "class" else n, x0.shape[1]))
-    loss_fn = nn.functional.cross_entropy
-
-    def perturbed(rows: slice | torch.Tensor) -> torch.Tensor:
-        xb = x0[rows]
-        d = delta[labels[rows]] if kind == "class" else delta[rows]
-        return (xb + d).clamp(low, high)
-
-    def accuracy() -> float:
-        with torch.no_grad():
-            return float((model(perturbed(slice(None))).argmax(1) == labels).float().mean())
-
-    def train() -> None:
-        model.train()
-        for _ in range(train_steps):  # the model: minimise the loss on the perturbed records
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            opt.zero_grad()
-            loss_fn(model(perturbed(idx)), labels[idx]).backward()
-            opt.step()
-
-    def noise_steps() -> None:  # the noise: minimise the same loss
-        nonlocal delta
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for _ in range(pgd_steps):
-            if kind == "class":  # one step per class, on the gradient summed over its records
-                d = delta.clone().requires_grad_(True)
-                g = torch.zeros_like(delta)
-                for b in range(0, n, batch_size):
-                    xb, yb = x0[b : b + batch_size], labels[b : b + batch_size]
-                    g += torch.autograd.grad(loss_fn(model((xb + d[yb]).clamp(low, high)), yb, reduction="sum"), d)[0]
-                delta = (delta - alpha * g.sign()).clamp_(-epsilon, epsilon)
-            else:
-                for b in range(0, n, batch_size):
-                    xb, yb = x0[b : b + batch_size], labels[b : b + batch_size]
-                    d = delta[b : b + batch_size].clone().requires_grad_(True)
-                    g = torch.autograd.grad(loss_fn(model(xb + d), yb, reduction="sum"), d)[0]
-                    with torch.no_grad():
-                        d = (d - alpha * g.sign()).clamp_(-epsilon, epsilon)
-                        delta[b : b + batch_size] = (xb + d).clamp_(low, high) - xb
-        for p in model.parameters():
-            p.requires_grad_(True)
-
+    game = _MinMin(X, y, k=k, kind=kind, epsilon=epsilon, alpha=float(step_size if step_size is not None else epsilon / 10),
+                   low=low, high=high, hidden=hidden, lr=lr, batch_size=batch_size, seed=seed)
     rounds = 0
-    acc = accuracy()
+    acc = game.accuracy()
     while rounds < max_rounds and (rounds == 0 or acc < stop_accuracy):
         rounds += 1
         if train_first:
-            train()
-            noise_steps()
+            game.train(train_steps)
+            game.noise_steps(pgd_steps)
         else:
-            noise_steps()
-            acc = accuracy()
+            game.noise_steps(pgd_steps)
+            acc = game.accuracy()
             if acc >= stop_accuracy:
                 break
-            train()
-        acc = accuracy()
-    with torch.no_grad():
-        protected_t = perturbed(slice(None))
-    protected = np.clip(protected_t.numpy().reshape(X.shape), low, high).astype(X.dtype)
+            game.train(train_steps)
+        acc = game.accuracy()
+    protected = np.clip(game.protected().reshape(X.shape), low, high).astype(X.dtype)
     noise = protected - X  # exactly what was added, after the cast
-    patterns = delta.numpy().reshape((k, *X.shape[1:])).astype(X.dtype) if kind == "class" else None
+    patterns = game.delta.numpy().reshape((k, *X.shape[1:])).astype(X.dtype) if kind == "class" else None
     return UnlearnableResult(X=protected, noise=noise, epsilon=float(epsilon), kind=kind, patterns=patterns,
                              rounds=rounds, surrogate_accuracy=acc)
+
+
+class _MinMin:
+    """The two players of :func:`make_unlearnable`: a source model (linear, or an MLP with one
+    hidden layer) and the noise ``delta`` (one row per record, or per class), each minimising
+    the same cross-entropy on the perturbed records."""
+
+    def __init__(
+        self, X: np.ndarray, y: np.ndarray, *, k: int, kind: str, epsilon: float, alpha: float, low: float,
+        high: float, hidden: int, lr: float, batch_size: int, seed: int,
+    ) -> None:
+        import torch
+        from torch import nn
+
+        self.kind, self.epsilon, self.alpha, self.low, self.high = kind, epsilon, alpha, low, high
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.x0 = torch.from_numpy(X.reshape(len(X), -1).astype(np.float32))
+        self.labels = torch.from_numpy(y.astype(np.int64))
+        torch.manual_seed(seed)
+        self.model = (nn.Sequential(nn.Linear(self.x0.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, k)) if hidden
+                      else nn.Linear(self.x0.shape[1], k))
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.n = len(self.x0)
+        self.delta = torch.zeros((k if kind == "class" else self.n, self.x0.shape[1]))
+        self.loss_fn = nn.functional.cross_entropy
+
+    def perturbed(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        xb = self.x0[rows]
+        d = self.delta[self.labels[rows]] if self.kind == "class" else self.delta[rows]
+        return (xb + d).clamp(self.low, self.high)
+
+    def protected(self) -> np.ndarray:
+        """Every record with its noise, as float32 rows."""
+        import torch
+
+        with torch.no_grad():
+            return self.perturbed(slice(None)).numpy()
+
+    def accuracy(self) -> float:
+        import torch
+
+        with torch.no_grad():
+            return float((self.model(self.perturbed(slice(None))).argmax(1) == self.labels).float().mean())
+
+    def train(self, steps: int) -> None:
+        """The model's turn: minimise the loss on the perturbed records."""
+        import torch
+
+        self.model.train()
+        for _ in range(steps):
+            idx = torch.randint(0, self.n, (min(self.batch_size, self.n),), generator=self.gen)
+            self.opt.zero_grad()
+            self.loss_fn(self.model(self.perturbed(idx)), self.labels[idx]).backward()
+            self.opt.step()
+
+    def noise_steps(self, steps: int) -> None:
+        """The noise's turn: minimise the same loss, the model frozen."""
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for _ in range(steps):
+            if self.kind == "class":
+                self._class_step()
+            else:
+                self._sample_step()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def _class_step(self) -> None:
+        """One step per class, on the gradient summed over its records."""
+        import torch
+
+        bs, low, high = self.batch_size, self.low, self.high
+        d = self.delta.clone().requires_grad_(True)
+        g = torch.zeros_like(self.delta)
+        for b in range(0, self.n, bs):
+            xb, yb = self.x0[b : b + bs], self.labels[b : b + bs]
+            g += torch.autograd.grad(self.loss_fn(self.model((xb + d[yb]).clamp(low, high)), yb, reduction="sum"), d)[0]
+        self.delta = (self.delta - self.alpha * g.sign()).clamp_(-self.epsilon, self.epsilon)
+
+    def _sample_step(self) -> None:
+        """One step per record, a batch at a time."""
+        import torch
+
+        bs = self.batch_size
+        for b in range(0, self.n, bs):
+            xb, yb = self.x0[b : b + bs], self.labels[b : b + bs]
+            d = self.delta[b : b + bs].clone().requires_grad_(True)
+            g = torch.autograd.grad(self.loss_fn(self.model(xb + d), yb, reduction="sum"), d)[0]
+            with torch.no_grad():
+                d = (d - self.alpha * g.sign()).clamp_(-self.epsilon, self.epsilon)
+                self.delta[b : b + bs] = (xb + d).clamp_(self.low, self.high) - xb
 
 
 def make_adversarial_poison(
