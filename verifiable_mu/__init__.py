@@ -24,6 +24,7 @@ from ._dsse import (
 from ._errors import (
     CommitmentMismatch,
     ConsistencyProofFailed,
+    EntryKindMismatch,
     InclusionProofFailed,
     InvalidBundle,
     LogCorrupted,
@@ -84,6 +85,7 @@ __all__ = [
     "NonMembershipProofFailed",
     "SignatureFailed",
     "CommitmentMismatch",
+    "EntryKindMismatch",
     "LogError",
     "LogCorrupted",
     # encodings and commitments

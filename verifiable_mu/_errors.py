@@ -45,6 +45,7 @@ __all__ = [
     "NonMembershipProofFailed",
     "SignatureFailed",
     "CommitmentMismatch",
+    "EntryKindMismatch",
     "LogError",
     "LogCorrupted",
 ]
@@ -193,6 +194,11 @@ class SignatureFailed(VerificationFailed):
 
 class CommitmentMismatch(VerificationFailed):
     """A disclosed opening does not match its commitment."""
+
+
+class EntryKindMismatch(VerificationFailed):
+    """A claim names a proven log entry as one kind (a step, a checkpoint, a slice...) and the
+    entry is of another kind: a false claim about signed content (exit 1), not malformed input."""
 
 
 # --- log state ------------------------------------------------------------------------------

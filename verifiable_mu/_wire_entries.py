@@ -8,8 +8,8 @@ The log stores bodies as free JSON objects; each class here reads one kind stric
 slice, dataset, audit, checkpoint, step, model), specs/07-deletion-transcript.md (deletion).
 
 ``parse(entry)`` reads the body of a log entry of the class's kind; an entry of another kind
-raises the class's ``WRONG_KIND`` error (a verifier names its own, a false claim about signed
-content, by subclassing).
+raises :class:`~verifiable_mu._errors.EntryKindMismatch` (a false claim about signed content,
+exit 1 in the verifier).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._errors import InvalidBundle, MalformedInput, UnsupportedVersion
+from ._errors import EntryKindMismatch, InvalidBundle, MalformedInput, UnsupportedVersion
 from ._log import LogEntry
 from ._modelcode import parse_code
 from ._platform import FINGERPRINT_FIELDS, PLATFORM_FIELDS
@@ -56,8 +56,6 @@ class EntryBody:
 
     __slots__ = ()
     KIND: ClassVar[str] = ""
-    #: raised when an entry of another kind is read as this one
-    WRONG_KIND: ClassVar[type[Exception]] = InvalidBundle
 
     @classmethod
     def from_json(cls, d: Any, *, index: int = 0, what: str | None = None) -> Self:
@@ -67,7 +65,7 @@ class EntryBody:
     def parse(cls, e: LogEntry) -> Self:
         """The body of log entry ``e``, which must be of this class's kind."""
         if e.kind != cls.KIND:
-            raise cls.WRONG_KIND(f"log entry {e.index} is of kind {e.kind!r}, the claim says {cls.KIND!r}")
+            raise EntryKindMismatch(f"log entry {e.index} is of kind {e.kind!r}, the claim says {cls.KIND!r}")
         return cls.from_json(e.body, index=e.index, what=f"log entry {e.index} ({cls.KIND})")
 
     @classmethod

@@ -7,7 +7,7 @@ cannot be read is :class:`~verifiable_mu._errors.InvalidBundle` or another
 
 from __future__ import annotations
 
-from verifiable_mu._errors import VerificationFailed
+from verifiable_mu._errors import EntryKindMismatch, VerificationFailed
 
 __all__ = [
     "BatchNotCommitted",
@@ -46,11 +46,6 @@ class CommitBlockInvalid(VerificationFailed):
 
 class DeletionClaimFailed(VerificationFailed):
     """A deletion transcript's claims (records, slices, shards) do not hold."""
-
-
-class EntryKindMismatch(VerificationFailed):
-    """A claim names a proven log entry as one kind (a step, a checkpoint, a slice...) and the
-    entry is of another kind: a false claim about signed content (exit 1), not malformed input."""
 
 
 class OrderingViolation(VerificationFailed):
