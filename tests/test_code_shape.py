@@ -1,6 +1,6 @@
 """Issue 11: each phase in a file of its own, and every function readable in one sitting.
 
-No module of ``prover/`` or ``verifier/`` is longer than :data:`MAX_MODULE_LINES`, and no function
+No module of the core, ``prover/`` or ``verifier/`` is longer than :data:`MAX_MODULE_LINES`, and no function
 or method there is longer than :data:`MAX_FUNCTION_LINES` (decorators and docstring included).
 A module or function that needs more is listed in :data:`EXCEPTIONS` with the reason.
 """
@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("prover", "verifier")
+PACKAGES = ("verifiable_mu", "prover", "verifier")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 #: "path" or "path:function" -> why it may be longer (none today).
@@ -41,14 +41,14 @@ def long_functions(paths: list[Path], limit: int = MAX_FUNCTION_LINES, root: Pat
 
 
 def test_the_packages_have_sources() -> None:
-    assert len(_sources()) > 40
+    assert len(_sources()) > 100
 
 
-def test_no_module_of_the_prover_or_the_verifier_is_over_500_lines() -> None:
+def test_no_module_of_the_core_the_prover_or_the_verifier_is_over_500_lines() -> None:
     assert long_modules(_sources()) == []
 
 
-def test_no_function_of_the_prover_or_the_verifier_is_over_80_lines() -> None:
+def test_no_function_of_the_core_the_prover_or_the_verifier_is_over_80_lines() -> None:
     assert long_functions(_sources()) == []
 
 
