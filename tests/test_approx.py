@@ -336,7 +336,10 @@ def test_a_dropped_audit_record_changes_the_root(packages: dict[str, str], ws_di
     [
         ("not a zip", lambda m: b"not a zip at all", "not an audit package: the file is not a zip archive"),
         ("truncated", lambda m: None, "not a readable zip archive"),
-        ("unknown member", lambda m: {**m, "extra.txt": b"x"}, "package member 'extra.txt' is not a member"),
+        ("unknown member", lambda m: {**m, "extra.txt": b"x"},
+         "step A1: archive member 'extra.txt' is not a member an audit package of version 1 can hold"),
+        ("path traversal", lambda m: {**m, "../statement.dsse.json": b"x"}, "step A1: archive member "
+         "'../statement.dsse.json' contains '..' (path traversal)"),
         ("no statement", lambda m: {k: v for k, v in m.items() if k != "statement.dsse.json"},
          "the package lacks statement.dsse.json"),
         ("statement not json", lambda m: {**m, "statement.dsse.json": b"{"}, "statement.dsse.json is not valid JSON"),

@@ -20,9 +20,7 @@ like records those models never saw.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +31,7 @@ from verifiable_mu._keys import VerifyingKey
 from verifiable_mu._records import RecordOpening, record_key
 from verifiable_mu._sorted_tree import SortedTree
 
-from ._bundle import Limits, checkpoint_content_digest, parse_json_bounded
+from ._bundle import Limits, checkpoint_content_digest, open_archive, parse_json_bounded
 
 __all__ = [
     "AUDIT_STEPS",
@@ -92,41 +90,14 @@ class AuditPackage:
 
 
 def _read_zip(data: bytes, limits: Limits) -> dict[str, bytes]:
-    """A1: the members, bounded (no bundle name rules: the package's own, above)."""
-    if len(data) > limits.max_archive_bytes:
-        raise InvalidBundle(f"step A1: the package is {len(data)} bytes (at most {limits.max_archive_bytes})")
-    if not data.startswith(b"PK"):
-        raise InvalidBundle("step A1: not an audit package: the file is not a zip archive")
+    """A1: the members, under the bundle reader's bounds (verifier._bundle.open_archive) with the
+    package's own member names."""
     try:
-        z = zipfile.ZipFile(io.BytesIO(data))
-        infos = z.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise InvalidBundle(f"step A1: not a readable zip archive (truncated or damaged): {e}") from e
-    if len(infos) > 2 * MAX_SHARDS + 8:
-        raise InvalidBundle(f"step A1: the package has {len(infos)} members (at most {2 * MAX_SHARDS + 8})")
-    total = 0
-    out: dict[str, bytes] = {}
-    for info in infos:
-        name = info.filename
-        if not _NAME_RE.fullmatch(name):
-            raise InvalidBundle(f"step A1: package member {name[:200]!r} is not a member an audit package of version 1 can hold")
-        if name in out:
-            raise InvalidBundle(f"step A1: package member {name!r} appears twice (duplicate entry)")
-        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise InvalidBundle(f"step A1: package member {name!r} is encrypted or uses an unsupported compression")
-        if info.file_size > limits.max_member_bytes:
-            raise InvalidBundle(f"step A1: package member {name!r} is {info.file_size} bytes (at most {limits.max_member_bytes})")
-        total += info.file_size
-        if total > min(limits.max_total_bytes, limits.max_total_ratio * len(data) + limits.total_floor):
-            raise InvalidBundle("step A1: the package expands to more than its bounds allow (zip bomb?)")
-        try:
-            with z.open(info) as f:
-                blob = f.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-            raise InvalidBundle(f"step A1: package member {name!r} cannot be read (truncated or damaged): {e}") from e
-        if len(blob) != info.file_size:
-            raise InvalidBundle(f"step A1: package member {name!r} does not have the size its header states")
-        out[name] = blob
+        archive = open_archive(data, limits, names=_NAME_RE, max_members=2 * MAX_SHARDS + 8,
+                               kind="an audit package", holds="an audit package of version 1")
+        out = {name: archive.read(name, limits) for name in archive.infos}
+    except InvalidBundle as e:
+        raise InvalidBundle(f"step A1: {e}") from e
     for need in (STATEMENT_MEMBER, "model.json", "records/deleted.json", "records/audit.json"):
         if need not in out:
             raise InvalidBundle(f"step A1: the package lacks {need}")

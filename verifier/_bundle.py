@@ -119,7 +119,8 @@ class JsonBudget(_CoreBudget):
 # --- the zip layer ------------------------------------------------------------------------
 
 
-def _check_name(info: zipfile.ZipInfo) -> None:
+def _check_name(info: zipfile.ZipInfo, names: re.Pattern[str] = MEMBER_NAME_RE,
+                holds: str = f"a bundle of version {BUNDLE_VERSION}") -> None:
     name = info.filename
     if "\x00" in name:
         raise InvalidBundle(f"archive member name {name!r} contains a NUL byte")
@@ -138,8 +139,8 @@ def _check_name(info: zipfile.ZipInfo) -> None:
         raise InvalidBundle(f"archive member {name!r} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise InvalidBundle(f"archive member {name!r} uses compression method {info.compress_type} (only stored or deflate)")
-    if not MEMBER_NAME_RE.fullmatch(name):
-        raise InvalidBundle(f"archive member {name!r} is not a member a bundle of version {BUNDLE_VERSION} can hold")
+    if not names.fullmatch(name):
+        raise InvalidBundle(f"archive member {name[:200]!r} is not a member {holds} can hold")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,26 +167,39 @@ class Archive:
         return blob
 
 
-def open_archive(data: bytes, limits: Limits = Limits()) -> Archive:
+def open_archive(
+    data: bytes,
+    limits: Limits = Limits(),
+    *,
+    names: re.Pattern[str] = MEMBER_NAME_RE,
+    max_members: int | None = None,
+    kind: str = "a proof bundle",
+    holds: str = f"a bundle of version {BUNDLE_VERSION}",
+) -> Archive:
     """Step 1: open the zip in ``data`` and check its central directory: names, counts and the
     sizes every member declares, against bounds derived from the archive's own size. Nothing is
-    inflated here; :meth:`Archive.read` never inflates a member beyond its declared size."""
+    inflated here; :meth:`Archive.read` never inflates a member beyond its declared size.
+
+    A bundle by default; an audit package (specs/12, step A1) passes its own member ``names``,
+    ``max_members`` (at most ``limits.max_members``), ``kind`` and ``holds`` for the messages."""
+    noun = kind.split()[-1]
     if len(data) > limits.max_archive_bytes:
-        raise InvalidBundle(f"the bundle is {len(data)} bytes (at most {limits.max_archive_bytes})")
+        raise InvalidBundle(f"the {noun} is {len(data)} bytes (at most {limits.max_archive_bytes})")
     if not data.startswith(b"PK"):
-        raise InvalidBundle("not a proof bundle: the file is not a zip archive")
+        raise InvalidBundle(f"not {kind}: the file is not a zip archive")
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error) as e:
         raise InvalidBundle(f"not a readable zip archive (truncated or damaged): {e}") from e
     infos = z.infolist()
-    if len(infos) > limits.max_members:
-        raise InvalidBundle(f"the archive has {len(infos)} members (at most {limits.max_members})")
+    most = limits.max_members if max_members is None else min(max_members, limits.max_members)
+    if len(infos) > most:
+        raise InvalidBundle(f"the archive has {len(infos)} members (at most {most})")
     seen: dict[str, zipfile.ZipInfo] = {}
     total = packed = 0
     max_total = min(limits.max_total_bytes, limits.max_total_ratio * len(data) + limits.total_floor)
     for info in infos:
-        _check_name(info)
+        _check_name(info, names, holds)
         if info.filename in seen:
             raise InvalidBundle(f"archive member {info.filename!r} appears twice (duplicate entry)")
         seen[info.filename] = info
