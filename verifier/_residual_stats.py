@@ -293,12 +293,6 @@ def own_shard_p(cand: np.ndarray, own: np.ndarray, n_perm: int, rng: np.random.G
     return float((1 + hits) / (1 + n_perm))
 
 
-def own_shard_smallest_p(cand: np.ndarray) -> float:
-    """The smallest p-value the own-shard test can give these records: every record at its top."""
-    top = cand.max(axis=1, keepdims=True)
-    return float(np.prod((cand >= top - 1e-12).sum(axis=1) / cand.shape[1]))
-
-
 def matched_null_sd(strata: Strata) -> float:
     """Standard deviation of the matched AUC under H0 (no ties): strata independent, each AUC with
     variance (N_s + 1) / (12 k_s n_s), weighted by k_s / m."""
